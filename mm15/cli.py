@@ -1,0 +1,213 @@
+"""The ``mm15`` command line.
+
+Verbs:
+    mm15 demo                      the main job on built-in data (see ``mm15 demo --help``)
+    mm15 split IMAGE...            how images are split into tiles and tokens (§3.5)
+    mm15 info --preset NAME        parameter counts of a preset, without allocating weights
+    mm15 init --vision --llm ...   assemble a checkpoint from a pretrained encoder and decoder
+
+Heavy imports (torch, the model) happen inside the verbs so ``mm15 --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image splitting (defaults: the preset's, i.e. the final recipe)")
+    g.add_argument("--preset", default="3b", help="take image settings from this preset")
+    g.add_argument("--split", choices=["dynamic", "static", "none"])
+    g.add_argument("--n-min", type=int, help="fewest sub-images of a dynamic grid")
+    g.add_argument("--n-max", type=int, help="most sub-images of a dynamic grid")
+    g.add_argument("--resolution", type=int, help="tile side r in pixels")
+    g.add_argument("--overview", choices=["after", "before", "none"])
+    g.add_argument("--indicator", choices=["none", "index", "seps"])
+    g.add_argument("--tokens-per-tile", type=int, help="connector tokens per tile (144, 81, 64)")
+
+
+def _image_settings(args: argparse.Namespace):
+    from mm15.presets import get_preset
+
+    cfg = get_preset(args.preset)
+    overrides = {
+        k: v
+        for k, v in dict(
+            split=args.split,
+            n_min=args.n_min,
+            n_max=args.n_max,
+            resolution=args.resolution,
+            overview=args.overview,
+            indicator=args.indicator,
+        ).items()
+        if v is not None
+    }
+    image = dataclasses.replace(cfg.image, **overrides)
+    if image.n_min < 1 or image.n_max < image.n_min:
+        raise SystemExit(f"error: need 1 <= n_min <= n_max, got ({image.n_min}, {image.n_max})")
+    tokens = args.tokens_per_tile or cfg.connector.num_tokens
+    return image, tokens
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from mm15.data.image_io import open_image
+    from mm15.data.split_report import describe_images, format_table, save_tiles_picture
+    from mm15.data.splitting import tile_image
+
+    image_cfg, tokens = _image_settings(args)
+    rows = describe_images(args.images, image_cfg, tokens_per_tile=tokens)
+    if args.save_tiles:
+        out = Path(args.save_tiles)
+        out.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            if "error" not in row:
+                pic = out / f"{Path(row['path']).stem}.tiles.png"
+                tiled = tile_image(open_image(row["path"], cfg=image_cfg), image_cfg)
+                save_tiles_picture(tiled, pic, cfg=image_cfg)
+                row["tiles_picture"] = str(pic)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mm15.config import to_dict
+    from mm15.model.params import count_params, mm1_peak_lr
+    from mm15.presets import get_preset
+
+    cfg = get_preset(args.preset, encoder=args.encoder)
+    counts = count_params(cfg)
+    lr = mm1_peak_lr(counts.lm_non_embedding)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "params": counts.as_dict(),
+                    "mm1_peak_lr": lr,
+                    "config": to_dict(cfg),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    moe = cfg.lm.moe
+    print(
+        f"preset {args.preset}: {_fmt(counts.total)} parameters, "
+        f"{_fmt(counts.active_per_token)} active per token"
+    )
+    for name in (
+        "vision",
+        "connector",
+        "lm",
+        "lm_embedding",
+        "lm_non_embedding",
+        "lm_experts",
+        "lm_active_per_token",
+    ):
+        print(f"  {name:<20} {_fmt(getattr(counts, name)):>9}  ({getattr(counts, name):,})")
+    v, lm = cfg.vision, cfg.lm
+    print(f"  encoder   ViT {v.width}w×{v.depth}L patch {v.patch_size} @ {v.image_size}px")
+    print(f"  connector C-Abstractor, {cfg.connector.num_tokens} tokens per tile")
+    print(
+        f"  decoder   {lm.n_layers}L d={lm.dim} heads {lm.n_heads}/{lm.n_kv_heads} "
+        f"ffn {lm.ffn_hidden} vocab {lm.vocab_size}"
+        + (f", MoE {moe.num_experts} experts top-{moe.top_k} every {moe.every}" if moe else "")
+    )
+    im = cfg.image
+    print(
+        f"  images    {im.split} ({im.n_min}, {im.n_max}) at r={im.resolution}, "
+        f"overview {im.overview}, indicator {im.indicator}"
+    )
+    print(f"  MM1 Eq. 1 peak LR for N={_fmt(counts.lm_non_embedding)}: {lr:.3g}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from mm15.checkpoint import init_from_parts
+    from mm15.presets import get_preset
+
+    out = init_from_parts(
+        vision=args.vision,
+        llm=args.llm,
+        preset=get_preset(args.preset),
+        out=args.out,
+        seed=args.seed,
+        upcycle_moe=args.upcycle_moe,
+    )
+    print(f"wrote mm15 checkpoint to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mm15.demo import run_demo
+
+    return run_demo(out=Path(args.out))
+
+
+def _fmt(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mm15", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("split", help="show how images are split into tiles and tokens")
+    s.add_argument("images", nargs="+", help="image files")
+    _add_image_args(s)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--save-tiles", metavar="DIR", help="save a picture of each image's tiles")
+    s.set_defaults(func=cmd_split)
+
+    i = sub.add_parser("info", help="parameter counts of a preset (no weights allocated)")
+    i.add_argument("--preset", required=True)
+    i.add_argument(
+        "--encoder",
+        choices=["vit-h14-378", "vit-l14-336"],
+        help="vision tower of a paper preset (default vit-h14-378)",
+    )
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    n = sub.add_parser("init", help="assemble an mm15 checkpoint from pretrained parts")
+    n.add_argument("--vision", required=True, help="CLIP encoder dir (HF or open_clip layout)")
+    n.add_argument("--llm", required=True, help="decoder dir (HF Llama/Qwen2 layout)")
+    n.add_argument("--preset", required=True, help="connector/image/MoE settings")
+    n.add_argument("--out", required=True)
+    n.add_argument("--seed", type=int, default=0, help="connector initialisation seed")
+    n.add_argument(
+        "--upcycle-moe",
+        action="store_true",
+        help="turn the dense decoder into the preset's MoE (experts copied)",
+    )
+    n.set_defaults(func=cmd_init)
+
+    d = sub.add_parser("demo", help="run the main job on built-in data")
+    d.add_argument("--out", default="out/demo", help="where results go")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

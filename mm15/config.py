@@ -1,0 +1,209 @@
+"""Typed configuration for every part of mm15.
+
+The dataclasses mirror the module tree (``ModelConfig.vision`` configures ``model.vision`` and so
+on); a sub-module's settings live in its own config, never flattened into the parent.  Presets in
+:mod:`mm15.presets` are functions that return complete configs.  Section numbers refer to the
+MM1.5 paper (``../shared/papers/mm1.5-paper.md``) unless marked MM1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# CLIP's pixel statistics (OpenAI CLIP, also used by the DFN5B CLIP checkpoints).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(kw_only=True)
+class VisionConfig:
+    """A CLIP-style pre-norm ViT (MM1 §3.1; SPEC §1).
+
+    ``image_size`` is the resolution the position embeddings were trained at (378 for
+    DFN5B ViT-H/14-378); other resolutions interpolate them (672 → 48×48 = 2304 patches).
+    """
+
+    image_size: int = 378
+    patch_size: int = 14
+    width: int = 1280
+    depth: int = 32
+    heads: int = 16
+    mlp_dim: int = 5120
+    act: Literal["gelu", "quick_gelu"] = "quick_gelu"
+    norm_eps: float = 1e-5
+    # The hidden state handed to the connector: index into the list of block outputs
+    # (-1 = last block, before any final LayerNorm), as Honeybee's ``feature_layer_index``.
+    feature_layer: int = -1
+
+
+@dataclass(kw_only=True)
+class ConnectorConfig:
+    """C-Abstractor exactly as Honeybee lays it out (MM1 §3.2; notes/peer-systems.md B3)."""
+
+    num_tokens: int = 144  # must be a perfect square: AdaptiveAvgPool2d(sqrt × sqrt)
+    hidden: int = 1024
+    depth: int = 3  # RegNet blocks in each of the two stages
+    mlp_depth: int = 2  # Linear, then (SiLU, Linear) × (mlp_depth - 1)
+    se_ratio: float = 0.25
+    pos_emb: bool = True
+
+
+@dataclass(kw_only=True)
+class MoEConfig:
+    """Mixture-of-experts feed-forward (§4; MM1 §3.3, GShard / ST-MoE).
+
+    Layer ``i`` (0-based) is an MoE layer when ``(i + 1) % every == 0``: with ``every=2`` the
+    2nd, 4th, ... layers are sparse.
+    """
+
+    num_experts: int = 64
+    top_k: int = 2
+    every: int = 2
+    expert_hidden: int | None = None  # None: the dense FFN width (upcycling copies it)
+    load_balance_coef: float = 0.01
+    z_loss_coef: float = 0.001
+    # "grouped": tokens sorted per expert and computed in one batched pass (the fast path);
+    # "loop": a plain per-expert loop kept as the reference the fast path is tested against.
+    impl: Literal["grouped", "loop"] = "grouped"
+
+
+@dataclass(kw_only=True)
+class RopeScalingConfig:
+    """Llama-3 style RoPE frequency scaling (HF ``rope_scaling`` with ``rope_type: llama3``)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(kw_only=True)
+class LMConfig:
+    """A Llama-style decoder: RMSNorm, RoPE, SwiGLU, GQA (MM1 §3.3; SPEC §1)."""
+
+    vocab_size: int = 32000
+    dim: int = 2048
+    n_layers: int = 24
+    n_heads: int = 16
+    n_kv_heads: int = 16
+    head_dim: int | None = None  # None: dim // n_heads
+    ffn_hidden: int = 5632
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScalingConfig | None = None
+    qkv_bias: bool = False  # True for Qwen2
+    tie_embeddings: bool = False
+    max_seq_len: int = 4096
+    moe: MoEConfig | None = None
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+
+
+@dataclass(kw_only=True)
+class ImageConfig:
+    """How images become tiles (§3.5, Eq. 1, Fig. 11; Table 3; SPEC §2).
+
+    The defaults are the final recipe: dynamic splitting with (n_min, n_max) = (4, 9) at
+    r = 672, overview after the sub-images, index position indicators.
+    """
+
+    split: Literal["dynamic", "static", "none"] = "dynamic"
+    resolution: int = 672  # r: the side of every tile fed to the encoder
+    n_min: int = 4
+    n_max: int = 9
+    static_grid: tuple[int, int] = (2, 2)  # the "5 sub-images" ablation (§3.1)
+    overview: Literal["after", "before", "none"] = "after"
+    indicator: Literal["none", "index", "seps"] = "index"
+    # Splitting is enabled only when a sample has fewer than this many images (§3.1, §4).
+    split_below_images: int = 3
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    # Safe decoding: images above this many pixels are refused before their pixels are decoded.
+    max_pixels: int = 64_000_000
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+
+
+@dataclass(kw_only=True)
+class VideoConfig:
+    """Video as multi-image input (§5): N frames uniformly over the clip, one tile each."""
+
+    num_frames: int = 24
+    max_frame_pixels: int = 16_000_000
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The whole MM1.5 model: encoder → connector → decoder, plus its image front end."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    # The placeholder token whose positions receive image features (one per image token).
+    image_token: str = "<image>"
+    image_token_id: int = -1  # -1: not resolved yet (set from the tokenizer by `mm15 init`)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialisation: configs round-trip through plain JSON (saved beside every checkpoint).
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error naming the key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown} (known: {sorted(names)})")
+    kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) not in args:
+                raise ValueError(f"{where} may not be null")
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(non_none[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be an object, got {value!r}")
+        return from_dict(tp, value)
+    if origin is tuple:
+        return tuple(value)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ValueError(f"{where} must be one of {allowed}, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def save_json(cfg: Any, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def load_model_config(path: str) -> ModelConfig:
+    with open(path) as f:
+        return from_dict(ModelConfig, json.load(f))

@@ -1,0 +1,241 @@
+"""Dynamic image splitting (§3.5, Eq. 1, Fig. 11; SPEC §2): grid choice, geometry and tiles.
+
+Legend: ``r`` tile side (``ImageConfig.resolution``); a grid is ``(rows, cols)`` = ``(n_h, n_w)``;
+its canvas is ``rows·r × cols·r`` (height × width).  Sizes follow PIL where they are called
+``*_wh`` (width, height) and Eq. 1 where they are ``(h, w)`` arguments.  Tensors: ``x_CHW``.
+
+Conventions (the one place they are decided; :mod:`mm15.data.layout` builds on them):
+
+* **Rounding.** Longer-side resizing into a canvas ``H × W`` uses ``s = min(H/h, W/w)``; the
+  limiting side becomes exactly ``H`` (or ``W``), the other ``round_half_up(x·s)`` computed in
+  integers (no float error), clamped to ``[1, canvas]`` (:func:`fit_size`).  A grid *covers* the
+  image when ``h_g ≥ h`` and ``w_g ≥ w``, which with this rule is exactly ``s ≥ 1``.
+* **Grid choice** (:func:`select_grid`): if any candidate covers, minimise padding
+  ``n_h·n_w·r² − h_g·w_g`` over the covering ones (Eq. 1); otherwise maximise ``h_g·w_g`` (least
+  resolution lost by scaling down).  **Ties: fewer sub-images first, then fewer rows** (a small
+  image that every grid covers without padding stays one tile when ``n_min = 1``; a square image
+  that fits 2×3 and 3×2 equally gets 2×3).  Tied grids with equal sub-image counts also have
+  equal padding, so padding needs no place in the rule.
+* **Placement.** The resized image sits at the canvas's top-left; padding is on the right and
+  bottom, so a canvas pixel ``(x, y)`` is original pixel ``(x·w/w_g, y·h/h_g)``.  Padding is the
+  mean colour, i.e. exactly 0 after normalisation.
+* **Order.** Sub-images are cut row-major; the overview (the whole image, longer side resized to
+  ``r`` and padded) goes after them ("after", the final recipe), before them ("before"), or is
+  left out ("none"); it is always left out for a (1, 1) grid.  Tile ids are ``(i, j)`` 1-based
+  row/column, ``(0, 0)`` for the overview, as the index position indicator writes them (Table 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mm15.config import ImageConfig
+
+OVERVIEW_ID = (0, 0)
+
+
+def candidate_grids(n_min: int, n_max: int) -> list[tuple[int, int]]:
+    """All ``(n_h, n_w)`` with ``n_min ≤ n_h·n_w ≤ n_max`` (the set G of Eq. 1).
+
+    Sorted by number of sub-images, then rows; ``(1, 4)`` → ``[(1,1), (1,2), (2,1), (1,3), …]``.
+    """
+    if not 1 <= n_min <= n_max:
+        raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+    grids = [(nh, nw) for nh in range(1, n_max + 1) for nw in range(1, n_max // nh + 1)]
+    return sorted((g for g in grids if g[0] * g[1] >= n_min), key=lambda g: (g[0] * g[1], g[0]))
+
+
+def fit_size(h: int, w: int, canvas_h: int, canvas_w: int) -> tuple[int, int]:
+    """``(h_g, w_g)``: an ``h × w`` image longer-side resized into ``canvas_h × canvas_w``.
+
+    Aspect ratio kept; the limiting side fills the canvas exactly, the other is rounded half up
+    (integer arithmetic) and clamped to ``[1, canvas]``.  This is the only resize rule in mm15.
+    """
+    if min(h, w, canvas_h, canvas_w) < 1:
+        raise ValueError(
+            f"sizes must be positive, got image {h}x{w} (h x w), canvas {canvas_h}x{canvas_w}"
+        )
+    if canvas_h * w <= canvas_w * h:  # s = canvas_h / h is the smaller scale: height limits
+        w_g = (2 * w * canvas_h + h) // (2 * h)
+        return canvas_h, max(1, min(canvas_w, w_g))
+    h_g = (2 * h * canvas_w + w) // (2 * w)
+    return max(1, min(canvas_h, h_g)), canvas_w
+
+
+def _grid_key(h: int, w: int, grid: tuple[int, int], r: int) -> tuple[bool, int, int, int]:
+    """Sort key of a candidate: smaller is better (Eq. 1 objective, then the tie rule)."""
+    rows, cols = grid
+    h_g, w_g = fit_size(h, w, rows * r, cols * r)
+    covers = h_g >= h and w_g >= w
+    padding = rows * cols * r * r - h_g * w_g
+    objective = padding if covers else -h_g * w_g
+    return (not covers, objective, rows * cols, rows)
+
+
+def select_grid(h: int, w: int, *, r: int, n_min: int, n_max: int) -> tuple[int, int]:
+    """The grid ``(n_h, n_w)`` that dynamic splitting uses for an ``h × w`` image (Eq. 1, Fig. 11).
+
+    Covering grids (``h_g ≥ h, w_g ≥ w``) win over non-covering ones; among covering grids the
+    least padding wins, among non-covering ones the largest resized area ``h_g·w_g``.  Ties: fewer
+    sub-images, then fewer rows.
+    """
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got h={h}, w={w}")
+    return min(candidate_grids(n_min, n_max), key=lambda g: _grid_key(h, w, g, r))
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """Where an image's pixels go: the grid, the resized sizes and the tile order (no pixels).
+
+    ``tile_ids[t]`` is the ``(row, col)`` identity of tile ``t`` (1-based; ``(0, 0)`` overview)
+    in the order the tiles are fed to the encoder and appear in the token stream.
+    """
+
+    size_wh: tuple[int, int]  # original (w, h), after EXIF orientation
+    resolution: int  # r
+    grid: tuple[int, int]  # (rows, cols)
+    resized_wh: tuple[int, int]  # (w_g, h_g): the image on the grid canvas, top-left
+    overview: str  # "after" | "before" | "none" (as used, not as configured)
+    overview_wh: tuple[int, int] | None  # the overview's resized size inside its r × r tile
+    tile_ids: tuple[tuple[int, int], ...]
+
+    @property
+    def has_overview(self) -> bool:
+        return self.overview != "none"
+
+    @property
+    def n_sub_images(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles fed to the encoder, overview included."""
+        return len(self.tile_ids)
+
+    @property
+    def canvas_wh(self) -> tuple[int, int]:
+        return self.grid[1] * self.resolution, self.grid[0] * self.resolution
+
+    @property
+    def padding_pixels(self) -> int:
+        return self.canvas_wh[0] * self.canvas_wh[1] - self.resized_wh[0] * self.resized_wh[1]
+
+    @property
+    def effective_resolution(self) -> int:
+        """Sub-images (overview excluded) × r², as Table 1 reports it (10 at 672 → 4.1MP)."""
+        return self.n_sub_images * self.resolution**2
+
+
+def tile_geometry(
+    size_wh: tuple[int, int], cfg: ImageConfig, *, allow_split: bool = True
+) -> TileGeometry:
+    """The tiling of an image of ``size_wh`` under ``cfg`` (computed from the size alone).
+
+    ``cfg.split``: "dynamic" (Eq. 1 between ``n_min`` and ``n_max``), "static" (always
+    ``cfg.static_grid``) or "none" (one tile).  ``allow_split=False`` (a sample with too many
+    images, a video frame) also gives one tile.  One tile never gets an overview.
+    """
+    w, h = size_wh
+    r = cfg.resolution
+    if w < 1 or h < 1:
+        raise ValueError(f"image size must be positive, got {w}x{h} (w x h)")
+    if not allow_split or cfg.split == "none":
+        grid = (1, 1)
+    elif cfg.split == "static":
+        grid = tuple(cfg.static_grid)
+    elif cfg.split == "dynamic":
+        grid = select_grid(h, w, r=r, n_min=cfg.n_min, n_max=cfg.n_max)
+    else:
+        raise ValueError(f"unknown ImageConfig.split {cfg.split!r} (dynamic, static, none)")
+    if cfg.overview not in ("after", "before", "none"):
+        raise ValueError(f"unknown ImageConfig.overview {cfg.overview!r} (after, before, none)")
+    rows, cols = grid
+    h_g, w_g = fit_size(h, w, rows * r, cols * r)
+    overview = "none" if grid == (1, 1) else cfg.overview
+    sub_ids = tuple((i, j) for i in range(1, rows + 1) for j in range(1, cols + 1))
+    ov_wh = None
+    if overview != "none":
+        oh, ow = fit_size(h, w, r, r)
+        ov_wh = (ow, oh)
+    ids = {"after": (*sub_ids, OVERVIEW_ID), "before": (OVERVIEW_ID, *sub_ids), "none": sub_ids}
+    return TileGeometry(
+        size_wh=(w, h),
+        resolution=r,
+        grid=(rows, cols),
+        resized_wh=(w_g, h_g),
+        overview=overview,
+        overview_wh=ov_wh,
+        tile_ids=ids[overview],
+    )
+
+
+@dataclass(frozen=True)
+class TiledImage:
+    """An image cut into encoder tiles: ``tiles`` is float32 ``(n_tiles, 3, r, r)``, normalised.
+
+    Tile ``t`` is ``geometry.tile_ids[t]``; padding is exactly 0.
+    """
+
+    tiles: torch.Tensor
+    geometry: TileGeometry
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.geometry.grid
+
+    @property
+    def tile_ids(self) -> tuple[tuple[int, int], ...]:
+        return self.geometry.tile_ids
+
+    @property
+    def size_wh(self) -> tuple[int, int]:
+        return self.geometry.size_wh
+
+    @property
+    def overview(self) -> str:
+        return self.geometry.overview
+
+
+def _normalised_canvas(
+    image: Image.Image, resized_wh: tuple[int, int], canvas_wh: tuple[int, int], cfg: ImageConfig
+) -> torch.Tensor:
+    """``(3, H, W)`` float32: ``image`` bicubic-resized to ``resized_wh``, normalised, top-left
+    on a zero canvas (zero = the mean colour after normalisation)."""
+    resized = (
+        image if image.size == resized_wh else image.resize(resized_wh, Image.Resampling.BICUBIC)
+    )
+    x_HWC = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy())
+    mean = torch.tensor(cfg.mean, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float64).view(3, 1, 1)
+    # (x/255 − mean)/std as one in-place multiply-subtract (fewer full-size temporaries).
+    x_CHW = x_HWC.permute(2, 0, 1).float()
+    x_CHW.mul_((1.0 / (255.0 * std)).float()).sub_((mean / std).float())
+    canvas_CHW = torch.zeros(3, canvas_wh[1], canvas_wh[0], dtype=torch.float32)
+    canvas_CHW[:, : resized_wh[1], : resized_wh[0]] = x_CHW
+    return canvas_CHW
+
+
+def tile_image(image: Image.Image, cfg: ImageConfig, *, allow_split: bool = True) -> TiledImage:
+    """Cut a decoded image into normalised tiles following :func:`tile_geometry`.
+
+    The same geometry is what :func:`mm15.data.layout.plan_image` counts tokens from, so the
+    number of tiles here always equals the plan's ``n_tiles``.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    geo = tile_geometry(image.size, cfg, allow_split=allow_split)
+    r = cfg.resolution
+    rows, cols = geo.grid
+    canvas_CHW = _normalised_canvas(image, geo.resized_wh, geo.canvas_wh, cfg)
+    # (3, rows·r, cols·r) → (rows·cols, 3, r, r), row-major over (row, col).
+    subs = canvas_CHW.view(3, rows, r, cols, r).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, r, r)
+    if geo.overview == "none":
+        return TiledImage(tiles=subs.contiguous(), geometry=geo)
+    overview = _normalised_canvas(image, geo.overview_wh, (r, r), cfg).unsqueeze(0)
+    parts = (subs, overview) if geo.overview == "after" else (overview, subs)
+    return TiledImage(tiles=torch.cat(parts, dim=0), geometry=geo)

@@ -1,0 +1,1 @@
+"""Model code: small, single-device PyTorch modules that import only torch and mm15.config."""

@@ -1,0 +1,189 @@
+"""Autoregressive generation with a static KV cache (evaluation decodes greedily, SPEC §5).
+
+Batched prompts are left-padded: padding carries document id -1 (so real tokens never attend
+to it, see :mod:`mm15.model.lm`) and position ids start at 0 at each prompt's first real token,
+so a padded row computes what it would compute alone.
+
+Trimming convention for :class:`GenerationResult`:
+- ``tokens`` never contain the eos token that ended a row;
+- a stop string ends a row at the token that completed it; that token is kept in ``tokens``
+  (token and string boundaries need not align), and ``text`` (when ``decode`` is given) is
+  cut just before the earliest stop string.
+
+Shape legend: B prompts, T sequence so far, D model width, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from mm15.model.lm import Decoder, KVCache
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # new tokens only; see the module docstring for trimming
+    finish_reason: Literal["stop", "length"]
+    text: str | None = None  # decode(tokens) cut before the stop string; None without decode
+
+
+@dataclass
+class _Row:
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: Literal["stop", "length"] | None = None
+    stop_at: int | None = None  # character index of the stop string in the decoded text
+
+
+def sample_next(
+    logits_BV: Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """(B,) next tokens: argmax when temperature == 0, else top-k / nucleus sampling."""
+    if temperature == 0.0:
+        return logits_BV.argmax(dim=-1)
+    logits_BV = logits_BV.float() / temperature
+    if top_k > 0:
+        kth_B1 = logits_BV.topk(min(top_k, logits_BV.shape[-1]), dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth_B1, float("-inf"))
+    if top_p < 1.0:
+        sorted_BV, idx_BV = logits_BV.sort(dim=-1, descending=True)
+        probs_BV = sorted_BV.softmax(dim=-1)
+        # Drop a token when the mass before it already reaches top_p (the top-1 always stays).
+        drop_BV = probs_BV.cumsum(dim=-1) - probs_BV >= top_p
+        logits_BV = logits_BV.scatter(-1, idx_BV, sorted_BV.masked_fill(drop_BV, float("-inf")))
+    probs_BV = logits_BV.softmax(dim=-1)
+    return torch.multinomial(probs_BV, 1, generator=generator)[:, 0]
+
+
+def _check_args(prompts, prompt_embeds, max_new_tokens, temperature, top_p, stop_strings, decode):
+    if not prompts:
+        raise ValueError("generate: no prompts")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty")
+        if prompt_embeds is not None and prompt_embeds[i].shape[0] != len(p):
+            raise ValueError(
+                f"generate: prompt {i} has {len(p)} tokens but prompt_embeds[{i}] has "
+                f"{prompt_embeds[i].shape[0]} rows"
+            )
+    if prompt_embeds is not None and len(prompt_embeds) != len(prompts):
+        raise ValueError(f"generate: {len(prompts)} prompts but {len(prompt_embeds)} prompt_embeds")
+    if max_new_tokens < 0 or temperature < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(
+            f"generate: need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1; got "
+            f"{max_new_tokens}, {temperature}, {top_p}"
+        )
+    if stop_strings and decode is None:
+        raise ValueError("generate: stop_strings need a decode function")
+
+
+def _left_pad(decoder: Decoder, prompts, prompt_embeds) -> tuple[Tensor, Tensor, Tensor]:
+    """Embeddings (B, T, D), document ids (B, T: 0 real, -1 pad), positions (B, T)."""
+    weight = decoder.embed.weight
+    lens = torch.tensor([len(p) for p in prompts], device=weight.device)
+    T = int(lens.max())
+    pad_B1 = (T - lens)[:, None]
+    idx_T = torch.arange(T, device=weight.device)
+    doc_BT = torch.where(idx_T >= pad_B1, 0, -1)
+    pos_BT = (idx_T - pad_B1).clamp(min=0)
+    if prompt_embeds is None:
+        ids_BT = torch.zeros(len(prompts), T, dtype=torch.long, device=weight.device)
+        for i, p in enumerate(prompts):
+            ids_BT[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+        return decoder.embed(ids_BT), doc_BT, pos_BT
+    x_BTD = weight.new_zeros(len(prompts), T, weight.shape[1])
+    for i, e in enumerate(prompt_embeds):
+        x_BTD[i, T - e.shape[0] :] = e.to(weight)
+    return x_BTD, doc_BT, pos_BT
+
+
+def _advance(rows: list[_Row], next_B: list[int], eos: set[int], stops, decode) -> None:
+    for row, tok in zip(rows, next_B, strict=True):
+        if row.finish_reason is not None:
+            continue
+        if tok in eos:
+            row.finish_reason = "stop"
+            continue
+        row.tokens.append(tok)
+        if stops:
+            text = decode(row.tokens)
+            found = [text.find(s) for s in stops if s in text]
+            if found:
+                row.finish_reason, row.stop_at = "stop", min(found)
+
+
+@torch.no_grad()
+def generate(
+    decoder: Decoder,
+    prompts: list[list[int]],
+    *,
+    prompt_embeds: list[Tensor] | None = None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    eos_token_ids: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+    decode: Callable[[list[int]], str] | None = None,
+    use_cache: bool = True,
+) -> list[GenerationResult]:
+    """Continue each prompt until eos, a stop string, or ``max_new_tokens`` new tokens.
+
+    ``prompt_embeds[i]`` (T_i, D), when given, replaces the embedding of prompt i (the
+    multimodal model puts image features at image-token positions); generated tokens are
+    embedded with ``decoder.embed``.  ``use_cache=False`` recomputes the whole sequence every
+    step (the reference the cache is tested against).
+    """
+    _check_args(prompts, prompt_embeds, max_new_tokens, temperature, top_p, stop_strings, decode)
+    x_BTD, doc_BT, pos_BT = _left_pad(decoder, prompts, prompt_embeds)
+    B, T0 = doc_BT.shape
+    weight = decoder.embed.weight
+    cache = (
+        KVCache.allocate(decoder.cfg, B, T0 + max_new_tokens, weight.dtype, weight.device)
+        if use_cache
+        else None
+    )
+    rows = [_Row() for _ in range(B)]
+    eos = set(eos_token_ids)
+    step_x, step_doc, step_pos = x_BTD, doc_BT, pos_BT
+    for step in range(max_new_tokens):
+        out = decoder(
+            embeds_BTD=step_x,
+            position_ids_BT=step_pos,
+            document_ids_BT=step_doc,
+            cache=cache,
+            compute_logits=False,
+        )
+        logits_BV = decoder.logits(out.hidden[:, -1])
+        next_B = sample_next(
+            logits_BV, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
+        )
+        _advance(rows, next_B.tolist(), eos, stop_strings, decode)
+        if all(r.finish_reason is not None for r in rows) or step == max_new_tokens - 1:
+            break
+        new_x = decoder.embed(next_B[:, None])
+        new_doc = torch.zeros_like(next_B)[:, None]
+        new_pos = pos_BT[:, -1:] + step + 1
+        if use_cache:
+            step_x, step_doc, step_pos = new_x, new_doc, new_pos
+        else:
+            step_x = torch.cat([step_x, new_x], dim=1)
+            step_doc = torch.cat([step_doc, new_doc], dim=1)
+            step_pos = torch.cat([step_pos, new_pos], dim=1)
+    results = []
+    for r in rows:
+        text = decode(r.tokens) if decode is not None else None
+        if text is not None and r.stop_at is not None:
+            text = text[: r.stop_at]
+        results.append(GenerationResult(r.tokens, r.finish_reason or "length", text))
+    return results

@@ -1,0 +1,143 @@
+"""The assembled MM1.5 model: image encoder → C-Abstractor → decoder (MM1 §3, Fig. 1).
+
+Images enter as tiles (sub-images, overview images, video frames: every one a ``r×r`` crop
+made by :mod:`mm15.data.splitting`). All tiles of a batch go through the encoder in one call;
+the connector turns each into ``connector.num_tokens`` vectors; those vectors replace, in order,
+the embeddings at the positions of the image placeholder token in the text.  How many
+placeholders an image gets is decided by one function, :func:`mm15.data.layout.plan_image`;
+here we only check that the two agree, with an error that names both numbers.
+
+Shape legend: B batch, T sequence, N tiles, K tokens per tile, D decoder width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mm15.config import ModelConfig
+from mm15.model.connector import CAbstractor
+from mm15.model.lm import Decoder, DecoderOutput, KVCache
+from mm15.model.vision import VisionTransformer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MM15Output:
+    logits: Tensor  # (B, T, V)
+    loss: Tensor | None  # mean next-token cross entropy over selected positions, + MoE aux loss
+    lm_loss: Tensor | None  # the cross-entropy part alone
+    aux_loss: Tensor | None  # weighted MoE load-balance + router z-loss (None for dense)
+    decoder: DecoderOutput
+
+
+class MM15(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionTransformer(cfg.vision)
+        self.connector = CAbstractor(
+            cfg.connector,
+            enc_width=cfg.vision.width,
+            enc_grid=cfg.vision.image_size // cfg.vision.patch_size,
+            out_dim=cfg.lm.dim,
+        )
+        self.lm = Decoder(cfg.lm)
+
+    def init_weights(self) -> None:
+        self.vision.init_weights()
+        self.connector.init_weights()
+        self.lm.init_weights()
+
+    # ---- images -------------------------------------------------------------------------------
+
+    def encode_tiles(self, pixels_NCHW: Tensor) -> Tensor:
+        """(N, 3, r, r) tiles → (N, K, D) decoder-width image tokens, all tiles in one call."""
+        feats_NLC = self.vision(pixels_NCHW)
+        return self.connector(feats_NLC)
+
+    def embed(self, input_ids_BT: Tensor, pixels_NCHW: Tensor | None = None) -> Tensor:
+        """Text embeddings with image tokens placed at the image-placeholder positions.
+
+        Tiles are consumed in order: row by row through the batch, each tile's K tokens filling
+        the next K placeholder positions.
+        """
+        if pixels_NCHW is not None and self.cfg.image_token_id < 0:
+            raise ValueError("ModelConfig.image_token_id is not set; take it from the tokenizer")
+        embeds_BTD = self.lm.embed(input_ids_BT)
+        is_image_BT = input_ids_BT == self.cfg.image_token_id
+        n_slots = int(is_image_BT.sum())
+        n_tiles = 0 if pixels_NCHW is None else pixels_NCHW.shape[0]
+        k = self.cfg.connector.num_tokens
+        if n_slots != n_tiles * k:
+            raise ValueError(
+                f"the text has {n_slots} image-token positions but {n_tiles} tiles × {k} tokens "
+                f"= {n_tiles * k} image features were given; image tokens must be counted by "
+                "mm15.data.layout.plan_image"
+            )
+        if n_tiles == 0:
+            return embeds_BTD
+        image_ND = self.encode_tiles(pixels_NCHW).reshape(-1, embeds_BTD.shape[-1])
+        mask_BTD = is_image_BT.unsqueeze(-1).expand_as(embeds_BTD)
+        return embeds_BTD.masked_scatter(mask_BTD, image_ND.to(embeds_BTD.dtype))
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids_BT: Tensor,
+        *,
+        pixels_NCHW: Tensor | None = None,
+        labels_BT: Tensor | None = None,
+        position_ids_BT: Tensor | None = None,
+        document_ids_BT: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> MM15Output:
+        """Logits, and the training loss when ``labels_BT`` is given.
+
+        ``labels_BT`` is aligned with ``input_ids_BT`` (the token each position *is*); the loss
+        predicts position t+1 from t wherever the label is not ``IGNORE_INDEX`` and both positions
+        belong to the same packed document.  ``document_ids_BT`` isolates packed documents in
+        attention (see :class:`mm15.model.lm.Decoder`).
+        """
+        embeds_BTD = self.embed(input_ids_BT, pixels_NCHW)
+        out = self.lm(
+            embeds_BTD=embeds_BTD,
+            position_ids_BT=position_ids_BT,
+            document_ids_BT=document_ids_BT,
+            cache=cache,
+        )
+        lm_loss = (
+            None if labels_BT is None else next_token_loss(out.logits, labels_BT, document_ids_BT)
+        )
+        loss = lm_loss
+        if lm_loss is not None and out.aux_loss is not None:
+            loss = lm_loss + out.aux_loss
+        return MM15Output(
+            logits=out.logits, loss=loss, lm_loss=lm_loss, aux_loss=out.aux_loss, decoder=out
+        )
+
+
+def next_token_loss(
+    logits_BTV: Tensor, labels_BT: Tensor, document_ids_BT: Tensor | None = None
+) -> Tensor:
+    """Mean cross entropy of predicting ``labels[:, t+1]`` from ``logits[:, t]``.
+
+    A pair that crosses a packed-document boundary is never a target, whatever the labels say.
+    With no selected position the loss is 0 (kept in the graph so every rank can backprop).
+    """
+    targets_BT = labels_BT[:, 1:].clone()
+    if document_ids_BT is not None:
+        targets_BT[document_ids_BT[:, 1:] != document_ids_BT[:, :-1]] = IGNORE_INDEX
+    logits = logits_BTV[:, :-1].float()
+    n = (targets_BT != IGNORE_INDEX).sum()
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets_BT.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return total / n.clamp(min=1)

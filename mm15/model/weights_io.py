@@ -1,0 +1,98 @@
+"""Reading and writing tensors on local disk, safely.
+
+Checkpoints are read from local paths only (no hub access at run time).  safetensors is the
+format everywhere; a PyTorch ``.bin``/``.pt`` file (open_clip's release format) is read with
+``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+SAFE_INDEX = "model.safetensors.index.json"
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file or directory, on CPU.
+
+    ``path`` may be a ``.safetensors`` file, a ``.bin``/``.pt``/``.pth`` file, or a directory
+    holding ``model.safetensors``, a sharded ``model.safetensors.index.json`` with its shards, or
+    exactly one other ``*.safetensors`` file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _load_dir(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    if path.suffix in (".bin", ".pt", ".pth"):
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    raise ValueError(f"{path}: unsupported checkpoint format {path.suffix!r}")
+
+
+def _load_dir(path: Path) -> dict[str, torch.Tensor]:
+    index = path / SAFE_INDEX
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = path / shard
+            if not shard_path.exists():
+                raise FileNotFoundError(f"{index} names shard {shard}, which is missing")
+            tensors.update(load_file(str(shard_path)))
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise ValueError(f"{index}: tensors listed but absent from shards: {missing[:5]}")
+        return tensors
+    single = path / "model.safetensors"
+    if single.exists():
+        return load_file(str(single))
+    candidates = sorted(path.glob("*.safetensors"))
+    if len(candidates) == 1:
+        return load_file(str(candidates[0]))
+    bins = sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    if not candidates and len(bins) == 1:
+        return load_tensors(bins[0])
+    raise FileNotFoundError(
+        f"{path}: no model.safetensors, {SAFE_INDEX}, or single weights file "
+        f"(found {[p.name for p in candidates + bins]})"
+    )
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, *, max_shard_bytes: int = 0
+) -> None:
+    """Write ``tensors`` as ``model.safetensors`` (or shards + index when above the limit)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if max_shard_bytes <= 0 or total <= max_shard_bytes:
+        save_file(tensors, str(path / "model.safetensors"))
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / fname))
+        weight_map.update(dict.fromkeys(shard, fname))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / SAFE_INDEX).write_text(json.dumps(index, indent=2))

@@ -1,0 +1,153 @@
+"""Tokenizer: a Hugging Face ``tokenizers`` model plus the few facts mm15 needs about it.
+
+An mm15 checkpoint directory holds ``tokenizer.json`` (the fast-tokenizer file every HF
+Llama/Qwen2 release ships) and ``mm15_tokenizer.json`` (image token, BOS/EOS).  The image
+placeholder ``<image>`` is a special token: it never merges with neighbouring text and is never
+produced by encoding ordinary text that happens to spell it unless it was meant as one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+META_FILE = "mm15_tokenizer.json"
+
+
+@dataclass
+class TokenizerMeta:
+    image_token: str = "<image>"
+    bos_token: str | None = None
+    eos_tokens: list[str] = field(default_factory=list)
+    pad_token: str | None = None
+
+
+class MM15Tokenizer:
+    def __init__(self, tok: Tokenizer, meta: TokenizerMeta):
+        self.tok = tok
+        self.meta = meta
+        # The image token may be absent from a decoder's own tokenizer: with_image_token adds it.
+        missing = [
+            t
+            for t in [meta.bos_token, meta.pad_token, *meta.eos_tokens]
+            if t is not None and tok.token_to_id(t) is None
+        ]
+        if missing:
+            raise ValueError(f"tokenizer has no ids for special tokens {missing}")
+
+    # ---- ids ----------------------------------------------------------------------------------
+    @property
+    def image_token_id(self) -> int:
+        return self._id(self.meta.image_token)
+
+    @property
+    def bos_id(self) -> int | None:
+        return None if self.meta.bos_token is None else self._id(self.meta.bos_token)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return [self._id(t) for t in self.meta.eos_tokens]
+
+    @property
+    def pad_id(self) -> int:
+        if self.meta.pad_token is not None:
+            return self._id(self.meta.pad_token)
+        return self.eos_ids[0] if self.meta.eos_tokens else 0
+
+    def __len__(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def _id(self, token: str) -> int:
+        i = self.tok.token_to_id(token)
+        if i is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary")
+        return i
+
+    # ---- text ---------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no BOS/EOS added (prompt builders add those explicitly)."""
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], *, skip_special: bool = True) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special)
+
+    # ---- files --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tok.save(str(directory / "tokenizer.json"))
+        (directory / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MM15Tokenizer:
+        """Load an mm15 tokenizer, or a Hugging Face one (tokenizer.json + its configs)."""
+        directory = Path(directory)
+        path = directory / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{directory}: no tokenizer.json (a fast tokenizer is required)"
+            )
+        tok = Tokenizer.from_file(str(path))
+        meta_path = directory / META_FILE
+        meta = (
+            TokenizerMeta(**json.loads(meta_path.read_text()))
+            if meta_path.exists()
+            else _meta_from_hf(directory, tok)
+        )
+        return cls(tok, meta)
+
+    def with_image_token(self, image_token: str = "<image>") -> MM15Tokenizer:
+        """This tokenizer with ``image_token`` added as a special token (if it is missing)."""
+        if self.tok.token_to_id(image_token) is None:
+            self.tok.add_special_tokens([AddedToken(image_token, special=True, normalized=False)])
+        self.meta.image_token = image_token
+        return self
+
+
+def _meta_from_hf(directory: Path, tok: Tokenizer) -> TokenizerMeta:
+    """BOS/EOS from tokenizer_config.json and generation_config.json, as HF releases ship them."""
+
+    def read(name: str) -> dict:
+        p = directory / name
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    tcfg, gcfg = read("tokenizer_config.json"), read("generation_config.json")
+
+    def token_str(value: object) -> str | None:
+        if isinstance(value, dict):  # older tokenizer_config.json: {"content": "<s>", ...}
+            value = value.get("content")
+        return value if isinstance(value, str) else None
+
+    eos = [t for t in [token_str(tcfg.get("eos_token"))] if t]
+    gen_eos = gcfg.get("eos_token_id")
+    for i in [gen_eos] if isinstance(gen_eos, int) else (gen_eos or []):
+        t = tok.id_to_token(i)
+        if t is not None and t not in eos:
+            eos.append(t)
+    bos = token_str(tcfg.get("bos_token"))
+    pad = token_str(tcfg.get("pad_token"))
+    return TokenizerMeta(bos_token=bos, eos_tokens=eos, pad_token=pad)
+
+
+def byte_tokenizer(
+    special: tuple[str, ...] = ("<|pad|>", "<|bos|>", "<|eos|>", "<image>"),
+) -> MM15Tokenizer:
+    """A byte-level tokenizer (256 byte tokens + specials) that needs no training data.
+
+    Used by the tiny presets and tests; real models take the tokenizer of their decoder.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
+    meta = TokenizerMeta(
+        bos_token="<|bos|>" if "<|bos|>" in special else None,
+        eos_tokens=[t for t in ("<|eos|>",) if t in special],
+        pad_token="<|pad|>" if "<|pad|>" in special else None,
+    )
+    return MM15Tokenizer(tok, meta)

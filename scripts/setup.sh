@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install mm15 with everything its tests need, from this repo's own files.
+#   TORCH_SPEC  the torch requirement to install first (default: the CPU-friendly pin below;
+#               on a GPU machine e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index configured)
+#   PYTHON      the interpreter that creates the venv (default: python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+# torch first and pinned: an unpinned torch pulls the newest build with GBs of CUDA packages.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
