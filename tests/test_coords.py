@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mm15.data.coord_parse import parse_regions, replace_regions, strip_regions
 from mm15.data.coords import (
     Box,
     CoordinateError,
@@ -24,10 +25,7 @@ from mm15.data.coords import (
     from_box,
     from_point,
     iou,
-    parse_regions,
     quantize_box,
-    replace_regions,
-    strip_regions,
     to_box,
     to_point,
 )

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mm15.data.coords import Box, CoordinateError, Point, parse_regions
+from mm15.data.coord_parse import parse_regions
+from mm15.data.coords import Box, CoordinateError, Point
 from mm15.data.draw import PALETTE, draw_on_images, draw_regions, place_label
 
 GREY = (128, 128, 128)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mm15.data.coords import Box, CoordinateError, ParsedRegion, Point
+from mm15.data.coord_parse import ParsedRegion
+from mm15.data.coords import Box, CoordinateError, Point
 
 Drawable = Box | Point | ParsedRegion
 

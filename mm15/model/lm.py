@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm15.config import LMConfig, RopeScalingConfig
-from mm15.model.moe import MoEFeedForward
+from mm15.model.moe import MoEAux, MoEFeedForward
 
 
 @dataclass
@@ -236,7 +236,14 @@ class Block(nn.Module):
         else:
             self.ffn = FeedForward(cfg.dim, cfg.ffn_hidden)
 
-    def forward(self, x_BTD, cos_sin, mask_B1TS, cache, valid_BT):
+    def forward(
+        self,
+        x_BTD: Tensor,
+        cos_sin: tuple[Tensor, Tensor],
+        mask_B1TS: Tensor | None,
+        cache: KVCache | None,
+        valid_BT: Tensor | None,
+    ) -> tuple[Tensor, MoEAux | None]:
         h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos_sin, mask_B1TS, cache, self.layer)
         if isinstance(self.ffn, MoEFeedForward):
             y_BTD, aux = self.ffn(self.ffn_norm(h_BTD), valid_BT)

@@ -145,7 +145,7 @@ class MoEFeedForward(nn.Module):
         E = counts_E.shape[0]
         padded_E = (counts_E.clamp(min=1) + _ALIGN - 1) // _ALIGN * _ALIGN
         shift_E = (padded_E.cumsum(0) - padded_E) - (counts_E.cumsum(0) - counts_E)
-        dest_A = torch.arange(A, device=xs_AD.device)
+        dest_A = torch.arange(A, device=xs_AD.device) + shift_E[expert_A]
         xp_PD = xs_AD.new_zeros(A + E * _ALIGN, D).index_copy(0, dest_A, xs_AD)
         offs_E = padded_E.cumsum(0).to(torch.int32)  # end row of each expert's slice
         w1, w3, w2 = (w.transpose(-2, -1) for w in (self.w1, self.w3, self.w2))
