@@ -106,6 +106,8 @@ def init_from_parts(
     the dense feed-forward it replaces (sparse upcycling; MM1 §3.3 converts dense → MoE).
     """
     vision_cfg, vision_sd = load_vision_encoder(vision)
+    # The architecture comes from the checkpoint; which layer feeds the connector is ours.
+    vision_cfg = dataclasses.replace(vision_cfg, feature_layer=preset.vision.feature_layer)
     lm_cfg, lm_sd = load_hf_decoder(llm)
     tokenizer = MM15Tokenizer.load(llm).with_image_token(preset.image_token)
     if upcycle_moe:

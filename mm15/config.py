@@ -36,8 +36,9 @@ class VisionConfig:
     mlp_dim: int = 5120
     act: Literal["gelu", "quick_gelu"] = "quick_gelu"
     norm_eps: float = 1e-5
-    # The hidden state handed to the connector: index into the list of block outputs
-    # (-1 = last block, before any final LayerNorm), as Honeybee's ``feature_layer_index``.
+    # The hidden state handed to the connector, indexing HF's ``hidden_states`` list: entry 0 is
+    # the embedding output after ln_pre, entry i the output of block i, so -1 = the last block
+    # before any final LayerNorm (Honeybee's ``feature_layer_index``).
     feature_layer: int = -1
 
 
@@ -68,7 +69,7 @@ class MoEConfig:
     load_balance_coef: float = 0.01
     z_loss_coef: float = 0.001
     # "grouped": tokens sorted per expert and computed in one batched pass (the fast path);
-    # "loop": a plain per-expert loop kept as the reference the fast path is tested against.
+    # "loop": a plain per-token loop kept as the reference the fast path is tested against.
     impl: Literal["grouped", "loop"] = "grouped"
 
 
