@@ -80,12 +80,12 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from mm15.config import to_dict
-    from mm15.model.params import count_params, mm1_peak_lr
+    from mm15.model.params import count_params, recipe_peak_lr
     from mm15.presets import get_preset
 
     cfg = get_preset(args.preset, encoder=args.encoder)
     counts = count_params(cfg)
-    lr = mm1_peak_lr(counts.lm_non_embedding)
+    lr = recipe_peak_lr(cfg)
     if args.json:
         print(
             json.dumps(
@@ -127,7 +127,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"  images    {im.split} ({im.n_min}, {im.n_max}) at r={im.resolution}, "
         f"overview {im.overview}, indicator {im.indicator}"
     )
-    print(f"  MM1 Eq. 1 peak LR for N={_fmt(counts.lm_non_embedding)}: {lr:.3g}")
+    print(f"  MM1 Eq. 1 peak LR (dense backbone's non-embedding N): {lr:.3g}")
     return 0
 
 

@@ -150,3 +150,18 @@ def test_three_images_are_not_split_and_video_frames_are_one_tile_each(setup):
             len(frames.input_ids),
             model.cfg.lm.dim,
         )
+
+
+def test_n_max_can_be_raised_at_inference(setup):
+    """Table 2: inference may use a larger (n_min, n_max) than training, with no retraining."""
+    import dataclasses
+
+    model, tok = setup
+    big = _image(1000, 1000, 11)  # 112-px tiles: (1, 4) allows 2×2, (1, 16) reaches 4×4 and more
+    trained = encode_prompt("<image>", [big], tokenizer=tok, cfg=model.cfg)
+    wider_cfg = dataclasses.replace(model.cfg, image=dataclasses.replace(model.cfg.image, n_max=16))
+    wider = encode_prompt("<image>", [big], tokenizer=tok, cfg=wider_cfg)
+    assert trained.plans[0].grid == (2, 2) and wider.plans[0].grid == (4, 4)
+    with torch.no_grad():
+        out = model(torch.tensor([wider.input_ids]), pixels_NCHW=wider.pixels)
+    assert out.logits.shape[1] == len(wider.input_ids) and torch.isfinite(out.logits).all()

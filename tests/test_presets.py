@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mm15.config import ModelConfig, from_dict, to_dict
-from mm15.model.params import count_params, mm1_peak_lr
+from mm15.model.params import count_params, mm1_peak_lr, recipe_peak_lr
 from mm15.presets import PRESETS, get_preset
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "presets.json"
@@ -83,3 +83,10 @@ def test_encoder_swap_and_errors():
     assert get_preset("3b", encoder="vit-l14-336").vision.width == 1024
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("2b")
+
+
+def test_moe_takes_the_dense_backbones_learning_rate():
+    assert recipe_peak_lr(get_preset("3b-moe")) == recipe_peak_lr(get_preset("3b"))
+    assert recipe_peak_lr(get_preset("3b")) == mm1_peak_lr(
+        count_params(get_preset("3b")).lm_non_embedding
+    )

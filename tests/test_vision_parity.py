@@ -17,13 +17,12 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionMode
 
 from mm15.config import VisionConfig  # noqa: E402
 from mm15.model.hf_vision import (  # noqa: E402
-    dfn5b_vit_h14_378,
     load_vision_encoder,
-    openai_vit_l14_336,
     vision_config_from_hf,
     vision_config_from_open_clip,
 )
 from mm15.model.vision import VisionTransformer  # noqa: E402
+from mm15.presets import vit_h14_378, vit_l14_336  # noqa: E402
 
 TOL = 1e-4
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -253,15 +252,15 @@ def test_public_configs_map_to_presets():
     # open_clip's model_configs/ViT-H-14-378-quickgelu.json (DFN5B-CLIP-ViT-H-14-378).
     dfn = {"embed_dim": 1024, "quick_gelu": True,
            "vision_cfg": {"image_size": 378, "layers": 32, "width": 1280, "head_width": 80, "patch_size": 14}}  # fmt: skip
-    assert vision_config_from_open_clip({"model_cfg": dfn}) == dfn5b_vit_h14_378()
+    assert vision_config_from_open_clip({"model_cfg": dfn}) == vit_h14_378()
     # openai/clip-vit-large-patch14-336 config.json (vision part).
     l14 = {"model_type": "clip", "vision_config": {"hidden_size": 1024, "intermediate_size": 4096,
            "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 336, "patch_size": 14}}  # fmt: skip
-    assert vision_config_from_hf(l14) == openai_vit_l14_336()
+    assert vision_config_from_hf(l14) == vit_l14_336()
 
 
 def test_vit_h_builds_on_meta_with_expected_size():
-    cfg = dfn5b_vit_h14_378()
+    cfg = vit_h14_378()
     with torch.device("meta"):
         vit = VisionTransformer(cfg)
     w, g = cfg.width, cfg.image_size // cfg.patch_size

@@ -77,32 +77,6 @@ _OC_UNSUPPORTED = {
 }  # fmt: skip
 
 
-def dfn5b_vit_h14_378() -> VisionConfig:
-    """apple/DFN5B-CLIP-ViT-H-14-378 (open_clip ``ViT-H-14-378-quickgelu``: head_width 80)."""
-    return VisionConfig(
-        image_size=378,
-        patch_size=14,
-        width=1280,
-        depth=32,
-        heads=16,
-        mlp_dim=5120,
-        act="quick_gelu",
-    )
-
-
-def openai_vit_l14_336() -> VisionConfig:
-    """openai/clip-vit-large-patch14-336."""
-    return VisionConfig(
-        image_size=336,
-        patch_size=14,
-        width=1024,
-        depth=24,
-        heads=16,
-        mlp_dim=4096,
-        act="quick_gelu",
-    )
-
-
 def _square(value: object, name: str, where: str) -> int:
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:

@@ -7,6 +7,7 @@ decoder without its input embedding and output head), from which the peak LR is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -69,3 +70,10 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
 def mm1_peak_lr(non_embedding_params: int) -> float:
     """MM1 Eq. 1: η = exp(−0.4214·ln N − 0.5535), N = non-embedding parameters."""
     return math.exp(-0.4214 * math.log(non_embedding_params) - 0.5535)
+
+
+def recipe_peak_lr(cfg: ModelConfig) -> float:
+    """MM1 Eq. 1 for ``cfg``'s decoder; an MoE model takes its dense backbone's rate, since
+    MM1 §3.3 trains MoE "with the same training hyperparameters ... for the dense backbone"."""
+    dense = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, moe=None))
+    return mm1_peak_lr(count_params(dense).lm_non_embedding)
