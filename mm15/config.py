@@ -100,6 +100,7 @@ class LMConfig:
     qkv_bias: bool = False  # True for Qwen2
     tie_embeddings: bool = False
     max_seq_len: int = 4096
+    dropout: float = 0.0  # residual dropout in training (off in the paper's recipe as far as known)
     moe: MoEConfig | None = None
 
     @property
@@ -189,6 +190,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return from_dict(tp, value)
     if origin is tuple:
         return tuple(value)
+    if origin is list and value is not None:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -208,3 +214,105 @@ def save_json(cfg: Any, path: str) -> None:
 def load_model_config(path: str) -> ModelConfig:
     with open(path) as f:
         return from_dict(ModelConfig, json.load(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data pipeline: formatting (mm15.data.chat), packing (mm15.data.packing) and mixtures
+# (mm15.data.mixture).  The paper's numbers are the defaults (§3.2.2, §4; SPEC §4).
+
+# The categories a mixture source may have; equal to mm15.data.schema.Category (a test checks).
+MixCategory = Literal[
+    "caption", "interleaved", "text", "ocr", "synthetic_caption",
+    "general", "text_rich", "refer_ground", "science", "math", "code",
+    "multi_image", "text_only", "video", "ui", "eval",
+]  # fmt: skip
+# How sources of one group share the group's weight: "equal" (stage 2: the four OCR sets are
+# "sampled equally", §3.3) or in proportion to their sizes ("by_size").
+Within = Literal["equal", "by_size"]
+# When region coordinates name their image (``<k:x1,y1,x2,y2>``, mm15.data.coords):
+# "multi_image": exactly when the sample shows more than one image (SPEC §3); "always"; "auto"
+# (only regions on images k > 0, see mm15.data.coords.format_box).
+RegionImageIndex = Literal["multi_image", "always", "auto"]
+
+
+@dataclass(kw_only=True)
+class FormatConfig:
+    """The chat template (mm15.data.chat): role markers are ordinary text, EOS ends each
+    assistant turn.  A conversation renders as
+    ``[BOS]System: …\\nUser: …\\nAssistant: …[EOS]\\nUser: …\\nAssistant: …[EOS]``."""
+
+    system_prefix: str = "System: "
+    user_prefix: str = "User: "
+    assistant_prefix: str = "Assistant: "
+    turn_end: str = "\n"  # after system/user turns, and after an assistant's EOS when more follow
+    add_bos: bool = True  # when the tokenizer has a BOS token (Qwen2 has none)
+    region_image_index: RegionImageIndex = "multi_image"
+
+
+@dataclass(kw_only=True)
+class PackingConfig:
+    """Fixed-length packed rows (mm15.data.packing; SPEC §4: sequence length 4096)."""
+
+    seq_len: int = 4096
+    # Stage 1 packs at most 16 images per sequence (SPEC §4); None = no cap (video SFT shows 24
+    # frames per sample, so its recipe must raise or drop the cap).
+    max_images_per_sequence: int | None = 16
+
+
+@dataclass(kw_only=True)
+class PretrainWeights:
+    """Stage 1 (§4): image–caption : interleaved : text-only = 50 : 10 : 40 (MM1 used 45:45:10)."""
+
+    caption: float = 50.0
+    interleaved: float = 10.0
+    text: float = 40.0
+    within: Within = "by_size"
+
+
+@dataclass(kw_only=True)
+class CPTWeights:
+    """Stage 2 (§3.3): the OCR sets sampled equally; synthetic captions optional (weight 0)."""
+
+    ocr: float = 1.0
+    synthetic_caption: float = 0.0
+    within: Within = "equal"
+
+
+@dataclass(kw_only=True)
+class SFTWeights:
+    """Stage 3 (§3.2.2, Fig. 6–8).  Single-image: general and text-rich mixed by size, each other
+    category at ratio α to general; then the groups single : multi : text = w_single : w_multi :
+    w_text.  With sizes in the paper's ratio this gives text-rich 37.2, refer&ground 22.5,
+    general 11.3, math 5.6, code 2.3, science 1.1, multi-image 10, text-only 10 (%)."""
+
+    alpha_science: float = 0.1
+    alpha_math: float = 0.5
+    alpha_code: float = 0.2
+    alpha_refer_ground: float = 2.0
+    w_single: float = 0.8
+    w_multi: float = 0.1
+    w_text: float = 0.1
+    within: Within = "by_size"  # sources of one category
+
+
+@dataclass(kw_only=True)
+class SourceConfig:
+    """One data source of a mixture."""
+
+    name: str  # e.g. "cauldron/chartqa"; the key of its dataset
+    category: MixCategory
+    size: int | None = None  # samples counted for "by_size" weights; None: len(dataset)
+
+
+@dataclass(kw_only=True)
+class MixtureConfig:
+    """Which weights apply (``rule``) and to which sources.  "flat" mixes all sources by
+    ``flat_within`` regardless of category (video SFT §5, UI SFT §6)."""
+
+    rule: Literal["pretrain", "cpt", "sft", "flat"] = "sft"
+    pretrain: PretrainWeights = field(default_factory=PretrainWeights)
+    cpt: CPTWeights = field(default_factory=CPTWeights)
+    sft: SFTWeights = field(default_factory=SFTWeights)
+    flat_within: Within = "by_size"
+    sources: list[SourceConfig] = field(default_factory=list)
+    seed: int = 0

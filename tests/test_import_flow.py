@@ -20,7 +20,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted((PKG / "model").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((PKG / "model").rglob("*.py")), ids=lambda p: p.name)
 def test_model_imports_only_torch_and_config(path):
     for name in _imports(path):
         top = name.split(".")[0]
@@ -32,7 +32,7 @@ def test_model_imports_only_torch_and_config(path):
             )
 
 
-@pytest.mark.parametrize("path", sorted((PKG / "data").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((PKG / "data").rglob("*.py")), ids=lambda p: p.name)
 def test_data_never_imports_model(path):
     bad = [n for n in _imports(path) if n.startswith("mm15.model")]
     assert not bad, f"{path.name} imports {bad}"

@@ -118,10 +118,14 @@ class Sample:
             for part in msg.content:
                 if part.type == "text" and part.text is None:
                     raise ValueError(f"sample {self.id}: message {mi} has a text part with no text")
-                if part.type == "media" and not (0 <= (part.media or -1) < len(self.media)):
+                if part.type == "media" and not (
+                    part.media is not None and 0 <= part.media < len(self.media)
+                ):
                     raise ValueError(f"sample {self.id}: message {mi} refers to media {part.media} "
                                      f"but the sample has {len(self.media)}")  # fmt: skip
-                if part.type == "region" and not (0 <= (part.region or -1) < len(self.regions)):
+                if part.type == "region" and not (
+                    part.region is not None and 0 <= part.region < len(self.regions)
+                ):
                     raise ValueError(f"sample {self.id}: message {mi} refers to region "
                                      f"{part.region} but the sample has {len(self.regions)}")  # fmt: skip
         for ri, reg in enumerate(self.regions):

@@ -226,6 +226,7 @@ class Block(nn.Module):
     def __init__(self, cfg: LMConfig, layer: int):
         super().__init__()
         self.layer = layer
+        self.dropout = cfg.dropout
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -244,11 +245,13 @@ class Block(nn.Module):
         cache: KVCache | None,
         valid_BT: Tensor | None,
     ) -> tuple[Tensor, MoEAux | None]:
-        h_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos_sin, mask_B1TS, cache, self.layer)
+        attn_BTD = self.attn(self.attn_norm(x_BTD), cos_sin, mask_B1TS, cache, self.layer)
+        h_BTD = x_BTD + F.dropout(attn_BTD, self.dropout, self.training)
         if isinstance(self.ffn, MoEFeedForward):
             y_BTD, aux = self.ffn(self.ffn_norm(h_BTD), valid_BT)
-            return h_BTD + y_BTD, aux
-        return h_BTD + self.ffn(self.ffn_norm(h_BTD)), None
+        else:
+            y_BTD, aux = self.ffn(self.ffn_norm(h_BTD)), None
+        return h_BTD + F.dropout(y_BTD, self.dropout, self.training), aux
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,15 +129,23 @@ def next_token_loss(
     A pair that crosses a packed-document boundary is never a target, whatever the labels say.
     With no selected position the loss is 0 (kept in the graph so every rank can backprop).
     """
+    total, n = next_token_loss_sum(logits_BTV, labels_BT, document_ids_BT)
+    return total / n.clamp(min=1)
+
+
+def next_token_loss_sum(
+    logits_BTV: Tensor, labels_BT: Tensor, document_ids_BT: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(summed cross entropy, number of target tokens) — what data-parallel training needs to
+    normalise by the token count of the whole global batch rather than per rank."""
     targets_BT = labels_BT[:, 1:].clone()
     if document_ids_BT is not None:
         targets_BT[document_ids_BT[:, 1:] != document_ids_BT[:, :-1]] = IGNORE_INDEX
     logits = logits_BTV[:, :-1].float()
-    n = (targets_BT != IGNORE_INDEX).sum()
     total = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
         targets_BT.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return total / n.clamp(min=1)
+    return total, (targets_BT != IGNORE_INDEX).sum()

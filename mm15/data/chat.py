@@ -1,0 +1,359 @@
+"""A :class:`~mm15.data.schema.Sample` → token ids, loss labels and the images they show.
+
+**Pre-training** (every message has role ``document``; captions, interleaved documents, text,
+OCR pages): ``[BOS] text… [EOS]`` with loss on all text and the EOS (§4, MM1 §3).
+
+**Chat** (SFT, evaluation): role markers are ordinary text (:class:`~mm15.config.FormatConfig`)::
+
+    [BOS]System: {system}\\n
+    User: {user}\\n
+    Assistant: {answer}[EOS]\\n
+    User: {user}\\n
+    Assistant: {answer}[EOS]
+
+Loss on assistant content and its EOS only (SPEC §4 "loss on assistant turns"); role markers,
+system and user turns carry none.  ``Message.train`` overrides a message's default.  With
+``for_generation`` the text ends with the assistant marker, where the model takes over.
+
+Labels are aligned with ``input_ids`` (``labels[t]`` is ``input_ids[t]`` where the loss applies,
+else ``IGNORE_INDEX``); the model predicts ``t+1`` from ``t``.  Image tokens and the sub-image
+position indicators (Table 3) never carry loss.
+
+**Images.** Every media part expands to the segments of :func:`mm15.data.layout.plan_image`
+(sizes from :func:`mm15.data.media.media_size`, no pixels decoded).  Images are numbered ``k``
+in order of appearance; a video is its frames (§5), one tile each, never split, and counts as
+that many images.  Splitting applies only when the sample shows fewer than
+``ImageConfig.split_below_images`` images (§4).  Each medium must be shown exactly once, so
+that a region's image index ``k`` is well defined.  Regions render through
+:func:`mm15.data.coords.format_box` / ``format_point`` on the original media size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from mm15.config import FormatConfig, ModelConfig
+from mm15.data.coords import Box, CoordinateError, Point, format_box, format_point
+from mm15.data.layout import (
+    ImagePlan,
+    ImageRun,
+    TextPiece,
+    plan_image,
+    plan_video,
+    sample_allows_split,
+)
+from mm15.data.media import load_image, load_video, media_size, video_frame_count
+from mm15.data.schema import Media, Message, Part, Sample, SampleError
+from mm15.data.splitting import tile_image
+from mm15.tokenizer import MM15Tokenizer
+
+IGNORE_INDEX = -100  # equals mm15.model.mm15.IGNORE_INDEX (data never imports the model)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageRef:
+    """One image shown in an example, in order of appearance: what to load and how to tile it."""
+
+    sample_id: str
+    media: Media
+    media_index: int  # index into the sample's media
+    frame: int | None  # index into load_video's frames; None for an image
+    video_frames: int | None  # frames planned for the whole video; None for an image
+    plan: ImagePlan
+    allow_split: bool
+
+    @property
+    def n_tiles(self) -> int:
+        return self.plan.n_tiles
+
+
+@dataclass
+class Example:
+    """A formatted sample: ``input_ids`` and ``labels`` have equal length; ``images`` in order."""
+
+    input_ids: list[int]
+    labels: list[int]
+    images: list[ImageRef]
+    sample_id: str
+    source: str
+    category: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_tiles(self) -> int:
+        return sum(r.n_tiles for r in self.images)
+
+    @property
+    def num_trainable(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning the images
+
+
+def _media_order(sample: Sample) -> list[int]:
+    """Media indices in order of appearance; each medium must appear exactly once."""
+    order = [p.media for m in sample.messages for p in m.content if p.type == "media"]
+    if len(set(order)) != len(order):
+        twice = sorted({i for i in order if order.count(i) > 1})
+        raise SampleError("malformed", f"sample {sample.id}: media {twice} shown more than once")
+    unused = sorted(set(range(len(sample.media))) - set(order))
+    if unused:
+        raise SampleError("malformed", f"sample {sample.id}: media {unused} never shown "
+                                       "(no media part refers to them)")  # fmt: skip
+    return order
+
+
+def _plan_media(sample: Sample, cfg: ModelConfig) -> dict[int, list[ImageRef]]:
+    """ImageRefs per media index: one for an image, one per frame for a video."""
+    order = _media_order(sample)
+    counts = {
+        i: video_frame_count(sample.media[i], cfg.video, cfg.image)
+        if sample.media[i].kind == "video"
+        else 1
+        for i in order
+    }
+    allow = sample_allows_split(sum(counts.values()), cfg.image)
+    tpt, k, refs = cfg.connector.num_tokens, 0, {}
+    for i in order:
+        media = sample.media[i]
+        if media.kind == "video":
+            plans = plan_video(counts[i], cfg.image, tokens_per_tile=tpt, image_index_start=k)
+            refs[i] = [
+                ImageRef(sample.id, media, i, f, counts[i], p, False) for f, p in enumerate(plans)
+            ]
+        else:
+            size = media_size(media, cfg.image)
+            plan = plan_image(
+                size, cfg.image, tokens_per_tile=tpt, image_index=k, allow_split=allow
+            )
+            refs[i] = [ImageRef(sample.id, media, i, None, None, plan, allow)]
+        k += counts[i]
+    return refs
+
+
+# ---------------------------------------------------------------------------------------------
+# The token stream
+
+
+class _Stream:
+    """Pieces in order: ("text", str, train), ("indicator", str), ("token", id, train), images."""
+
+    def __init__(self) -> None:
+        self.pieces: list[tuple] = []
+        self.images: list[ImageRef] = []
+
+    def text(self, text: str, train: bool) -> None:
+        if not text:
+            return
+        last = self.pieces[-1] if self.pieces else None
+        if last is not None and last[0] == "text" and last[2] == train:
+            self.pieces[-1] = ("text", last[1] + text, train)  # one tokenisation per span
+        else:
+            self.pieces.append(("text", text, train))
+
+    def token(self, token_id: int | None, train: bool) -> None:
+        if token_id is not None:
+            self.pieces.append(("token", token_id, train))
+
+    def image(self, ref: ImageRef) -> None:
+        self.images.append(ref)
+        for seg in ref.plan.segments:
+            if isinstance(seg, TextPiece):
+                self.pieces.append(("indicator", seg.text))
+            else:
+                self.pieces.append(("run", seg))
+
+    def encode(self, tok: MM15Tokenizer, where: str) -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        image_id = tok.image_token_id
+        for piece in self.pieces:
+            kind = piece[0]
+            if kind == "run":
+                run: ImageRun = piece[1]
+                ids += [image_id] * run.num_tokens
+                labels += [IGNORE_INDEX] * run.num_tokens
+                continue
+            if kind == "token":
+                new, train = [piece[1]], piece[2]
+            else:
+                new, train = tok.encode(piece[1]), kind == "text" and piece[2]
+                if image_id in new:
+                    raise SampleError("malformed", f"{where}: text {piece[1][:60]!r} contains "
+                                                   "the image token; images must be media parts")  # fmt: skip
+            ids += new
+            labels += new if train else [IGNORE_INDEX] * len(new)
+        return ids, labels
+
+
+def _region_text(sample: Sample, part: Part, refs: dict[int, list[ImageRef]], n_images: int,
+                 fmt: FormatConfig) -> str:  # fmt: skip
+    region = sample.regions[part.region]
+    if sample.media[region.media].kind != "image":
+        raise SampleError("malformed", f"sample {sample.id}: region {part.region} is on a video")
+    k = refs[region.media][0].plan.image_index
+    mode = fmt.region_image_index
+    if mode == "multi_image":
+        mode = "always" if n_images > 1 else "never"
+    size = refs[region.media][0].plan.size_wh
+    try:
+        if region.box is not None:
+            return format_box(Box(*region.box, image=k), size, image_index=mode)
+        return format_point(Point(*region.point, image=k), size, image_index=mode)
+    except CoordinateError as e:
+        raise SampleError("malformed", f"sample {sample.id}: region {part.region}: {e}") from e
+
+
+def _content(stream: _Stream, sample: Sample, msg: Message, train: bool,
+             refs: dict[int, list[ImageRef]], fmt: FormatConfig) -> None:  # fmt: skip
+    n_images = sum(len(r) for r in refs.values())
+    for part in msg.content:
+        if part.type == "text":
+            stream.text(part.text, train)
+        elif part.type == "media":
+            for ref in refs[part.media]:
+                stream.image(ref)
+        else:
+            stream.text(_region_text(sample, part, refs, n_images, fmt), train)
+
+
+def _check_references(sample: Sample) -> None:
+    """Every part's media/region index and every region's media exist (``malformed``).
+
+    (Not ``Sample.validate``: it reads index 0 as missing, ``(part.media or -1)``.)
+    """
+
+    def bad(msg: str) -> SampleError:
+        return SampleError("malformed", f"sample {sample.id}: {msg}")
+
+    for mi, msg in enumerate(sample.messages):
+        for part in msg.content:
+            if part.type not in ("text", "media", "region"):
+                raise bad(f"message {mi} has a part of unknown type {part.type!r}")
+            if part.type == "text" and not isinstance(part.text, str):
+                raise bad(f"message {mi} has a text part with no text")
+            ref, n = {"media": (part.media, len(sample.media)),
+                      "region": (part.region, len(sample.regions))}.get(part.type, (0, 1))  # fmt: skip
+            if not isinstance(ref, int) or not 0 <= ref < n:
+                raise bad(f"message {mi} refers to {part.type} {ref} but the sample has {n}")
+    for ri, reg in enumerate(sample.regions):
+        if not isinstance(reg.media, int) or not 0 <= reg.media < len(sample.media):
+            raise bad(f"region {ri} is on media {reg.media} but the sample has {len(sample.media)}")
+        if (reg.box is None) == (reg.point is None):
+            raise bad(f"region {ri} needs exactly one of box, point")
+        shape = reg.box if reg.box is not None else reg.point
+        if len(shape) != (4 if reg.box is not None else 2):
+            raise bad(f"region {ri} has {len(shape)} coordinates: {shape}")
+
+
+def _check_roles(sample: Sample, for_generation: bool) -> bool:
+    """True for a pre-training document sample, False for a chat; raises when mixed."""
+    if not sample.messages:
+        raise SampleError("empty", f"sample {sample.id} has no messages")
+    docs = [m.role == "document" for m in sample.messages]
+    if any(docs) and not all(docs):
+        raise SampleError("malformed", f"sample {sample.id} mixes document and chat messages")
+    if all(docs) and for_generation:
+        raise SampleError("malformed", f"sample {sample.id}: a document has no generation prompt")
+    return all(docs)
+
+
+def format_sample(
+    sample: Sample,
+    *,
+    tokenizer: MM15Tokenizer,
+    model_cfg: ModelConfig,
+    fmt: FormatConfig,
+    for_generation: bool = False,
+) -> Example:
+    """Token ids, labels and images of ``sample`` (template in the module docstring).
+
+    Raises :class:`SampleError`: ``malformed`` (bad references, the image token in text,
+    mixed roles), ``missing``/``corrupt`` (media headers), ``empty`` (no trainable token unless
+    ``for_generation``).  Length limits are the packer's job (``too_long``).
+    """
+    if 0 <= model_cfg.image_token_id != tokenizer.image_token_id:
+        raise ValueError(f"ModelConfig.image_token_id={model_cfg.image_token_id} but the "
+                         f"tokenizer's image token id is {tokenizer.image_token_id}")  # fmt: skip
+    if not tokenizer.eos_ids:
+        raise ValueError("the tokenizer has no EOS token; the chat template needs one")
+    _check_references(sample)
+    is_doc = _check_roles(sample, for_generation)
+    refs = _plan_media(sample, model_cfg)
+    eos = tokenizer.eos_ids[0]
+    stream = _Stream()
+    stream.token(tokenizer.bos_id if fmt.add_bos else None, False)
+    if is_doc:
+        for msg in sample.messages:
+            _content(stream, sample, msg, msg.train is not False, refs, fmt)
+        stream.token(eos, True)
+    else:
+        prefix = {"system": fmt.system_prefix, "user": fmt.user_prefix,
+                  "assistant": fmt.assistant_prefix}  # fmt: skip
+        for i, msg in enumerate(sample.messages):
+            train = msg.train if msg.train is not None else msg.role == "assistant"
+            stream.text(prefix[msg.role], False)
+            _content(stream, sample, msg, train, refs, fmt)
+            if msg.role == "assistant":
+                stream.token(eos, train)
+                if i + 1 < len(sample.messages) or for_generation:
+                    stream.text(fmt.turn_end, False)
+            else:
+                stream.text(fmt.turn_end, False)
+        if for_generation:
+            stream.text(fmt.assistant_prefix, False)
+    ids, labels = stream.encode(tokenizer, f"sample {sample.id}")
+    ex = Example(ids, labels, stream.images, sample.id, sample.source, sample.category)
+    if not for_generation and ex.num_trainable == 0:
+        raise SampleError("empty", f"sample {sample.id} has no token with loss")
+    return ex
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels
+
+
+def materialize_pixels(
+    images: Example | Sequence[ImageRef], model_cfg: ModelConfig
+) -> torch.Tensor:
+    """``(N, 3, r, r)`` float32 tiles of ``images`` in order (N = Σ plan.n_tiles), each image
+    decoded and cut by :func:`~mm15.data.splitting.tile_image` with its plan's ``allow_split``.
+
+    Raises ``SampleError`` when the pixels disagree with the plan (a declared ``Media.size``
+    that is not the decoded size: ``malformed``; a video that decodes to other frames than its
+    header promised: ``corrupt``).
+    """
+    refs = images.images if isinstance(images, Example) else list(images)
+    r = model_cfg.image.resolution
+    videos: dict[int, list[Image.Image]] = {}
+    tiles = []
+    for ref in refs:
+        where = f"sample {ref.sample_id} media {ref.media_index}"
+        if ref.frame is None:
+            tiled = tile_image(load_image(ref.media, model_cfg.image), model_cfg.image,
+                               allow_split=ref.allow_split)  # fmt: skip
+            if tiled.geometry != ref.plan.geometry:
+                raise SampleError("malformed", f"{where}: planned "
+                                  f"{ref.plan.geometry} but decoded {tiled.geometry} (is "
+                                  "Media.size the decoded size?)")  # fmt: skip
+        else:
+            if id(ref.media) not in videos:
+                videos[id(ref.media)] = load_video(ref.media, model_cfg.video, model_cfg.image)
+            frames = videos[id(ref.media)]
+            if len(frames) != ref.video_frames:
+                raise SampleError("corrupt", f"{where}: video decoded to "
+                                  f"{len(frames)} frames but {ref.video_frames} were planned")  # fmt: skip
+            tiled = tile_image(frames[ref.frame], model_cfg.image, allow_split=False)
+            if tiled.geometry.n_tiles != ref.plan.n_tiles:
+                raise SampleError("corrupt", f"{where} frame {ref.frame}: "
+                                  f"{tiled.geometry.n_tiles} tiles, planned {ref.plan.n_tiles}")  # fmt: skip
+        tiles.append(tiled.tiles)
+    return torch.cat(tiles) if tiles else torch.zeros(0, 3, r, r)

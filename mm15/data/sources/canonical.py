@@ -1,0 +1,243 @@
+"""Canonical JSONL (notes/dataset-formats.md §6 "offline converters → canonical JSONL") and the
+small pieces every reader shares.
+
+A canonical file holds one :func:`~mm15.data.schema.sample_to_json` line per sample; offline
+converters write it with :func:`write_canonical` and :class:`CanonicalReader` reads it back.
+
+Shared pieces (used by every module of :mod:`mm15.data.sources`):
+
+* :func:`header_size`: ``(W, H)`` from an image header without decoding pixels.  Readers call it
+  only when a sample has regions (coordinate conversion needs the size); otherwise media stay a
+  path or bytes and ``Media.size`` is None, so indexing and ``__getitem__`` never pay for pixels.
+* :func:`line_offsets` / :func:`read_line`: byte offsets of JSONL lines, for random access.
+* :func:`finish`: validate a built sample, turning inconsistencies into ``SampleError``.
+
+Every reader is map-style: ``len(reader)`` and ``reader[i] -> Sample``; bad samples raise
+:class:`~mm15.data.schema.SampleError` whose detail names the file and the row or key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from mm15.config import ImageConfig
+from mm15.data.coords import CoordinateError
+from mm15.data.schema import (
+    Category,
+    Sample,
+    SampleError,
+    Stage,
+    sample_from_json,
+    sample_to_json,
+)
+
+PathLike = str | os.PathLike
+# EXIF orientations that rotate by 90°: the decoded (exif_transpose'd) image has W and H swapped.
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+# What PIL raises on malformed headers (as in image_io), plus its decompression-bomb refusal.
+_HEADER_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+                  ValueError, EOFError, struct.error, IndexError, KeyError, ZeroDivisionError)  # fmt: skip
+
+
+def as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    """One path or a sequence of them (shards), in the given order."""
+    if isinstance(paths, str | os.PathLike):
+        return [Path(paths)]
+    out = [Path(p) for p in paths]
+    if not out:
+        raise ValueError("a reader needs at least one file")
+    return out
+
+
+def _plugins() -> list[str]:
+    Image.init()
+    return [f for f in ImageConfig().formats if f in Image.OPEN]
+
+
+def header_size(src: PathLike | bytes, *, where: str) -> tuple[int, int]:
+    """``(W, H)`` of an image as :func:`mm15.data.image_io.open_image` will decode it.
+
+    Reads the header only (``Image.open`` without ``load``), restricted to the formats of
+    ``ImageConfig``; EXIF orientations 5–8 swap W and H, as ``exif_transpose`` will.  Raises
+    ``SampleError("missing")`` for an absent file and ``SampleError("corrupt")`` for anything
+    PIL cannot identify; ``where`` names the file and row in the message.
+    """
+    try:
+        fp = io.BytesIO(src) if isinstance(src, bytes | bytearray) else open(src, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise SampleError("missing", f"{where}: image file {os.fspath(src)} not found") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise SampleError("corrupt", f"{where}: cannot open image {os.fspath(src)}: {e}") from None
+    try:
+        with fp, Image.open(fp, formats=_plugins()) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
+                w, h = h, w
+    except _HEADER_ERRORS as e:
+        raise SampleError("corrupt", f"{where}: unreadable image header: {e}") from None
+    if w < 1 or h < 1:
+        raise SampleError("corrupt", f"{where}: image header says size {w}x{h}")
+    return w, h
+
+
+def check_file(path: Path, where: str) -> Path:
+    """``path`` if it exists (a file or, for frame folders, a directory), else missing."""
+    if not path.exists():
+        raise SampleError("missing", f"{where}: media file {path} not found")
+    return path
+
+
+def line_offsets(path: Path) -> list[int]:
+    """Byte offsets of the non-blank lines of a JSONL file (blank lines are not rows)."""
+    offsets, pos = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                offsets.append(pos)
+            pos += len(line)
+    return offsets
+
+
+def read_line(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.readline()
+
+
+def parse_json(raw: bytes | str, where: str) -> Any:
+    """``json.loads`` with undecodable input reported as ``SampleError("corrupt")``."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SampleError("corrupt", f"{where}: undecodable JSON: {e}") from None
+
+
+def coord_error(e: CoordinateError, where: str) -> SampleError:
+    """A bad box from the coordinate library, as a malformed sample."""
+    return SampleError("malformed", f"{where}: bad box: {e}")
+
+
+def check_sample(sample: Sample) -> None:
+    """The reference checks of :meth:`Sample.validate`, raising ``ValueError`` naming the sample.
+
+    Kept here because ``Sample.validate`` tests ``0 <= (part.media or -1)``, which rejects
+    index 0 (every first image and region); use ``validate`` once that is fixed.
+    """
+    n_media, n_regions = len(sample.media), len(sample.regions)
+    for mi, msg in enumerate(sample.messages):
+        for part in msg.content:
+            if part.type == "text" and part.text is None:
+                raise ValueError(f"sample {sample.id}: message {mi} has a text part with no text")
+            if part.type == "media" and not (part.media is not None and 0 <= part.media < n_media):
+                raise ValueError(f"sample {sample.id}: message {mi} refers to media "
+                                 f"{part.media} but the sample has {n_media}")  # fmt: skip
+            ok = part.region is not None and 0 <= part.region < n_regions
+            if part.type == "region" and not ok:
+                raise ValueError(f"sample {sample.id}: message {mi} refers to region "
+                                 f"{part.region} but the sample has {n_regions}")  # fmt: skip
+    for ri, reg in enumerate(sample.regions):
+        if not 0 <= reg.media < n_media:
+            raise ValueError(f"sample {sample.id}: region {ri} is on missing media {reg.media}")
+        if (reg.box is None) == (reg.point is None):
+            raise ValueError(f"sample {sample.id}: region {ri} needs exactly one of box, point")
+        if sample.media[reg.media].size is None:
+            raise ValueError(f"sample {sample.id}: region {ri} is on media {reg.media} "
+                             "whose size is unknown")  # fmt: skip
+
+
+def finish(sample: Sample, where: str) -> Sample:
+    """``sample`` after :func:`check_sample` (``malformed``); a sample without text is ``empty``."""
+    try:
+        check_sample(sample)
+    except ValueError as e:
+        raise SampleError("malformed", f"{where}: {e}") from None
+    texts = (p.text for msg in sample.messages for p in msg.content if p.type == "text")
+    if not any(t and t.strip() for t in texts):
+        raise SampleError("empty", f"{where}: no text in any message")
+    return sample
+
+
+class CanonicalReader:
+    """Map-style reader of canonical JSONL files (one ``sample_to_json`` line per sample).
+
+    ``category`` / ``stage`` / ``source``: None keeps what each line says; a value overrides it
+    (a converter's output reused in another stage).  ``name`` defaults to the first file's stem.
+    """
+
+    def __init__(
+        self,
+        paths: PathLike | Sequence[PathLike],
+        *,
+        name: str | None = None,
+        source: str | None = None,
+        category: Category | None = None,
+        stage: Stage | None = None,
+    ):
+        self.paths = as_paths(paths)
+        self.name = name or source or self.paths[0].stem
+        self.source, self.category, self.stage = source, category, stage
+        self._index = [(fi, off) for fi, p in enumerate(self.paths) for off in line_offsets(p)]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> Sample:
+        fi, off = self._index[i]
+        where = f"{self.paths[fi]} line at byte {off}"
+        try:
+            sample = sample_from_json(read_line(self.paths[fi], off).decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # before ValueError: subclasses
+            raise SampleError("corrupt", f"{where}: undecodable JSON: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise SampleError("malformed", f"{where}: not a canonical sample: {e!r}") from None
+        for attr in ("source", "category", "stage"):
+            if getattr(self, attr) is not None:
+                setattr(sample, attr, getattr(self, attr))
+        return finish(sample, where)
+
+
+@dataclass
+class WriteStats:
+    written: int
+    skipped: list[str]  # one "sample <id>: <why>" per sample left out (on_invalid="skip")
+
+
+def write_canonical(
+    samples: Iterable[Sample], path: PathLike, *, on_invalid: Literal["raise", "skip"] = "raise"
+) -> WriteStats:
+    """Write ``samples`` as canonical JSONL to ``path``.
+
+    Every sample is checked first (:func:`check_sample`): an inconsistent one raises
+    ``ValueError`` naming it, or with ``on_invalid="skip"`` is left out and listed in
+    ``WriteStats.skipped``.  The file is written under a temporary name and renamed only when
+    complete, so a failed conversion never leaves ``path`` half written and an existing file
+    at ``path`` survives it intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    stats = WriteStats(written=0, skipped=[])
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for sample in samples:
+                try:
+                    check_sample(sample)
+                except ValueError as e:
+                    if on_invalid == "raise":
+                        raise
+                    stats.skipped.append(str(e))
+                    continue
+                f.write(sample_to_json(sample) + "\n")
+                stats.written += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return stats

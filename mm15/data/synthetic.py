@@ -1,0 +1,539 @@
+"""Synthetic corpus for ``mm15 demo``: every training stage and SFT category (SPEC §4–§5).
+
+The tasks are small enough for a CPU-sized model to learn in minutes, yet honest: answers come
+from what was drawn, text-rich codes are legible only at tile resolution, grounding references
+are the drawn pixels' boxes.  ``TASKS`` lists them; ``chance_baseline`` gives each exact chance.
+
+Conventions (decided here):
+
+* **Determinism.** Sample ``i`` of task ``t``, split ``s`` under ``seed`` is drawn from
+  ``random.Random(f"{seed}/{t}/{s}/{i}")`` (CPython hashes str seeds with SHA-512, independent of
+  ``PYTHONHASHSEED``), so no sample depends on how many others are drawn, and PNG bytes repeat.
+  Train and test draw from disjoint streams.  Tasks with few distinct prompts (``text_only/add``
+  has 100) necessarily repeat test prompts in training; they test a learnt fact, not recall.
+* **Answer first.** Every exact / multiple-choice task draws its answer uniformly from
+  ``Task.vocab`` and then builds a scene consistent with it, so the best answer-independent guess
+  scores exactly ``1 / |vocab|``: that is its chance baseline.  Grounding (``iou50``) chance is
+  estimated by Monte Carlo (:func:`chance_baseline`).
+* **Samples.** Train SFT: a user message (media + question) and an assistant message (the answer
+  text, or a region part for a box).  Test: ``stage="eval"``, the task's SFT category (so scores
+  group per category), the user message only, references in ``answers`` / ``options`` /
+  ``regions[meta["answer_region"]]``, and ``meta["metric"]`` in ``exact | mc | iou50``.
+* **Media.** :func:`make_samples` embeds PNG bytes; :func:`generate_corpus` writes PNG files and
+  sets ``Media.path`` relative to the corpus root (``CorpusIndex.load`` makes them absolute).
+  ``Media.size`` is always set.
+* **Video** is emitted as its frames: 4 image media (one tile each, since splitting is off for
+  ≥ 3 images, exactly how §5 feeds video as multi-image input) with ``meta["video"] = True``;
+  on disk the frames of a sample share a folder (``meta["frames_dir"]``) that
+  :func:`mm15.data.video.load_video_frames` can also read as a video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import random
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from mm15.data import synthetic_images as si
+from mm15.data.coords import Box, format_box
+from mm15.data.schema import (
+    Category,
+    Media,
+    Message,
+    Part,
+    Region,
+    Sample,
+    Stage,
+    sample_from_json,
+    sample_to_json,
+)
+
+Metric = Literal["exact", "mc", "iou50"]
+Split = Literal["train", "test"]
+
+POSITIONS = ("in the top left corner", "at the top", "in the top right corner", "on the left",
+             "in the centre", "on the right", "in the bottom left corner", "at the bottom",
+             "in the bottom right corner")  # fmt: skip
+UI_LABELS = ("OK", "Cancel", "Back", "Next", "Save", "Send", "Menu", "Help", "Home", "Play")
+LETTERS = "abcdefgh"  # text_only/reverse words: 3 letters from these, 8³ = 512 answers
+ORDINALS = ("first", "second", "third", "fourth")
+DIRECTIONS = ("left", "right", "up", "down")
+WORDS = ("the", "total", "page", "date", "name", "code", "price", "order", "item", "room",
+         "box", "note", "sum", "line", *si.COLOURS, *si.SHAPES, *UI_LABELS)  # fmt: skip
+SIGN_FONT = 14  # digit ink 10 px: 10 px in a tile, 2.5 px in the overview (checked per sample)
+
+
+@dataclass
+class Draft:
+    """What a task builder returns; :func:`_assemble` turns it into a train or test sample."""
+
+    images: list[Image.Image]
+    prompt: list[Part]  # user content (SFT) or the document (pre-training)
+    answer: str | None = None
+    regions: list[Region] = field(default_factory=list)
+    answer_region: int | None = None  # the assistant's answer is this region (a box)
+    options: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # "category/what"
+    stage: Stage
+    category: Category
+    build: Callable[[random.Random], Draft]
+    metric: Metric | None = None
+    vocab: tuple[str, ...] | None = None  # the answers, each drawn with probability 1/|vocab|
+
+
+def _uniform_add(rng: random.Random) -> tuple[int, int, int]:
+    """``(a, b, a + b)`` with single digits and the sum uniform over 0..18."""
+    s = rng.randint(0, 18)
+    a = rng.randint(max(0, s - 9), min(9, s))
+    return a, s - a, s
+
+
+def _items(rng: random.Random, n: int, kind: str, colour: str) -> list[tuple[str, str]]:
+    """``(kind, colour)`` first, then ``n - 1`` shapes with other, distinct kinds and colours."""
+    kinds = rng.sample([k for k in si.SHAPES if k != kind], n - 1)
+    colours = rng.sample([c for c in si.COLOURS if c != colour], n - 1)
+    return [(kind, colour), *zip(kinds, colours, strict=True)]
+
+
+def _phrase(d: si.Drawn) -> str:
+    return f"a {d.colour} {d.kind} {POSITIONS[d.cell]}"
+
+
+def _listing(phrases: list[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+# ---- stage 1 and 2 --------------------------------------------------------------------------
+
+
+def _caption(rng: random.Random) -> Draft:
+    items = _items(rng, rng.randint(1, 4), rng.choice(si.SHAPES), rng.choice(list(si.COLOURS)))
+    image, drawn = si.grid_scene(rng, items)
+    text = _listing([_phrase(d) for d in sorted(drawn, key=lambda d: d.cell)]) + "."
+    return Draft([image], [Part.m(0), Part.t(text[0].upper() + text[1:])])
+
+
+def _interleaved(rng: random.Random) -> Draft:
+    images, parts, total = [], [], 0
+    for k in range(rng.randint(2, 3)):
+        items = _items(rng, rng.randint(1, 2), rng.choice(si.SHAPES), rng.choice(list(si.COLOURS)))
+        image, drawn = si.grid_scene(rng, items)
+        images.append(image)
+        total += len(drawn)
+        parts += [
+            Part.m(k),
+            Part.t(f"Picture {k + 1} shows {_listing([_phrase(d) for d in drawn])}."),
+        ]
+    parts[-1] = Part.t(parts[-1].text + f" In all there are {total} shapes.")
+    return Draft(images, parts)
+
+
+def _facts(rng: random.Random) -> Draft:
+    facts = []
+    for _ in range(rng.randint(3, 5)):
+        a, b, s = _uniform_add(rng)
+        w = "".join(rng.choice(LETTERS) for _ in range(3))
+        facts.append(rng.choice([f"{a} + {b} = {s}.", f"The letters {w} reversed are {w[::-1]}.",
+                                 f"After {a} comes {a + 1}."]))  # fmt: skip
+    return Draft([], [Part.t(" ".join(facts))])
+
+
+def _ocr_page(rng: random.Random) -> Draft:
+    size = rng.choice([(224, 224), (224, 112)])
+    n_lines = rng.randint(3, 8) if size[1] == 224 else rng.randint(2, 4)
+    tokens = lambda: [rng.choice(WORDS) if rng.random() < 0.7 else str(rng.randint(1, 999))  # noqa: E731
+                      for _ in range(rng.randint(1, 3))]  # fmt: skip
+    lines = [" ".join(tokens()) for _ in range(n_lines)]
+    image, drawn = si.page_scene(rng, lines, size=size, font_size=12)
+    regions = [Region(media=0, box=_xyxy(d.box), label=d.text) for d in drawn]
+    return Draft([image], [Part.m(0), Part.t("\n".join(lines))], regions=regions)
+
+
+def _xyxy(b: Box) -> tuple[float, float, float, float]:
+    return (b.x1, b.y1, b.x2, b.y2)
+
+
+# ---- stage 3: single image ------------------------------------------------------------------
+
+
+def _colour_q(rng: random.Random) -> Draft:
+    colour, kind = rng.choice(list(si.COLOURS)), rng.choice(si.SHAPES)
+    image, _ = si.grid_scene(rng, _items(rng, rng.randint(1, 4), kind, colour))
+    return Draft([image], [Part.m(0), Part.t(f"What colour is the {kind}?")], colour)
+
+
+def _shape_q(rng: random.Random) -> Draft:
+    colour, kind = rng.choice(list(si.COLOURS)), rng.choice(si.SHAPES)
+    image, _ = si.grid_scene(rng, _items(rng, rng.randint(1, 4), kind, colour))
+    return Draft([image], [Part.m(0), Part.t(f"What shape is the {colour} object?")], kind)
+
+
+def _sign(rng: random.Random) -> Draft:
+    code, cfg = str(rng.randint(100, 999)), si.demo_image_config()
+    size = rng.choice([(448, 112), (112, 448)])  # 1×4 / 4×1 tiles + overview at 1/4
+    image, sign = si.sign_scene(rng, code, size=size, tile=cfg.resolution, font_size=SIGN_FONT)
+    tile, overview = si.text_px(size, sign.box.height, cfg)
+    if not (tile >= si.MIN_TILE_TEXT_PX and overview < si.MAX_OVERVIEW_TEXT_PX):
+        raise AssertionError(f"sign text {sign.box.height} px on {size}: {tile:.1f} px in a tile,"
+                             f" {overview:.1f} px in the overview")  # fmt: skip
+    prompt = [Part.m(0), Part.t("What number is written on the sign?")]
+    return Draft([image], prompt, code, meta={"text_height_px": sign.box.height})
+
+
+def _ground(rng: random.Random) -> Draft:
+    colour, kind = rng.choice(list(si.COLOURS)), rng.choice(si.SHAPES)
+    image, drawn = si.grid_scene(rng, _items(rng, rng.randint(2, 4), kind, colour))
+    region = Region(media=0, box=_xyxy(drawn[0].box), label=f"{colour} {kind}")
+    prompt = [Part.m(0), Part.t(f"Where is the {colour} {kind}?")]
+    return Draft([image], prompt, regions=[region], answer_region=0)
+
+
+def _refer(rng: random.Random) -> Draft:
+    kind, colour = rng.choice(si.SHAPES), rng.choice(list(si.COLOURS))
+    image, drawn = si.grid_scene(rng, _items(rng, rng.randint(2, 4), kind, colour))
+    point = si.point_inside(image, drawn[0].box, rng)
+    prompt = [Part.m(0), Part.t("What shape is at "), Part.r(0), Part.t("?")]
+    return Draft([image], prompt, kind, regions=[Region(media=0, point=point)])
+
+
+def _count(rng: random.Random) -> Draft:
+    n, kind = rng.randint(1, 6), rng.choice(si.SHAPES)
+    others = [k for k in si.SHAPES if k != kind]
+    kinds = [kind] * n + [rng.choice(others) for _ in range(rng.randint(0, 4))]
+    image, _ = si.grid_scene(rng, [(k, rng.choice(list(si.COLOURS))) for k in kinds], grid=4)
+    return Draft([image], [Part.m(0), Part.t(f"How many {kind}s are there?")], str(n))
+
+
+def _add_image(rng: random.Random) -> Draft:
+    a, b, s = _uniform_add(rng)
+    image, _ = si.expression_scene(rng, f"{a} + {b}")
+    return Draft([image], [Part.m(0), Part.t("What is the result of the sum shown?")], str(s))
+
+
+def _ui_find(rng: random.Random) -> Draft:
+    labels = rng.sample(UI_LABELS, rng.randint(3, 5))
+    image, buttons = si.ui_scene(rng, labels)
+    target = rng.choice(buttons)
+    region = Region(media=0, box=_xyxy(target.box), label=f"{target.text} button")
+    prompt = [Part.m(0), Part.t(f"Where is the '{target.text}' button?")]
+    return Draft([image], prompt, regions=[region], answer_region=0)
+
+
+def _ui_read(rng: random.Random) -> Draft:
+    label = rng.choice(UI_LABELS)
+    labels = [label, *rng.sample([x for x in UI_LABELS if x != label], rng.randint(2, 4))]
+    rng.shuffle(labels)
+    image, buttons = si.ui_scene(rng, labels)
+    box = next(b.box for b in buttons if b.text == label)
+    point = (rng.uniform(box.x1 + 3, box.x2 - 3), rng.uniform(box.y1 + 3, box.y2 - 3))
+    prompt = [Part.m(0), Part.t("What does the button at "), Part.r(0), Part.t(" say?")]
+    return Draft([image], prompt, label, regions=[Region(media=0, point=point)])
+
+
+# ---- stage 3: multi-image, video, text-only -------------------------------------------------
+
+
+def _find_image(rng: random.Random) -> Draft:
+    colour, kind, answer = rng.choice(list(si.COLOURS)), rng.choice(si.SHAPES), rng.randrange(4)
+    pool = [(k, c) for k in si.SHAPES for c in si.COLOURS if (k, c) != (kind, colour)]
+    items = rng.sample(pool, 3)
+    items.insert(answer, (kind, colour))
+    images = [si.grid_scene(rng, [it], grid=1, fill=(0.35, 0.6))[0] for it in items]
+    options = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(ORDINALS))
+    text = f"Which image shows the {colour} {kind}?\n{options}\nAnswer with the letter."
+    return Draft(images, [*map(Part.m, range(4)), Part.t(text)], "ABCD"[answer],
+                 options=list(ORDINALS))  # fmt: skip
+
+
+def _direction(rng: random.Random) -> Draft:
+    direction = rng.choice(DIRECTIONS)
+    frames, _ = si.motion_frames(rng, direction)
+    text = "Which way does the ball move: left, right, up or down?"
+    prompt = [*map(Part.m, range(len(frames))), Part.t(text)]
+    return Draft(frames, prompt, direction, meta={"video": True})
+
+
+def _add_text(rng: random.Random) -> Draft:
+    a, b, s = _uniform_add(rng)
+    return Draft([], [Part.t(f"What is {a} + {b}?")], str(s))
+
+
+def _reverse(rng: random.Random) -> Draft:
+    word = "".join(rng.choice(LETTERS) for _ in range(3))
+    return Draft([], [Part.t(f"Reverse the letters of {word}.")], word[::-1])
+
+
+def _task_list() -> list[Task]:
+    colours, sums, counts = tuple(si.COLOURS), tuple(map(str, range(19))), tuple("123456")
+    codes = tuple(map(str, range(100, 1000)))
+    words = tuple(a + b + c for a in LETTERS for b in LETTERS for c in LETTERS)
+    return [
+        Task("caption/shapes", "pretrain", "caption", _caption),
+        Task("interleaved/shapes", "pretrain", "interleaved", _interleaved),
+        Task("text/facts", "pretrain", "text", _facts),
+        Task("ocr/pages", "cpt", "ocr", _ocr_page),
+        Task("general/colour", "sft", "general", _colour_q, "exact", colours),
+        Task("general/shape", "sft", "general", _shape_q, "exact", si.SHAPES),
+        Task("text_rich/sign", "sft", "text_rich", _sign, "exact", codes),
+        Task("refer_ground/box", "sft", "refer_ground", _ground, "iou50"),
+        Task("refer_ground/point", "sft", "refer_ground", _refer, "exact", si.SHAPES),
+        Task("math/count", "sft", "math", _count, "exact", counts),
+        Task("math/add", "sft", "math", _add_image, "exact", sums),
+        Task("multi_image/find", "sft", "multi_image", _find_image, "mc", tuple("ABCD")),
+        Task("video/direction", "sft", "video", _direction, "exact", DIRECTIONS),
+        Task("ui/find_button", "sft", "ui", _ui_find, "iou50"),
+        Task("ui/read_button", "sft", "ui", _ui_read, "exact", UI_LABELS),
+        Task("text_only/add", "sft", "text_only", _add_text, "exact", sums),
+        Task("text_only/reverse", "sft", "text_only", _reverse, "exact", words),
+    ]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in _task_list()}
+SFT_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.stage == "sft")
+
+
+# ---- assembling samples -----------------------------------------------------------------------
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # fast; still lossless and deterministic
+    return buf.getvalue()
+
+
+def _assemble(task: Task, draft: Draft, split: Split, index: int) -> Sample:
+    """A schema :class:`Sample` (media bytes embedded) from a builder's draft."""
+    media = [Media(kind="image", bytes=png_bytes(im), size=im.size) for im in draft.images]
+    meta = {"task": task.name, **draft.meta}
+    sample = Sample(id=f"{task.name.replace('/', '_')}-{split}-{index:06d}",
+                    source=f"synthetic/{task.name}", category=task.category,
+                    stage=task.stage, media=media, regions=list(draft.regions), meta=meta)  # fmt: skip
+    if task.stage != "sft":
+        sample.messages = [Message("document", draft.prompt)]
+    elif split == "train":
+        reply = [Part.r(draft.answer_region)] if draft.answer is None else [Part.t(draft.answer)]
+        sample.messages = [Message("user", draft.prompt), Message("assistant", reply)]
+    else:
+        sample.stage, sample.options = "eval", draft.options
+        sample.messages = [Message("user", draft.prompt)]
+        sample.meta.update(metric=task.metric, split="test")
+        if draft.answer_region is not None:
+            reg = draft.regions[draft.answer_region]
+            sample.meta["answer_region"] = draft.answer_region
+            sample.answers = [format_box(Box(*reg.box), draft.images[reg.media].size)]
+        else:
+            sample.answers = [draft.answer]
+    sample.validate()
+    return sample
+
+
+def make_samples(task: str, n: int, seed: int, *, split: Split = "train", start: int = 0
+                 ) -> list[Sample]:  # fmt: skip
+    """``n`` samples ``start … start + n − 1`` of ``task`` (a ``TASKS`` key), PNG bytes embedded.
+
+    ``split="test"`` gives evaluation samples of an SFT task (see the module docstring).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; tasks: {sorted(TASKS)}")
+    spec = TASKS[task]
+    if split == "test" and spec.stage != "sft":
+        raise ValueError(f"task {task!r} is {spec.stage} data; only SFT tasks have test sets")
+    return [
+        _assemble(spec, spec.build(random.Random(f"{seed}/{task}/{split}/{i}")), split, i)
+        for i in range(start, start + n)
+    ]
+
+
+# ---- chance baselines -----------------------------------------------------------------------
+
+
+def _normalised_boxes(task: str, n: int, seed: str) -> np.ndarray:
+    """``(n, 4)`` reference boxes of ``task``'s test distribution in [0, 1] coordinates."""
+    out = []
+    for i in range(n):
+        d = TASKS[task].build(random.Random(f"{seed}/{i}"))
+        reg = d.regions[d.answer_region]
+        w, h = d.images[reg.media].size
+        out.append([reg.box[0] / w, reg.box[1] / h, reg.box[2] / w, reg.box[3] / h])
+    return np.asarray(out)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` IoU of xyxy boxes."""
+    a, b = a[:, None, :], b[None, :, :]
+    lo, hi = np.maximum(a[..., :2], b[..., :2]), np.minimum(a[..., 2:], b[..., 2:])
+    inter = np.clip(hi - lo, 0, None).prod(-1)
+    area = lambda x: (x[..., 2:] - x[..., :2]).prod(-1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+@functools.cache
+def _iou50_chance(task: str, n_guesses: int = 300, n_refs: int = 1500) -> float:
+    """Best answer-independent box guess for an ``iou50`` task, by Monte Carlo (fixed seeds).
+
+    Candidate guesses are ``n_guesses`` boxes drawn from the task's own box distribution,
+    written in the coordinate language (1000 bins, :mod:`mm15.data.coords`), each scored
+    against ``n_refs`` fresh references (IoU ≥ 0.5); the best candidate's hit rate is returned.
+    It is ≥ the hit rate of guessing a random box from the distribution (the mean candidate);
+    the standard error is about 0.01.
+    """
+    guesses = _normalised_boxes(task, n_guesses, "chance-guess")
+    q1 = np.clip(np.floor(guesses[:, :2] * 1000 + 1e-6), 0, 999)
+    q2 = np.clip(np.ceil(guesses[:, 2:] * 1000 - 1e-6) - 1, q1, 999)
+    written = np.concatenate([q1, q2 + 1], axis=1) / 1000  # what parsing the tag gives back
+    refs = _normalised_boxes(task, n_refs, "chance-ref")
+    return float((_iou_matrix(written, refs) >= 0.5).mean(axis=1).max())
+
+
+def chance_baseline(name: str, *, weights: dict[str, int] | None = None) -> float:
+    """Chance score of an SFT task (``TASKS`` key) or category (e.g. "math").
+
+    exact / mc: ``1 / |vocab|`` exactly (answers are uniform; the best constant answer and a
+    uniform random answer both score this).  iou50: :func:`_iou50_chance`.  A category's chance
+    is the mean over its tasks weighted by ``weights[task]`` (test-set sizes; equal by default),
+    matching how :func:`mm15.eval.metrics.category_scores` averages items.
+    """
+    if name in TASKS:
+        task = TASKS[name]
+        if task.metric is None:
+            raise ValueError(f"task {name!r} is {task.stage} data and has no evaluation")
+        return _iou50_chance(name) if task.metric == "iou50" else 1.0 / len(task.vocab)
+    tasks = [t for t in SFT_TASKS if TASKS[t].category == name]
+    if not tasks:
+        cats = sorted({TASKS[t].category for t in SFT_TASKS})
+        raise ValueError(f"{name!r} is neither an SFT task nor a category; categories: {cats}")
+    w = [(weights or {}).get(t, 1) for t in tasks]
+    return sum(wi * chance_baseline(t) for wi, t in zip(w, tasks, strict=True)) / sum(w)
+
+
+# ---- the corpus on disk ---------------------------------------------------------------------
+
+DEFAULT_SIZES: dict[str, int] = {
+    "caption/shapes": 1000, "interleaved/shapes": 300, "text/facts": 600, "ocr/pages": 500,
+    **{t: 400 for t in SFT_TASKS}, **{f"test/{t}": 100 for t in SFT_TASKS},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    """One JSONL file of the corpus: the samples of one (task, split)."""
+
+    task: str
+    split: Split
+    stage: Stage  # "eval" for test files
+    category: Category
+    path: str  # relative to the corpus root
+    count: int
+    metric: Metric | None = None
+    chance: float | None = None  # chance_baseline(task) for test files
+
+
+@dataclass
+class CorpusIndex:
+    """What :func:`generate_corpus` wrote; saved as ``index.json`` in the corpus root."""
+
+    root: Path
+    seed: int
+    files: list[CorpusFile]
+
+    def file(self, task: str, split: Split = "train") -> CorpusFile:
+        for f in self.files:
+            if (f.task, f.split) == (task, split):
+                return f
+        raise KeyError(f"corpus {self.root} has no {split} file for task {task!r}")
+
+    def load(self, task: str, split: Split = "train") -> list[Sample]:
+        """The samples of one file, with ``Media.path`` made absolute (resolved against root)."""
+        lines = (self.root / self.file(task, split).path).read_text().splitlines()
+        samples = [sample_from_json(line) for line in lines if line.strip()]
+        for s in samples:
+            for m in s.media:
+                m.path = str(self.root / m.path) if m.path else None
+        return samples
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({f.category for f in self.files})
+
+    def counts(self) -> dict[str, int]:
+        """``{"split/task": samples}``."""
+        return {f"{f.split}/{f.task}": f.count for f in self.files}
+
+    def save(self) -> Path:
+        out = self.root / "index.json"
+        body = {"seed": self.seed, "files": [dataclasses.asdict(f) for f in self.files]}
+        out.write_text(json.dumps(body, indent=1) + "\n")
+        return out
+
+    @classmethod
+    def read(cls, root: str | Path) -> CorpusIndex:
+        body = json.loads((Path(root) / "index.json").read_text())
+        return cls(Path(root), body["seed"], [CorpusFile(**f) for f in body["files"]])
+
+
+def _write_file(root: Path, task: str, split: Split, n: int, seed: int) -> CorpusFile:
+    """Generate and write one (task, split): PNGs under ``media/``, samples as JSON lines."""
+    spec, slug = TASKS[task], task.replace("/", "_")
+    rel = f"{'test' if split == 'test' else spec.stage}/{slug}.jsonl"
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    with open(root / rel, "w", encoding="utf-8") as f:
+        for i, sample in enumerate(make_samples(task, n, seed, split=split)):
+            stem = f"media/{slug}/{split}/{i:06d}"
+            video = bool(sample.meta.get("video"))
+            if video:
+                sample.meta["frames_dir"] = stem
+            for k, m in enumerate(sample.media):
+                m.path = f"{stem}/f{k}.png" if video else f"{stem}_{k}.png"
+                (root / m.path).parent.mkdir(parents=True, exist_ok=True)
+                (root / m.path).write_bytes(m.bytes)
+                m.bytes = None
+            f.write(sample_to_json(sample) + "\n")
+    if split == "train":
+        return CorpusFile(task, split, spec.stage, spec.category, rel, n)
+    return CorpusFile(
+        task, split, "eval", spec.category, rel, n, spec.metric, chance_baseline(task)
+    )
+
+
+def generate_corpus(
+    out_dir: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None, workers: int = 1
+) -> CorpusIndex:
+    """Write the synthetic corpus under ``out_dir`` and return (and save) its index.
+
+    ``sizes`` overrides :data:`DEFAULT_SIZES`: keys are task names (training samples) and
+    ``"test/<task>"`` (held-out samples of an SFT task); 0 skips a file.  ``workers`` > 1 writes
+    files in parallel processes; the output does not depend on it.
+    """
+    unknown = sorted(set(sizes or {}) - set(DEFAULT_SIZES))
+    if unknown:
+        raise ValueError(f"unknown size keys {unknown}; valid keys: {sorted(DEFAULT_SIZES)}")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for key, n in {**DEFAULT_SIZES, **(sizes or {})}.items():
+        if n > 0:
+            split = "test" if key.startswith("test/") else "train"
+            jobs.append((root, key.removeprefix("test/"), split, n, seed))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            files = list(pool.map(_write_file, *zip(*jobs, strict=True)))
+    else:
+        files = [_write_file(*job) for job in jobs]
+    index = CorpusIndex(root, seed, files)
+    index.save()
+    return index

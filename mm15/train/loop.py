@@ -1,0 +1,178 @@
+"""The training entry point: one code path for one process or many under ``torchrun``.
+
+``train(cfg)`` builds (or loads) the model, wraps it for the process group, and runs the stages
+of ``cfg.stages`` in order (SPEC §4).  Each stage gets a fresh optimiser with its own peak LR
+and a warmup + cosine schedule; a checkpoint is written every ``ckpt_every`` steps and at the end
+of every stage, and a run that finds a checkpoint in its ``run_dir`` resumes from it exactly
+(model, optimiser, RNG, data position).  The final model is exported as an mm15 checkpoint
+directory under ``run_dir/final``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mm15.checkpoint import load_checkpoint, save_checkpoint
+from mm15.config import to_dict
+from mm15.model.mm15 import MM15
+from mm15.model.params import recipe_peak_lr
+from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
+from mm15.train.checkpointing import latest_checkpoint, load_training_state, save_training_state
+from mm15.train.config import StageConfig, TrainConfig
+from mm15.train.data import StageStream, open_datasets, rank_batches
+from mm15.train.metrics import MetricsLogger, Progress, plot_stage
+from mm15.train.optim import build_optimizer
+from mm15.train.parallel import DistInfo, autocast_context, init_distributed, parallelize
+from mm15.train.schedule import lr_at
+from mm15.train.step import train_step
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    losses: dict[str, list[float]] = field(default_factory=dict)  # stage → per-step losses
+    skipped_steps: int = 0
+    final_model: Path | None = None
+
+
+def build_model(cfg: TrainConfig) -> tuple[MM15, MM15Tokenizer]:
+    """The model to train: loaded from ``init_from`` or freshly initialised (seeded)."""
+    if cfg.init_from:
+        model, tokenizer = load_checkpoint(cfg.init_from)
+        return model.train(), tokenizer
+    tokenizer = MM15Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else byte_tokenizer()
+    model_cfg = dataclasses.replace(cfg.model, image_token_id=tokenizer.image_token_id)
+    if model_cfg.lm.vocab_size < len(tokenizer):
+        raise ValueError(f"model vocab {model_cfg.lm.vocab_size} < tokenizer size {len(tokenizer)}")
+    torch.manual_seed(cfg.seed)
+    model = MM15(model_cfg)
+    model.init_weights()
+    return model.train(), tokenizer
+
+
+def _set_trainable(model: MM15, stage: StageConfig) -> None:
+    for part in ("vision", "connector", "lm"):
+        for p in getattr(model, part).parameters():
+            p.requires_grad_(part not in stage.freeze)
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    info = init_distributed()
+    run_dir = Path(cfg.run_dir)
+    model, tokenizer = build_model(cfg)
+    inner = model
+    model = parallelize(model, cfg.parallel, info)
+    resume = latest_checkpoint(run_dir)
+    state: dict[str, Any] = {"stage": 0, "stage_step": 0, "step": 0, "skipped_steps": 0}
+    if resume is not None:
+        with (resume / "trainer_state.json").open() as f:
+            state.update({k: v for k, v in json.load(f).items() if k in state})
+    result = RunResult(run_dir=run_dir, skipped_steps=state["skipped_steps"])
+    logger = MetricsLogger(run_dir, rank=info.rank,
+                           resume_from_step=state["step"] if resume else None)  # fmt: skip
+    try:
+        for index in range(state["stage"], len(cfg.stages)):
+            resume_here = resume if index == state["stage"] else None
+            _run_stage(
+                cfg, index, model, inner, tokenizer, info, state, resume_here, logger, result
+            )
+            state.update(stage=index + 1, stage_step=0)
+    finally:
+        logger.close()
+    if info.world_size > 1:
+        torch.distributed.barrier()
+    result.final_model = export_model(model, inner, tokenizer, run_dir / "final", info)
+    return result
+
+
+def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger, result) -> None:  # noqa: PLR0913
+    stage = cfg.stages[index]
+    if stage.batch_rows % info.world_size:
+        raise ValueError(f"stage {stage.name}: batch_rows {stage.batch_rows} is not divisible by "
+                         f"the world size {info.world_size}")  # fmt: skip
+    _set_trainable(inner, stage)
+    peak = stage.lr if stage.lr is not None else recipe_peak_lr(inner.cfg)
+    optimizer = build_optimizer(model, dataclasses.replace(stage.optim, lr=peak))
+    stream = StageStream(stage, open_datasets(stage.datasets, stage=stage.kind),
+                         tokenizer=tokenizer, model_cfg=inner.cfg, seed=cfg.seed + index,
+                         max_skipped_fraction=cfg.max_skipped_fraction)  # fmt: skip
+    start = 0
+    if resume is not None:
+        saved = load_training_state(resume, model=model, optimizer=optimizer)
+        stream.load_state_dict(saved["data"])
+        start = saved["stage_step"]
+    autocast = autocast_context(info.device) if cfg.parallel.autocast == "bfloat16" else None
+    losses = result.losses.setdefault(stage.name, [])
+    failed_pixels = 0
+    with Progress(stage.steps, f"[{stage.name}]", info.rank == 0, initial=start,
+                  log_every=cfg.log_every) as progress:  # fmt: skip
+        for step in range(start, stage.steps):
+            lr = lr_at(step, peak_lr=peak, warmup_steps=stage.warmup_steps,
+                       total_steps=stage.steps, min_lr_ratio=stage.min_lr_ratio)  # fmt: skip
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            rows = stream.next_rows(stage.batch_rows)
+            batches, bad = rank_batches(rows, rank=info.rank, world_size=info.world_size,
+                                        micro_rows=stage.micro_rows, model_cfg=stream.model_cfg,
+                                        device=info.device)  # fmt: skip
+            failed_pixels += bad
+            out = train_step(model, batches, optimizer=optimizer, grad_clip=stage.optim.grad_clip,
+                             world_size=info.world_size, autocast=autocast)  # fmt: skip
+            state["step"] += 1
+            state["stage_step"] = step + 1
+            state["skipped_steps"] += int(out.skipped)
+            result.skipped_steps = state["skipped_steps"]
+            losses.append(out.loss)
+            _log(logger, stage, state, out, lr, time.perf_counter() - t0, stream, failed_pixels)
+            progress.update(step + 1, loss=out.loss, lr=lr, tokens=out.tokens)
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == stage.steps:
+                _save(cfg, model, optimizer, state, stream, index)
+    if info.rank == 0:
+        run_dir = Path(cfg.run_dir)
+        (run_dir / f"audit_{stage.name}.json").write_text(json.dumps(stream.audit(), indent=2))
+        if stage.steps > start:
+            plot_stage(run_dir / "metrics.jsonl", stage.name, run_dir / f"loss_{stage.name}.png")
+
+
+def _log(logger, stage, state, out, lr, seconds, stream, failed_pixels) -> None:
+    scalars = {"loss": out.loss, "lr": lr, "grad_norm": out.grad_norm, "tokens": out.tokens,
+               "step_seconds": seconds, "skipped_step": int(out.skipped),
+               "skipped_steps": state["skipped_steps"], "corrupt_pixels": failed_pixels,
+               **{f"skipped_{k}": v for k, v in stream.skipped.items()}}  # fmt: skip
+    if out.tokens_per_expert is not None:
+        scalars["aux_loss"] = out.aux_loss
+        counts = out.tokens_per_expert.float()
+        share = counts / counts.sum(-1, keepdim=True).clamp(min=1)
+        scalars["expert_share_max"] = float(share.max())  # 1/E is perfectly balanced
+        scalars["expert_share_min"] = float(share.min())
+    logger.log(step=state["step"], stage=stage.name, **scalars)
+
+
+def _save(cfg, model, optimizer, state, stream, index) -> None:
+    trainer_state = {**state, "stage": index, "data": stream.state_dict()}
+    save_training_state(cfg.run_dir, step=state["step"], model=model, optimizer=optimizer,
+                        trainer_state=trainer_state, config=to_dict(cfg), keep_last=cfg.keep_last)  # fmt: skip
+
+
+def export_model(
+    model: nn.Module, inner: MM15, tokenizer: MM15Tokenizer, out: Path, info: DistInfo
+) -> Path | None:
+    """Gather full weights and write an mm15 checkpoint directory (rank 0)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    if info.rank != 0:
+        return None
+    plain = MM15(inner.cfg)
+    plain.load_state_dict({k.removeprefix("module."): v for k, v in full.items()})
+    return save_checkpoint(plain.eval(), tokenizer, out)

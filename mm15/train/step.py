@@ -1,0 +1,104 @@
+"""One optimiser step over a rank's micro-batches, with the guards a long run needs.
+
+Loss normalisation: the step minimises the mean next-token loss over every target token of the
+GLOBAL batch (all ranks, all micro-batches).  Each micro-batch contributes its summed loss
+divided by the global token count; since data-parallel gradient reduction averages over ranks,
+the per-rank loss is multiplied by the world size.  This makes one process with a batch of B rows
+and two processes with B/2 rows each compute the same update.
+
+Guards: a non-finite loss or gradient on any rank skips the step on every rank (the decision is
+all-reduced), gradients are zeroed, and the skip is counted by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mm15.model.mm15 import MM15, next_token_loss_sum
+
+
+@dataclass
+class StepResult:
+    loss: float  # global mean next-token loss of the batch
+    aux_loss: float  # MoE aux loss (mean over micro-batches and ranks), 0 for dense
+    tokens: int  # global target tokens
+    grad_norm: float
+    skipped: bool  # non-finite loss or gradient: no update was applied
+    tokens_per_expert: Tensor | None  # (n_moe_layers, E) summed over micro-batches, this rank
+
+
+def _all_reduce(t: Tensor, op=dist.ReduceOp.SUM) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=op)
+    return t
+
+
+def train_step(
+    model: MM15,
+    micro_batches: list[dict[str, Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float,
+    world_size: int,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> StepResult:
+    """Forward/backward every micro-batch, then clip and step (or skip, on every rank)."""
+    device = micro_batches[0]["input_ids_BT"].device
+    local_tokens = sum(_count_targets(mb) for mb in micro_batches)
+    global_tokens = int(_all_reduce(torch.tensor(float(local_tokens), device=device)).item())
+    scale = world_size / max(global_tokens, 1)
+    loss_sum = torch.zeros((), device=device)
+    aux_sum = torch.zeros((), device=device)
+    experts = None
+    for mb in micro_batches:
+        with autocast or contextlib.nullcontext():
+            out = model(
+                mb["input_ids_BT"], pixels_NCHW=mb.get("pixels_NCHW"),
+                position_ids_BT=mb["position_ids_BT"], document_ids_BT=mb["document_ids_BT"],
+            )  # fmt: skip
+            total, _ = next_token_loss_sum(out.logits, mb["labels_BT"], mb["document_ids_BT"])
+            loss = total * scale
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss / len(micro_batches)
+                aux_sum += out.aux_loss.detach() / len(micro_batches)
+                stats = out.decoder.moe_stats.tokens_per_expert
+                experts = stats if experts is None else experts + stats
+        loss.backward()
+        loss_sum += total.detach()
+    grad_norm = _clip(model, grad_clip)
+    bad = torch.tensor(
+        float(not (math.isfinite(grad_norm) and torch.isfinite(loss_sum).item())), device=device
+    )
+    skipped = bool(_all_reduce(bad, dist.ReduceOp.MAX).item())
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_global = _all_reduce(loss_sum.clone()).item() / max(global_tokens, 1)
+    aux_global = _all_reduce(aux_sum.clone()).item() / world_size
+    return StepResult(
+        loss=loss_global, aux_loss=aux_global, tokens=global_tokens, grad_norm=grad_norm,
+        skipped=skipped, tokens_per_expert=experts,
+    )  # fmt: skip
+
+
+def _count_targets(mb: dict[str, Tensor]) -> int:
+    labels, docs = mb["labels_BT"][:, 1:], mb["document_ids_BT"]
+    same_doc = docs[:, 1:] == docs[:, :-1]
+    return int(((labels != -100) & same_doc).sum())
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    """Total gradient norm (before clipping) across all ranks; clipping only when finite."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)
