@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from mm15.config import FormatConfig
+from mm15.data.chat import format_sample, materialize_pixels
 from mm15.data.prompt import EncodedPrompt, encode_prompt
+from mm15.data.schema import Sample
 from mm15.model.generate import GenerationResult, generate
 from mm15.model.mm15 import MM15
 from mm15.tokenizer import MM15Tokenizer
@@ -45,13 +48,38 @@ def generate_text(
     settings: GenerationSettings | None = None,
 ) -> list[GenerationResult]:
     """Generate a continuation for each prompt, batched."""
-    settings = settings or GenerationSettings()
     encoded = [
         encode_prompt(
             p.text, p.images, tokenizer=tokenizer, cfg=model.cfg, video_frames=p.video_frames
         )
         for p in prompts
     ]
+    return _generate(model, tokenizer, encoded, settings or GenerationSettings())
+
+
+@torch.inference_mode()
+def generate_for_samples(
+    model: MM15,
+    tokenizer: MM15Tokenizer,
+    samples: Sequence[Sample],
+    settings: GenerationSettings | None = None,
+    fmt: FormatConfig | None = None,
+) -> list[GenerationResult]:
+    """Answer schema samples (their user turns) with the chat template the model was trained
+    with (:func:`mm15.data.chat.format_sample` with ``for_generation``)."""
+    encoded = []
+    for sample in samples:
+        ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg,
+                           fmt=fmt or FormatConfig(), for_generation=True)  # fmt: skip
+        pixels = materialize_pixels(ex, model.cfg) if ex.images else None
+        encoded.append(EncodedPrompt(input_ids=ex.input_ids, pixels=pixels, plans=[]))
+    return _generate(model, tokenizer, encoded, settings or GenerationSettings())
+
+
+def _generate(
+    model: MM15, tokenizer: MM15Tokenizer, encoded: Sequence[EncodedPrompt],
+    settings: GenerationSettings,
+) -> list[GenerationResult]:  # fmt: skip
     embeds = prompt_embeddings(model, encoded)
     generator = None
     if settings.seed is not None:

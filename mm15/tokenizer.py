@@ -9,10 +9,11 @@ produced by encoding ordinary text that happens to spell it unless it was meant 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 META_FILE = "mm15_tokenizer.json"
 
@@ -145,6 +146,36 @@ def byte_tokenizer(
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
+    meta = TokenizerMeta(
+        bos_token="<|bos|>" if "<|bos|>" in special else None,
+        eos_tokens=[t for t in ("<|eos|>",) if t in special],
+        pad_token="<|pad|>" if "<|pad|>" in special else None,
+    )
+    return MM15Tokenizer(tok, meta)
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    *,
+    vocab_size: int,
+    special: tuple[str, ...] = ("<|pad|>", "<|bos|>", "<|eos|>", "<image>"),
+) -> MM15Tokenizer:
+    """A byte-level BPE tokenizer trained on ``texts`` (the demo's own corpus).
+
+    Byte-level, so any text encodes; numbers are pre-tokenised as runs of up to three digits,
+    so the coordinates of the grounding language (0–999) become one token each once learnt.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(r"\d{1,3}", behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])  # fmt: skip
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(special), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    tok.train_from_iterator(texts, trainer=trainer)
     meta = TokenizerMeta(
         bos_token="<|bos|>" if "<|bos|>" in special else None,
         eos_tokens=[t for t in ("<|eos|>",) if t in special],

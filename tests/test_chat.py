@@ -72,6 +72,12 @@ def test_chat_template_and_loss_on_assistant_turns_only():
     assert ex.sample_id == "s" and ex.category == "general" and ex.num_tiles == 1
 
 
+def test_ignore_index_is_the_models():
+    from mm15.model.mm15 import IGNORE_INDEX as MODEL_IGNORE
+
+    assert IGNORE_INDEX == MODEL_IGNORE
+
+
 def test_message_train_overrides_the_role_default():
     s = _chat(Message("user", [Part.t("quote me")], train=True),
               Message("assistant", [Part.t("no")], train=False),

@@ -194,18 +194,8 @@ def _worker(info: DistInfo) -> dict:
     return dict(fsdp=_fsdp_checks(info, init), ddp=_ddp_checks(info, init))
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory) -> list[dict]:
-    return spawn(_worker, tmp_path_factory.mktemp("dist"))
-
-
-@pytest.fixture(scope="module")
-def fsdp_results(results) -> list[dict]:
-    return [r["fsdp"] for r in results]
-
-
-def test_fsdp2_adafactor_equals_unsharded(fsdp_results):
-    for r, res in enumerate(fsdp_results):
+def check_fsdp2_adafactor_equals_unsharded(fsdp: list[dict]) -> None:
+    for r, res in enumerate(fsdp):
         assert (res["backend"], res["rank"], res["world"]) == ("gloo", r, WORLD)
         # the uneven and empty shards the docstring of tiny_model promises are really there
         assert {"lm.embed.weight", "lm.output.weight", "vision.pos_embed"} <= set(res["uneven"])
@@ -217,32 +207,46 @@ def test_fsdp2_adafactor_equals_unsharded(fsdp_results):
         assert res["norms"] == pytest.approx(res["ref_norms"], rel=1e-5)
         assert min(res["norms"]) > CLIP  # clipping was active in every step
         assert res["moved"] > 1e-3  # the 1e-5 tolerance is small against the training motion
-    assert "connector.pos_emb" in fsdp_results[1]["empty_here"]
+    assert "connector.pos_emb" in fsdp[1]["empty_here"]
 
 
-def test_torch_builtin_adafactor_fails_on_fsdp2(fsdp_results):
+def check_torch_builtin_adafactor_fails(fsdp: list[dict]) -> None:
     """torch 2.13's Adafactor raises on DTensor shards (observed: ``aten.pow_`` on the
     _NormPartial placement of the column norm).  Should a later torch stop raising, it must
     still be compared: a local column statistic would diverge from the unsharded run."""
-    for res in fsdp_results:
+    for res in fsdp:
         builtin = res["builtin"]
         if builtin["raised"] is None:
             pytest.fail(f"torch's Adafactor ran on FSDP2; max diff {builtin['max_diff']:.2e}")
         assert "RuntimeError" in builtin["raised"], builtin["raised"]
 
 
-def test_activation_checkpointing_composes_with_fsdp2(fsdp_results):
-    for res in fsdp_results:
+def check_activation_checkpointing_with_fsdp2(fsdp: list[dict]) -> None:
+    for res in fsdp:
         assert res["ac_loss"][0] == res["ac_loss"][1]
         assert res["ac_grad_diff"] == 0.0
 
 
-def test_ddp_gradients_equal_single_process(results):
-    for r, res in enumerate(r["ddp"] for r in results):
+def check_ddp_gradients_equal_single_process(ddp: list[dict]) -> None:
+    for r, res in enumerate(ddp):
         bad = {n: d for n, d in res["grad_diff"].items() if d > 1e-6}
         assert not bad, f"rank {r}: DDP gradients differ from the full-batch gradients: {bad}"
         assert res["unsynced_ranks_differ"]
         assert res["acc_diff"] < 1e-6
+
+
+def test_two_processes(tmp_path, subtests):
+    """One spawn (process start-up dominates the cost), each finding a subtest of its own."""
+    results = spawn(_worker, tmp_path)
+    fsdp, ddp = [r["fsdp"] for r in results], [r["ddp"] for r in results]
+    for check, part in (
+        (check_fsdp2_adafactor_equals_unsharded, fsdp),
+        (check_torch_builtin_adafactor_fails, fsdp),
+        (check_activation_checkpointing_with_fsdp2, fsdp),
+        (check_ddp_gradients_equal_single_process, ddp),
+    ):
+        with subtests.test(check.__name__):
+            check(part)
 
 
 # ---- one process -----------------------------------------------------------------------------

@@ -260,9 +260,8 @@ def test_generate_corpus_is_deterministic_and_indexed(tmp_path):
         p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
     )
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())  # fmt: skip
-    for f in files:
-        if f.name != "index.json":  # the index holds its root path only in memory
-            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    for f in files:  # index.json included: it holds no absolute path
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert (
         a.counts()
         == b.counts()
@@ -290,6 +289,17 @@ def test_generate_corpus_rejects_unknown_size_keys(tmp_path):
         syn.generate_corpus(tmp_path, seed=0, sizes={"general/colours": 3})
     with pytest.raises(ValueError, match="only SFT tasks have test sets"):
         syn.make_samples("caption/shapes", 1, 0, split="test")
+
+
+def test_reverse_test_words_are_held_out_of_training():
+    prompt = lambda s: s.messages[0].content[0].text  # noqa: E731
+    train = {prompt(s) for s in syn.make_samples("text_only/reverse", 600, 0)}
+    test = {prompt(s) for s in syn.make_samples("text_only/reverse", 200, 0, split="test")}
+    assert len(train) > 300 and len(test) > 90 and not train & test
+    words = {p.split()[-1].rstrip(".") for p in test}
+    facts = " ".join(s.messages[0].content[0].text for s in syn.make_samples("text/facts", 300, 0))
+    assert not {w for w in words if f"letters {w} reversed" in facts}  # nor in pre-training
+    assert syn.chance_baseline("text_only/reverse") == 1 / 128
 
 
 def test_text_only_answers_follow_from_the_question():

@@ -129,6 +129,23 @@ def test_params_without_optimizer_state_stay_without_it(tmp_path):
     _assert_same_model(model, other)
 
 
+def test_saving_before_the_first_step_leaves_the_optimizer_untouched(tmp_path):
+    model = _mm15(0)
+    opt = _adamw(model)
+    _save(tmp_path, 0, model, opt)
+    assert len(opt.state) == 0  # no zero-lr initialisation step snuck in
+    batch = _batch(torch.Generator().manual_seed(1))
+    _step(model, opt, batch)
+
+    other = _mm15(1)
+    opt_b = _adamw(other)
+    _step(other, opt_b, batch)  # a stale state that the load must clear
+    load_training_state(latest_checkpoint(tmp_path), model=other, optimizer=opt_b)
+    assert len(opt_b.state) == 0
+    _step(other, opt_b, batch)
+    _assert_same_model(model, other)
+
+
 def test_rng_states_are_restored():
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     np.random.randn()  # leaves a cached gaussian in numpy's legacy state

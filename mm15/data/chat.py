@@ -226,10 +226,9 @@ def _content(stream: _Stream, sample: Sample, msg: Message, train: bool,
 
 
 def _check_references(sample: Sample) -> None:
-    """Every part's media/region index and every region's media exist (``malformed``).
-
-    (Not ``Sample.validate``: it reads index 0 as missing, ``(part.media or -1)``.)
-    """
+    """Every part's media/region index and every region's media exist, and regions have 4 (box)
+    or 2 (point) numbers (``malformed``).  Unlike ``Sample.validate`` a region's media needs no
+    declared size: :func:`~mm15.data.media.media_size` reads it from the header."""
 
     def bad(msg: str) -> SampleError:
         return SampleError("malformed", f"sample {sample.id}: {msg}")

@@ -9,8 +9,10 @@ Conventions (decided here):
 * **Determinism.** Sample ``i`` of task ``t``, split ``s`` under ``seed`` is drawn from
   ``random.Random(f"{seed}/{t}/{s}/{i}")`` (CPython hashes str seeds with SHA-512, independent of
   ``PYTHONHASHSEED``), so no sample depends on how many others are drawn, and PNG bytes repeat.
-  Train and test draw from disjoint streams.  Tasks with few distinct prompts (``text_only/add``
-  has 100) necessarily repeat test prompts in training; they test a learnt fact, not recall.
+  Train and test draw from disjoint streams.  ``text_only/reverse`` also keeps a quarter of its
+  words for the test split (``Task.held_out``), so it tests reversing, not recall;
+  ``text_only/add`` has only 100 prompts, so its test prompts do occur in training: it tests
+  learnt facts.
 * **Answer first.** Every exact / multiple-choice task draws its answer uniformly from
   ``Task.vocab`` and then builds a scene consistent with it, so the best answer-independent guess
   scores exactly ``1 / |vocab|``: that is its chance baseline.  Grounding (``iou50``) chance is
@@ -93,7 +95,9 @@ class Task:
     category: Category
     build: Callable[[random.Random], Draft]
     metric: Metric | None = None
-    vocab: tuple[str, ...] | None = None  # the answers, each drawn with probability 1/|vocab|
+    vocab: tuple[str, ...] | None = None  # test answers, each drawn with probability 1/|vocab|
+    # Content reserved for the test split: train redraws while it is True, test while False.
+    held_out: Callable[[Draft], bool] | None = None
 
 
 def _uniform_add(rng: random.Random) -> tuple[int, int, int]:
@@ -147,7 +151,7 @@ def _facts(rng: random.Random) -> Draft:
     facts = []
     for _ in range(rng.randint(3, 5)):
         a, b, s = _uniform_add(rng)
-        w = "".join(rng.choice(LETTERS) for _ in range(3))
+        w = rng.choice(TRAIN_WORDS)  # never a held-out test word of text_only/reverse
         facts.append(rng.choice([f"{a} + {b} = {s}.", f"The letters {w} reversed are {w[::-1]}.",
                                  f"After {a} comes {a + 1}."]))  # fmt: skip
     return Draft([], [Part.t(" ".join(facts))])
@@ -273,6 +277,22 @@ def _add_text(rng: random.Random) -> Draft:
     return Draft([], [Part.t(f"What is {a} + {b}?")], str(s))
 
 
+def _held_out_word(word: str) -> bool:
+    """A quarter of the 512 words, with every letter at every position, is test-only."""
+    return sum((k + 1) * LETTERS.index(c) for k, c in enumerate(word)) % 4 == 0
+
+
+TRAIN_WORDS = tuple(
+    w
+    for w in (a + b + c for a in LETTERS for b in LETTERS for c in LETTERS)
+    if not _held_out_word(w)
+)
+
+
+def _rev_held_out(draft: Draft) -> bool:
+    return _held_out_word(draft.answer[::-1])
+
+
 def _reverse(rng: random.Random) -> Draft:
     word = "".join(rng.choice(LETTERS) for _ in range(3))
     return Draft([], [Part.t(f"Reverse the letters of {word}.")], word[::-1])
@@ -281,7 +301,8 @@ def _reverse(rng: random.Random) -> Draft:
 def _task_list() -> list[Task]:
     colours, sums, counts = tuple(si.COLOURS), tuple(map(str, range(19))), tuple("123456")
     codes = tuple(map(str, range(100, 1000)))
-    words = tuple(a + b + c for a in LETTERS for b in LETTERS for c in LETTERS)
+    words = [a + b + c for a in LETTERS for b in LETTERS for c in LETTERS]
+    rev = tuple(w[::-1] for w in words if _held_out_word(w))  # answers of held-out words
     return [
         Task("caption/shapes", "pretrain", "caption", _caption),
         Task("interleaved/shapes", "pretrain", "interleaved", _interleaved),
@@ -299,7 +320,7 @@ def _task_list() -> list[Task]:
         Task("ui/find_button", "sft", "ui", _ui_find, "iou50"),
         Task("ui/read_button", "sft", "ui", _ui_read, "exact", UI_LABELS),
         Task("text_only/add", "sft", "text_only", _add_text, "exact", sums),
-        Task("text_only/reverse", "sft", "text_only", _reverse, "exact", words),
+        Task("text_only/reverse", "sft", "text_only", _reverse, "exact", rev, _rev_held_out),
     ]
 
 
@@ -351,12 +372,20 @@ def make_samples(task: str, n: int, seed: int, *, split: Split = "train", start:
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; tasks: {sorted(TASKS)}")
     spec = TASKS[task]
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if split == "test" and spec.stage != "sft":
         raise ValueError(f"task {task!r} is {spec.stage} data; only SFT tasks have test sets")
-    return [
-        _assemble(spec, spec.build(random.Random(f"{seed}/{task}/{split}/{i}")), split, i)
-        for i in range(start, start + n)
-    ]
+    return [_assemble(spec, _draw(spec, seed, split, i), split, i) for i in range(start, start + n)]
+
+
+def _draw(spec: Task, seed: int, split: Split, i: int) -> Draft:
+    """Draft ``i`` of a split, redrawn (same stream) until it is on its side of ``held_out``."""
+    rng = random.Random(f"{seed}/{spec.name}/{split}/{i}")
+    while True:
+        draft = spec.build(rng)
+        if spec.held_out is None or spec.held_out(draft) == (split == "test"):
+            return draft
 
 
 # ---- chance baselines -----------------------------------------------------------------------
@@ -463,7 +492,7 @@ class CorpusIndex:
         samples = [sample_from_json(line) for line in lines if line.strip()]
         for s in samples:
             for m in s.media:
-                m.path = str(self.root / m.path) if m.path else None
+                m.path = str(self.root.resolve() / m.path) if m.path else None
         return samples
 
     @property
@@ -517,7 +546,8 @@ def generate_corpus(
 
     ``sizes`` overrides :data:`DEFAULT_SIZES`: keys are task names (training samples) and
     ``"test/<task>"`` (held-out samples of an SFT task); 0 skips a file.  ``workers`` > 1 writes
-    files in parallel processes; the output does not depend on it.
+    files in parallel processes; the output does not depend on it.  Files of an earlier run
+    that this one does not write are left in place; ``index.json`` lists this run's files.
     """
     unknown = sorted(set(sizes or {}) - set(DEFAULT_SIZES))
     if unknown:

@@ -95,15 +95,22 @@ class MM15(nn.Module):
         position_ids_BT: Tensor | None = None,
         document_ids_BT: Tensor | None = None,
         cache: KVCache | None = None,
+        always_encode: bool = False,
     ) -> MM15Output:
         """Logits, and the training loss when ``labels_BT`` is given.
 
         ``labels_BT`` is aligned with ``input_ids_BT`` (the token each position *is*); the loss
         predicts position t+1 from t wherever the label is not ``IGNORE_INDEX`` and both positions
         belong to the same packed document.  ``document_ids_BT`` isolates packed documents in
-        attention (see :class:`mm15.model.lm.Decoder`).
+        attention (see :class:`mm15.model.lm.Decoder`).  ``always_encode`` runs the image tower
+        even for a text-only batch (on one zero tile, contributing exactly zero), because FSDP2
+        needs every rank to run the same modules in every step.
         """
         embeds_BTD = self.embed(input_ids_BT, pixels_NCHW)
+        if always_encode and pixels_NCHW is None:
+            r = self.cfg.image.resolution
+            blank = self.lm.embed.weight.new_zeros(1, 3, r, r)
+            embeds_BTD = embeds_BTD + 0.0 * self.encode_tiles(blank).sum()
         out = self.lm(
             embeds_BTD=embeds_BTD,
             position_ids_BT=position_ids_BT,

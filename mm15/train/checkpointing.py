@@ -257,6 +257,8 @@ def save_training_state(
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    if "rank_state" in trainer_state:
+        raise ValueError("trainer_state['rank_state'] is reserved; pass rank_state=... instead")
     if "step" in trainer_state and trainer_state["step"] != step:
         raise ValueError(f"trainer_state['step']={trainer_state['step']} but step={step}")
     trainer_state = _check_json({**trainer_state, "step": step}, "trainer_state")
@@ -276,7 +278,9 @@ def save_training_state(
     _raise_if_any_failed(error, f"creating {tmp}")  # also the barrier before anyone writes
     _raise_if_any_failed(_write_rank_file(tmp, rank, rank_state), f"saving RNG into {tmp}")
 
-    model_sd, optim_sd = _get_state(model, optimizer)
+    # An optimiser that has not stepped has no state, and is saved so: get_state_dict would
+    # otherwise initialise it (a zero-lr step) and change the run being saved.
+    model_sd, optim_sd = _get_state(model, optimizer if optimizer and optimizer.state else None)
     with _single_process_is_intended():
         dcp.save(
             {"model": model_sd, "optim": optim_sd},
@@ -287,10 +291,14 @@ def save_training_state(
     if rank == 0:
         try:
             _finalize(tmp, final, trainer_state, config, step=step, world=world)
-            _prune(ckpt_dir, keep_last=keep_last, newest=final)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
     _raise_if_any_failed(error, f"finalising checkpoint {final}")
+    if rank == 0:
+        try:  # the new checkpoint is complete: a failed deletion is only worth a warning
+            _prune(ckpt_dir, keep_last=keep_last, newest=final)
+        except OSError as e:
+            log.warning("could not delete old checkpoints in %s: %s", ckpt_dir, e)
     return final
 
 
@@ -358,10 +366,14 @@ def load_training_state(
     if not _is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete training checkpoint (no {COMPLETE})")
     rank, _ = _rank_world()
+    keys = set(dcp.FileSystemReader(str(path / DCP_DIR)).read_metadata().state_dict_metadata)
+    if optimizer is not None and not any(k.startswith("optim.") for k in keys):
+        optimizer.state.clear()  # saved before its first step
+        optimizer = None
     model_sd, optim_sd = _get_state(model, optimizer)
     if optimizer is not None:
         # get_state_dict initialised state for every parameter; drop what the checkpoint lacks.
-        saved = _saved_optim_fqns(path / DCP_DIR)
+        saved = _optim_fqns(keys)
         optim_sd["state"] = {fqn: s for fqn, s in optim_sd["state"].items() if fqn in saved}
     state = {"model": model_sd, "optim": optim_sd}
     with _single_process_is_intended():
@@ -386,9 +398,8 @@ def load_training_state(
     return trainer_state
 
 
-def _saved_optim_fqns(dcp_dir: Path) -> set[str]:
-    """Every dotted prefix below ``optim.state.`` in the DCP metadata (parameter FQNs among them)."""
-    keys = dcp.FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+def _optim_fqns(keys: set[str]) -> set[str]:
+    """Every dotted prefix below ``optim.state.`` among DCP keys (parameter FQNs among them)."""
     prefixes: set[str] = set()
     for key in keys:
         if key.startswith("optim.state."):

@@ -18,6 +18,7 @@ deterministic, so re-adding those examples to a fresh packer rebuilds the same r
 from __future__ import annotations
 
 import dataclasses
+import glob
 from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
@@ -35,11 +36,22 @@ from mm15.train.config import DatasetConfig, StageConfig
 
 
 def open_datasets(specs: list[DatasetConfig], *, stage: str) -> dict[str, Any]:
+    """One reader per dataset; paths may be globs (``data/cc12m/*.tar``), expanded sorted."""
     return {
-        d.name: open_source({"kind": d.kind, "paths": d.paths, "source": d.name,
+        d.name: open_source({"kind": d.kind, "paths": _expand(d.paths, d.name), "source": d.name,
                              "category": d.category, "stage": stage, **d.options})
         for d in specs
     }  # fmt: skip
+
+
+def _expand(patterns: list[str], name: str) -> list[str]:
+    out = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise FileNotFoundError(f"dataset {name}: no files match {pattern!r}")
+        out += matches
+    return out
 
 
 class StageStream:

@@ -78,9 +78,10 @@ def train(cfg: TrainConfig) -> RunResult:
     result = RunResult(run_dir=run_dir, skipped_steps=state["skipped_steps"])
     logger = MetricsLogger(run_dir, rank=info.rank,
                            resume_from_step=state["step"] if resume else None)  # fmt: skip
+    first = state["stage"]
     try:
-        for index in range(state["stage"], len(cfg.stages)):
-            resume_here = resume if index == state["stage"] else None
+        for index in range(first, len(cfg.stages)):
+            resume_here = resume if index == first else None
             _run_stage(
                 cfg, index, model, inner, tokenizer, info, state, resume_here, logger, result
             )
@@ -93,7 +94,7 @@ def train(cfg: TrainConfig) -> RunResult:
     return result
 
 
-def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger, result) -> None:  # noqa: PLR0913
+def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger, result) -> None:
     stage = cfg.stages[index]
     if stage.batch_rows % info.world_size:
         raise ValueError(f"stage {stage.name}: batch_rows {stage.batch_rows} is not divisible by "

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mm15.model.mm15 import MM15, next_token_loss_sum
+from mm15.train.optim import clip_grad_norm_
 
 
 @dataclass
@@ -61,6 +62,7 @@ def train_step(
             out = model(
                 mb["input_ids_BT"], pixels_NCHW=mb.get("pixels_NCHW"),
                 position_ids_BT=mb["position_ids_BT"], document_ids_BT=mb["document_ids_BT"],
+                always_encode=world_size > 1,
             )  # fmt: skip
             total, _ = next_token_loss_sum(out.logits, mb["labels_BT"], mb["document_ids_BT"])
             loss = total * scale
@@ -94,11 +96,6 @@ def _count_targets(mb: dict[str, Tensor]) -> int:
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    """Total gradient norm (before clipping) across all ranks; clipping only when finite."""
+    """Total gradient norm before clipping, the same on every rank (FSDP2 shards included)."""
     params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
-        norm = norm.full_tensor()
-    return float(norm)
+    return float(clip_grad_norm_(params, max_norm)) if params else 0.0

@@ -171,6 +171,7 @@ class CanonicalReader:
 
     ``category`` / ``stage`` / ``source``: None keeps what each line says; a value overrides it
     (a converter's output reused in another stage).  ``name`` defaults to the first file's stem.
+    ``root``: relative ``Media.path`` values are resolved against it (default: as written).
     """
 
     def __init__(
@@ -181,8 +182,10 @@ class CanonicalReader:
         source: str | None = None,
         category: Category | None = None,
         stage: Stage | None = None,
+        root: PathLike | None = None,
     ):
         self.paths = as_paths(paths)
+        self.root = Path(root) if root is not None else None
         self.name = name or source or self.paths[0].stem
         self.source, self.category, self.stage = source, category, stage
         self._index = [(fi, off) for fi, p in enumerate(self.paths) for off in line_offsets(p)]
@@ -202,6 +205,10 @@ class CanonicalReader:
         for attr in ("source", "category", "stage"):
             if getattr(self, attr) is not None:
                 setattr(sample, attr, getattr(self, attr))
+        if self.root is not None:
+            for m in sample.media:
+                if m.path is not None and not Path(m.path).is_absolute():
+                    m.path = str(self.root / m.path)
         return finish(sample, where)
 
 
