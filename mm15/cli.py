@@ -5,6 +5,7 @@ Verbs:
     mm15 split IMAGE...            how images are split into tiles and tokens (§3.5)
     mm15 info --preset NAME        parameter counts of a preset, without allocating weights
     mm15 init --vision --llm ...   assemble a checkpoint from a pretrained encoder and decoder
+    mm15 train --preset NAME       train through a recipe's stages (one process or torchrun)
 
 Heavy imports (torch, the model) happen inside the verbs so ``mm15 --help`` is instant.
 """
@@ -147,6 +148,30 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from mm15.config import to_dict
+    from mm15.overrides import apply_overrides
+    from mm15.train.config import TrainConfig
+    from mm15.train.recipes import get_train_preset
+
+    if args.config:
+        from pydantic import TypeAdapter
+
+        cfg = TypeAdapter(TrainConfig).validate_json(Path(args.config).read_text())
+    else:
+        cfg = get_train_preset(args.preset)
+    cfg = apply_overrides(cfg, args.set)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from mm15.train.loop import train
+
+    result = train(cfg)
+    if result.final_model is not None:
+        print(f"final model: {result.final_model}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mm15.demo import run_demo
 
@@ -194,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     n.set_defaults(func=cmd_init)
 
+    t = sub.add_parser("train", help="train through a recipe's stages (torchrun for many GPUs)")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a training preset, e.g. paper-3b, video-sft-3b")
+    src.add_argument("--config", help="a resolved training config (JSON, as --print-config writes)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override by dotted path, e.g. stages.2.lr=1e-5 (repeatable)",
+    )
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.set_defaults(func=cmd_train)
+
     d = sub.add_parser("demo", help="run the main job on built-in data")
     d.add_argument("--out", default="out/demo", help="where results go")
     d.set_defaults(func=cmd_demo)
@@ -204,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -143,10 +142,6 @@ def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
     ok = all(c["score"] >= 2 * c["chance"] for c in report["categories"].values())
     print(f"done in {seconds:.0f} s; every category ≥ 2× chance: {ok}; model in {model_dir}")
     return 0 if ok else 1
-
-
-def _json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 __all__ = ["TASKS", "DemoConfig", "run_demo"]

@@ -30,12 +30,12 @@ def write_report(out: Path, *, suite, corpus: CorpusIndex, train_result, train_s
             "total": round(total_seconds, 1),
             "train": round(train_seconds, 1),
             "eval": round(suite.seconds, 1),
-        },  # fmt: skip
+        },
         "train": {
             stage: {"steps": len(v), "first_loss": v[0], "last_loss": v[-1]}
             for stage, v in train_result.losses.items()
             if v
-        },  # fmt: skip
+        },
         "skipped_steps": train_result.skipped_steps,
         "model_params": count_params(model.cfg).total,
         "config": dataclasses.asdict(config),

@@ -96,3 +96,32 @@ def train_config(root: Path, run_dir: Path, *, steps: int = 4, batch_rows: int =
         run_dir=str(run_dir), ckpt_every=2, log_every=1,
         parallel=ParallelConfig(strategy=strategy),
     )  # fmt: skip
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_worker(
+    rank: int, world: int, port: int, corpus: str, run_dir: str, out: str
+) -> None:
+    """One rank of a torchrun-like CPU run (gloo, FSDP2); rank 0 writes the per-step losses."""
+    import json
+    import os
+
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    from mm15.train.loop import train
+
+    result = train(train_config(Path(corpus), Path(run_dir), steps=3, strategy="fsdp2"))
+    if rank == 0:
+        Path(out).write_text(json.dumps(result.losses))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
