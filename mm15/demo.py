@@ -89,7 +89,8 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
             stage("pretrain", "pretrain", ["caption/shapes", "interleaved/shapes", "text/facts"],
                   cfg.pretrain_steps, "pretrain", image=low_res),
             stage("cpt", "cpt", ["ocr/pages"], cfg.cpt_steps, "cpt"),
-            stage("sft", "sft", list(SFT_TASKS), cfg.sft_steps, "flat", warmup=30),
+            stage("sft", "sft", [f.task for f in corpus.files if f.stage == "sft"], cfg.sft_steps,
+                  "flat", warmup=30),
         ],
     )  # fmt: skip
 

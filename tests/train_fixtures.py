@@ -75,7 +75,7 @@ def write_corpus(root: Path, *, n: int = 24, bad: bool = False) -> dict[str, int
     return injected
 
 
-def train_config(root: Path, run_dir: Path, *, steps: int = 4, batch_rows: int = 4,
+def train_config(root: Path, run_dir: Path, *, steps: int = 3, batch_rows: int = 2,
                  dropout: float = 0.0, strategy: str = "none", optim: str = "adafactor") -> TrainConfig:  # fmt: skip
     model = tiny()
     model.lm.dropout = dropout

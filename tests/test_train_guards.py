@@ -1,0 +1,58 @@
+"""A non-finite loss or gradient skips the optimiser step (and is reported as skipped)."""
+
+from __future__ import annotations
+
+import torch
+
+from mm15.model.mm15 import MM15
+from mm15.presets import tiny
+from mm15.train.optim import OptimConfig, build_optimizer
+from mm15.train.step import train_step
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = MM15(tiny())
+    model.init_weights()
+    opt = build_optimizer(model, OptimConfig(kind="adamw", lr=1e-2))
+    ids = torch.randint(0, 250, (2, 16))
+    batch = {"input_ids_BT": ids, "labels_BT": ids, "position_ids_BT": torch.arange(16).expand(2, 16),
+             "document_ids_BT": torch.zeros(2, 16, dtype=torch.long)}  # fmt: skip
+    return model, opt, batch
+
+
+def test_finite_step_updates():
+    model, opt, batch = _setup()
+    before = model.lm.output.weight.detach().clone()
+    out = train_step(model, [batch], optimizer=opt, grad_clip=1.0, world_size=1)
+    assert not out.skipped and out.tokens == 2 * 15
+    assert not torch.equal(before, model.lm.output.weight)
+
+
+def test_non_finite_loss_skips_the_step():
+    model, opt, batch = _setup()
+    with torch.no_grad():
+        model.lm.norm.weight[0] = float("nan")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = train_step(model, [batch], optimizer=opt, grad_clip=1.0, world_size=1)
+    assert out.skipped
+    after = model.state_dict()
+    assert all(
+        torch.equal(
+            before[k],
+            after[k],
+        )
+        or torch.isnan(before[k]).any()
+        for k in before
+    )
+    assert not opt.state  # no optimiser state was created: the step never ran
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_non_finite_gradient_skips_the_step():
+    model, opt, batch = _setup()
+    model.lm.output.weight.register_hook(lambda g: g * float("inf"))
+    before = model.lm.layers[0].attn.wq.weight.detach().clone()
+    out = train_step(model, [batch], optimizer=opt, grad_clip=1.0, world_size=1)
+    assert out.skipped and torch.isfinite(torch.tensor(out.loss))
+    assert torch.equal(before, model.lm.layers[0].attn.wq.weight)
