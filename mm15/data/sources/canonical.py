@@ -126,38 +126,11 @@ def coord_error(e: CoordinateError, where: str) -> SampleError:
     return SampleError("malformed", f"{where}: bad box: {e}")
 
 
-def check_sample(sample: Sample) -> None:
-    """The reference checks of :meth:`Sample.validate`, raising ``ValueError`` naming the sample.
-
-    Kept here because ``Sample.validate`` tests ``0 <= (part.media or -1)``, which rejects
-    index 0 (every first image and region); use ``validate`` once that is fixed.
-    """
-    n_media, n_regions = len(sample.media), len(sample.regions)
-    for mi, msg in enumerate(sample.messages):
-        for part in msg.content:
-            if part.type == "text" and part.text is None:
-                raise ValueError(f"sample {sample.id}: message {mi} has a text part with no text")
-            if part.type == "media" and not (part.media is not None and 0 <= part.media < n_media):
-                raise ValueError(f"sample {sample.id}: message {mi} refers to media "
-                                 f"{part.media} but the sample has {n_media}")  # fmt: skip
-            ok = part.region is not None and 0 <= part.region < n_regions
-            if part.type == "region" and not ok:
-                raise ValueError(f"sample {sample.id}: message {mi} refers to region "
-                                 f"{part.region} but the sample has {n_regions}")  # fmt: skip
-    for ri, reg in enumerate(sample.regions):
-        if not 0 <= reg.media < n_media:
-            raise ValueError(f"sample {sample.id}: region {ri} is on missing media {reg.media}")
-        if (reg.box is None) == (reg.point is None):
-            raise ValueError(f"sample {sample.id}: region {ri} needs exactly one of box, point")
-        if sample.media[reg.media].size is None:
-            raise ValueError(f"sample {sample.id}: region {ri} is on media {reg.media} "
-                             "whose size is unknown")  # fmt: skip
-
-
 def finish(sample: Sample, where: str) -> Sample:
-    """``sample`` after :func:`check_sample` (``malformed``); a sample without text is ``empty``."""
+    """``sample`` after :meth:`Sample.validate` (``malformed``); a sample without text is
+    ``empty``."""
     try:
-        check_sample(sample)
+        sample.validate()
     except ValueError as e:
         raise SampleError("malformed", f"{where}: {e}") from None
     texts = (p.text for msg in sample.messages for p in msg.content if p.type == "text")
@@ -223,7 +196,7 @@ def write_canonical(
 ) -> WriteStats:
     """Write ``samples`` as canonical JSONL to ``path``.
 
-    Every sample is checked first (:func:`check_sample`): an inconsistent one raises
+    Every sample is checked first (:meth:`Sample.validate`): an inconsistent one raises
     ``ValueError`` naming it, or with ``on_invalid="skip"`` is left out and listed in
     ``WriteStats.skipped``.  The file is written under a temporary name and renamed only when
     complete, so a failed conversion never leaves ``path`` half written and an existing file
@@ -236,7 +209,7 @@ def write_canonical(
         with open(tmp, "w", encoding="utf-8") as f:
             for sample in samples:
                 try:
-                    check_sample(sample)
+                    sample.validate()
                 except ValueError as e:
                     if on_invalid == "raise":
                         raise
