@@ -5,6 +5,7 @@ answer accuracy every 25 steps.  Two image kinds:
 
     python dev/demo_learnability.py solid    # whole tile one colour: learnt in ~25 steps
     python dev/demo_learnability.py object   # one small shape on grey (the demo's scenes)
+    python dev/demo_learnability.py curriculum 201   # 50 solid steps, then small shapes
 
 Extra arguments override the model config, e.g. `connector.num_tokens=64 vision.width=128`.
 """
@@ -45,7 +46,7 @@ def main(kind: str, overrides: list[str], steps: int = 101, batch: int = 32) -> 
         tiles, answers = [], []
         for _ in range(batch):
             c = rng.randrange(len(colours))
-            if kind == "solid":
+            if kind == "solid" or (kind == "curriculum" and step < 50):
                 from PIL import Image
 
                 image = Image.new("RGB", (112, 112), si.COLOURS[colours[c]])
@@ -54,7 +55,9 @@ def main(kind: str, overrides: list[str], steps: int = 101, batch: int = 32) -> 
             tiles.append(tile_image(image, cfg.image).tiles)
             answers.append(c)
         a = torch.tensor(answers)
-        ids = torch.cat([torch.full((batch, k), 63), torch.full((batch, 1), 5), (10 + a)[:, None]], 1)
+        ids = torch.cat(
+            [torch.full((batch, k), 63), torch.full((batch, 1), 5), (10 + a)[:, None]], 1
+        )
         labels = ids.clone()
         labels[:, : k + 1] = -100
         out = model(ids, pixels_NCHW=torch.cat(tiles))
@@ -69,4 +72,6 @@ def main(kind: str, overrides: list[str], steps: int = 101, batch: int = 32) -> 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "object", sys.argv[2:])
+    args = sys.argv[2:]
+    steps = int(args.pop(0)) if args and args[0].isdigit() else 101
+    main(sys.argv[1] if len(sys.argv) > 1 else "object", args, steps=steps)

@@ -11,7 +11,7 @@ from mm15.demo import DemoConfig, run_demo
 
 
 def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
-    cfg = DemoConfig(train_per_sft_task=20, test_per_task=4, pretrain_steps=3, cpt_steps=2,
+    cfg = DemoConfig(train_per_sft_task=20, test_per_task=4, align_steps=2, pretrain_steps=3, cpt_steps=2,
                      sft_steps=4, batch_rows=2, seq_len=384, vocab_size=1200)  # fmt: skip
     run_demo(out=tmp_path, cfg=cfg)  # scores at this budget are near chance: no assertion on them
     report = json.loads((tmp_path / "report.json").read_text())
