@@ -151,9 +151,11 @@ def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
                           train_seconds=train_seconds, total_seconds=seconds,
                           config=cfg, model=model)  # fmt: skip
     print((out / "report.md").read_text())
-    ok = all(c["score"] >= 2 * c["chance"] for c in report["categories"].values())
-    print(f"done in {seconds:.0f} s; every category ≥ 2× chance: {ok}; model in {model_dir}")
-    return 0 if ok else 1
+    below = [n for n, c in report["categories"].items() if c["score"] < 2 * c["chance"]]
+    print(f"done in {seconds:.0f} s; model in {model_dir}")
+    if below:  # the run worked; the scores are what they are (docs/demo.md)
+        print(f"below 2× chance: {', '.join(below)}")
+    return 0
 
 
 __all__ = ["TASKS", "DemoConfig", "run_demo"]

@@ -56,3 +56,20 @@ def test_non_finite_gradient_skips_the_step():
     out = train_step(model, [batch], optimizer=opt, grad_clip=1.0, world_size=1)
     assert out.skipped and torch.isfinite(torch.tensor(out.loss))
     assert torch.equal(before, model.lm.layers[0].attn.wq.weight)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    # SGD, so the update is linear in the gradient (Adam's g/sqrt(v) amplifies float noise in
+    # near-zero gradients into sign flips).
+    model_a, _, batch = _setup()
+    model_b, _, _ = _setup()
+    opt_a = torch.optim.SGD(model_a.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.1)
+    batch["labels_BT"] = batch["labels_BT"].clone()
+    batch["labels_BT"][1, 6:] = -100  # unequal targets per micro-batch: 15 and 5
+    halves = [{k: v[i : i + 1] for k, v in batch.items()} for i in range(2)]
+    out_a = train_step(model_a, [batch], optimizer=opt_a, grad_clip=0.0, world_size=1)
+    out_b = train_step(model_b, halves, optimizer=opt_b, grad_clip=0.0, world_size=1)
+    assert abs(out_a.loss - out_b.loss) < 1e-6 and out_a.tokens == out_b.tokens
+    for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)

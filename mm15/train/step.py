@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mm15.model.mm15 import MM15, next_token_loss_sum
 from mm15.train.optim import clip_grad_norm_
+from mm15.train.parallel import skip_grad_sync
 
 
 @dataclass
@@ -57,8 +58,10 @@ def train_step(
     loss_sum = torch.zeros((), device=device)
     aux_sum = torch.zeros((), device=device)
     experts = None
-    for mb in micro_batches:
-        with autocast or contextlib.nullcontext():
+    for i, mb in enumerate(micro_batches):
+        # Gradients of all micro-batches but the last accumulate locally (no collective).
+        sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else skip_grad_sync(model)
+        with sync, autocast or contextlib.nullcontext():
             out = model(
                 mb["input_ids_BT"], pixels_NCHW=mb.get("pixels_NCHW"),
                 position_ids_BT=mb["position_ids_BT"], document_ids_BT=mb["document_ids_BT"],
@@ -71,7 +74,7 @@ def train_step(
                 aux_sum += out.aux_loss.detach() / len(micro_batches)
                 stats = out.decoder.moe_stats.tokens_per_expert
                 experts = stats if experts is None else experts + stats
-        loss.backward()
+            loss.backward()
         loss_sum += total.detach()
     grad_norm = _clip(model, grad_clip)
     bad = torch.tensor(
