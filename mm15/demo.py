@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from mm15.config import FormatConfig, MixtureConfig, PackingConfig, SourceConfig
-from mm15.data.synthetic import SFT_TASKS, TASKS, CorpusIndex, generate_corpus
+from mm15.data.synthetic import SFT_TASKS, TASKS
+from mm15.data.synthetic_corpus import CorpusIndex, generate_corpus
 from mm15.presets import tiny
 from mm15.tokenizer import MM15Tokenizer, train_bpe_tokenizer
 from mm15.train.config import DatasetConfig, StageConfig, TrainConfig

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mm15.data import synthetic as syn
+from mm15.data import synthetic_corpus as corpus_mod
 from mm15.data.coords import Box, Point, dequantize_point, quantize_point
 from mm15.data.schema import Sample, sample_from_json, sample_to_json
 from mm15.data.splitting import tile_geometry
@@ -19,7 +20,7 @@ from mm15.data.video import load_video_frames
 from mm15.eval.metrics import score_sample
 from mm15.presets import tiny
 
-SMALL = {k: 0 for k in syn.DEFAULT_SIZES} | {t: 3 for t in syn.TASKS}
+SMALL = {k: 0 for k in corpus_mod.DEFAULT_SIZES} | {t: 3 for t in syn.TASKS}
 SMALL |= {f"test/{t}": 2 for t in syn.SFT_TASKS}
 
 
@@ -254,8 +255,8 @@ def test_ocr_page_regions_are_the_lines():
 
 
 def test_generate_corpus_is_deterministic_and_indexed(tmp_path):
-    a = syn.generate_corpus(tmp_path / "a", seed=5, sizes=SMALL)
-    b = syn.generate_corpus(tmp_path / "b", seed=5, sizes=SMALL, workers=2)
+    a = corpus_mod.generate_corpus(tmp_path / "a", seed=5, sizes=SMALL)
+    b = corpus_mod.generate_corpus(tmp_path / "b", seed=5, sizes=SMALL, workers=2)
     files = sorted(
         p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
     )
@@ -270,7 +271,7 @@ def test_generate_corpus_is_deterministic_and_indexed(tmp_path):
             for k, v in SMALL.items()
         }
     )
-    again = syn.CorpusIndex.read(tmp_path / "a")
+    again = corpus_mod.CorpusIndex.read(tmp_path / "a")
     assert again.files == a.files and set(again.categories) >= {"general", "ocr", "video"}
     for task in syn.TASKS:
         for s in again.load(task):
@@ -286,7 +287,7 @@ def test_generate_corpus_is_deterministic_and_indexed(tmp_path):
 
 def test_generate_corpus_rejects_unknown_size_keys(tmp_path):
     with pytest.raises(ValueError, match="unknown size keys"):
-        syn.generate_corpus(tmp_path, seed=0, sizes={"general/colours": 3})
+        corpus_mod.generate_corpus(tmp_path, seed=0, sizes={"general/colours": 3})
     with pytest.raises(ValueError, match="only SFT tasks have test sets"):
         syn.make_samples("caption/shapes", 1, 0, split="test")
 

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mm15.data.synthetic import SFT_TASKS, TASKS, CorpusIndex, chance_baseline
+from mm15.data.synthetic import SFT_TASKS, TASKS, chance_baseline
+from mm15.data.synthetic_corpus import CorpusIndex
 from mm15.eval.metrics import category_scores, score_sample
 from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.mm15 import MM15
