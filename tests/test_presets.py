@@ -1,27 +1,18 @@
 """Presets: snapshot of every resolved config, and the paper's stated sizes (MM1 §3.3)."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from mm15.config import ModelConfig, from_dict, to_dict
 from mm15.model.params import count_params, mm1_peak_lr, recipe_peak_lr
 from mm15.presets import PRESETS, get_preset
-
-SNAPSHOTS = Path(__file__).parent / "snapshots" / "presets.json"
+from tests.snapshot_util import check_snapshot
 
 
 def test_every_preset_matches_its_snapshot():
     """Any change to a default shows up here as a diff; MM15_UPDATE_SNAPSHOTS=1 rewrites it."""
-    current = {name: to_dict(get_preset(name)) for name in sorted(PRESETS)}
-    if os.environ.get("MM15_UPDATE_SNAPSHOTS") or not SNAPSHOTS.exists():
-        SNAPSHOTS.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
-    stored = json.loads(SNAPSHOTS.read_text())
-    assert sorted(stored) == sorted(current)
-    for name in current:
-        assert stored[name] == current[name], f"preset {name} changed; review and update snapshot"
+    check_snapshot("presets", {name: to_dict(get_preset(name)) for name in sorted(PRESETS)})
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

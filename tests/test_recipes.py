@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import pytest
 
 from mm15.config import to_dict
 from mm15.model.params import recipe_peak_lr
 from mm15.train.recipes import TRAIN_PRESETS, get_train_preset
-
-SNAPSHOT = Path(__file__).parent / "snapshots" / "train_presets.json"
+from tests.snapshot_util import check_snapshot
 
 
 def test_every_training_preset_matches_its_snapshot():
-    current = {name: to_dict(get_train_preset(name)) for name in sorted(TRAIN_PRESETS)}
-    if os.environ.get("MM15_UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
-        SNAPSHOT.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
-    stored = json.loads(SNAPSHOT.read_text())
-    assert sorted(stored) == sorted(current)
-    for name in current:
-        assert stored[name] == current[name], f"training preset {name} changed"
+    check_snapshot(
+        "train_presets", {n: to_dict(get_train_preset(n)) for n in sorted(TRAIN_PRESETS)}
+    )
 
 
 @pytest.mark.parametrize("name", ["paper-1b", "paper-3b-moe", "paper-30b"])
