@@ -139,8 +139,45 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _open_checked(source: Source, label: str, cfg: ImageConfig, stack: contextlib.ExitStack):
+    """The image opened lazily (header only) with its format and pixel count checked."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        fp: BinaryIO = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            fp = stack.enter_context(open(source, "rb"))  # noqa: SIM115 -- closed by the stack
+        except FileNotFoundError as e:
+            raise ImageDecodeError(label, "missing", "file not found") from e
+        except OSError as e:
+            raise ImageDecodeError(label, "unreadable", f"cannot open file: {e}") from e
+    else:
+        fp = source
+    im = stack.enter_context(_identify(fp, label, cfg))
+    _check_pixels(im, label, cfg)
+    return im
+
+
+def image_size(source: Source, *, cfg: ImageConfig, name: str | None = None) -> tuple[int, int]:
+    """``(W, H)`` of the image :func:`open_image` would return, from the header alone (EXIF
+    orientations 5–8 swap W and H, as ``exif_transpose`` will).  Same checks and errors."""
+    label = _label(source, name)
+    with contextlib.ExitStack() as stack:
+        im = _open_checked(source, label, cfg, stack)
+        try:
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+        except _PIL_DATA_ERRORS as e:  # a malformed EXIF block
+            raise ImageDecodeError(label, "unreadable", f"unreadable header: {e}") from e
+        w, h = im.size
+    return (h, w) if orientation in _TRANSPOSED else (w, h)
+
+
 def open_image(
-    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
+    source: Source,
     *,
     cfg: ImageConfig,
     name: str | None = None,
@@ -152,19 +189,7 @@ def open_image(
     """
     label = _label(source, name)
     with contextlib.ExitStack() as stack:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            fp: BinaryIO = io.BytesIO(bytes(source))
-        elif isinstance(source, (str, os.PathLike)):
-            try:
-                fp = stack.enter_context(open(source, "rb"))
-            except FileNotFoundError as e:
-                raise ImageDecodeError(label, "missing", "file not found") from e
-            except OSError as e:
-                raise ImageDecodeError(label, "unreadable", f"cannot open file: {e}") from e
-        else:
-            fp = source
-        im = stack.enter_context(_identify(fp, label, cfg))
-        _check_pixels(im, label, cfg)
+        im = _open_checked(source, label, cfg, stack)
         try:
             im.seek(0)  # animated GIF/WEBP/TIFF/MPO: the first frame
             im.load()

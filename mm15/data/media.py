@@ -9,9 +9,7 @@ the pipeline can skip and count it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 from pathlib import Path
 
 import av
@@ -22,12 +20,9 @@ from mm15.config import ImageConfig, VideoConfig
 
 # image_io's header-only identification (allowed plugins only) and pixel-limit check are
 # reused so that reading a size is exactly as safe as decoding.
-from mm15.data.image_io import ImageDecodeError, _check_pixels, _identify, open_image
+from mm15.data.image_io import ImageDecodeError, image_size, open_image
 from mm15.data.schema import Media, SampleError
 from mm15.data.video import VideoDecodeError, list_frame_files, load_video_frames, uniform_indices
-
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _label(media: Media) -> str:
@@ -48,27 +43,10 @@ def _as_sample_error(err: ImageDecodeError) -> SampleError:
 
 def _header_size(media: Media, cfg: ImageConfig) -> tuple[int, int]:
     """(W, H) after EXIF orientation, from the header alone (no pixels decoded)."""
-    source, label = _source(media), _label(media)
-    with contextlib.ExitStack() as stack:
-        if isinstance(source, bytes):
-            fp = io.BytesIO(source)
-        else:
-            try:
-                fp = stack.enter_context(open(source, "rb"))
-            except FileNotFoundError as e:
-                raise SampleError("missing", f"{label}: file not found") from e
-            except OSError as e:
-                raise SampleError("corrupt", f"{label}: cannot open file: {e}") from e
-        try:
-            im = stack.enter_context(_identify(fp, label, cfg))
-            _check_pixels(im, label, cfg)
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-        except ImageDecodeError as e:
-            raise _as_sample_error(e) from e
-        except (OSError, SyntaxError, ValueError) as e:  # a malformed EXIF block
-            raise SampleError("corrupt", f"{label}: unreadable header: {e}") from e
-        w, h = im.size
-    return (h, w) if orientation in _TRANSPOSED else (w, h)
+    try:
+        return image_size(_source(media), cfg=cfg, name=_label(media))
+    except ImageDecodeError as e:
+        raise _as_sample_error(e) from e
 
 
 def media_size(media: Media, image_cfg: ImageConfig) -> tuple[int, int]:

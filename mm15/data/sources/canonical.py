@@ -18,19 +18,16 @@ Every reader is map-style: ``len(reader)`` and ``reader[i] -> Sample``; bad samp
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image, UnidentifiedImageError
-
 from mm15.config import ImageConfig
 from mm15.data.coords import CoordinateError
+from mm15.data.image_io import ImageDecodeError, image_size
 from mm15.data.schema import (
     Category,
     Sample,
@@ -41,11 +38,6 @@ from mm15.data.schema import (
 )
 
 PathLike = str | os.PathLike
-# EXIF orientations that rotate by 90°: the decoded (exif_transpose'd) image has W and H swapped.
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
-# What PIL raises on malformed headers (as in image_io), plus its decompression-bomb refusal.
-_HEADER_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-                  ValueError, EOFError, struct.error, IndexError, KeyError, ZeroDivisionError)  # fmt: skip
 
 
 def as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -58,35 +50,16 @@ def as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
     return out
 
 
-def _plugins() -> list[str]:
-    Image.init()
-    return [f for f in ImageConfig().formats if f in Image.OPEN]
-
-
 def header_size(src: PathLike | bytes, *, where: str) -> tuple[int, int]:
-    """``(W, H)`` of an image as :func:`mm15.data.image_io.open_image` will decode it.
-
-    Reads the header only (``Image.open`` without ``load``), restricted to the formats of
-    ``ImageConfig``; EXIF orientations 5–8 swap W and H, as ``exif_transpose`` will.  Raises
-    ``SampleError("missing")`` for an absent file and ``SampleError("corrupt")`` for anything
-    PIL cannot identify; ``where`` names the file and row in the message.
-    """
+    """``(W, H)`` of an image as :func:`mm15.data.image_io.open_image` will decode it, from the
+    header only (:func:`mm15.data.image_io.image_size` with the default ``ImageConfig``).
+    ``SampleError("missing")`` for an absent file, ``("corrupt")`` otherwise; ``where`` names
+    the file and row in the message."""
     try:
-        fp = io.BytesIO(src) if isinstance(src, bytes | bytearray) else open(src, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise SampleError("missing", f"{where}: image file {os.fspath(src)} not found") from None
-    except OSError as e:  # a directory, no permission, ...
-        raise SampleError("corrupt", f"{where}: cannot open image {os.fspath(src)}: {e}") from None
-    try:
-        with fp, Image.open(fp, formats=_plugins()) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
-                w, h = h, w
-    except _HEADER_ERRORS as e:
-        raise SampleError("corrupt", f"{where}: unreadable image header: {e}") from None
-    if w < 1 or h < 1:
-        raise SampleError("corrupt", f"{where}: image header says size {w}x{h}")
-    return w, h
+        return image_size(src, cfg=ImageConfig())
+    except ImageDecodeError as e:
+        reason = "missing" if e.reason == "missing" else "corrupt"
+        raise SampleError(reason, f"{where}: {e}") from None
 
 
 def check_file(path: Path, where: str) -> Path:
