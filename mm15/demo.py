@@ -73,10 +73,6 @@ def _texts(corpus: CorpusIndex) -> list[str]:
 def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_dir: Path,
                       vocab: int) -> TrainConfig:  # fmt: skip
     model = tiny(vocab_size=vocab)
-    # Position embeddings learnt at the tile size: interpolating 4×4 learnt positions up to the
-    # 8×8 grid leaves the encoder too little spatial resolution to learn shapes from scratch
-    # (docs/demo.md); the real model interpolates from weights that CLIP already trained.
-    model.vision.image_size = model.image.resolution
 
     def stage(name, kind, tasks, steps, rule, image=None, warmup=10) -> StageConfig:
         files = [corpus.file(t) for t in tasks]
