@@ -12,28 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mm15.model.mm15 import IGNORE_INDEX, MM15
 from mm15.model.params import mm1_peak_lr
-from mm15.presets import tiny
 from mm15.train.optim import AdaFactor, OptimConfig, build_optimizer, clip_grad_norm_
 from mm15.train.schedule import build_scheduler, lr_at
-
-
-def tiny_batch(cfg, batch: int = 2, seq: int = 24, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Token ids with one 56-px tile (16 image tokens) per sample, labels off on image tokens."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, cfg.image_token_id, (batch, seq), generator=g)
-    ids[:, 2:18] = cfg.image_token_id
-    labels = ids.masked_fill(ids == cfg.image_token_id, IGNORE_INDEX)
-    pixels = torch.randn(batch, 3, 56, 56, generator=g)
-    return dict(input_ids_BT=ids, labels_BT=labels, pixels_NCHW=pixels)
-
-
-def tiny_model(seed: int = 0) -> MM15:
-    cfg = tiny(vocab_size=259)
-    cfg.image_token_id = 258
-    torch.manual_seed(seed)
-    return MM15(cfg)
+from tests.train_fixtures import tiny_batch, tiny_model
 
 
 class Shapes(nn.Module):

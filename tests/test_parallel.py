@@ -18,8 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mm15.model.mm15 import IGNORE_INDEX, MM15
-from mm15.presets import tiny
+from mm15.model.mm15 import MM15
 from mm15.train.optim import AdaFactor, clip_grad_norm_
 from mm15.train.parallel import (
     DistInfo,
@@ -32,31 +31,11 @@ from mm15.train.parallel import (
     parallelize,
     skip_grad_sync,
 )
+from tests.train_fixtures import tiny_batch, tiny_model
 
 WORLD = 2
 ADAFACTOR = dict(lr=0.05, weight_decay=0.01)
 CLIP = 0.5  # small enough that every step is clipped, so clipping is compared too
-
-
-def tiny_model(seed: int = 0) -> MM15:
-    """Byte-vocabulary tiny MM15.  Uneven dim 0 over 2 ranks: the 259-row embedding and output,
-    the ViT's 17-row position table; the connector's (1, 16, 64) position embedding leaves
-    rank 1 an empty shard."""
-    cfg = tiny(vocab_size=259)
-    cfg.image_token_id = 258
-    torch.manual_seed(seed)
-    return MM15(cfg)
-
-
-def tiny_batch(cfg, batch: int = 2, seq: int = 24, seed: int = 0) -> dict[str, torch.Tensor]:
-    """One 56-px tile (16 image tokens) per sample; every sample has the same number of targets,
-    so the mean of per-rank losses is the full-batch loss."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, cfg.image_token_id, (batch, seq), generator=g)
-    ids[:, 2:18] = cfg.image_token_id
-    labels = ids.masked_fill(ids == cfg.image_token_id, IGNORE_INDEX)
-    pixels = torch.randn(batch, 3, 56, 56, generator=g)
-    return dict(input_ids_BT=ids, labels_BT=labels, pixels_NCHW=pixels)
 
 
 def train(model, opt, batch, steps: int = 3) -> dict:

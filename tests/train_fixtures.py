@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from mm15.config import MixtureConfig, PackingConfig, SourceConfig
 from mm15.data.schema import Media, Message, Part, Region, Sample
 from mm15.data.sources.canonical import write_canonical
+from mm15.model.mm15 import IGNORE_INDEX, MM15
 from mm15.presets import tiny
 from mm15.train.config import DatasetConfig, StageConfig, TrainConfig
 from mm15.train.optim import OptimConfig
@@ -125,3 +127,21 @@ def distributed_worker(
         Path(out).write_text(json.dumps(result.losses))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def tiny_model(seed: int = 0) -> MM15:
+    cfg = tiny(vocab_size=259)
+    cfg.image_token_id = 258
+    torch.manual_seed(seed)
+    return MM15(cfg)
+
+
+def tiny_batch(cfg, batch: int = 2, seq: int = 24, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One 56-px tile (16 image tokens) per sample; every sample has the same number of targets,
+    so the mean of per-rank losses is the full-batch loss."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.image_token_id, (batch, seq), generator=g)
+    ids[:, 2:18] = cfg.image_token_id
+    labels = ids.masked_fill(ids == cfg.image_token_id, IGNORE_INDEX)
+    pixels = torch.randn(batch, 3, 56, 56, generator=g)
+    return dict(input_ids_BT=ids, labels_BT=labels, pixels_NCHW=pixels)
