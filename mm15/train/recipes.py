@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 from mm15.config import (
     CPTWeights,
-    ImageConfig,
     MixtureConfig,
     ModelConfig,
     PackingConfig,
@@ -114,10 +113,6 @@ def variant_sft(size: str, kind: str) -> TrainConfig:
     )  # fmt: skip
     return TrainConfig(model=model, stages=[stage], init_from=f"runs/mm15-{size}/final",
                        run_dir=f"runs/mm15-{size}-{kind}")  # fmt: skip
-
-
-def demo_image_config() -> ImageConfig:
-    return get_preset("tiny").image
 
 
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
