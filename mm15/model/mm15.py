@@ -145,9 +145,7 @@ def next_token_loss_sum(
 ) -> tuple[Tensor, Tensor]:
     """(summed cross entropy, number of target tokens) — what data-parallel training needs to
     normalise by the token count of the whole global batch rather than per rank."""
-    targets_BT = labels_BT[:, 1:].clone()
-    if document_ids_BT is not None:
-        targets_BT[document_ids_BT[:, 1:] != document_ids_BT[:, :-1]] = IGNORE_INDEX
+    targets_BT = next_token_targets(labels_BT, document_ids_BT)
     logits = logits_BTV[:, :-1].float()
     total = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
@@ -156,3 +154,11 @@ def next_token_loss_sum(
         reduction="sum",
     )
     return total, (targets_BT != IGNORE_INDEX).sum()
+
+
+def next_token_targets(labels_BT: Tensor, document_ids_BT: Tensor | None = None) -> Tensor:
+    """(B, T-1) the label each position predicts; ``IGNORE_INDEX`` across document boundaries."""
+    targets_BT = labels_BT[:, 1:].clone()
+    if document_ids_BT is not None:
+        targets_BT[document_ids_BT[:, 1:] != document_ids_BT[:, :-1]] = IGNORE_INDEX
+    return targets_BT

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mm15.model.mm15 import MM15, next_token_loss_sum
+from mm15.model.mm15 import IGNORE_INDEX, MM15, next_token_loss_sum, next_token_targets
 from mm15.train.optim import clip_grad_norm_
 from mm15.train.parallel import skip_grad_sync
 
@@ -93,9 +93,7 @@ def train_step(
 
 
 def _count_targets(mb: dict[str, Tensor]) -> int:
-    labels, docs = mb["labels_BT"][:, 1:], mb["document_ids_BT"]
-    same_doc = docs[:, 1:] == docs[:, :-1]
-    return int(((labels != -100) & same_doc).sum())
+    return int((next_token_targets(mb["labels_BT"], mb["document_ids_BT"]) != IGNORE_INDEX).sum())
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
