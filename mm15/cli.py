@@ -6,6 +6,8 @@ Verbs:
     mm15 info --preset NAME        parameter counts of a preset, without allocating weights
     mm15 init --vision --llm ...   assemble a checkpoint from a pretrained encoder and decoder
     mm15 train --preset NAME       train through a recipe's stages (one process or torchrun)
+    mm15 chat --model DIR          talk to a checkpoint about images or a video
+    mm15 serve --model DIR         an OpenAI-compatible HTTP server with a web page
 
 Heavy imports (torch, the model) happen inside the verbs so ``mm15 --help`` is instant.
 """
@@ -236,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the main job on built-in data")
     d.add_argument("--out", default="out/demo", help="where results go")
     d.set_defaults(func=cmd_demo)
+
+    from mm15.chat_cli import register as register_chat
+
+    register_chat(sub)
+
+    from mm15.serve.cli import register as register_serve
+
+    register_serve(sub)
     return p
 
 

@@ -17,7 +17,7 @@ from mm15.config import FormatConfig
 from mm15.data.chat import format_sample, materialize_pixels
 from mm15.data.prompt import EncodedPrompt, encode_prompt
 from mm15.data.schema import Sample
-from mm15.model.generate import GenerationResult, generate
+from mm15.model.generate import GenerationResult, TokenCallback, generate
 from mm15.model.mm15 import MM15
 from mm15.tokenizer import MM15Tokenizer
 
@@ -76,9 +76,22 @@ def generate_for_samples(
     return _generate(model, tokenizer, encoded, settings or GenerationSettings())
 
 
+def generate_encoded(
+    model: MM15,
+    tokenizer: MM15Tokenizer,
+    encoded: Sequence[EncodedPrompt],
+    settings: GenerationSettings | None = None,
+    *,
+    on_token: TokenCallback | None = None,
+) -> list[GenerationResult]:
+    """Generate for prompts already encoded (token ids + tiles), batched; ``on_token(row,
+    token)`` streams every sampled token (:func:`mm15.model.generate.generate`)."""
+    return _generate(model, tokenizer, encoded, settings or GenerationSettings(), on_token)
+
+
 def _generate(
     model: MM15, tokenizer: MM15Tokenizer, encoded: Sequence[EncodedPrompt],
-    settings: GenerationSettings,
+    settings: GenerationSettings, on_token: TokenCallback | None = None,
 ) -> list[GenerationResult]:  # fmt: skip
     embeds = prompt_embeddings(model, encoded)
     generator = None
@@ -97,6 +110,7 @@ def _generate(
         stop_strings=settings.stop_strings,
         decode=tokenizer.decode,
         use_cache=settings.use_cache,
+        on_token=on_token,
     )
 
 

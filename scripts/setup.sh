@@ -11,3 +11,15 @@ fi
 # torch first and pinned: an unpinned torch pulls the newest build with GBs of CUDA packages.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The web page test drives Debian's headless Chromium (tests/test_serve_browser.py); it skips,
+# saying why, where neither the browser can be found nor installed (needs root and apt).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium chromium-driver >/dev/null) \
+      || echo "setup: could not install chromium; the browser test will skip" >&2
+  else
+    echo "setup: chromium/chromedriver not found (install Debian's chromium chromium-driver);" \
+      "the browser test will skip" >&2
+  fi
+fi

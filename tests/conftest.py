@@ -56,3 +56,20 @@ def hf_llama_dir(tmp_path_factory) -> Path:
         json.dumps({"eos_token_id": tok.tok.token_to_id("<|eos|>")})
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny MM15 with the byte tokenizer, saved as an mm15 checkpoint
+    directory (what `mm15 chat/eval/serve --model` load). Its answers are noise, but they are
+    deterministic under greedy decoding."""
+    from mm15.checkpoint import save_checkpoint
+    from mm15.model.mm15 import MM15
+    from mm15.presets import tiny
+
+    tok = byte_tokenizer()
+    cfg = tiny(vocab_size=len(tok))
+    cfg.image_token_id = tok.image_token_id
+    torch.manual_seed(0)
+    model = MM15(cfg).eval()
+    return save_checkpoint(model, tok, tmp_path_factory.mktemp("ckpt") / "tiny")

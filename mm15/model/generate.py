@@ -8,7 +8,10 @@ Trimming convention for :class:`GenerationResult`:
 - ``tokens`` never contain the eos token that ended a row;
 - a stop string ends a row at the token that completed it; that token is kept in ``tokens``
   (token and string boundaries need not align), and ``text`` (when ``decode`` is given) is
-  cut just before the earliest stop string.
+  cut just before the earliest stop string;
+- ``on_token(row, token)`` (streaming, servers) sees every token sampled for a row that is
+  still running, the eos that ends it included; returning ``False`` ends the row after that
+  token (kept unless it is an eos) with finish_reason ``"stop"``.
 
 Shape legend: B prompts, T sequence so far, D model width, V vocab.
 """
@@ -106,14 +109,24 @@ def _left_pad(decoder: Decoder, prompts, prompt_embeds) -> tuple[Tensor, Tensor,
     return x_BTD, doc_BT, pos_BT
 
 
-def _advance(rows: list[_Row], next_B: list[int], eos: set[int], stops, decode) -> None:
-    for row, tok in zip(rows, next_B, strict=True):
+TokenCallback = Callable[[int, int], bool | None]  # (row, token) -> False ends the row
+
+
+def _advance(
+    rows: list[_Row], next_B: list[int], eos: set[int], stops, decode,
+    on_token: TokenCallback | None = None,
+) -> None:  # fmt: skip
+    for i, (row, tok) in enumerate(zip(rows, next_B, strict=True)):
         if row.finish_reason is not None:
             continue
+        go_on = on_token is None or on_token(i, tok) is not False
         if tok in eos:
             row.finish_reason = "stop"
             continue
         row.tokens.append(tok)
+        if not go_on:
+            row.finish_reason = "stop"
+            continue
         if stops:
             text = decode(row.tokens)
             found = [text.find(s) for s in stops if s in text]
@@ -136,13 +149,14 @@ def generate(
     stop_strings: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
     use_cache: bool = True,
+    on_token: TokenCallback | None = None,
 ) -> list[GenerationResult]:
     """Continue each prompt until eos, a stop string, or ``max_new_tokens`` new tokens.
 
     ``prompt_embeds[i]`` (T_i, D), when given, replaces the embedding of prompt i (the
     multimodal model puts image features at image-token positions); generated tokens are
     embedded with ``decoder.embed``.  ``use_cache=False`` recomputes the whole sequence every
-    step (the reference the cache is tested against).
+    step (the reference the cache is tested against).  ``on_token``: see the module docstring.
     """
     _check_args(prompts, prompt_embeds, max_new_tokens, temperature, top_p, stop_strings, decode)
     x_BTD, doc_BT, pos_BT = _left_pad(decoder, prompts, prompt_embeds)
@@ -168,7 +182,7 @@ def generate(
         next_B = sample_next(
             logits_BV, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
         )
-        _advance(rows, next_B.tolist(), eos, stop_strings, decode)
+        _advance(rows, next_B.tolist(), eos, stop_strings, decode, on_token)
         if all(r.finish_reason is not None for r in rows) or step == max_new_tokens - 1:
             break
         new_x = decoder.embed(next_B[:, None])

@@ -1,0 +1,181 @@
+"""``mm15 chat``: talk to a checkpoint about images or a video (SPEC §2–§3).
+
+One-shot::
+
+    mm15 chat --model DIR --image a.png --image b.jpg "Which picture shows a cat?"
+    mm15 chat --model DIR --video clip.mp4 "What happens in this video?"
+    mm15 chat --model DIR --image a.png --box 10,20,200,180 "What is in <region>?" --json
+    mm15 chat --model DIR --image a.png "Where is the dog?" --draw dog.png
+
+Without a prompt the session is interactive: one user turn per stdin line, the conversation
+(history) kept across turns; ``/reset`` forgets it, ``/quit`` or end of input ends the session.
+Prompt building, visual prompts and region parsing: :mod:`mm15.chat_session`.
+Bad inputs (a missing image, an unreadable video, more ``<image>`` placeholders than images, a
+point outside its image) print ``error: …`` and exit with status 2, without a traceback; in the
+interactive session such a turn is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+EXIT_BAD_INPUT = 2
+HELP = "commands: /reset (forget the conversation), /quit (or end of input), /help"
+
+
+def _visual(kind: str) -> Callable[[str], object]:
+    def parse(spec: str):
+        from mm15.chat_session import ChatError, parse_visual_prompt
+
+        try:
+            return parse_visual_prompt(spec, kind)  # type: ignore[arg-type]
+        except ChatError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = kind
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``chat`` verb to ``sub`` (the subparsers of :func:`mm15.cli.build_parser`)."""
+    p = sub.add_parser(
+        "chat",
+        help="chat with a checkpoint about images or a video (one-shot or interactive)",
+        description=__doc__.split("\n\n")[0],
+        epilog="Coordinates: --point/--box are pixels of the image (0-based index k:), rendered "
+        "into the prompt as <x,y> / <x1,y1,x2,y2> in [0,1000) (<k:...> with several images). "
+        "--draw with one image writes OUT; with several images or a video, OUT-k.png for every "
+        "image k that has a region.",
+    )
+    p.add_argument("prompt", nargs="?", help="one-shot prompt; omit for an interactive session")
+    p.add_argument("--model", required=True, help="mm15 checkpoint directory")
+    media = p.add_mutually_exclusive_group()
+    media.add_argument("--image", action="append", default=[], metavar="PATH",
+                       help="an image (repeatable; image k = the k-th, 0-based)")  # fmt: skip
+    media.add_argument("--video", metavar="PATH", help="a video file or folder of frames (§5)")
+    p.add_argument("--n-min", type=int, help="fewest sub-images of a dynamic grid (default: model)")
+    p.add_argument("--n-max", type=int, help="most sub-images; may be raised at inference")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, help="sampling seed (with --temperature > 0)")
+    p.add_argument("--point", dest="visual", action="append", default=[], type=_visual("point"),
+                   metavar="[k:]X,Y", help="a point on image k, in pixels (repeatable)")  # fmt: skip
+    p.add_argument("--box", dest="visual", action="append", type=_visual("box"),
+                   metavar="[k:]X1,Y1,X2,Y2", help="a box on image k, in pixels (repeatable)")  # fmt: skip
+    p.add_argument("--draw", metavar="OUT.png", help="draw the answer's regions with labels")
+    p.add_argument("--json", action="store_true", help='print {"text", "regions", "issues"}')
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda if any)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="weights dtype (auto: bfloat16 on cuda, float32 on cpu)")  # fmt: skip
+    p.set_defaults(func=cmd_chat)
+
+
+def _load(args: argparse.Namespace):
+    """Media first (cheap, so a bad path fails before the weights load), then the session."""
+    import torch
+
+    from mm15.chat_session import ChatSession, load_media
+    from mm15.checkpoint import CONFIG_FILE, load_checkpoint
+    from mm15.config import load_model_config
+    from mm15.inference import GenerationSettings
+
+    model_dir = Path(args.model)
+    if not (model_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir} is not an mm15 checkpoint (no {CONFIG_FILE})")
+    media = load_media(args.image, args.video, cfg=load_model_config(str(model_dir / CONFIG_FILE)))
+    device = (
+        args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    model, tok = load_checkpoint(model_dir, device=device, dtype=getattr(torch, dtype))
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+    )
+    return ChatSession(model, tok, media, visual_prompts=args.visual, settings=settings,
+                       n_min=args.n_min, n_max=args.n_max)  # fmt: skip
+
+
+def _show(session, reply, args: argparse.Namespace, out: TextIO) -> None:
+    """Print a reply (text + region legend, or JSON) and draw it when asked."""
+    from mm15.chat_session import region_json
+
+    if args.json:
+        print(json.dumps(reply.to_json(), ensure_ascii=False), file=out, flush=True)
+    else:
+        print(reply.text, file=out)
+        for i, r in enumerate(reply.regions):
+            j = region_json(reply.text, r)
+            kind = "box" if "box" in j else "point"
+            coords = ", ".join(f"{v:g}" for v in j[kind])
+            print(f"  [{i}] {r.label or '-'}: {kind} ({coords}) px on image {r.image}", file=out)
+        out.flush()
+    for issue in reply.issues:
+        print(f"warning: malformed coordinate tag {issue.text!r}: {issue.reason}", file=sys.stderr)
+    if args.draw:
+        paths = session.draw(reply, args.draw)
+        note = ", ".join(map(str, paths)) if paths else "nothing (the answer has no region)"
+        print(f"drew {len(reply.regions)} region(s): {note}", file=sys.stderr)
+
+
+def _repl(session, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    """One user turn per line; errors in a turn are reported and the turn is skipped."""
+    tty = stdin.isatty()
+    if tty:
+        print(f"mm15 chat: {len(session.media.visuals)} image(s) shown. {HELP}", file=sys.stderr)
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = stdin.readline()
+        if not line:
+            return 0
+        text = line.rstrip("\n")
+        command = text.strip()
+        if command in ("/quit", "/exit"):
+            return 0
+        if command == "/reset":
+            session.reset()
+            print("(conversation reset)", file=sys.stderr)
+            continue
+        if command in ("/help", "/?") or (command.startswith("/") and " " not in command):
+            print(HELP, file=sys.stderr)
+            continue
+        if not command:
+            continue
+        try:
+            _show(session, session.answer(text), args, out)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """The ``chat`` verb; exit status 0, or 2 for bad inputs (message on stderr)."""
+    try:
+        session = _load(args)
+        if args.prompt is None:
+            return _repl(session, args, sys.stdin, sys.stdout)
+        _show(session, session.answer(args.prompt), args, sys.stdout)
+        return 0
+    except (ValueError, OSError) as e:  # ChatError, image/video/sample/coordinate errors, files
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mm15 chat`` with ``argv`` (the arguments after ``chat``)."""
+    parser = argparse.ArgumentParser(prog="mm15")
+    register(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(["chat", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The upload page at / driven in headless Chromium (Debian's chromium + chromium-driver,
+through Selenium; no browser download): upload an image, ask, see the answer and its box."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from mm15.checkpoint import load_checkpoint
+from mm15.serve.app import create_app
+from mm15.serve.server import BackgroundServer
+from tests.serve_fixtures import Scripted, config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium "
+    "chromium-driver)"
+)  # fmt: skip
+
+ANSWER = "the square <250,250,750,750>."
+RED = (228, 26, 28)  # the page's first palette colour (#e41a1c)
+GREY = (128, 128, 128)
+KEY = "browser-key"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_ckpt_dir):
+    model, tok = load_checkpoint(tiny_ckpt_dir)
+    app = create_app(model, tok, config(api_key=KEY), generate_fn=Scripted(tok, ANSWER))
+    with BackgroundServer(app) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:
+        pytest.fail(
+            "chromium is installed but chromedriver is not (apt-get install chromium-driver)"
+        )
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    # An explicit driver path: Selenium Manager (which would try to download) is never run.
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_upload_ask_and_see_the_box(server, browser, tmp_path, stream):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    picture = tmp_path / "grey.png"
+    Image.new("RGB", (200, 160), GREY).save(picture)
+    browser.get(f"{server.url}/")
+    browser.find_element(By.ID, "files").send_keys(str(picture))
+    browser.find_element(By.ID, "question").send_keys("where is the square?")
+    browser.find_element(By.ID, "api-key").send_keys(KEY)
+    if not stream:
+        browser.find_element(By.ID, "stream").click()
+    browser.find_element(By.ID, "send").click()
+    answer = browser.find_element(By.ID, "answer")
+    WebDriverWait(browser, 20).until(
+        lambda d: answer.get_attribute("data-state") in ("done", "error")
+    )
+    status = browser.find_element(By.ID, "status").text
+    assert answer.get_attribute("data-state") == "done", status
+    assert answer.text == ANSWER
+    items = browser.find_elements(By.CSS_SELECTOR, "#regions li")
+    assert [i.text for i in items] == ["square — image 0, box [50, 40, 150.2, 120.16]"]
+    # the box is drawn on the image: its left edge is red, its middle still grey
+    pixel = "const c = document.querySelector('#images canvas'); return Array.from(" \
+            "c.getContext('2d').getImageData(arguments[0], arguments[1], 1, 1).data).slice(0, 3);"  # fmt: skip
+    assert tuple(browser.execute_script(pixel, 51, 80)) == RED
+    assert tuple(browser.execute_script(pixel, 100, 80)) == GREY
+
+
+def test_wrong_key_shows_the_error(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server.url}/")
+    browser.find_element(By.ID, "question").send_keys("hello")
+    browser.find_element(By.ID, "api-key").send_keys("wrong")
+    browser.find_element(By.ID, "send").click()
+    answer = browser.find_element(By.ID, "answer")
+    WebDriverWait(browser, 20).until(
+        lambda d: answer.get_attribute("data-state") in ("done", "error")
+    )
+    assert answer.get_attribute("data-state") == "error"
+    assert "API key" in browser.find_element(By.ID, "status").text
