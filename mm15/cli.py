@@ -8,6 +8,7 @@ Verbs:
     mm15 train --preset NAME       train through a recipe's stages (one process or torchrun)
     mm15 chat --model DIR          talk to a checkpoint about images or a video
     mm15 serve --model DIR         an OpenAI-compatible HTTP server with a web page
+    mm15 eval --model DIR --task T --data PATH   zero-shot benchmark evaluation (SPEC §5)
 
 Heavy imports (torch, the model) happen inside the verbs so ``mm15 --help`` is instant.
 """
@@ -246,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mm15.serve.cli import register as register_serve
 
     register_serve(sub)
+
+    from mm15.eval.cli import register as register_eval
+
+    register_eval(sub)
     return p
 
 

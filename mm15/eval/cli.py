@@ -1,0 +1,106 @@
+"""``mm15 eval``: zero-shot greedy benchmark evaluation (SPEC §5; :mod:`mm15.eval.runner`).
+
+    mm15 eval --model CKPT --task textvqa --data ~/data/textvqa --out out/eval
+    mm15 eval --model CKPT --task pope,mme --data ~/data/lmms-lab      # ROOT/pope, ROOT/mme
+    mm15 eval --model CKPT --task refcoco:testA --task refcoco:testB --data D1 --data D2
+    mm15 eval --model CKPT --task synthetic --data out/demo/corpus
+
+``--data`` is given once per task (same order), or once for all: a directory holding one
+entry per task (``ROOT/<task>`` as a directory or ``ROOT/<task>.jsonl`` / ``.parquet``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mm15.eval.tasks import TASKS, get_task
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` verb to the subparsers of :func:`mm15.cli.build_parser`."""
+    e = sub.add_parser("eval", help="zero-shot greedy evaluation on benchmarks (SPEC §5)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    e.add_argument("--model", required=True, help="mm15 checkpoint directory")
+    e.add_argument("--task", action="append", required=True, metavar="NAME[:SPLIT]",
+                   help=f"repeatable or comma separated; one of {', '.join(sorted(TASKS))}")  # fmt: skip
+    e.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="benchmark data per task (same order), or one root for all tasks")  # fmt: skip
+    e.add_argument("--out", default="out/eval", help="where items.jsonl and summary.* go")
+    e.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    e.add_argument("--limit", type=int, help="first N items of each task")
+    e.add_argument("--max-new-tokens", type=int, help="default: each task's own")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
+    e.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    e.set_defaults(func=cmd_eval)
+
+
+def task_data(tasks: list[str], data: list[str]) -> list[tuple[str, Path]]:
+    """Pair each task with its data path (see the module docstring)."""
+    names = [t.strip() for arg in tasks for t in arg.split(",") if t.strip()]
+    for name in names:
+        get_task(name)  # unknown names fail before the model loads
+    if len(data) == len(names):
+        return [(n, Path(d)) for n, d in zip(names, data, strict=True)]
+    if len(data) != 1:
+        raise ValueError(f"{len(names)} task(s) but {len(data)} --data paths; give one per "
+                         "task or one root directory")  # fmt: skip
+    root, pairs = Path(data[0]), []
+    for name in names:
+        base = name.partition(":")[0]
+        found = [p for p in (root / base, *(root / f"{base}{s}" for s in
+                                            (".jsonl", ".parquet", ".json", ".arrow")))
+                 if p.exists()]  # fmt: skip
+        if not found:
+            raise FileNotFoundError(f"no data for task {name!r} under {root} (looked for "
+                                    f"{root / base} and {root / base}.jsonl/.parquet)")  # fmt: skip
+        pairs.append((name, found[0]))
+    return pairs
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from mm15.checkpoint import load_checkpoint
+    from mm15.eval.runner import EvalSettings, run_eval
+
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
+        raise ValueError("--batch-size must be >= 1 and --limit >= 0")
+    pairs = task_data(args.task, args.data)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    model, tokenizer = load_checkpoint(args.model, device=device, dtype=dtype)
+    settings = EvalSettings(batch_size=args.batch_size, limit=args.limit,
+                            max_new_tokens=args.max_new_tokens)  # fmt: skip
+    summary = run_eval(model, tokenizer, pairs, args.out, settings)
+    out = Path(args.out)
+    print((out / "summary.md").read_text(), end="")
+    print(f"wrote {out / 'items.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}, "
+          f"{out / 'summary.png'}")  # fmt: skip
+    if summary["n_errors"]:
+        print(f"warning: {summary['n_errors']} of {summary['n_items']} items could not be "
+              "evaluated and count as 0 (reasons: the 'error' field of items.jsonl)",
+              file=sys.stderr)  # fmt: skip
+    return 0 if summary["n_items"] > 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``eval`` alone (tests, ``python -m mm15.eval.cli``)."""
+    p = argparse.ArgumentParser(prog="mm15")
+    register(p.add_subparsers(dest="verb", required=True))
+    args = p.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
