@@ -11,6 +11,16 @@ fi
 # torch first and pinned: an unpinned torch pulls the newest build with GBs of CUDA packages.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The lmms-eval harness for the mm15 plugin (docs/evaluation.md), without the dependencies it
+# declares: resolving them downgrades av and installs a CUDA torchvision that breaks transformers.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+  -r scripts/lmms-requirements.txt
+problems=$(.venv/bin/python -m pip check | grep -v '^lmms-eval ' || true)
+if [ -n "$problems" ]; then
+  echo "setup: unmet requirements (lmms-eval's own are expected):" >&2
+  echo "$problems" >&2
+  exit 1
+fi
 # The web page test drives Debian's headless Chromium (tests/test_serve_browser.py); it skips,
 # saying why, where neither the browser can be found nor installed (needs root and apt).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

@@ -1,6 +1,6 @@
 """An lmms-eval model plugin, so the standard harness runs mm15 checkpoints (SPEC §5)::
 
-    lmms-eval --model mm15 --model_args pretrained=CKPT,batch_size=8 --tasks textvqa_val
+    lmms-eval --model mm15 --model_args pretrained=CKPT --batch_size 8 --tasks textvqa_val
 
 Registration: lmms-eval (0.7.x, ``lmms_eval.models.registry_v2.ModelRegistryV2``) loads every
 entry point of the group ``lmms_eval.models``; ours returns a ``ModelManifest`` naming
@@ -16,9 +16,20 @@ does not exist and asking for it raises ImportError saying what to install.
 Requests become chat samples with the template the model was trained with: images in order
 before the text, or at ``<image>`` placeholders when the context has one per image.  Generation
 is batched (requests with equal ``gen_kwargs`` together), greedy unless the task asks for
-``temperature > 0``; beam search is not supported (``num_beams`` is ignored).  ``loglikelihood``
-scores a continuation after the assistant marker: the sum of its tokens' log-probabilities, and
-whether each is the argmax.
+``temperature > 0``; beam search is not supported (``num_beams`` is ignored).
+
+``loglikelihood`` scores a continuation after the assistant marker and returns, per request,
+``(loss, is_greedy)`` with ``loss`` the **mean negative log-likelihood per continuation token**,
+as lmms-eval's own models return it (llava, llava_hf: the LM loss over the continuation), because
+lmms-eval 0.7.3 scores ``multiple_choice`` tasks with ``argmin`` over that value (``acc``;
+``acc_norm`` divides it by the choice's length in characters).  Returning log-probabilities,
+as the base class's docstring suggests, would make every multiple-choice task pick the least
+likely option.  :func:`continuation_loglikelihood` gives the plain sum of log-probabilities.
+(lmms-eval 0.7.3's evaluator itself turns these pairs into strings before scoring, so its
+``multiple_choice`` tasks fail there for every model; docs/evaluation.md.)
+
+The batch size comes from the harness's ``--batch_size`` (giving it in ``--model_args`` too is
+a duplicate keyword for lmms-eval and fails).
 """
 
 from __future__ import annotations
@@ -206,6 +217,7 @@ if lmms is not None:
                                   image_token=self.tokenizer.meta.image_token)  # fmt: skip
 
         def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+            """(mean NLL per continuation token, is greedy) per request (module docstring)."""
             res = []
             for req in requests:
                 context, target, doc_to_visual, doc_id, task, split = req.args[:6]
@@ -214,8 +226,10 @@ if lmms is not None:
                 visuals = self._visuals(doc_to_visual, doc_id, task, split)
                 sample = request_sample(context, visuals, sample_id=f"{task}/{doc_id}",
                                         image_token=self.tokenizer.meta.image_token)  # fmt: skip
-                res.append(continuation_loglikelihood(self.model, self.tokenizer, sample,
-                                                      str(continuation)))  # fmt: skip
+                ll, greedy = continuation_loglikelihood(self.model, self.tokenizer, sample,
+                                                        str(continuation))  # fmt: skip
+                # lmms-eval's convention (module docstring): the mean token loss, lower is better
+                res.append((-ll / len(self.tokenizer.encode(str(continuation))), greedy))
             return res
 
         def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
