@@ -38,6 +38,8 @@ class GenerationSettings:
     seed: int | None = None
     stop_strings: list[str] = field(default_factory=list)
     use_cache: bool = True
+    # "eager" | "static" | "compile" (mm15.model.generate.generate; docs/performance-inference.md)
+    decode_mode: str = "eager"
 
 
 @torch.inference_mode()
@@ -111,6 +113,7 @@ def _generate(
         decode=tokenizer.decode,
         use_cache=settings.use_cache,
         on_token=on_token,
+        decode_mode=settings.decode_mode,
     )
 
 

@@ -13,7 +13,22 @@ Trimming convention for :class:`GenerationResult`:
   still running, the eos that ends it included; returning ``False`` ends the row after that
   token (kept unless it is an eos) with finish_reason ``"stop"``.
 
-Shape legend: B prompts, T sequence so far, D model width, V vocab.
+Decode modes (``decode_mode``; the prompt is always prefilled by ``Decoder.forward``):
+- ``"eager"`` (default): each new token goes through ``Decoder.forward`` with the cache sliced
+  to its current length;
+- ``"static"``: each new token goes through :func:`static_decode_step`, which has the same
+  shapes at every step (the whole cache buffer, visibility from the cached document ids, the
+  write position a tensor), so it can be captured once;
+- ``"compile"``: that step through ``torch.compile`` (``mode="reduce-overhead"`` on CUDA, i.e.
+  CUDA graphs: one launch per token instead of one per kernel; inductor's default on CPU).
+  The cache length is rounded up to a multiple of 256 so nearby prompt lengths share a graph;
+  each (batch size, length bucket) compiles once, up to Dynamo's recompile limit
+  (``torch._dynamo.config.cache_size_limit``), beyond which the step runs uncompiled.
+All three give the same greedy tokens (tests/test_infer_fast.py).  MoE layers route a
+data-dependent number of tokens per expert, so ``"compile"`` breaks the graph there (correct,
+but without the CUDA-graph gain).
+
+Shape legend: B prompts, T sequence so far, S cache length, D model width, V vocab.
 """
 
 from __future__ import annotations
@@ -25,7 +40,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mm15.model.lm import Decoder, KVCache
+from mm15.model.lm import Decoder, KVCache, rope_cos_sin, rope_inv_freq
+
+DecodeMode = Literal["eager", "static", "compile"]
 
 
 @dataclass
@@ -109,7 +126,92 @@ def _left_pad(decoder: Decoder, prompts, prompt_embeds) -> tuple[Tensor, Tensor,
     return x_BTD, doc_BT, pos_BT
 
 
+class _IndexWriter:
+    """Stands in for the :class:`KVCache` inside ``Block.forward`` during a static step: writes
+    the new key/value at the tensor position ``idx_1`` and returns the whole buffers."""
+
+    def __init__(self, cache: KVCache, idx_1: Tensor):
+        self.cache, self.idx_1 = cache, idx_1
+
+    def update(self, layer: int, k_BK1Dh: Tensor, v_BK1Dh: Tensor) -> tuple[Tensor, Tensor]:
+        k_BKSDh, v_BKSDh = self.cache.k[layer], self.cache.v[layer]
+        k_BKSDh.index_copy_(2, self.idx_1, k_BK1Dh)
+        v_BKSDh.index_copy_(2, self.idx_1, v_BK1Dh)
+        return k_BKSDh, v_BKSDh
+
+
+def static_decode_step(
+    decoder: Decoder, cache: KVCache, tokens_B1: Tensor, pos_B1: Tensor, idx_1: Tensor
+) -> Tensor:
+    """(B, V) logits of one new token per row, written to cache column ``idx_1`` (a (1,) long
+    tensor; all rows share it: prompts are left-padded).  Every tensor has the same shape at
+    every step: attention runs over the whole buffer (S = ``cache.max_len``) under the rule of
+    :func:`mm15.model.lm.document_causal_mask` — key column ≤ ``idx_1`` and the same document
+    id (0: prompt and generated tokens; padding and unwritten columns carry -1) — with the
+    query's position a tensor, not a Python int.  ``cache.length`` is neither read nor moved."""
+    x_B1D = decoder.embed(tokens_B1)
+    cos_sin = rope_cos_sin(rope_inv_freq(decoder.cfg, x_B1D.device), pos_B1)
+    cache.doc_ids_BS.index_fill_(1, idx_1, 0)
+    k_idx_S = torch.arange(cache.max_len, device=x_B1D.device)
+    mask_B11S = ((k_idx_S <= idx_1) & (cache.doc_ids_BS == 0))[:, None, None, :]
+    writer = _IndexWriter(cache, idx_1)
+    for block in decoder.layers:
+        x_B1D, _ = block(x_B1D, cos_sin, mask_B11S, writer, None)
+    return decoder.logits(decoder.norm(x_B1D)[:, -1])
+
+
+_COMPILED: dict[str, Callable[..., Tensor]] = {}
+
+
+def _compiled_step(cache: KVCache) -> Callable[..., Tensor]:
+    """:func:`static_decode_step` compiled for the cache's device (built once per mode)."""
+    cuda = cache.doc_ids_BS.device.type == "cuda"
+    mode = "reduce-overhead" if cuda else "default"
+    if cuda:  # CUDA graphs may then write the cache in place instead of copying it per step
+        for t in [*cache.k, *cache.v, cache.doc_ids_BS]:
+            torch._dynamo.mark_static_address(t)
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(static_decode_step, mode=mode, dynamic=False)
+    compiled = _COMPILED[mode]
+
+    def step(*args: object) -> Tensor:
+        # Each call is a new decode step: CUDA graphs may reuse the previous step's output
+        # memory (its logits were consumed by sampling before this call).
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args)
+
+    return step
+
+
 TokenCallback = Callable[[int, int], bool | None]  # (row, token) -> False ends the row
+
+
+def _last_logits(
+    decoder: Decoder, x_BTD: Tensor, pos_BT: Tensor, doc_BT: Tensor, cache: KVCache | None
+) -> Tensor:
+    """(B, V) logits at the last position (the eager step, and every mode's prefill)."""
+    out = decoder(embeds_BTD=x_BTD, position_ids_BT=pos_BT, document_ids_BT=doc_BT, cache=cache,
+                  compute_logits=False)  # fmt: skip
+    return decoder.logits(out.hidden[:, -1])
+
+
+def _decode_setup(
+    decoder: Decoder, B: int, max_len: int, use_cache: bool, decode_mode: DecodeMode
+) -> tuple[KVCache | None, Callable[..., Tensor] | None]:
+    """The KV cache (None without ``use_cache``) and the static step (None when eager)."""
+    if decode_mode not in ("eager", "static", "compile"):
+        raise ValueError(f"generate: unknown decode_mode {decode_mode!r} (eager, static, compile)")
+    if decode_mode != "eager" and not use_cache:
+        raise ValueError(f"generate: decode_mode {decode_mode!r} needs use_cache=True")
+    if not use_cache:
+        return None, None
+    if decode_mode == "compile":  # fewer distinct shapes, fewer recompilations
+        max_len = -(-max_len // 256) * 256
+    weight = decoder.embed.weight
+    cache = KVCache.allocate(decoder.cfg, B, max_len, weight.dtype, weight.device)
+    if decode_mode == "eager":
+        return cache, None
+    return cache, _compiled_step(cache) if decode_mode == "compile" else static_decode_step
 
 
 def _advance(
@@ -150,50 +252,47 @@ def generate(
     decode: Callable[[list[int]], str] | None = None,
     use_cache: bool = True,
     on_token: TokenCallback | None = None,
+    decode_mode: DecodeMode = "eager",
 ) -> list[GenerationResult]:
     """Continue each prompt until eos, a stop string, or ``max_new_tokens`` new tokens.
 
     ``prompt_embeds[i]`` (T_i, D), when given, replaces the embedding of prompt i (the
     multimodal model puts image features at image-token positions); generated tokens are
     embedded with ``decoder.embed``.  ``use_cache=False`` recomputes the whole sequence every
-    step (the reference the cache is tested against).  ``on_token``: see the module docstring.
+    step (the reference the cache is tested against).  ``on_token``, ``decode_mode``: see the
+    module docstring.
     """
     _check_args(prompts, prompt_embeds, max_new_tokens, temperature, top_p, stop_strings, decode)
     x_BTD, doc_BT, pos_BT = _left_pad(decoder, prompts, prompt_embeds)
     B, T0 = doc_BT.shape
     weight = decoder.embed.weight
-    cache = (
-        KVCache.allocate(decoder.cfg, B, T0 + max_new_tokens, weight.dtype, weight.device)
-        if use_cache
-        else None
-    )
+    cache, step_fn = _decode_setup(decoder, B, T0 + max_new_tokens, use_cache, decode_mode)
     rows = [_Row() for _ in range(B)]
     eos = set(eos_token_ids)
     step_x, step_doc, step_pos = x_BTD, doc_BT, pos_BT
+    if max_new_tokens > 0:  # prefill
+        logits_BV = _last_logits(decoder, step_x, step_pos, step_doc, cache)
     for step in range(max_new_tokens):
-        out = decoder(
-            embeds_BTD=step_x,
-            position_ids_BT=step_pos,
-            document_ids_BT=step_doc,
-            cache=cache,
-            compute_logits=False,
-        )
-        logits_BV = decoder.logits(out.hidden[:, -1])
         next_B = sample_next(
             logits_BV, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
         )
         _advance(rows, next_B.tolist(), eos, stop_strings, decode, on_token)
         if all(r.finish_reason is not None for r in rows) or step == max_new_tokens - 1:
             break
+        new_pos = pos_BT[:, -1:] + step + 1
+        if step_fn is not None:
+            idx_1 = torch.full((1,), T0 + step, dtype=torch.long, device=weight.device)
+            logits_BV = step_fn(decoder, cache, next_B[:, None], new_pos, idx_1)
+            continue
         new_x = decoder.embed(next_B[:, None])
         new_doc = torch.zeros_like(next_B)[:, None]
-        new_pos = pos_BT[:, -1:] + step + 1
         if use_cache:
             step_x, step_doc, step_pos = new_x, new_doc, new_pos
         else:
             step_x = torch.cat([step_x, new_x], dim=1)
             step_doc = torch.cat([step_doc, new_doc], dim=1)
             step_pos = torch.cat([step_pos, new_pos], dim=1)
+        logits_BV = _last_logits(decoder, step_x, step_pos, step_doc, cache)
     results = []
     for r in rows:
         text = decode(r.tokens) if decode is not None else None

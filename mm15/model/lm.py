@@ -6,7 +6,10 @@ feed-forward, grouped-query attention, optional QKV bias (Qwen2) and tied embedd
 
 One attention rule covers packed sequences, padding and the KV cache: query t attends to key s
 iff s <= t (in sequence order) and both carry the same document id.  Padding has document id -1,
-so padded positions attend only to each other (no fully masked rows, no NaNs).
+so padded positions attend only to each other (no fully masked rows, no NaNs).  The rule is
+applied either as a dense (B, 1, T, S) boolean mask to SDPA, or, with ``Decoder.attention ==
+"flex"`` in a training forward (packed documents, no cache), as a flex-attention ``BlockMask``
+that skips every (query block, key block) tile the rule masks entirely, so no T×T mask is built.
 
 Shape legend: B batch, T query tokens, S key tokens (cache included), D model width,
 H query heads, K key/value heads, Dh head dim, F FFN hidden, V vocab, E experts.
@@ -15,14 +18,21 @@ H query heads, K key/value heads, Dh head dim, F FFN hidden, V vocab, E experts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from mm15.config import LMConfig, RopeScalingConfig
 from mm15.model.moe import MoEAux, MoEFeedForward
+
+# How a training forward applies the attention rule: "sdpa" with a dense mask (runs everywhere),
+# "flex" with a block mask (fused kernel on CUDA; forward-only reference on CPU).  Same maths.
+AttentionKernel = Literal["sdpa", "flex"]
 
 
 @dataclass
@@ -91,17 +101,52 @@ def apply_rope(x_BNTDh: Tensor, cos_BTDh: Tensor, sin_BTDh: Tensor) -> Tensor:
 # Attention mask and KV cache
 
 
-def document_causal_mask(q_doc_BT: Tensor, k_doc_BS: Tensor, q_start: int) -> Tensor:
-    """(B, 1, T, S) bool, True where query t (at index q_start + t) may attend key s.
+def may_attend(q_idx: Tensor, k_idx: Tensor, q_doc: Tensor, k_doc: Tensor) -> Tensor:
+    """The attention rule (broadcasting): key position <= query position, same document id.
 
-    The one place the attention rule lives, so a flex-attention block mask can replace it.
+    The one place the rule lives: the dense mask and the flex-attention block mask both call it.
     """
+    return (k_idx <= q_idx) & (q_doc == k_doc)
+
+
+def document_causal_mask(q_doc_BT: Tensor, k_doc_BS: Tensor, q_start: int) -> Tensor:
+    """(B, 1, T, S) bool, True where query t (at index q_start + t) may attend key s."""
     T, S = q_doc_BT.shape[1], k_doc_BS.shape[1]
     q_idx_T = torch.arange(q_start, q_start + T, device=q_doc_BT.device)
     k_idx_S = torch.arange(S, device=q_doc_BT.device)
-    causal_TS = k_idx_S[None, :] <= q_idx_T[:, None]
-    same_doc_BTS = q_doc_BT[:, :, None] == k_doc_BS[:, None, :]
-    return (causal_TS[None] & same_doc_BTS)[:, None]
+    allowed_BTS = may_attend(
+        q_idx_T[None, :, None], k_idx_S[None, None, :], q_doc_BT[:, :, None], k_doc_BS[:, None, :]
+    )
+    return allowed_BTS[:, None]
+
+
+def document_block_mask(doc_BT: Tensor) -> BlockMask:
+    """The same rule as a flex-attention ``BlockMask`` over one packed (B, T) batch (no cache).
+
+    Built once per forward and shared by every layer.  On CUDA the mask is built by a compiled
+    kernel (``_compile``); elsewhere eagerly (it evaluates the rule on the B×T×T grid).
+    """
+    B, T = doc_BT.shape
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return may_attend(q_idx, kv_idx, doc_BT[b, q_idx], doc_BT[b, kv_idx])
+
+    return create_block_mask(mask_mod, B, None, T, T, device=doc_BT.device, _compile=doc_BT.is_cuda)
+
+
+_compiled_flex: Callable[..., Tensor] | None = None
+
+
+def flex_attention_for(device: torch.device) -> Callable[..., Tensor]:
+    """``flex_attention`` compiled into a fused kernel on CUDA (the uncompiled op materialises
+    the scores); elsewhere the uncompiled op, a slow reference used by CPU tests.  A compiled
+    decoder block traces through either one."""
+    global _compiled_flex
+    if device.type != "cuda":
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
 
 
 @dataclass
@@ -184,11 +229,12 @@ class Attention(nn.Module):
         self,
         x_BTD: Tensor,
         cos_sin: tuple[Tensor, Tensor],
-        mask_B1TS: Tensor | None,
+        mask_B1TS: Tensor | BlockMask | None,
         cache: KVCache | None,
         layer: int,
     ) -> Tensor:
-        """``mask_B1TS`` None means plain causal attention over this call's tokens only."""
+        """``mask_B1TS`` None means plain causal attention over this call's tokens only; a
+        ``BlockMask`` (no cache) runs flex attention instead of SDPA."""
         B, T, _ = x_BTD.shape
         q = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -196,14 +242,19 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        out_BHTDh = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask_B1TS,
-            is_causal=mask_B1TS is None,
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        )
+        gqa = self.n_heads != self.n_kv_heads
+        if isinstance(mask_B1TS, BlockMask):
+            if q.device.type == "cpu" and q.requires_grad:
+                raise NotImplementedError(
+                    f"attention='flex' cannot train on the CPU: torch {torch.__version__} has no"
+                    " flex-attention backward there; use attention='sdpa' on CPU"
+                )
+            flex = flex_attention_for(q.device)
+            out_BHTDh = flex(q, k, v, block_mask=mask_B1TS, enable_gqa=gqa)
+        else:
+            out_BHTDh = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask_B1TS, is_causal=mask_B1TS is None, enable_gqa=gqa
+            )
         return self.wo(out_BHTDh.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -241,7 +292,7 @@ class Block(nn.Module):
         self,
         x_BTD: Tensor,
         cos_sin: tuple[Tensor, Tensor],
-        mask_B1TS: Tensor | None,
+        mask_B1TS: Tensor | BlockMask | None,
         cache: KVCache | None,
         valid_BT: Tensor | None,
     ) -> tuple[Tensor, MoEAux | None]:
@@ -266,6 +317,9 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # An execution choice, not architecture (same maths): set from outside for training
+        # (mm15.train.parallel.apply_attention), so checkpoints and configs do not carry it.
+        self.attention: AttentionKernel = "sdpa"
         if self.embed.weight.device.type != "meta":
             self.init_weights()
 
@@ -306,6 +360,8 @@ class Decoder(nn.Module):
 
         position_ids default to start + arange(T), start = cached length.  document_ids (B, T):
         attention stays within equal ids; -1 marks padding (also excluded from MoE statistics).
+        ``self.attention == "flex"`` applies that rule through a flex-attention block mask when
+        there is no cache; with a cache (generation) the dense mask is always used.
         """
         if (input_ids_BT is None) == (embeds_BTD is None):
             raise ValueError("Decoder.forward takes exactly one of input_ids_BT and embeds_BTD")
@@ -316,12 +372,14 @@ class Decoder(nn.Module):
             position_ids_BT = torch.arange(start, start + T, device=x_BTD.device).expand(B, T)
         cos_sin = rope_cos_sin(rope_inv_freq(self.cfg, x_BTD.device), position_ids_BT)
 
-        mask_B1TS = None
+        mask_B1TS: Tensor | BlockMask | None = None
         if cache is not None:
             doc_BT = document_ids_BT
             if doc_BT is None:
                 doc_BT = torch.zeros(B, T, dtype=torch.long, device=x_BTD.device)
             mask_B1TS = document_causal_mask(doc_BT, cache.append_doc_ids(doc_BT), start)
+        elif document_ids_BT is not None and self.attention == "flex":
+            mask_B1TS = document_block_mask(document_ids_BT)
         elif document_ids_BT is not None:
             mask_B1TS = document_causal_mask(document_ids_BT, document_ids_BT, 0)
         valid_BT = None if document_ids_BT is None else document_ids_BT >= 0

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from mm15.checkpoint import load_checkpoint, save_checkpoint
 from mm15.config import to_dict
@@ -28,6 +29,7 @@ from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
 from mm15.train.checkpointing import latest_checkpoint, load_training_state, save_training_state
 from mm15.train.config import StageConfig, TrainConfig
 from mm15.train.data import StageStream, open_datasets, rank_batches
+from mm15.train.flops import batch_flops, mfu_line, peak_flops, utilisation
 from mm15.train.metrics import MetricsLogger, Progress, plot_stage
 from mm15.train.optim import build_optimizer
 from mm15.train.parallel import DistInfo, autocast_context, init_distributed, parallelize
@@ -113,6 +115,7 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
     autocast = autocast_context(info.device) if cfg.parallel.autocast == "bfloat16" else None
     losses = result.losses.setdefault(stage.name, [])
     failed_pixels = 0
+    device_peak = peak_flops(info.device, cfg.parallel.peak_tflops)  # None (CPU): no MFU
     with Progress(stage.steps, f"[{stage.name}]", info.rank == 0, initial=start,
                   log_every=cfg.log_every) as progress:  # fmt: skip
         for step in range(start, stage.steps):
@@ -133,8 +136,13 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
             state["skipped_steps"] += int(out.skipped)
             result.skipped_steps = state["skipped_steps"]
             losses.append(out.loss)
-            _log(logger, stage, state, out, lr, time.perf_counter() - t0, stream, failed_pixels)
+            seconds = time.perf_counter() - t0  # MFU: this rank's FLOPs over it, data included
+            util = utilisation(batch_flops(inner.cfg, batches), seconds, device_peak)
+            _log(logger, stage, state, out, lr, seconds, stream, failed_pixels, util)
             progress.update(step + 1, loss=out.loss, lr=lr, tokens=out.tokens)
+            line = mfu_line(f"[{stage.name}]", step + 1, util)
+            if info.is_main and line and (step + 1) % cfg.log_every == 0:
+                tqdm.write(line)
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == stage.steps:
                 _save(cfg, model, optimizer, state, stream, index)
     if info.rank == 0:
@@ -144,11 +152,11 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
             plot_stage(run_dir / "metrics.jsonl", stage.name, run_dir / f"loss_{stage.name}.png")
 
 
-def _log(logger, stage, state, out, lr, seconds, stream, failed_pixels) -> None:
+def _log(logger, stage, state, out, lr, seconds, stream, failed_pixels, util) -> None:
     scalars = {"loss": out.loss, "lr": lr, "grad_norm": out.grad_norm, "tokens": out.tokens,
                "step_seconds": seconds, "skipped_step": int(out.skipped),
                "skipped_steps": state["skipped_steps"], "corrupt_pixels": failed_pixels,
-               **{f"skipped_{k}": v for k, v in stream.skipped.items()}}  # fmt: skip
+               **util, **{f"skipped_{k}": v for k, v in stream.skipped.items()}}  # fmt: skip
     if out.tokens_per_expert is not None:
         scalars["aux_loss"] = out.aux_loss
         counts = out.tokens_per_expert.float()
