@@ -170,11 +170,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``mm15 chat`` with ``argv`` (the arguments after ``chat``)."""
-    parser = argparse.ArgumentParser(prog="mm15")
-    register(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["chat", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
+    """``mm15 chat`` with ``argv`` (the arguments after ``chat``): tests, ``python -m``."""
+    from mm15.cli import main as cli_main
+
+    return cli_main(["chat", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -10,23 +10,16 @@ import torch
 from mm15.config import LMConfig, MoEConfig
 from mm15.model.generate import generate, sample_next
 from mm15.model.lm import Decoder, KVCache
+from tests.decoder_fixtures import NEW, PROMPTS, lm_config, sharp_decoder, tokens
 
-CFG = LMConfig(
-    vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48, max_seq_len=64
-)
-PROMPTS = [[3, 14, 15, 9, 26, 5], [35, 8], [9, 7, 9, 32]]
-NEW = 12
+CFG = lm_config(max_seq_len=64)
 
 
 def _decoder(cfg: LMConfig = CFG, seed: int = 0) -> Decoder:
-    torch.manual_seed(seed)
-    decoder = Decoder(cfg).eval()
-    decoder.init_weights(std=0.3)  # sharp distributions: varied, well-separated greedy choices
-    return decoder
+    return sharp_decoder(cfg, seed)
 
 
-def _tokens(results) -> list[list[int]]:
-    return [r.tokens for r in results]
+_tokens = tokens
 
 
 def decode(tokens: list[int]) -> str:

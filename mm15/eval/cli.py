@@ -91,15 +91,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``eval`` alone (tests, ``python -m mm15.eval.cli``)."""
-    p = argparse.ArgumentParser(prog="mm15")
-    register(p.add_subparsers(dest="verb", required=True))
-    args = p.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """``mm15 eval`` with ``argv`` (the arguments after ``eval``): tests, ``python -m``."""
+    from mm15.cli import main as cli_main
+
+    return cli_main(["eval", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -107,10 +107,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mm15")
-    register(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
-    return args.func(args)
+    """``mm15 serve`` with ``argv`` (the arguments after ``serve``): tests, ``python -m``."""
+    from mm15.cli import main as cli_main
+
+    return cli_main(["serve", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":
