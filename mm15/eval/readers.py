@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from mm15.data.coords import Box, CoordinateError, to_box
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
 from mm15.data.sources.canonical import header_size
+from mm15.data.sources.table import image_media
 from mm15.eval.tasks import EvalItem, TaskSpec
 
 SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
@@ -157,24 +158,10 @@ def _bad(reason: str, detail: str) -> SampleError:
     return SampleError(reason, detail)  # type: ignore[arg-type]
 
 
-def _media(cell: Any, root: Path, where: str) -> list[Media | None]:
-    """Image slots of one cell: a struct, bytes, a path, a list of those, or null."""
-    if cell is None:
-        return [None]
-    out: list[Media | None] = []
-    for k, item in enumerate(cell if isinstance(cell, list) else [cell]):
-        data = item.get("bytes") if isinstance(item, dict) else item
-        if isinstance(data, bytes | bytearray) and data:
-            out.append(Media(bytes=bytes(data)))
-            continue
-        rel = item.get("path") if isinstance(item, dict) else item
-        if not isinstance(rel, str) or not rel:
-            raise _bad("missing", f"{where}: image {k} has no bytes and no path ({item!r:.60})")
-        path = root / rel
-        if not path.is_file():
-            raise _bad("missing", f"{where}: image file {path} not found")
-        out.append(Media(path=str(path)))
-    return out
+def _media(cell: Any, root: Path, where: str, column: str) -> list[Media | None]:
+    """Image slots of one cell (a struct, bytes, a path, or a list of those); a null cell is
+    one empty slot, so that "<image k>" markers keep their numbering."""
+    return [None] if cell is None else list(image_media(cell, column, root, where))
 
 
 def _content(text: str, slots: list[Media | None], where: str) -> tuple[list[Part], list[Media]]:
@@ -305,7 +292,7 @@ def _item(spec: TaskSpec, row: dict[str, Any], where: str, item_id: str, root: P
         raise _bad("empty", f"{where}: no question in column {cols.question!r}")
     if cols.explode and (not isinstance(expression, str) or not expression.strip()):
         raise _bad("empty", f"{where}: an empty expression in column {cols.explode!r}")
-    slots = [m for c in cols.images for m in _media(row.get(c), root, f"{where} column {c!r}")]
+    slots = [m for c in cols.images for m in _media(row.get(c), root, where, c)]
     if not cols.images_optional and any(m is None for m in slots):
         raise _bad("missing", f"{where}: no image in column(s) {list(cols.images)}")
     is_mc = spec.metric == "mc" and (spec.mc_if is None or row.get(spec.mc_if[0]) == spec.mc_if[1])
