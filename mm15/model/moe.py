@@ -123,7 +123,8 @@ class MoEFeedForward(nn.Module):
         flat_A = experts_NK.reshape(-1)
         order_A = torch.argsort(flat_A, stable=True)
         token_A = order_A // K  # which token each sorted assignment belongs to
-        counts_E = torch.bincount(flat_A, minlength=E)
+        # scatter_add, not bincount: a static (E,) shape, so torch.compile keeps one graph
+        counts_E = flat_A.new_zeros(E).scatter_add_(0, flat_A, torch.ones_like(flat_A))
         xs_AD = x_ND[token_A]
         if use_grouped_mm(x_ND):
             ys_AD = self._grouped_gemm(xs_AD, flat_A[order_A], counts_E)
