@@ -6,7 +6,7 @@ teacher-forced accuracy on the colour and shape words of 60 fresh single-object 
 its corpus and tokenizer:
 
     python dev/demo_stage_probe.py out/demo 1 2 3               # after align, +pretrain, +cpt
-    python dev/demo_stage_probe.py out/demo 3 cpt_lr=3e-3       # DemoConfig overrides: key=value
+    python dev/demo_stage_probe.py out/demo 3 align_steps=200   # DemoConfig overrides: key=value
 """
 
 import random
@@ -50,7 +50,10 @@ def probe(model, tok, n=60):
     return hits / max(tot, 1)
 
 
-overrides = {k: float(v) for k, v in (a.split("=") for a in sys.argv[2:] if "=" in a)}
+overrides = {
+    k: int(v) if v.isdigit() else float(v)
+    for k, v in (a.split("=") for a in sys.argv[2:] if "=" in a)
+}
 for k in [int(a) for a in sys.argv[2:] if "=" not in a]:
     cfg = DemoConfig(**overrides)
     tc = demo_train_config(cfg, corpus, d / "tokenizer", out / f"run{k}", 1600)
