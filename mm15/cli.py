@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -240,17 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="out/demo", help="where results go")
     d.set_defaults(func=cmd_demo)
 
-    from mm15.chat_cli import register as register_chat
-
-    register_chat(sub)
-
-    from mm15.serve.cli import register as register_serve
-
-    register_serve(sub)
-
-    from mm15.eval.cli import register as register_eval
-
-    register_eval(sub)
+    # Verbs that own their parser live beside their code (their imports stay light).
+    for module in ("mm15.chat_cli", "mm15.serve.cli", "mm15.eval.cli"):
+        importlib.import_module(module).register(sub)
     return p
 
 
