@@ -177,9 +177,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mm15.demo import run_demo
+    from mm15.demo import DemoConfig, run_demo
+    from mm15.overrides import apply_overrides
 
-    return run_demo(out=Path(args.out))
+    return run_demo(out=Path(args.out), cfg=apply_overrides(DemoConfig(), args.set))
 
 
 def _fmt(n: int) -> str:
@@ -239,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the main job on built-in data")
     d.add_argument("--out", default="out/demo", help="where results go")
+    d.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a DemoConfig field (repeatable), e.g. --set sft_steps=900",
+    )
     d.set_defaults(func=cmd_demo)
 
     # Verbs that own their parser live beside their code (their imports stay light).

@@ -2,8 +2,10 @@
 
 1. Generate a deterministic synthetic corpus for every stage and category
    (:mod:`mm15.data.synthetic`) and train a byte-level BPE tokenizer on its text.
-2. Train the tiny preset with the real trainer: a short alignment stage on single-object
-   captions (standing in for the paper's pretrained CLIP encoder), then the three stages:
+2. Pre-train the tiny preset's encoder and connector on dense scene targets
+   (:mod:`mm15.demo_encoder`, standing in for the paper's pretrained CLIP encoder), then train
+   with the real trainer: a short alignment stage on single-object captions, then the three
+   stages:
    pre-training on
    captions, interleaved documents and text (50:10:40, low resolution, no splitting), continual
    pre-training on rendered text pages (high resolution, dynamic splitting), then SFT.
@@ -21,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mm15.config import FormatConfig, MixtureConfig, PackingConfig, SourceConfig
 from mm15.data.synthetic import SFT_TASKS
 from mm15.data.synthetic_corpus import CorpusIndex, generate_corpus
@@ -36,10 +40,11 @@ class DemoConfig:
     """The demo's knobs; the defaults finish in under 10 minutes on 2 CPU cores."""
 
     seed: int = 0
-    # The paper starts from a pretrained CLIP encoder; the demo's encoder starts from random
-    # weights, and a model that has not yet learnt that images carry answers settles on text
-    # priors (docs/demo.md).  A short alignment stage on single-object captions stands in for
-    # CLIP pre-training (like LLaVA's projector alignment), before the paper's three stages.
+    # The paper starts from a pretrained CLIP encoder; the demo pre-trains its own encoder on
+    # dense scene targets (mm15.demo_encoder; 0 steps starts from a random one), then a short
+    # alignment stage on single-object captions (like LLaVA's projector alignment) teaches the
+    # decoder that images carry answers, before the paper's three stages (docs/demo.md).
+    encoder_steps: int = 300
     align_steps: int = 60
     train_per_sft_task: int = 600
     test_per_task: int = 50
@@ -50,13 +55,29 @@ class DemoConfig:
     batch_rows: int = 8
     seq_len: int = 512
     lr: float = 3e-3
+    sft_freeze: list[str] = dataclasses.field(default_factory=list)  # e.g. ["vision", "connector"]
+    max_digits: int = 3  # numbers in the tokenizer: 3 = one token up to 999, 1 = digit by digit
+    sft_tasks: list[str] = dataclasses.field(default_factory=lambda: list(SFT_TASKS))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_digits <= 3:
+            raise ValueError(f"max_digits must be 1, 2 or 3, got {self.max_digits}")
+        if bad := sorted(set(self.sft_freeze) - {"vision", "connector", "lm"}):
+            raise ValueError(f"sft_freeze: unknown parts {bad}; choose from vision, connector, lm")
+        if not self.sft_tasks:
+            raise ValueError("sft_tasks is empty; give at least one SFT task")
+        if bad := sorted(set(self.sft_tasks) - set(SFT_TASKS)):
+            raise ValueError(f"sft_tasks: unknown {bad}; choose from {list(SFT_TASKS)}")
+        steps = ("encoder_steps", "align_steps", "pretrain_steps", "cpt_steps", "sft_steps")
+        if neg := [k for k in steps if getattr(self, k) < 0]:
+            raise ValueError(f"step counts must be >= 0: {neg}")
 
 
 def corpus_sizes(cfg: DemoConfig) -> dict[str, int]:
     return {"caption/shapes": 800, "caption/object": 800, "interleaved/shapes": 200,
             "text/facts": 600, "ocr/pages": 300,
-            **{t: cfg.train_per_sft_task for t in SFT_TASKS},
-            **{f"test/{t}": cfg.test_per_task for t in SFT_TASKS}}  # fmt: skip
+            **{t: cfg.train_per_sft_task * (t in cfg.sft_tasks) for t in SFT_TASKS},
+            **{f"test/{t}": cfg.test_per_task * (t in cfg.sft_tasks) for t in SFT_TASKS}}  # fmt: skip
 
 
 def _texts(corpus: CorpusIndex) -> list[str]:
@@ -74,7 +95,7 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
                       vocab: int) -> TrainConfig:  # fmt: skip
     model = tiny(vocab_size=vocab)
 
-    def stage(name, kind, tasks, steps, rule, image=None, warmup=10) -> StageConfig:
+    def stage(name, kind, tasks, steps, rule, image=None, warmup=10, freeze=()) -> StageConfig:
         files = [corpus.file(t) for t in tasks]
         return StageConfig(
             name=name, kind=kind, steps=steps, batch_rows=cfg.batch_rows, lr=cfg.lr,
@@ -86,7 +107,7 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
                                     paths=[str(corpus.root / f.path)],
                                     options={"root": str(corpus.root)}) for f in files],
             packing=PackingConfig(seq_len=cfg.seq_len, max_images_per_sequence=16),
-            format=FormatConfig(),
+            format=FormatConfig(), freeze=list(freeze),
         )  # fmt: skip
 
     low_res = dataclasses.replace(model.image, split="none")
@@ -101,10 +122,26 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
                   ["caption/object", "caption/shapes", "interleaved/shapes", "text/facts"],
                   cfg.pretrain_steps, "pretrain", image=low_res),
             stage("cpt", "cpt", ["ocr/pages"], cfg.cpt_steps, "cpt"),
-            stage("sft", "sft", [f.task for f in corpus.files if f.stage == "sft"], cfg.sft_steps,
-                  "flat", warmup=30),
+            stage("sft", "sft", list(cfg.sft_tasks), cfg.sft_steps,
+                  "flat", warmup=30, freeze=list(cfg.sft_freeze)),
         ],
     )  # fmt: skip
+
+
+def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -> Path:
+    """The seeded initial model with its encoder pre-trained (:mod:`mm15.demo_encoder`)."""
+    from mm15.checkpoint import save_checkpoint
+    from mm15.demo_encoder import EncoderPretrainConfig, pretrain_encoder
+    from mm15.model.mm15 import MM15
+
+    torch.manual_seed(cfg.seed)
+    model = MM15(dataclasses.replace(train_cfg.model, image_token_id=tok.image_token_id))
+    model.init_weights()
+    acc = pretrain_encoder(model, EncoderPretrainConfig(steps=cfg.encoder_steps, seed=cfg.seed),
+                           log=lambda m: print(m, flush=True))  # fmt: skip
+    print("  encoder probe on held-out scenes: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()),
+          flush=True)  # fmt: skip
+    return save_checkpoint(model, tok, out)
 
 
 def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
@@ -118,7 +155,7 @@ def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"[demo 1/4] generating the synthetic corpus in {out / 'corpus'}", flush=True)
     corpus = generate_corpus(out / "corpus", seed=cfg.seed, sizes=corpus_sizes(cfg))
-    tok = train_bpe_tokenizer(_texts(corpus), vocab_size=cfg.vocab_size)
+    tok = train_bpe_tokenizer(_texts(corpus), vocab_size=cfg.vocab_size, max_digits=cfg.max_digits)
     tok.save(out / "tokenizer")
     print(
         f"  {sum(f.count for f in corpus.files)} samples in {len(corpus.files)} files; "
@@ -130,6 +167,8 @@ def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     train_cfg = demo_train_config(cfg, corpus, out / "tokenizer", run_dir, len(tok))
+    if cfg.encoder_steps:
+        train_cfg.init_from = str(_pretrain_encoder(cfg, train_cfg, tok, out / "encoder"))
     t1 = time.perf_counter()
     result = train(train_cfg)
     train_seconds = time.perf_counter() - t1
@@ -140,7 +179,7 @@ def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
     print("[demo 3/4] evaluating held-out test sets per category", flush=True)
     model, tok = load_checkpoint(model_dir)
     suite = evaluate_synthetic(
-        model, tok, corpus,
+        model, tok, corpus, tasks=cfg.sft_tasks,
         on_batch=lambda done, total: print(f"  evaluated {done}/{total}", flush=True)
         if done % 128 < 32 or done == total else None,
     )  # fmt: skip

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 META_FILE = "mm15_tokenizer.json"
 
@@ -159,15 +159,20 @@ def train_bpe_tokenizer(
     *,
     vocab_size: int,
     special: tuple[str, ...] = ("<|pad|>", "<|bos|>", "<|eos|>", "<image>"),
+    max_digits: int = 3,
 ) -> MM15Tokenizer:
     """A byte-level BPE tokenizer trained on ``texts`` (the demo's own corpus).
 
-    Byte-level, so any text encodes; numbers are pre-tokenised as runs of up to three digits,
-    so the coordinates of the grounding language (0–999) become one token each once learnt.
+    Byte-level, so any text encodes.  Numbers are pre-tokenised as runs of at most
+    ``max_digits`` digits: 3 (Llama 3's rule) makes each coordinate of the grounding language
+    (0–999) one token once learnt; 1 (Llama 2's rule) spells every number digit by digit, so a
+    coordinate's leading digit alone places it within a tenth of the image.
     """
+    if not 1 <= max_digits <= 3:
+        raise ValueError(f"max_digits must be 1, 2 or 3, got {max_digits}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(r"\d{1,3}", behavior="isolated"),
+        pre_tokenizers.Split(Regex(rf"\d{{1,{max_digits}}}"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])  # fmt: skip
     tok.decoder = decoders.ByteLevel()

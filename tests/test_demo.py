@@ -11,8 +11,8 @@ from mm15.demo import DemoConfig, run_demo
 
 
 def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
-    cfg = DemoConfig(train_per_sft_task=20, test_per_task=4, align_steps=2, pretrain_steps=3, cpt_steps=2,
-                     sft_steps=4, batch_rows=2, seq_len=384, vocab_size=1200)  # fmt: skip
+    cfg = DemoConfig(train_per_sft_task=20, test_per_task=4, encoder_steps=2, align_steps=2,
+                     pretrain_steps=3, cpt_steps=2, sft_steps=4, batch_rows=2, seq_len=384, vocab_size=1200)  # fmt: skip
     run_demo(out=tmp_path, cfg=cfg)  # scores at this budget are near chance: no assertion on them
     report = json.loads((tmp_path / "report.json").read_text())
     cats = report["categories"]
@@ -27,3 +27,29 @@ def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
     model, tok = load_checkpoint(tmp_path / "model")
     assert model.cfg.lm.vocab_size == len(tok)
     assert "[demo 4/4]" in capsys.readouterr().out
+
+
+def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
+    from mm15.cli import main
+
+    for bad in (
+        "nope=1",
+        "max_digits=4",
+        'sft_freeze=["decoder"]',
+        "encoder_steps=-1",
+        'sft_tasks=["general/nope"]',
+        "sft_tasks=[]",
+    ):
+        assert main(["demo", "--out", str(tmp_path / "d"), "--set", bad]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_sft_tasks_subset_sizes_the_corpus():
+    from mm15.data.synthetic import SFT_TASKS
+    from mm15.demo import corpus_sizes
+
+    sizes = corpus_sizes(DemoConfig(sft_tasks=["general/colour", "video/direction"]))
+    on = {t for t in SFT_TASKS if sizes[t] and sizes[f"test/{t}"]}
+    assert on == {"general/colour", "video/direction"}
+    assert all(sizes[t] == 0 == sizes[f"test/{t}"] for t in set(SFT_TASKS) - on)

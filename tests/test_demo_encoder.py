@@ -1,0 +1,98 @@
+"""The demo's encoder pre-training (the CLIP stand-in): targets, determinism, what it touches."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mm15.data import synthetic_images as si
+from mm15.data.coords import Box
+from mm15.demo_encoder import (
+    COLOURS,
+    SHAPES,
+    EncoderPretrainConfig,
+    draw_batch,
+    presence,
+    pretrain_encoder,
+    token_targets,
+)
+from mm15.model.mm15 import MM15
+from mm15.presets import tiny
+
+BG_C, BG_S = len(COLOURS), len(SHAPES)
+
+
+def _drawn(kind, colour, box):
+    return si.Drawn(kind, Box(*box), colour)
+
+
+def test_token_targets_label_the_object_covering_most_of_each_cell():
+    # 100×100 image, 2×2 cells of 50 px: a red circle fills the top-left cell, a blue star covers
+    # 40% of the bottom-right cell and 10% of the bottom-left one (below the 15% threshold).
+    drawn = [_drawn("circle", "red", (0, 0, 50, 50)), _drawn("star", "blue", (45, 50, 100, 90))]
+    colour, shape = token_targets(drawn, (100, 100), grid=2)
+    red, blue = COLOURS.index("red"), COLOURS.index("blue")
+    assert colour.tolist() == [red, BG_C, BG_C, blue]
+    assert shape.tolist() == [SHAPES.index("circle"), BG_S, BG_S, SHAPES.index("star")]
+
+
+def test_token_targets_pick_the_larger_of_two_overlapping_objects():
+    drawn = [_drawn("square", "green", (0, 0, 20, 50)), _drawn("triangle", "red", (20, 0, 50, 50))]
+    colour, shape = token_targets(drawn, (50, 50), grid=1)
+    assert (colour.item(), shape.item()) == (COLOURS.index("red"), SHAPES.index("triangle"))
+
+
+def test_presence_marks_colours_shapes_and_pairs():
+    p = presence([_drawn("star", "red", (0, 0, 1, 1)), _drawn("star", "blue", (0, 0, 1, 1))])
+    nc, ns = len(COLOURS), len(SHAPES)
+    assert p[:nc].sum() == 2 and p[nc : nc + ns].tolist() == [float(k == "star") for k in SHAPES]
+    pair = nc + ns + COLOURS.index("blue") * ns + SHAPES.index("star")
+    assert p[nc + ns :].sum() == 2 and p[pair] == 1
+
+
+def test_draw_batch_is_deterministic_and_shaped():
+    a, b = draw_batch(random.Random("x"), 3, 4), draw_batch(random.Random("x"), 3, 4)
+    assert a.tiles_NCHW.shape == (3, 3, 112, 112) and a.colour_NK.shape == (3, 16)
+    assert torch.equal(a.tiles_NCHW, b.tiles_NCHW) and torch.equal(a.shape_NK, b.shape_NK)
+    assert ((a.colour_NK < BG_C) == (a.shape_NK < BG_S)).all()  # foreground has both labels
+    assert (a.count_N >= 1).all() and (a.count_N <= 6).all()
+
+
+def _model(seed=0):
+    cfg = tiny(vocab_size=64)
+    cfg.image_token_id = 63
+    torch.manual_seed(seed)
+    m = MM15(cfg)
+    m.init_weights()
+    return m
+
+
+def test_pretrain_encoder_is_deterministic_and_leaves_the_decoder_alone():
+    cfg = EncoderPretrainConfig(steps=2, batch=4, log_every=1, eval_scenes=8)
+    m1, m2 = _model(), _model()
+    lm_before = {k: v.clone() for k, v in m1.lm.state_dict().items()}
+    logs: list[str] = []
+    acc = pretrain_encoder(m1, cfg, log=logs.append)
+    pretrain_encoder(m2, cfg, log=lambda _: None)
+    assert len(logs) == 2 and logs[-1].startswith("[encoder] step 2/2")
+    assert set(acc) == {"colour", "shape", "count", "where"} and all(
+        0 <= v <= 1 for v in acc.values()
+    )
+    for k, v in m1.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+    for k, v in m1.lm.state_dict().items():
+        assert torch.equal(v, lm_before[k]), f"decoder weight {k} changed"
+    fresh = _model()
+    for part in ("vision", "connector"):
+        old = getattr(fresh, part).state_dict()
+        assert any(not torch.equal(v, old[k]) for k, v in getattr(m1, part).state_dict().items())
+    assert all(p.grad is None for p in m1.parameters())
+
+
+def test_pretrain_encoder_rejects_a_non_square_token_grid():
+    m = _model()
+    m.cfg.connector.num_tokens = 12
+    with pytest.raises(ValueError, match="not a square"):
+        pretrain_encoder(m, EncoderPretrainConfig(steps=1, batch=2, eval_scenes=2))
