@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -201,23 +201,32 @@ def apply_checkpointing(model: MM15, modes: Mapping[BlockType, CheckpointMode]) 
     dominate high-resolution SFT, so "vision" is worth as much as "decoder" there.  Must come
     before :func:`apply_compile` and :func:`apply_fsdp2`.
     """
+    wrap = _blocks_to_wrap(model, modes, CheckpointMode, "checkpoint", "activation checkpointing")
+    for module, mode in wrap:
+        if mode == "full":
+            composable_checkpoint(module)
+        else:
+            contexts = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
+            composable_checkpoint(module, context_fn=contexts)
+    return model
+
+
+def _blocks_to_wrap(
+    model: MM15, modes: Mapping[BlockType, str], allowed: Any, kind: str, what: str
+) -> Iterator[tuple[nn.Module, str]]:
+    """``(module, mode)`` for every block whose mode is not "none", after checking each mode is
+    one of ``allowed`` (a Literal) and that no block is sharded yet (``what`` must come first)."""
     for block, mode in modes.items():
-        if mode not in get_args(CheckpointMode):
-            raise ValueError(f"{block} checkpoint mode must be one of "
-                             f"{get_args(CheckpointMode)}, got {mode!r}")  # fmt: skip
+        if mode not in get_args(allowed):
+            raise ValueError(
+                f"{block} {kind} mode must be one of {get_args(allowed)}, got {mode!r}"
+            )
         if mode == "none":
             continue
         for module in block_modules(model, block):
             if isinstance(module, FSDPModule):
-                raise RuntimeError(
-                    "apply activation checkpointing before fully_shard (apply_fsdp2)"
-                )
-            if mode == "full":
-                composable_checkpoint(module)
-            else:
-                contexts = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
-                composable_checkpoint(module, context_fn=contexts)
-    return model
+                raise RuntimeError(f"apply {what} before fully_shard (apply_fsdp2)")
+            yield module, mode
 
 
 def apply_activation_checkpointing(model: MM15, policy: Literal["none", "decoder", "all"]) -> MM15:
@@ -246,16 +255,8 @@ def apply_compile(
     tile counts vary per step, so the ViT and connector graphs become shape-dynamic in the tile
     dimension after the first change.  Not ``fullgraph``: an MoE block's data-dependent routing
     may break its graph (see docs/performance.md); dense blocks compile without breaks."""
-    for block, mode in modes.items():
-        if mode not in get_args(CompileMode):
-            raise ValueError(f"{block} compile mode must be one of {get_args(CompileMode)}, "
-                             f"got {mode!r}")  # fmt: skip
-        if mode == "none":
-            continue
-        for module in block_modules(model, block):
-            if isinstance(module, FSDPModule):
-                raise RuntimeError("apply torch.compile before fully_shard (apply_fsdp2)")
-            module.compile(backend=backend, mode=None if mode == "default" else mode)
+    for module, mode in _blocks_to_wrap(model, modes, CompileMode, "compile", "torch.compile"):
+        module.compile(backend=backend, mode=None if mode == "default" else mode)
     return model
 
 
