@@ -22,6 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -30,7 +31,7 @@ from mm15.data.synthetic import SFT_TASKS
 from mm15.data.synthetic_corpus import CorpusIndex, generate_corpus
 from mm15.presets import tiny
 from mm15.tokenizer import train_bpe_tokenizer
-from mm15.train.config import DatasetConfig, StageConfig, TrainConfig
+from mm15.train.config import DatasetConfig, Part, StageConfig, TrainConfig
 from mm15.train.optim import OptimConfig
 from mm15.train.parallel import ParallelConfig
 
@@ -61,15 +62,15 @@ class DemoConfig:
     batch_rows: int = 8
     seq_len: int = 512
     lr: float = 1e-3  # 3e-3 learns text priors but not image lookups (docs/demo.md)
-    sft_freeze: list[str] = dataclasses.field(default_factory=list)  # e.g. ["vision", "connector"]
+    sft_freeze: list[Part] = dataclasses.field(default_factory=list)  # e.g. ["vision", "connector"]
     max_digits: int = 3  # numbers in the tokenizer: 3 = one token up to 999, 1 = digit by digit
     sft_tasks: list[str] = dataclasses.field(default_factory=lambda: list(DEMO_SFT_TASKS))
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_digits <= 3:
             raise ValueError(f"max_digits must be 1, 2 or 3, got {self.max_digits}")
-        if bad := sorted(set(self.sft_freeze) - {"vision", "connector", "lm"}):
-            raise ValueError(f"sft_freeze: unknown parts {bad}; choose from vision, connector, lm")
+        if bad := sorted(set(self.sft_freeze) - set(get_args(Part))):
+            raise ValueError(f"sft_freeze: unknown parts {bad}; choose from {get_args(Part)}")
         if not self.sft_tasks:
             raise ValueError("sft_tasks is empty; give at least one SFT task")
         if bad := sorted(set(self.sft_tasks) - set(SFT_TASKS)):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mm15.data import synthetic_images as si
+from mm15.data.coords import Box, intersection_area
 from mm15.data.splitting import tile_image
 from mm15.model.mm15 import MM15
 
@@ -59,13 +60,10 @@ def token_targets(drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int,
     shape = torch.full((grid * grid,), len(SHAPES))
     for cell in range(grid * grid):
         x0, y0 = (cell % grid) * cw, (cell // grid) * ch
+        box = Box(x0, y0, x0 + cw, y0 + ch)
         best, cover = None, min_cover * cw * ch
         for d in drawn:
-            b = d.box
-            area = max(0.0, min(b.x2, x0 + cw) - max(b.x1, x0)) * max(
-                0.0, min(b.y2, y0 + ch) - max(b.y1, y0)
-            )
-            if area > cover:
+            if (area := intersection_area(d.box, box)) > cover:
                 best, cover = d, area
         if best is not None:
             colour[cell], shape[cell] = COLOURS.index(best.colour), SHAPES.index(best.kind)

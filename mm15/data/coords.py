@@ -136,6 +136,13 @@ class Box:
         return Point((self.x1 + self.x2) / 2, (self.y1 + self.y2) / 2, self.image)
 
 
+def intersection_area(a: Box, b: Box) -> float:
+    """Area of the overlap of two boxes (their ``image`` is not compared)."""
+    iw = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    ih = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    return iw * ih
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes.
 
@@ -144,9 +151,7 @@ def iou(a: Box, b: Box) -> float:
     """
     if a.image != b.image:
         return 0.0
-    iw = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    ih = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = iw * ih
+    inter = intersection_area(a, b)
     union = a.area + b.area - inter
     if union <= 0.0:
         return float(a == b)
