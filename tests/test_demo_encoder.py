@@ -28,13 +28,16 @@ def _drawn(kind, colour, box):
 
 
 def test_token_targets_label_the_object_covering_most_of_each_cell():
-    # 100×100 image, 2×2 cells of 50 px: a red circle fills the top-left cell, a blue star covers
-    # 40% of the bottom-right cell and 10% of the bottom-left one (below the 15% threshold).
-    drawn = [_drawn("circle", "red", (0, 0, 50, 50)), _drawn("star", "blue", (45, 50, 100, 90))]
+    # 100×100 image, 2×2 cells of 50 px: a red circle fills the top-left cell, a green square
+    # covers 20% of the top-right cell (above the 15% threshold), a blue star covers 80% of the
+    # bottom-right cell and 8% of the bottom-left one (below it).
+    drawn = [_drawn("circle", "red", (0, 0, 50, 50)), _drawn("square", "green", (50, 0, 100, 10)),
+             _drawn("star", "blue", (45, 50, 100, 90))]  # fmt: skip
     colour, shape = token_targets(drawn, (100, 100), grid=2)
-    red, blue = COLOURS.index("red"), COLOURS.index("blue")
-    assert colour.tolist() == [red, BG_C, BG_C, blue]
-    assert shape.tolist() == [SHAPES.index("circle"), BG_S, BG_S, SHAPES.index("star")]
+    red, green, blue = (COLOURS.index(c) for c in ("red", "green", "blue"))
+    assert colour.tolist() == [red, green, BG_C, blue]
+    assert shape.tolist() == [SHAPES.index(k) for k in ("circle", "square")] + [
+        BG_S, SHAPES.index("star")]  # fmt: skip
 
 
 def test_token_targets_pick_the_larger_of_two_overlapping_objects():
