@@ -2,7 +2,7 @@
 
     python dev/demo_exp.py OUT [prefix=align,pretrain,cpt] [tasks=general/colour,...]
         [sft_steps=N] [sft_lr=X] [freeze=vision,connector] [eval=task,...] [threads=N]
-        [init=CHECKPOINT] [DemoConfig field=value ...]
+        [init=CHECKPOINT] [corpus_tasks=task,...] [DemoConfig field=value ...]
 
 ``tasks`` and ``freeze`` are comma-list shorthands for ``sft_tasks`` and ``sft_freeze``; every
 other key=value is a DemoConfig override (validated as by ``mm15 demo --set``).
@@ -39,6 +39,7 @@ prefix = [s for s in kv.pop("prefix", "align,pretrain,cpt").split(",") if s]
 sft_lr = float(kv.pop("sft_lr", "0"))
 init = kv.pop("init", None)
 evals_arg = kv.pop("eval", None)
+corpus_tasks = kv.pop("corpus_tasks", "")  # SFT tasks the corpus holds (default: all of them)
 shorthands = {"tasks": "sft_tasks", "freeze": "sft_freeze"}  # comma lists → DemoConfig lists
 sets = [f"{shorthands[k]}={json.dumps([x for x in v.split(',') if x])}" if k in shorthands
         else f"{k}={v}" for k, v in kv.items()]  # fmt: skip
@@ -49,7 +50,8 @@ out.mkdir(parents=True, exist_ok=True)
 if (out / "corpus" / "index.json").exists():
     corpus = CorpusIndex.read(out / "corpus")
 else:
-    every_task = dataclasses.replace(cfg, sft_tasks=list(SFT_TASKS))  # reused by later runs
+    listed = [t for t in corpus_tasks.split(",") if t]
+    every_task = dataclasses.replace(cfg, sft_tasks=listed or list(SFT_TASKS))  # reused later
     corpus = generate_corpus(out / "corpus", seed=cfg.seed, sizes=corpus_sizes(every_task))
 tok_dir = out / "tokenizer"
 if not tok_dir.exists():
@@ -66,7 +68,8 @@ if init is None and cfg.encoder_steps:  # the demo's encoder stage, cached per s
 by_name = {s.name: s for s in tc.stages}
 sft_only = {"sft_tasks": [], "sft_freeze": [], "sft_steps": 0}  # settings the prefix ignores
 key_cfg = repr({**dataclasses.asdict(cfg), **sft_only})
-key = hashlib.sha1(json.dumps([prefix, key_cfg, init]).encode()).hexdigest()[:10]
+init_key = init and (Path(init).name if Path(init).parent == out else init)
+key = hashlib.sha1(json.dumps([prefix, key_cfg, init_key]).encode()).hexdigest()[:10]
 cache = out / f"prefix-{key}"
 t0 = time.perf_counter()
 if prefix and not (cache / "model").exists():

@@ -101,6 +101,9 @@ class LMConfig:
     tie_embeddings: bool = False
     max_seq_len: int = 4096
     dropout: float = 0.0  # residual dropout in training (off in the paper's recipe as far as known)
+    # Weight init std (Llama/OLMo use 0.02 at every size; a 64-wide model learns its attention
+    # lookups far faster from a wider init, docs/demo.md).
+    init_std: float = 0.02
     moe: MoEConfig | None = None
 
     @property

@@ -25,7 +25,7 @@ def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
     assert (tmp_path / "loss_sft.png").stat().st_size > 0
     assert list((tmp_path / "grounded").glob("*.png"))
     model, tok = load_checkpoint(tmp_path / "model")
-    assert model.cfg.lm.vocab_size == len(tok)
+    assert model.cfg.lm.vocab_size == len(tok) and model.cfg.lm.init_std == cfg.lm_init_std
     assert "[demo 4/4]" in capsys.readouterr().out
 
 
@@ -35,6 +35,7 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
     for bad in (
         "nope=1",
         "max_digits=4",
+        "lm_init_std=0",
         'sft_freeze=["decoder"]',
         "encoder_steps=-1",
         'sft_tasks=["general/nope"]',

@@ -165,3 +165,16 @@ def test_n_max_can_be_raised_at_inference(setup):
     with torch.no_grad():
         out = model(torch.tensor([wider.input_ids]), pixels_NCHW=wider.pixels)
     assert out.logits.shape[1] == len(wider.input_ids) and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("std", [0.02, 0.1])
+def test_decoder_init_follows_lm_init_std(std):
+    cfg = tiny(vocab_size=4096)
+    cfg.lm.init_std = std
+    torch.manual_seed(0)
+    lm = MM15(cfg).lm
+    # Embedding and q projections are N(0, std); residual outputs std / sqrt(2 · n_layers).
+    assert abs(lm.embed.weight.std().item() - std) < 0.05 * std
+    assert abs(lm.layers[0].attn.wq.weight.std().item() - std) < 0.1 * std
+    out_std = std / (2 * cfg.lm.n_layers) ** 0.5
+    assert abs(lm.layers[0].ffn.w2.weight.std().item() - out_std) < 0.1 * out_std

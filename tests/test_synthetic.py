@@ -208,6 +208,15 @@ def test_multi_image_answer_is_the_only_image_with_that_shape(test_sets):
         assert s.options == ["first", "second", "third", "fourth"]
 
 
+def test_common_colour_answer_is_the_one_colour_in_two_images(test_sets):
+    for s in test_sets["multi_image/common"]:
+        assert len(s.media) == 4 and s.answers[0] in syn.si.COLOURS
+        seen = [[c for c in syn.si.COLOURS if colour_mask(pixels(s, k), c).any()] for k in range(4)]
+        assert all(len(cs) == 1 for cs in seen), (s.id, seen)  # one object, one colour each
+        counts = Counter(cs[0] for cs in seen)
+        assert sorted(counts.values()) == [1, 1, 2] and counts[s.answers[0]] == 2, (s.id, seen)
+
+
 def test_video_ball_moves_in_the_answer_direction(test_sets):
     step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
     for s in test_sets["video/direction"]:

@@ -267,6 +267,18 @@ def _find_image(rng: random.Random) -> Draft:
                  options=list(ORDINALS))  # fmt: skip
 
 
+def _common_colour(rng: random.Random) -> Draft:
+    """Four images of one object each; two share a colour (the answer), the others differ.  No
+    single image tells which colour repeats; naming any colour seen scores 1/3 (2× chance)."""
+    colour, *others = rng.sample(list(si.COLOURS), 3)
+    colours = [colour, colour, *others]
+    rng.shuffle(colours)
+    images = [si.grid_scene(rng, [(rng.choice(si.SHAPES), c)], grid=1, fill=(0.35, 0.6))[0]
+              for c in colours]  # fmt: skip
+    text = "Two of these images show the same colour. Which colour is it?"
+    return Draft(images, [*map(Part.m, range(4)), Part.t(text)], colour)
+
+
 def _direction(rng: random.Random) -> Draft:
     direction = rng.choice(DIRECTIONS)
     frames, _ = si.motion_frames(rng, direction)
@@ -320,6 +332,7 @@ def _task_list() -> list[Task]:
         Task("math/count", "sft", "math", _count, "exact", counts),
         Task("math/add", "sft", "math", _add_image, "exact", sums),
         Task("multi_image/find", "sft", "multi_image", _find_image, "mc", tuple("ABCD")),
+        Task("multi_image/common", "sft", "multi_image", _common_colour, "exact", colours),
         Task("video/direction", "sft", "video", _direction, "exact", DIRECTIONS),
         Task("ui/find_button", "sft", "ui", _ui_find, "iou50"),
         Task("ui/read_button", "sft", "ui", _ui_read, "exact", UI_LABELS),

@@ -324,9 +324,11 @@ class Decoder(nn.Module):
             self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> None:
-        """N(0, std) weights, zero biases, unit norms; residual outputs (wo, w2) get
-        std / sqrt(2·n_layers) so the residual stream's variance does not grow with depth."""
+    def init_weights(self, std: float | None = None) -> None:
+        """N(0, std) weights (``cfg.init_std`` by default), zero biases, unit norms; residual
+        outputs (wo, w2) get std / sqrt(2·n_layers) so the residual stream's variance does not
+        grow with depth."""
+        std = self.cfg.init_std if std is None else std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):

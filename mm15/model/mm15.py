@@ -27,7 +27,7 @@ IGNORE_INDEX = -100
 
 @dataclass
 class MM15Output:
-    logits: Tensor  # (B, T, V)
+    logits: Tensor  # (B, T, V); (M, V) for the M selected positions with ``logits_at_BT``
     loss: Tensor | None  # mean next-token cross entropy over selected positions, + MoE aux loss
     lm_loss: Tensor | None  # the cross-entropy part alone
     aux_loss: Tensor | None  # weighted MoE load-balance + router z-loss (None for dense)
@@ -96,6 +96,7 @@ class MM15(nn.Module):
         document_ids_BT: Tensor | None = None,
         cache: KVCache | None = None,
         always_encode: bool = False,
+        logits_at_BT: Tensor | None = None,
     ) -> MM15Output:
         """Logits, and the training loss when ``labels_BT`` is given.
 
@@ -105,7 +106,13 @@ class MM15(nn.Module):
         attention (see :class:`mm15.model.lm.Decoder`).  ``always_encode`` runs the image tower
         even for a text-only batch (on one zero tile, contributing exactly zero), because FSDP2
         needs every rank to run the same modules in every step.
+
+        ``logits_at_BT`` (bool, B × T) computes logits only where it is True, in row-major order:
+        training then projects only the positions that have a target onto the vocabulary (in SFT
+        a few percent of them), with the same loss and gradients.  It excludes ``labels_BT``.
         """
+        if logits_at_BT is not None and labels_BT is not None:
+            raise ValueError("give labels_BT or logits_at_BT, not both")
         embeds_BTD = self.embed(input_ids_BT, pixels_NCHW)
         if always_encode and pixels_NCHW is None:
             r = self.cfg.image.resolution
@@ -116,7 +123,10 @@ class MM15(nn.Module):
             position_ids_BT=position_ids_BT,
             document_ids_BT=document_ids_BT,
             cache=cache,
+            compute_logits=logits_at_BT is None,
         )
+        if logits_at_BT is not None:
+            out.logits = self.lm.logits(out.hidden[logits_at_BT])
         lm_loss = (
             None if labels_BT is None else next_token_loss(out.logits, labels_BT, document_ids_BT)
         )

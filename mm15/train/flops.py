@@ -7,7 +7,9 @@
 (forward 2 FLOPs per multiply-add, backward twice the forward).  N_active counts the decoder's
 matmul weights one token passes through: every block's q/k/v/o projections, its dense SwiGLU
 FFN or its MoE router plus ``top_k`` of its experts, and the output head d·V, counted also when it
-is tied to the embedding (the head is a real matmul).  The input embedding is a lookup and is left
+is tied to the embedding (the head is a real matmul), at every position as the references count
+it, although :func:`mm15.train.step.train_step` projects only positions that have a target (in
+SFT a few percent), so SFT does less work than counted.  The input embedding is a lookup and is left
 out, as torchtitan leaves ``tok_embeddings`` out and nanoGPT its position table; norm weights and
 biases are not matmuls and are left out too (< 0.1% of N).  The attention term counts the full
 T×T score and value matmuls of every layer, ignoring causality and document masking, as both

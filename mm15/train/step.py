@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
-from mm15.model.mm15 import IGNORE_INDEX, MM15, next_token_loss_sum, next_token_targets
+from mm15.model.mm15 import IGNORE_INDEX, MM15, next_token_targets
 from mm15.train.optim import clip_grad_norm_
 from mm15.train.parallel import skip_grad_sync
 
@@ -61,13 +62,17 @@ def train_step(
     for i, mb in enumerate(micro_batches):
         # Gradients of all micro-batches but the last accumulate locally (no collective).
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else skip_grad_sync(model)
+        targets_BT = next_token_targets(mb["labels_BT"], mb["document_ids_BT"])
+        has_target_BT = F.pad(targets_BT != IGNORE_INDEX, (0, 1))  # position t predicts t + 1
         with sync, autocast or contextlib.nullcontext():
             out = model(
                 mb["input_ids_BT"], pixels_NCHW=mb.get("pixels_NCHW"),
                 position_ids_BT=mb["position_ids_BT"], document_ids_BT=mb["document_ids_BT"],
-                always_encode=world_size > 1,
+                always_encode=world_size > 1, logits_at_BT=has_target_BT,
             )  # fmt: skip
-            total, _ = next_token_loss_sum(out.logits, mb["labels_BT"], mb["document_ids_BT"])
+            # Logits only where there is a target (same loss and gradients as all positions).
+            total = F.cross_entropy(out.logits.float(), targets_BT[targets_BT != IGNORE_INDEX],
+                                    reduction="sum")  # fmt: skip
             loss = total * scale
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss / len(micro_batches)

@@ -1,0 +1,38 @@
+"""Where a demo model's grounding goes wrong: row and column of the predicted 3×3 cell.
+
+    python dev/demo_ground_cells.py MODEL_DIR CORPUS_DIR
+
+Evaluates ``refer_ground/box``'s test items greedily and compares the grid cell holding each
+predicted box's centre with the reference's (grid scenes are 3×3; chance is 1/3 for each).
+Used for the grounding rows of docs/demo.md.
+"""
+
+import re
+import sys
+
+import torch
+
+from mm15.checkpoint import load_checkpoint
+from mm15.data.synthetic_corpus import CorpusIndex
+from mm15.eval.synthetic_suite import evaluate_synthetic
+
+
+def cell(box: list[int]) -> tuple[int, int]:
+    """(row, column) of the box centre in a 3×3 grid of [0, 1000) coordinates."""
+    return min(2, (box[1] + box[3]) * 3 // 2000), min(2, (box[0] + box[2]) * 3 // 2000)
+
+
+torch.set_num_threads(1)
+model, tok = load_checkpoint(sys.argv[1])
+suite = evaluate_synthetic(model, tok, CorpusIndex.read(sys.argv[2]), tasks=["refer_ground/box"],
+                           max_new_tokens=24)  # fmt: skip
+rows = cols = n = 0
+for item in suite.items:
+    pred = [int(v) for v in re.findall(r"\d+", item["prediction"])]
+    ref = [int(v) for v in re.findall(r"\d+", item["references"][0])]
+    if len(pred) == 4:
+        (pr, pc), (rr, rc) = cell(pred), cell(ref)
+        rows, cols, n = rows + (pr == rr), cols + (pc == rc), n + 1
+score = sum(i["score"] for i in suite.items) / len(suite.items)
+print(f"Acc@0.5 {score:.2f}; {n} boxes parsed; row accuracy {rows / max(n, 1):.2f}, "
+      f"column accuracy {cols / max(n, 1):.2f}")  # fmt: skip
