@@ -7,8 +7,8 @@ measured in the same run on the same batches (docs/performance.md records the fi
 
 Rows come from :mod:`benchmarks.train_bench` (the SFT mixture's tiles and text, tiny preset:
 16 tokens per tile); ``--label-share`` keeps that fraction of each sample's text tokens as
-targets, at its end, as SFT's assistant turns are (the demo's SFT supervises about 3 % of a
-row: 135 of 4,096 tokens per step).  Both variants take the same AdamW steps from the same
+targets, at its end, as SFT's assistant turns are (the demo's SFT supervises about 4 % of a
+row: 180 of 4,096 tokens per step on average).  Both variants take the same AdamW steps from the same
 weights; the steps alternate, so load on a shared machine hits both alike.  Prints the median
 step time of each and their ratio.
 """
