@@ -66,7 +66,7 @@ if init is None and cfg.encoder_steps:  # the demo's encoder stage, cached per s
     if not Path(init).exists():
         _pretrain_encoder(cfg, tc, MM15Tokenizer.load(tok_dir), Path(init))
 by_name = {s.name: s for s in tc.stages}
-sft_only = {"sft_tasks": [], "sft_freeze": [], "sft_steps": 0}  # settings the prefix ignores
+sft_only = {"sft_tasks": [], "sft_freeze": [], "sft_steps": 0, "sft_weights": {}}  # settings the prefix ignores
 key_cfg = repr({**dataclasses.asdict(cfg), **sft_only})
 init_key = init and (Path(init).name if Path(init).parent == out else init)
 key = hashlib.sha1(json.dumps([prefix, key_cfg, init_key]).encode()).hexdigest()[:10]

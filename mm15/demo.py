@@ -69,6 +69,10 @@ class DemoConfig:
     # than the large models' 0.02 (docs/demo.md).
     lm_init_std: float = 0.1
     sft_tasks: list[str] = dataclasses.field(default_factory=lambda: list(DEMO_SFT_TASKS))
+    # Relative SFT sampling weight per task (1.0 when not listed), the demo's stand-in for the
+    # paper's category ratios α: a task at weight w counts as w × its size in the mixer.
+    # Upweighting the slow tasks did not raise the scores beyond noise (docs/demo.md).
+    sft_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.lm_init_std > 0:
@@ -81,6 +85,10 @@ class DemoConfig:
             raise ValueError("sft_tasks is empty; give at least one SFT task")
         if bad := sorted(set(self.sft_tasks) - set(SFT_TASKS)):
             raise ValueError(f"sft_tasks: unknown {bad}; choose from {list(SFT_TASKS)}")
+        if bad := sorted(set(self.sft_weights) - set(SFT_TASKS)):
+            raise ValueError(f"sft_weights: unknown tasks {bad}; choose from {list(SFT_TASKS)}")
+        if bad := sorted(k for k, w in self.sft_weights.items() if not w > 0):
+            raise ValueError(f"sft_weights must be > 0: {bad}")
         steps = ("encoder_steps", "align_steps", "pretrain_steps", "cpt_steps", "sft_steps")
         if neg := [k for k in steps if getattr(self, k) < 0]:
             raise ValueError(f"step counts must be >= 0: {neg}")
@@ -109,14 +117,18 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
     model = tiny(vocab_size=vocab)
     model.lm.init_std = cfg.lm_init_std
 
-    def stage(name, kind, tasks, steps, rule, image=None, warmup=10, freeze=()) -> StageConfig:
+    def stage(name, kind, tasks, steps, rule, image=None, warmup=10, freeze=(),
+              weights=None) -> StageConfig:  # fmt: skip
         files = [corpus.file(t) for t in tasks]
+        weights = weights or {}
         return StageConfig(
             name=name, kind=kind, steps=steps, batch_rows=cfg.batch_rows, lr=cfg.lr,
             warmup_steps=min(warmup, steps), min_lr_ratio=0.05, image=image,
             optim=OptimConfig(kind="adamw", grad_clip=1.0),
             mixture=MixtureConfig(rule=rule, sources=[
-                SourceConfig(name=f.task, category=f.category) for f in files]),
+                SourceConfig(name=f.task, category=f.category,
+                             size=round(weights[f.task] * f.count) if f.task in weights else None)
+                for f in files]),
             datasets=[DatasetConfig(name=f.task, kind="canonical", category=f.category,
                                     paths=[str(corpus.root / f.path)],
                                     options={"root": str(corpus.root)}) for f in files],
@@ -137,7 +149,7 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
                   cfg.pretrain_steps, "pretrain", image=low_res),
             stage("cpt", "cpt", ["ocr/pages"], cfg.cpt_steps, "cpt"),
             stage("sft", "sft", list(cfg.sft_tasks), cfg.sft_steps,
-                  "flat", warmup=30, freeze=list(cfg.sft_freeze)),
+                  "flat", warmup=30, freeze=list(cfg.sft_freeze), weights=cfg.sft_weights),
         ],
     )  # fmt: skip
 

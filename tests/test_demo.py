@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mm15.checkpoint import load_checkpoint
 from mm15.demo import DemoConfig, run_demo
 
@@ -40,6 +42,8 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
         "encoder_steps=-1",
         'sft_tasks=["general/nope"]',
         "sft_tasks=[]",
+        'sft_weights={"general/nope": 2}',
+        'sft_weights={"general/colour": 0}',
     ):
         assert main(["demo", "--out", str(tmp_path / "d"), "--set", bad]) == 2
         assert "error:" in capsys.readouterr().err
@@ -54,3 +58,18 @@ def test_sft_tasks_subset_sizes_the_corpus():
     on = {t for t in SFT_TASKS if sizes[t] and sizes[f"test/{t}"]}
     assert on == {"general/colour", "video/direction"}
     assert all(sizes[t] == 0 == sizes[f"test/{t}"] for t in set(SFT_TASKS) - on)
+
+
+def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):
+    from mm15.data.mixture import mixture_weights
+    from mm15.data.synthetic_corpus import generate_corpus
+    from mm15.demo import corpus_sizes, demo_train_config
+
+    tasks = ["general/colour", "refer_ground/box", "text_only/add"]
+    cfg = DemoConfig(sft_tasks=tasks, train_per_sft_task=6, test_per_task=1,
+                     sft_weights={"refer_ground/box": 2.0, "text_only/add": 0.5})  # fmt: skip
+    corpus = generate_corpus(tmp_path / "c", seed=0, sizes=corpus_sizes(cfg))
+    sft = demo_train_config(cfg, corpus, tmp_path / "tok", tmp_path / "run", 300).stages[-1]
+    weights = mixture_weights(sft.mixture, {t: 6 for t in tasks})
+    assert weights == pytest.approx({"general/colour": 1 / 3.5, "refer_ground/box": 2 / 3.5,
+                                     "text_only/add": 0.5 / 3.5})  # fmt: skip

@@ -54,8 +54,9 @@ def corpus(tmp_path_factory):
     return root
 
 
-def _resumed(corpus, tmp_path, monkeypatch, stop_after: int):
+def _resumed(corpus, tmp_path, monkeypatch, stop_after: int, prefetch: str = "auto"):
     cfg = train_config(corpus, tmp_path / "resumed", dropout=0.1)
+    cfg.prefetch = prefetch
     _, seen_a = _run(cfg, monkeypatch, stop_after=stop_after)
     losses_b, seen_b = _run(cfg, monkeypatch)
     records = [
@@ -64,12 +65,51 @@ def _resumed(corpus, tmp_path, monkeypatch, stop_after: int):
     return [r["loss"] for r in records], seen_a, seen_b, losses_b
 
 
-def test_resume_is_bit_identical(corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("prefetch", ["on", "off"])
+def test_resume_is_bit_identical(corpus, tmp_path, monkeypatch, prefetch):
     full, seen_full = _run(train_config(corpus, tmp_path / "full", dropout=0.1), monkeypatch)
     # Crash after global step 3: the last checkpoint is step 2 (ckpt_every=2); steps 3.. redo.
-    logged, seen_a, seen_b, _ = _resumed(corpus, tmp_path, monkeypatch, stop_after=3)
+    # With prefetch the crashed run had already drawn step 3's rows (and step 4's, peeked).
+    logged, seen_a, seen_b, _ = _resumed(corpus, tmp_path, monkeypatch, stop_after=3,
+                                         prefetch=prefetch)  # fmt: skip
     assert logged == full  # metrics.jsonl: steps after the checkpoint were dropped and redone
     assert seen_a[:2] + seen_b == seen_full  # same samples, same order
+
+
+def test_prefetch_trains_the_same_batches_in_the_same_order(corpus, tmp_path, monkeypatch):
+    on = train_config(corpus, tmp_path / "on", dropout=0.1)
+    off = train_config(corpus, tmp_path / "off", dropout=0.1)
+    on.prefetch, off.prefetch = "on", "off"
+    losses_on, seen_on = _run(on, monkeypatch)
+    losses_off, seen_off = _run(off, monkeypatch)
+    assert losses_on == losses_off and seen_on == seen_off
+
+
+def test_an_error_while_prefetching_pixels_stops_the_run(corpus, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    orig = loop.rank_batches
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # a background call: steps 2.. are prefetched
+            raise OSError("disk went away")
+        return orig(*a, **k)
+
+    monkeypatch.setattr(loop, "rank_batches", flaky)
+    cfg = train_config(corpus, tmp_path / "run")
+    cfg.prefetch = "on"
+    with pytest.raises(OSError, match="disk went away"):
+        loop.train(cfg)
+
+
+def test_auto_prefetch_only_when_a_core_is_free_or_the_step_is_not_on_the_cpu(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not loop.use_prefetch("auto", cpu) and loop.use_prefetch("auto", gpu)
+    assert loop.use_prefetch("on", cpu) and not loop.use_prefetch("off", gpu)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert loop.use_prefetch("auto", cpu)
 
 
 @pytest.mark.parametrize("broken", ["data", "rng"])

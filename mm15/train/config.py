@@ -64,3 +64,8 @@ class TrainConfig:
     ckpt_every: int = 200  # steps; a checkpoint is also written at the end of every stage
     keep_last: int = 3
     max_skipped_fraction: float = 0.5  # a stage whose samples mostly fail is an error, not a run
+    # Decode and tile the next step's images in a background thread while this step trains
+    # (the same batches in the same order; resume state is unaffected).  "auto": on when the
+    # step runs on an accelerator or torch leaves a CPU core free, off when torch's threads
+    # already use every core (there it is slower: docs/performance.md).
+    prefetch: Literal["auto", "on", "off"] = "auto"

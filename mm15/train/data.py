@@ -107,6 +107,13 @@ class StageStream:
                 f"({dict(self.skipped)}); the data is broken, not noisy"
             )
 
+    def peek_rows(self, n: int) -> list[PackedRow]:
+        """The rows the next ``next_rows(n)`` will return, without consuming them (they stay in
+        the resume state, so a checkpoint taken now replays them)."""
+        while len(self.pending) < n:
+            self._pull()
+        return [self.pending[i] for i in range(n)]
+
     def next_rows(self, n: int) -> list[PackedRow]:
         """The next ``n`` rows of the global stream."""
         while len(self.pending) < n:

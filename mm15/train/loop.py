@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,8 +118,17 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
     losses = result.losses.setdefault(stage.name, [])
     failed_pixels = 0
     device_peak = peak_flops(info.device, cfg.parallel.peak_tflops)  # None (CPU): no MFU
-    with Progress(stage.steps, f"[{stage.name}]", info.rank == 0, initial=start,
-                  log_every=cfg.log_every) as progress:  # fmt: skip
+
+    def pixels(rows):
+        return rank_batches(rows, rank=info.rank, world_size=info.world_size,
+                            micro_rows=stage.micro_rows, model_cfg=stream.model_cfg,
+                            device=info.device)  # fmt: skip
+
+    prefetch = use_prefetch(cfg.prefetch, info.device)
+    ahead: tuple[list, Future] | None = None  # the next step's rows, their pixels in progress
+    with (Progress(stage.steps, f"[{stage.name}]", info.rank == 0, initial=start,
+                   log_every=cfg.log_every) as progress,
+          ThreadPoolExecutor(1, thread_name_prefix="mm15-pixels") as pool):  # fmt: skip
         for step in range(start, stage.steps):
             lr = lr_at(step, peak_lr=peak, warmup_steps=stage.warmup_steps,
                        total_steps=stage.steps, min_lr_ratio=stage.min_lr_ratio)  # fmt: skip
@@ -125,9 +136,16 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
                 group["lr"] = lr
             t0 = time.perf_counter()
             rows = stream.next_rows(stage.batch_rows)
-            batches, bad = rank_batches(rows, rank=info.rank, world_size=info.world_size,
-                                        micro_rows=stage.micro_rows, model_cfg=stream.model_cfg,
-                                        device=info.device)  # fmt: skip
+            if ahead is not None:
+                if not all(a is b for a, b in zip(ahead[0], rows, strict=True)):
+                    raise RuntimeError("prefetched rows are not the stream's next rows")
+                batches, bad = ahead[1].result()
+            else:
+                batches, bad = pixels(rows)
+            ahead = None
+            if prefetch and step + 1 < stage.steps:
+                upcoming = stream.peek_rows(stage.batch_rows)
+                ahead = (upcoming, pool.submit(pixels, upcoming))
             failed_pixels += bad
             out = train_step(model, batches, optimizer=optimizer, grad_clip=stage.optim.grad_clip,
                              world_size=info.world_size, autocast=autocast)  # fmt: skip
@@ -150,6 +168,15 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
         (run_dir / f"audit_{stage.name}.json").write_text(json.dumps(stream.audit(), indent=2))
         if stage.steps > start:
             plot_stage(run_dir / "metrics.jsonl", stage.name, run_dir / f"loss_{stage.name}.png")
+
+
+def use_prefetch(setting: str, device: torch.device) -> bool:
+    """Whether to decode the next step's pixels in a background thread (``TrainConfig.prefetch``):
+    under "auto", when the step does not run on the CPU or leaves one of its cores free."""
+    if setting != "auto":
+        return setting == "on"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return device.type != "cpu" or torch.get_num_threads() < (cores or 1)
 
 
 def _log(logger, stage, state, out, lr, seconds, stream, failed_pixels, util) -> None:
