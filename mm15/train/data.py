@@ -116,10 +116,9 @@ class StageStream:
 
     def next_rows(self, n: int) -> list[PackedRow]:
         """The next ``n`` rows of the global stream."""
-        while len(self.pending) < n:
-            self._pull()
-        rows = [self.pending.popleft() for _ in range(n)]
+        rows = self.peek_rows(n)
         for row in rows:
+            self.pending.popleft()
             for _ in row.sample_ids:
                 self.refs.popleft()
         return rows
