@@ -119,33 +119,16 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
     failed_pixels = 0
     device_peak = peak_flops(info.device, cfg.parallel.peak_tflops)  # None (CPU): no MFU
 
-    def pixels(rows):
-        return rank_batches(rows, rank=info.rank, world_size=info.world_size,
-                            micro_rows=stage.micro_rows, model_cfg=stream.model_cfg,
-                            device=info.device)  # fmt: skip
-
-    prefetch = use_prefetch(cfg.prefetch, info.device)
-    ahead: tuple[list, Future] | None = None  # the next step's rows, their pixels in progress
     with (Progress(stage.steps, f"[{stage.name}]", info.rank == 0, initial=start,
                    log_every=cfg.log_every) as progress,
-          ThreadPoolExecutor(1, thread_name_prefix="mm15-pixels") as pool):  # fmt: skip
+          _Batches(stream, info, use_prefetch(cfg.prefetch, info.device)) as next_batches):  # fmt: skip
         for step in range(start, stage.steps):
             lr = lr_at(step, peak_lr=peak, warmup_steps=stage.warmup_steps,
                        total_steps=stage.steps, min_lr_ratio=stage.min_lr_ratio)  # fmt: skip
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            rows = stream.next_rows(stage.batch_rows)
-            if ahead is not None:
-                if not all(a is b for a, b in zip(ahead[0], rows, strict=True)):
-                    raise RuntimeError("prefetched rows are not the stream's next rows")
-                batches, bad = ahead[1].result()
-            else:
-                batches, bad = pixels(rows)
-            ahead = None
-            if prefetch and step + 1 < stage.steps:
-                upcoming = stream.peek_rows(stage.batch_rows)
-                ahead = (upcoming, pool.submit(pixels, upcoming))
+            batches, bad = next_batches(last=step + 1 == stage.steps)
             failed_pixels += bad
             out = train_step(model, batches, optimizer=optimizer, grad_clip=stage.optim.grad_clip,
                              world_size=info.world_size, autocast=autocast)  # fmt: skip
@@ -168,6 +151,44 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
         (run_dir / f"audit_{stage.name}.json").write_text(json.dumps(stream.audit(), indent=2))
         if stage.steps > start:
             plot_stage(run_dir / "metrics.jsonl", stage.name, run_dir / f"loss_{stage.name}.png")
+
+
+class _Batches:
+    """The stage's next step: its rows from the stream and this rank's tensors of them.  With
+    ``prefetch`` the following step's rows are peeked (they stay in the resume state) and their
+    pixels are decoded in a background thread while this step trains."""
+
+    def __init__(self, stream: StageStream, info: DistInfo, prefetch: bool):
+        self.stream, self.info, self.prefetch = stream, info, prefetch
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mm15-pixels")
+        self.ahead: tuple[list, Future] | None = None  # the next rows, their pixels in progress
+
+    def __enter__(self) -> _Batches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _pixels(self, rows: list) -> tuple[list[dict[str, torch.Tensor]], int]:
+        stage, info = self.stream.stage, self.info
+        return rank_batches(rows, rank=info.rank, world_size=info.world_size,
+                            micro_rows=stage.micro_rows, model_cfg=self.stream.model_cfg,
+                            device=info.device)  # fmt: skip
+
+    def __call__(self, *, last: bool) -> tuple[list[dict[str, torch.Tensor]], int]:
+        n = self.stream.stage.batch_rows
+        rows = self.stream.next_rows(n)
+        if self.ahead is not None:
+            if not all(a is b for a, b in zip(self.ahead[0], rows, strict=True)):
+                raise RuntimeError("prefetched rows are not the stream's next rows")
+            out = self.ahead[1].result()
+        else:
+            out = self._pixels(rows)
+        self.ahead = None
+        if self.prefetch and not last:
+            upcoming = self.stream.peek_rows(n)
+            self.ahead = (upcoming, self.pool.submit(self._pixels, upcoming))
+        return out
 
 
 def use_prefetch(setting: str, device: torch.device) -> bool:
