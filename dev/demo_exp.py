@@ -62,11 +62,16 @@ vocab = len(MM15Tokenizer.load(tok_dir))
 
 tc = demo_train_config(cfg, corpus, tok_dir, out / "run", vocab)
 if init is None and cfg.encoder_steps:  # the demo's encoder stage, cached per step count
-    init = str(out / f"encoder-{cfg.encoder_steps}")
+    init = str(out / f"encoder-{cfg.encoder_steps}-{'-'.join(cfg.encoder_heads)}-{cfg.encoder_lr}")
     if not Path(init).exists():
         _pretrain_encoder(cfg, tc, MM15Tokenizer.load(tok_dir), Path(init))
 by_name = {s.name: s for s in tc.stages}
-sft_only = {"sft_tasks": [], "sft_freeze": [], "sft_steps": 0, "sft_weights": {}}  # settings the prefix ignores
+sft_only = {
+    "sft_tasks": [],
+    "sft_freeze": [],
+    "sft_steps": 0,
+    "sft_weights": {},
+}  # settings the prefix ignores
 key_cfg = repr({**dataclasses.asdict(cfg), **sft_only})
 init_key = init and (Path(init).name if Path(init).parent == out else init)
 key = hashlib.sha1(json.dumps([prefix, key_cfg, init_key]).encode()).hexdigest()[:10]

@@ -29,6 +29,7 @@ import torch
 from mm15.config import FormatConfig, MixtureConfig, PackingConfig, SourceConfig
 from mm15.data.synthetic import SFT_TASKS
 from mm15.data.synthetic_corpus import CorpusIndex, generate_corpus
+from mm15.demo_encoder import HEADS
 from mm15.presets import tiny
 from mm15.tokenizer import train_bpe_tokenizer
 from mm15.train.config import DatasetConfig, Part, StageConfig, TrainConfig
@@ -38,8 +39,8 @@ from mm15.train.parallel import ParallelConfig
 # One SFT task per category: with all tasks in the budget each task gets too few samples for the
 # tiny model to learn to read images (docs/demo.md); ``--set sft_tasks=[...]`` trains any subset,
 # SFT_TASKS all of them.
-DEMO_SFT_TASKS = ("general/colour", "text_rich/sign", "refer_ground/box", "math/count",
-                  "multi_image/common", "video/direction", "ui/read_button", "text_only/add")  # fmt: skip
+DEMO_SFT_TASKS = ("general/colour", "text_rich/word", "refer_ground/box", "math/count",
+                  "multi_image/common", "video/direction", "ui/read_colour", "text_only/add")  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -51,7 +52,14 @@ class DemoConfig:
     # dense scene targets (mm15.demo_encoder; 0 steps starts from a random one), then a short
     # alignment stage on single-object captions (like LLaVA's projector alignment) teaches the
     # decoder that images carry answers, before the paper's three stages (docs/demo.md).
-    encoder_steps: int = 300
+    # Its dense heads (mm15.demo_encoder.HEADS): "word" makes it read the button labels and
+    # sign words of the UI and text-rich tasks, as CLIP reads text; "place" puts each token's
+    # own position into its features, which the coordinates of grounding need.
+    encoder_steps: int = 1000
+    encoder_heads: list[str] = dataclasses.field(
+        default_factory=lambda: ["colour", "shape", "place", "word"]
+    )
+    encoder_lr: float = 6e-3
     align_steps: int = 60
     train_per_sft_task: int = 600
     test_per_task: int = 50
@@ -89,6 +97,12 @@ class DemoConfig:
             raise ValueError(f"sft_weights: unknown tasks {bad}; choose from {list(SFT_TASKS)}")
         if bad := sorted(k for k, w in self.sft_weights.items() if not w > 0):
             raise ValueError(f"sft_weights must be > 0: {bad}")
+        if bad := sorted(set(self.encoder_heads) - set(HEADS)):
+            raise ValueError(f"encoder_heads: unknown {bad}; choose from {list(HEADS)}")
+        if self.encoder_steps and not self.encoder_heads:
+            raise ValueError("encoder_heads is empty; give at least one head or encoder_steps=0")
+        if not self.encoder_lr > 0:
+            raise ValueError(f"encoder_lr must be > 0, got {self.encoder_lr}")
         steps = ("encoder_steps", "align_steps", "pretrain_steps", "cpt_steps", "sft_steps")
         if neg := [k for k in steps if getattr(self, k) < 0]:
             raise ValueError(f"step counts must be >= 0: {neg}")
@@ -163,7 +177,8 @@ def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -
     torch.manual_seed(cfg.seed)
     model = MM15(dataclasses.replace(train_cfg.model, image_token_id=tok.image_token_id))
     model.init_weights()
-    acc = pretrain_encoder(model, EncoderPretrainConfig(steps=cfg.encoder_steps, seed=cfg.seed),
+    acc = pretrain_encoder(model, EncoderPretrainConfig(
+        steps=cfg.encoder_steps, seed=cfg.seed, heads=tuple(cfg.encoder_heads), lr=cfg.encoder_lr),
                            log=lambda m: print(m, flush=True))  # fmt: skip
     print("  encoder probe on held-out scenes: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()),
           flush=True)  # fmt: skip

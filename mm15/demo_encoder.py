@@ -22,15 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mm15.data import synthetic_images as si
 from mm15.data.coords import Box, intersection_area
 from mm15.data.splitting import tile_image
+from mm15.data.synthetic import SIGN_WORDS, UI_FONT, UI_LABELS, WORD_FONT
 from mm15.model.mm15 import MM15
 
 COLOURS, SHAPES = tuple(si.COLOURS), si.SHAPES
+HEADS = ("colour", "shape", "place", "box", "word")
+WORDS = tuple(dict.fromkeys((*UI_LABELS, *SIGN_WORDS)))  # what the "word" head reads
+IGNORE = -100  # cross-entropy's ignore index: background tokens have no box
 
 
 @dataclass(kw_only=True)
@@ -41,6 +46,18 @@ class EncoderPretrainConfig:
     seed: int = 0
     log_every: int = 50
     eval_scenes: int = 256  # the held-out batch the returned accuracies are measured on
+    # Dense heads: "colour", "shape" (the covering object's), "place" (the token's own cell in
+    # the tile's token grid), "box" (the covering object's box corners in tenths of the tile),
+    # "word" (the button label or sign word most of whose ink lies in the token's cell).
+    heads: tuple[str, ...] = ("colour", "shape")
+    text_share: float = 0.5  # with a "word" head: this share of the scenes are text tiles
+    word_weight: float = 3.0  # loss weight of word classes against background (rarer)
+
+    def __post_init__(self) -> None:
+        if bad := sorted(set(self.heads) - set(HEADS)):
+            raise ValueError(f"unknown encoder heads {bad}; choose from {HEADS}")
+        if not self.heads:
+            raise ValueError("heads is empty; give at least one of " + ", ".join(HEADS))
 
 
 @dataclass
@@ -48,67 +65,159 @@ class SceneTargets:
     tiles_NCHW: Tensor  # normalised tiles, one per scene
     colour_NK: Tensor  # per token: colour index, len(COLOURS) = background
     shape_NK: Tensor  # per token: shape index, len(SHAPES) = background
+    box_NK4: Tensor  # per token: the covering object's x1, y1, x2, y2 in tenths; IGNORE if none
+    word_NK: Tensor  # per token: index in WORDS, len(WORDS) = no word
 
 
 def token_targets(drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int,
-                  min_cover: float = 0.15) -> tuple[Tensor, Tensor]:  # fmt: skip
+                  min_cover: float = 0.15, min_ink: float = 0.3
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Per cell of a ``grid × grid`` token layout (row-major): the colour and shape index of the
-    object whose box covers most of the cell (at least ``min_cover`` of it), else background."""
+    object whose box covers most of the cell (at least ``min_cover`` of it), else background,
+    and that object's box corners in tenths of the image (``IGNORE`` for background).  A tenth
+    is the leading digit of the coordinate the decoder writes, clipped to 0–9.
+
+    Coloured objects are shapes and coloured buttons (a button has no shape or box target).
+    The word target of a cell is the text (:class:`~mm15.data.synthetic_images.Drawn` of kind
+    "text") with the largest share of its ink box in the cell, among those with ``min_ink`` or
+    more of their ink there or most of it (so every word labels at least one cell), else
+    "no word"."""
     w, h = size_wh
     cw, ch = w / grid, h / grid
     colour = torch.full((grid * grid,), len(COLOURS))
     shape = torch.full((grid * grid,), len(SHAPES))
+    corners = torch.full((grid * grid, 4), IGNORE)
+    word = torch.full((grid * grid,), len(WORDS))
+    objects = [d for d in drawn if d.colour is not None]
+    texts = [d for d in drawn if d.kind == "text"]
     for cell in range(grid * grid):
         x0, y0 = (cell % grid) * cw, (cell // grid) * ch
         box = Box(x0, y0, x0 + cw, y0 + ch)
         best, cover = None, min_cover * cw * ch
-        for d in drawn:
+        for d in objects:
             if (area := intersection_area(d.box, box)) > cover:
                 best, cover = d, area
         if best is not None:
-            colour[cell], shape[cell] = COLOURS.index(best.colour), SHAPES.index(best.kind)
-    return colour, shape
+            colour[cell] = COLOURS.index(best.colour)
+        if best is not None and best.kind in SHAPES:
+            shape[cell] = SHAPES.index(best.kind)
+            b = best.box
+            tenths = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]).mul(10).floor()
+            corners[cell] = tenths.clamp(0, 9)
+    cells = [Box((c % grid) * cw, (c // grid) * ch, (c % grid + 1) * cw, (c // grid + 1) * ch)
+             for c in range(grid * grid)]  # fmt: skip
+    shares = torch.tensor([[intersection_area(d.box, b) / max(d.box.area, 1e-9) for b in cells]
+                           for d in texts]).reshape(len(texts), grid * grid)  # fmt: skip
+    if texts:
+        own = shares >= min_ink
+        own[torch.arange(len(texts)), shares.argmax(1)] = True  # every word labels >= 1 cell
+        best = shares.masked_fill(~own, -1.0).max(0)
+        for cell in torch.nonzero(best.values >= 0).flatten().tolist():
+            word[cell] = WORDS.index(texts[best.indices[cell]].text)
+    return colour, shape, corners, word
 
 
-def draw_batch(rng: random.Random, n: int, token_grid: int) -> SceneTargets:
-    """``n`` grid scenes of 1–6 objects (grids 1–4, as in the demo's tasks) with targets."""
+def text_scene(rng: random.Random, size: int = 112) -> tuple[Image.Image, list[si.Drawn]]:
+    """A tile of words as the demo's UI and text-rich tasks show them at tile resolution: 1–3
+    labelled buttons (white or coloured, :data:`UI_FONT`) or 1–2 white signs with a word
+    (:data:`WORD_FONT`), on a muted background.  Buttons give a "button" (its box and fill) and
+    a "text" (the label's ink) :class:`~mm15.data.synthetic_images.Drawn`; signs a "text"."""
+    image = Image.new("RGB", (size, size), rng.choice(si.MUTED))
+    drawn: list[si.Drawn] = []
+    if rng.random() < 0.5:
+        for band in sorted(rng.sample(range(3), rng.randint(1, 3))):
+            label, fill = rng.choice(UI_LABELS), rng.choice([None, *COLOURS])
+            bw, bh = int(0.75 * size) + rng.randint(-8, 8), 24
+            x0, y0 = (size - bw) // 2 + rng.randint(-3, 3), 4 + band * 37 + rng.randint(0, 6)
+            rgb = si.COLOURS[fill] if fill else si.WHITE
+            ImageDraw.Draw(image).rectangle((x0, y0, x0 + bw - 1, y0 + bh - 1), fill=rgb)
+            tw, th = si.text_wh(label, UI_FONT)
+            ink = si.paint_text(image, (x0 + (bw - tw) // 2, y0 + (bh - th) // 2), label, UI_FONT,
+                                fill=si.ink_for(rgb))  # fmt: skip
+            drawn += [si.Drawn("button", Box(x0, y0, x0 + bw, y0 + bh), colour=fill),
+                      si.Drawn("text", ink, text=label)]  # fmt: skip
+    else:
+        half = size // 2
+        for k in range(rng.randint(1, 2)):
+            word = rng.choice(SIGN_WORDS)
+            tw, th = si.text_wh(word, WORD_FONT)
+            bw, bh = tw + 8, th + 8
+            x0, y0 = rng.randint(2, size - bw - 2), k * half + rng.randint(2, half - bh - 2)
+            ImageDraw.Draw(image).rectangle((x0, y0, x0 + bw - 1, y0 + bh - 1), fill=si.WHITE)
+            drawn.append(si.Drawn("text", si.paint_text(image, (x0 + 4, y0 + 4), word, WORD_FONT),
+                                  text=word))  # fmt: skip
+    return image, drawn
+
+
+def draw_batch(rng: random.Random, n: int, token_grid: int, text_share: float = 0.0
+               ) -> SceneTargets:  # fmt: skip
+    """``n`` scenes with targets: grid scenes of 1–6 objects (grids 1–4, as in the demo's tasks)
+    and, with probability ``text_share`` each, text tiles (:func:`text_scene`)."""
     cfg = si.demo_image_config()
-    tiles, cols, shps = [], [], []
+    tiles, targets = [], []
     for _ in range(n):
-        grid = rng.choice((1, 2, 3, 3, 4))
-        k = rng.randint(1, min(grid * grid, 6))
-        items = [(rng.choice(SHAPES), rng.choice(COLOURS)) for _ in range(k)]
-        image, drawn = si.grid_scene(
-            rng, items, grid=grid, fill=(0.75, 1.0) if grid == 1 else (0.6, 0.9)
-        )
+        if rng.random() < text_share:
+            image, drawn = text_scene(rng, cfg.resolution)
+        else:
+            grid = rng.choice((1, 2, 3, 3, 4))
+            k = rng.randint(1, min(grid * grid, 6))
+            items = [(rng.choice(SHAPES), rng.choice(COLOURS)) for _ in range(k)]
+            image, drawn = si.grid_scene(
+                rng, items, grid=grid, fill=(0.75, 1.0) if grid == 1 else (0.6, 0.9)
+            )
         tiles.append(tile_image(image, cfg, allow_split=False).tiles[0])
-        c, s = token_targets(drawn, image.size, token_grid)
-        cols.append(c)
-        shps.append(s)
-    return SceneTargets(torch.stack(tiles), torch.stack(cols), torch.stack(shps))
+        targets.append(token_targets(drawn, image.size, token_grid))
+    return SceneTargets(torch.stack(tiles), *(torch.stack(t) for t in zip(*targets, strict=True)))
 
 
 class ProbeHeads(nn.Module):
-    """Linear read-outs of the connector's tokens: colour and shape per token."""
+    """Linear read-outs of the connector's tokens, one per name in ``heads`` (see
+    :class:`EncoderPretrainConfig`)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, heads: tuple[str, ...] = ("colour", "shape"), n_tokens: int = 16,
+                 word_weight: float = 1.0):  # fmt: skip
         super().__init__()
-        self.colour = nn.Linear(dim, len(COLOURS) + 1)
-        self.shape = nn.Linear(dim, len(SHAPES) + 1)
+        self.register_buffer("word_w", torch.tensor([word_weight] * len(WORDS) + [1.0]))
+        out = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "place": n_tokens,
+               "box": 4 * 10, "word": len(WORDS) + 1}  # fmt: skip
+        self.heads = nn.ModuleDict({h: nn.Linear(dim, out[h]) for h in heads})
+
+    def _logits_targets(
+        self, tokens_NKD: Tensor, t: SceneTargets
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        n, k, _ = tokens_NKD.shape
+        targets = {"colour": t.colour_NK, "shape": t.shape_NK,
+                   "place": torch.arange(k).expand(n, k), "box": t.box_NK4,
+                   "word": t.word_NK}  # fmt: skip
+        out = {}
+        for name, head in self.heads.items():
+            logits = head(tokens_NKD)
+            if name == "box":  # four 10-way classifications per token
+                logits = logits.unflatten(-1, (4, 10))
+            out[name] = (logits.reshape(-1, logits.shape[-1]), targets[name].reshape(-1))
+        return out
 
     def losses(self, tokens_NKD: Tensor, t: SceneTargets) -> dict[str, Tensor]:
-        return {
-            "colour": F.cross_entropy(self.colour(tokens_NKD).flatten(0, 1), t.colour_NK.flatten()),
-            "shape": F.cross_entropy(self.shape(tokens_NKD).flatten(0, 1), t.shape_NK.flatten()),
-        }
+        return {name: F.cross_entropy(lg, tg, ignore_index=IGNORE,
+                                      weight=self.word_w if name == "word" else None)
+                for name, (lg, tg) in self._logits_targets(tokens_NKD, t).items()}  # fmt: skip
 
     @torch.no_grad()
     def accuracy(self, tokens_NKD: Tensor, t: SceneTargets) -> dict[str, float]:
-        """Colour and shape accuracy on foreground tokens (those covered by an object)."""
-        fg = t.shape_NK < len(SHAPES)
-        col = (self.colour(tokens_NKD).argmax(-1) == t.colour_NK)[fg].float().mean()
-        shp = (self.shape(tokens_NKD).argmax(-1) == t.shape_NK)[fg].float().mean()
-        return {"colour": col.item(), "shape": shp.item()}
+        """Per head: accuracy on foreground tokens (those covered by an object); "place" on all
+        tokens, "box" per corner tenth, "word" on tokens with a word."""
+        fg = (t.shape_NK < len(SHAPES)).reshape(-1)
+        acc = {}
+        for name, (lg, tg) in self._logits_targets(tokens_NKD, t).items():
+            hit = lg.argmax(-1) == tg
+            if name in ("colour", "shape"):
+                hit = hit[fg]
+            elif name == "box":
+                hit = hit[tg != IGNORE]
+            elif name == "word":
+                hit = hit[tg < len(WORDS)]
+            acc[name] = hit.float().mean().item()
+        return acc
 
 
 def pretrain_encoder(model: MM15, cfg: EncoderPretrainConfig,
@@ -121,13 +230,14 @@ def pretrain_encoder(model: MM15, cfg: EncoderPretrainConfig,
     if grid * grid != model.cfg.connector.num_tokens:
         raise ValueError(f"connector.num_tokens={model.cfg.connector.num_tokens} is not a square")
     torch.manual_seed(cfg.seed)
-    heads = ProbeHeads(model.cfg.lm.dim)
+    heads = ProbeHeads(model.cfg.lm.dim, cfg.heads, grid * grid, cfg.word_weight)
+    text_share = cfg.text_share if "word" in cfg.heads else 0.0
     params = [*model.vision.parameters(), *model.connector.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     model.train()
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
-        batch = draw_batch(random.Random(f"{cfg.seed}/encoder/{step}"), cfg.batch, grid)
+        batch = draw_batch(random.Random(f"{cfg.seed}/encoder/{step}"), cfg.batch, grid, text_share)
         losses = heads.losses(model.encode_tiles(batch.tiles_NCHW), batch)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -138,7 +248,8 @@ def pretrain_encoder(model: MM15, cfg: EncoderPretrainConfig,
             log(f"[encoder] step {step}/{cfg.steps} loss {loss.item():.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     model.eval()
-    held_out = draw_batch(random.Random(f"{cfg.seed}/encoder-eval"), cfg.eval_scenes, grid)
+    held_out = draw_batch(random.Random(f"{cfg.seed}/encoder-eval"), cfg.eval_scenes, grid,
+                          text_share)  # fmt: skip
     with torch.no_grad():
         acc = heads.accuracy(model.encode_tiles(held_out.tiles_NCHW), held_out)
     model.zero_grad(set_to_none=True)

@@ -44,6 +44,9 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
         "sft_tasks=[]",
         'sft_weights={"general/nope": 2}',
         'sft_weights={"general/colour": 0}',
+        'encoder_heads=["colour", "depth"]',
+        "encoder_heads=[]",
+        "encoder_lr=0",
     ):
         assert main(["demo", "--out", str(tmp_path / "d"), "--set", bad]) == 2
         assert "error:" in capsys.readouterr().err

@@ -11,10 +11,14 @@ from mm15.data import synthetic_images as si
 from mm15.data.coords import Box
 from mm15.demo_encoder import (
     COLOURS,
+    HEADS,
+    IGNORE,
     SHAPES,
+    WORDS,
     EncoderPretrainConfig,
     draw_batch,
     pretrain_encoder,
+    text_scene,
     token_targets,
 )
 from mm15.model.mm15 import MM15
@@ -33,7 +37,7 @@ def test_token_targets_label_the_object_covering_most_of_each_cell():
     # bottom-right cell and 8% of the bottom-left one (below it).
     drawn = [_drawn("circle", "red", (0, 0, 50, 50)), _drawn("square", "green", (50, 0, 100, 10)),
              _drawn("star", "blue", (45, 50, 100, 90))]  # fmt: skip
-    colour, shape = token_targets(drawn, (100, 100), grid=2)
+    colour, shape, _, _ = token_targets(drawn, (100, 100), grid=2)
     red, green, blue = (COLOURS.index(c) for c in ("red", "green", "blue"))
     assert colour.tolist() == [red, green, BG_C, blue]
     assert shape.tolist() == [SHAPES.index(k) for k in ("circle", "square")] + [
@@ -42,7 +46,7 @@ def test_token_targets_label_the_object_covering_most_of_each_cell():
 
 def test_token_targets_pick_the_larger_of_two_overlapping_objects():
     drawn = [_drawn("square", "green", (0, 0, 20, 50)), _drawn("triangle", "red", (20, 0, 50, 50))]
-    colour, shape = token_targets(drawn, (50, 50), grid=1)
+    colour, shape, _, _ = token_targets(drawn, (50, 50), grid=1)
     assert (colour.item(), shape.item()) == (COLOURS.index("red"), SHAPES.index("triangle"))
 
 
@@ -88,3 +92,62 @@ def test_pretrain_encoder_rejects_a_non_square_token_grid():
     m.cfg.connector.num_tokens = 12
     with pytest.raises(ValueError, match="not a square"):
         pretrain_encoder(m, EncoderPretrainConfig(steps=1, batch=2, eval_scenes=2))
+
+
+def test_token_targets_box_corners_in_tenths_and_ignored_on_background():
+    drawn = [_drawn("circle", "red", (5, 12, 49, 50))]  # 100×100, 2×2 cells: top-left only
+    _, _, corners, _ = token_targets(drawn, (100, 100), grid=2)
+    assert corners[0].tolist() == [0, 1, 4, 5]
+    assert (corners[1:] == IGNORE).all()
+
+
+def test_token_targets_words_go_to_cells_holding_enough_of_their_ink():
+    # A word whose ink is 70% in the top-left cell and 30% in the top-right one labels both
+    # (min_ink 0.3); one with 25% of its ink in the bottom-right cell does not label it.
+    save, ok = WORDS.index("Save"), WORDS.index("OK")
+    drawn = [si.Drawn("text", Box(15, 10, 65, 20), text="Save"),
+             si.Drawn("text", Box(10, 60, 60, 70), text="OK")]  # fmt: skip
+    colour, shape, _, word = token_targets(drawn, (100, 100), grid=2)
+    assert word.tolist() == [save, save, ok, len(WORDS)]
+    assert (colour == BG_C).all() and (shape == BG_S).all()  # text has no colour or shape
+
+
+def test_text_scene_buttons_have_their_fill_colour_and_label():
+    rng = random.Random("buttons")
+    seen_button = seen_sign = False
+    for _ in range(40):
+        image, drawn = text_scene(rng)
+        assert image.size == (112, 112) and all(d.kind in ("button", "text") for d in drawn)
+        texts = [d for d in drawn if d.kind == "text"]
+        assert texts and all(d.text in WORDS for d in texts)
+        buttons = [d for d in drawn if d.kind == "button"]
+        seen_button |= bool(buttons)
+        seen_sign |= not buttons
+        colour, shape, _, word = token_targets(drawn, image.size, 4)
+        assert (shape == BG_S).all() and (word < len(WORDS)).any()
+        for b in buttons:  # the label's ink lies inside its button
+            t = texts[buttons.index(b)]
+            assert b.box.x1 <= t.box.x1 and t.box.x2 <= b.box.x2
+            assert b.box.y1 <= t.box.y1 and t.box.y2 <= b.box.y2
+        fills = {COLOURS.index(b.colour) for b in buttons if b.colour}
+        assert set(colour[colour < BG_C].tolist()) <= fills
+    assert seen_button and seen_sign
+
+
+def test_every_head_trains_and_reports_an_accuracy():
+    cfg = EncoderPretrainConfig(steps=2, batch=6, log_every=1, eval_scenes=12, heads=HEADS)
+    acc = pretrain_encoder(_model(), cfg, log=lambda _: None)
+    assert set(acc) == set(HEADS) and all(0 <= v <= 1 for v in acc.values())
+
+
+def test_encoder_config_rejects_unknown_or_no_heads():
+    with pytest.raises(ValueError, match="unknown encoder heads"):
+        EncoderPretrainConfig(heads=("colour", "depth"))
+    with pytest.raises(ValueError, match="heads is empty"):
+        EncoderPretrainConfig(heads=())
+
+
+def test_a_word_split_evenly_over_four_cells_still_labels_one():
+    drawn = [si.Drawn("text", Box(20, 40, 80, 60), text="Cancel")]  # 25% of its ink in each cell
+    *_, word = token_targets(drawn, (100, 100), grid=2)
+    assert (word == WORDS.index("Cancel")).sum() == 1 and (word == len(WORDS)).sum() == 3

@@ -198,6 +198,50 @@ def test_text_rich_digits_are_illegible_in_the_overview(test_sets):
         assert x1 // r == (x2 - 1) // r and y1 // r == (y2 - 1) // r, s.id
 
 
+def _ink_width(text: str, font_size: int, fill=syn.si.INK, on=(255, 255, 255)) -> int:
+    """Width of ``text``'s dark ink (< 100 in every channel, as the tests threshold it) drawn
+    alone: what the answer's word must measure on the image."""
+    im = Image.new("RGB", (200, 40), on)
+    syn.si.paint_text(im, (4, 4), text, font_size, fill=fill)
+    x1, _, x2, _ = ink_box((np.asarray(im) < 100).all(-1))
+    return int(x2 - x1)
+
+
+def test_text_rich_words_are_illegible_in_the_overview_and_are_the_answer(test_sets):
+    """The honesty criterion for the word signs: >= 8 px tall in a tile, < 4 px in the overview,
+    inside one tile; and the ink drawn is the answer's (its width matches the answer alone)."""
+    cfg = tiny().image
+    widths = {w: _ink_width(w, syn.WORD_FONT) for w in syn.SIGN_WORDS}
+    for s in test_sets["text_rich/word"]:
+        arr, (w, h) = pixels(s), s.media[0].size
+        x1, y1, x2, y2 = ink_box((arr < 100).all(-1))  # the word is the only near-black ink
+        geo = tile_geometry((w, h), cfg)
+        assert geo.n_sub_images == 4 and geo.has_overview
+        tile_px = (y2 - y1) * geo.resized_wh[1] / h
+        overview_px = (y2 - y1) * geo.overview_wh[1] / h
+        assert tile_px >= 8 and overview_px < 4, (s.id, tile_px, overview_px)
+        assert s.answers[0] in syn.SIGN_WORDS and x2 - x1 == widths[s.answers[0]], s.id
+        r = cfg.resolution
+        assert x1 // r == (x2 - 1) // r and y1 // r == (y2 - 1) // r, s.id
+
+
+def test_ui_colour_button_answer_is_the_label_on_the_named_colour(test_sets):
+    for s in test_sets["ui/read_colour"]:
+        colour = s.messages[0].content[1].text.split()[3]
+        arr = pixels(s)
+        x1, y1, x2, y2 = (int(v) for v in ink_box(colour_mask(arr, colour)))
+        assert y2 - y1 == 24 and x2 - x1 >= 70, s.id  # one whole button of that colour
+        fills = [c for c in COLOURS if colour_mask(arr, c).any()]
+        assert 3 <= len(fills) <= 5, s.id  # every button has its own colour
+        rgb = COLOURS[colour]
+        label = (np.abs(arr[y1:y2, x1:x2].astype(int) - rgb) > 60).any(-1)  # ink, dark or white
+        lx1, _, lx2, _ = ink_box(label)
+        im = Image.new("RGB", (200, 40), rgb)  # the answer alone, in the same ink on that fill
+        syn.si.paint_text(im, (4, 4), s.answers[0], syn.UI_FONT, fill=syn.si.ink_for(rgb))
+        rx1, _, rx2, _ = ink_box((np.abs(np.asarray(im).astype(int) - rgb) > 60).any(-1))
+        assert lx2 - lx1 == rx2 - rx1, s.id
+
+
 def test_multi_image_answer_is_the_only_image_with_that_shape(test_sets):
     for s in test_sets["multi_image/find"]:
         words = s.messages[0].content[4].text.split("?")[0].split()

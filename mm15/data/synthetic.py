@@ -60,13 +60,20 @@ Split = Literal["train", "test"]
 POSITIONS = ("in the top left corner", "at the top", "in the top right corner", "on the left",
              "in the centre", "on the right", "in the bottom left corner", "at the bottom",
              "in the bottom right corner")  # fmt: skip
-UI_LABELS = ("OK", "Cancel", "Back", "Next", "Save", "Send", "Menu", "Help", "Home", "Play")
+# Ten labels whose ink is at most 14 px tall at 18 px (no ascender with a descender), so that at
+# WORD_FONT they stay under 4 px in a text_rich overview.
+UI_LABELS = ("OK", "Cancel", "Back", "Next", "Save", "Send", "Menu", "Home", "Edit", "Done")
 LETTERS = "abcdefgh"  # text_only/reverse words: 3 letters from these, 8³ = 512 answers
 ORDINALS = ("first", "second", "third", "fourth")
 DIRECTIONS = ("left", "right", "up", "down")
 WORDS = ("the", "total", "page", "date", "name", "code", "price", "order", "item", "room",
          "box", "note", "sum", "line", *si.COLOURS, *si.SHAPES, *UI_LABELS)  # fmt: skip
 SIGN_FONT = 14  # digit ink 10 px: 10 px in a tile, 2.5 px in the overview (checked per sample)
+# text_rich/word: a sign shows one of the UI labels (one vocabulary for the encoder's word head),
+# ink 13–14 px at WORD_FONT: at least 8 px in a tile, under 4 px in the overview (checked).
+SIGN_WORDS = UI_LABELS
+WORD_FONT = 18
+UI_FONT = 18  # ui/read_colour labels: ink 13–14 px on 24 px buttons
 
 
 @dataclass
@@ -202,6 +209,19 @@ def _sign(rng: random.Random) -> Draft:
     return Draft([image], prompt, code, meta={"text_height_px": sign.box.height})
 
 
+def _sign_word(rng: random.Random) -> Draft:
+    """A word on a sign in a long image: legible in its tile, not in the overview (§3.5)."""
+    word, cfg = rng.choice(SIGN_WORDS), si.demo_image_config()
+    size = rng.choice([(448, 112), (112, 448)])
+    image, sign = si.sign_scene(rng, word, size=size, tile=cfg.resolution, font_size=WORD_FONT)
+    tile, overview = si.text_px(size, sign.box.height, cfg)
+    if not (tile >= si.MIN_TILE_TEXT_PX and overview < si.MAX_OVERVIEW_TEXT_PX):
+        raise AssertionError(f"sign text {sign.box.height} px on {size}: {tile:.1f} px in a tile,"
+                             f" {overview:.1f} px in the overview")  # fmt: skip
+    prompt = [Part.m(0), Part.t("What word is written on the sign?")]
+    return Draft([image], prompt, word, meta={"text_height_px": sign.box.height})
+
+
 def _ground(rng: random.Random) -> Draft:
     colour, kind = rng.choice(list(si.COLOURS)), rng.choice(si.SHAPES)
     image, drawn = si.grid_scene(rng, _items(rng, rng.randint(2, 4), kind, colour))
@@ -250,6 +270,19 @@ def _ui_read(rng: random.Random) -> Draft:
     point = (rng.uniform(box.x1 + 3, box.x2 - 3), rng.uniform(box.y1 + 3, box.y2 - 3))
     prompt = [Part.m(0), Part.t("What does the button at "), Part.r(0), Part.t(" say?")]
     return Draft([image], prompt, label, regions=[Region(media=0, point=point)])
+
+
+def _ui_read_colour(rng: random.Random) -> Draft:
+    """A screen of 3–5 buttons, each filled with another colour; read the named one's label."""
+    label = rng.choice(UI_LABELS)
+    labels = [label, *rng.sample([x for x in UI_LABELS if x != label], rng.randint(2, 4))]
+    fills = rng.sample(list(si.COLOURS), len(labels))
+    order = list(range(len(labels)))
+    rng.shuffle(order)
+    image, _ = si.ui_scene(rng, [labels[k] for k in order], fills=[fills[k] for k in order],
+                           font_size=UI_FONT)  # fmt: skip
+    prompt = [Part.m(0), Part.t(f"What does the {fills[0]} button say?")]
+    return Draft([image], prompt, label)
 
 
 # ---- stage 3: multi-image, video, text-only -------------------------------------------------
@@ -327,6 +360,7 @@ def _task_list() -> list[Task]:
         Task("general/colour", "sft", "general", _colour_q, "exact", colours),
         Task("general/shape", "sft", "general", _shape_q, "exact", si.SHAPES),
         Task("text_rich/sign", "sft", "text_rich", _sign, "exact", codes),
+        Task("text_rich/word", "sft", "text_rich", _sign_word, "exact", SIGN_WORDS),
         Task("refer_ground/box", "sft", "refer_ground", _ground, "iou50"),
         Task("refer_ground/point", "sft", "refer_ground", _refer, "exact", si.SHAPES),
         Task("math/count", "sft", "math", _count, "exact", counts),
@@ -336,6 +370,7 @@ def _task_list() -> list[Task]:
         Task("video/direction", "sft", "video", _direction, "exact", DIRECTIONS),
         Task("ui/find_button", "sft", "ui", _ui_find, "iou50"),
         Task("ui/read_button", "sft", "ui", _ui_read, "exact", UI_LABELS),
+        Task("ui/read_colour", "sft", "ui", _ui_read_colour, "exact", UI_LABELS),
         Task("text_only/add", "sft", "text_only", _add_text, "exact", sums),
         Task("text_only/reverse", "sft", "text_only", _reverse, "exact", rev, _rev_held_out),
     ]

@@ -196,6 +196,11 @@ def expression_scene(
     return image, Drawn("text", paint_text(image, xy, text, font_size), text=text)
 
 
+def ink_for(fill: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Dark ink on light fills, white on dark ones (Rec. 601 luma below 140)."""
+    return WHITE if 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] < 140 else INK
+
+
 def ui_scene(
     rng: random.Random,
     labels: list[str],
@@ -203,28 +208,37 @@ def ui_scene(
     size: tuple[int, int] = (112, 224),
     slots: int = 5,
     font_size: int = 12,
+    fills: list[str | None] | None = None,
 ) -> tuple[Image.Image, list[Drawn]]:
     """A phone-like screen: a dark title bar and one button per label in distinct random slots.
 
     Slots are equal bands below the bar; a button is ~75% of the width (±8 px), 24 px high,
-    centred in its slot up to a few pixels, with its label centred in dark ink.
+    centred in its slot up to a few pixels, with its label centred, in dark ink on white or, when
+    ``fills[k]`` names a :data:`COLOURS` entry, on that colour in the ink :func:`ink_for` picks.
+    The :class:`Drawn` of a button has the button's box, its label and its fill colour name.
     """
     w, h = size
+    fills = fills or [None] * len(labels)
+    if len(fills) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(fills)} fills")
     bar = 16
     image = Image.new("RGB", size, rng.choice(MUTED))
     ImageDraw.Draw(image).rectangle((0, 0, w - 1, bar - 1), fill=(60, 60, 70))
     slot_h = (h - bar) // slots
     out = []
-    for label, slot in zip(labels, sorted(rng.sample(range(slots), len(labels))), strict=True):
+    chosen = sorted(rng.sample(range(slots), len(labels)))
+    for label, fill, slot in zip(labels, fills, chosen, strict=True):
         bw, bh = int(0.75 * w) + rng.randint(-8, 8), 24
         x0 = (w - bw) // 2 + rng.randint(-3, 3)
         y0 = bar + slot * slot_h + (slot_h - bh) // 2 + rng.randint(-3, 3)
+        rgb = COLOURS[fill] if fill else WHITE
         box = _paint(
-            image, WHITE, lambda d, a=(x0, y0, x0 + bw - 1, y0 + bh - 1): d.rectangle(a, fill=255)
+            image, rgb, lambda d, a=(x0, y0, x0 + bw - 1, y0 + bh - 1): d.rectangle(a, fill=255)
         )
         tw, th = text_wh(label, font_size)
-        paint_text(image, (x0 + (bw - tw) // 2, y0 + (bh - th) // 2), label, font_size)
-        out.append(Drawn("button", box, text=label, cell=slot))
+        paint_text(image, (x0 + (bw - tw) // 2, y0 + (bh - th) // 2), label, font_size,
+                   fill=ink_for(rgb))  # fmt: skip
+        out.append(Drawn("button", box, colour=fill, text=label, cell=slot))
     return image, out
 
 
