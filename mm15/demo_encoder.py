@@ -90,30 +90,28 @@ def token_targets(drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int,
     word = torch.full((grid * grid,), len(WORDS))
     objects = [d for d in drawn if d.colour is not None]
     texts = [d for d in drawn if d.kind == "text"]
-    for cell in range(grid * grid):
-        x0, y0 = (cell % grid) * cw, (cell // grid) * ch
-        box = Box(x0, y0, x0 + cw, y0 + ch)
-        best, cover = None, min_cover * cw * ch
-        for d in objects:
-            if (area := intersection_area(d.box, box)) > cover:
-                best, cover = d, area
-        if best is not None:
-            colour[cell] = COLOURS.index(best.colour)
-        if best is not None and best.kind in SHAPES:
-            shape[cell] = SHAPES.index(best.kind)
-            b = best.box
-            tenths = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]).mul(10).floor()
-            corners[cell] = tenths.clamp(0, 9)
     cells = [Box((c % grid) * cw, (c // grid) * ch, (c % grid + 1) * cw, (c // grid + 1) * ch)
              for c in range(grid * grid)]  # fmt: skip
-    shares = torch.tensor([[intersection_area(d.box, b) / max(d.box.area, 1e-9) for b in cells]
-                           for d in texts]).reshape(len(texts), grid * grid)  # fmt: skip
+    for k, cell in enumerate(cells):
+        best, cover = None, min_cover * cw * ch
+        for d in objects:
+            if (area := intersection_area(d.box, cell)) > cover:
+                best, cover = d, area
+        if best is not None:
+            colour[k] = COLOURS.index(best.colour)
+        if best is not None and best.kind in SHAPES:
+            shape[k] = SHAPES.index(best.kind)
+            b = best.box
+            tenths = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]).mul(10).floor()
+            corners[k] = tenths.clamp(0, 9)
     if texts:
+        shares = torch.tensor([[intersection_area(d.box, c) / max(d.box.area, 1e-9) for c in cells]
+                               for d in texts])  # fmt: skip
         own = shares >= min_ink
         own[torch.arange(len(texts)), shares.argmax(1)] = True  # every word labels >= 1 cell
-        best = shares.masked_fill(~own, -1.0).max(0)
-        for cell in torch.nonzero(best.values >= 0).flatten().tolist():
-            word[cell] = WORDS.index(texts[best.indices[cell]].text)
+        top = shares.masked_fill(~own, -1.0).max(0)
+        for k in torch.nonzero(top.values >= 0).flatten().tolist():
+            word[k] = WORDS.index(texts[top.indices[k]].text)
     return colour, shape, corners, word
 
 
@@ -156,7 +154,7 @@ def draw_batch(rng: random.Random, n: int, token_grid: int, text_share: float = 
     cfg = si.demo_image_config()
     tiles, targets = [], []
     for _ in range(n):
-        if rng.random() < text_share:
+        if text_share > 0 and rng.random() < text_share:  # 0: the grid-only stream
             image, drawn = text_scene(rng, cfg.resolution)
         else:
             grid = rng.choice((1, 2, 3, 3, 4))

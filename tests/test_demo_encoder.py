@@ -151,3 +151,10 @@ def test_a_word_split_evenly_over_four_cells_still_labels_one():
     drawn = [si.Drawn("text", Box(20, 40, 80, 60), text="Cancel")]  # 25% of its ink in each cell
     *_, word = token_targets(drawn, (100, 100), grid=2)
     assert (word == WORDS.index("Cancel")).sum() == 1 and (word == len(WORDS)).sum() == 3
+
+
+def test_text_share_picks_the_scene_kinds():
+    grid_only = draw_batch(random.Random("s"), 16, 4, text_share=0.0)
+    text_only = draw_batch(random.Random("s"), 16, 4, text_share=1.0)
+    assert (grid_only.word_NK == len(WORDS)).all() and (grid_only.shape_NK < BG_S).any()
+    assert (text_only.shape_NK == BG_S).all() and (text_only.word_NK < len(WORDS)).any(1).all()

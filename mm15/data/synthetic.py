@@ -197,29 +197,32 @@ def _shape_q(rng: random.Random) -> Draft:
     return Draft([image], [Part.m(0), Part.t(f"What shape is the {colour} object?")], kind)
 
 
-def _sign(rng: random.Random) -> Draft:
-    code, cfg = str(rng.randint(100, 999)), si.demo_image_config()
-    size = rng.choice([(448, 112), (112, 448)])  # 1×4 / 4×1 tiles + overview at 1/4
-    image, sign = si.sign_scene(rng, code, size=size, tile=cfg.resolution, font_size=SIGN_FONT)
+def _long_sign(rng: random.Random, text: str, font_size: int) -> tuple[Image.Image, float]:
+    """``text`` on a sign in a 448×112 or 112×448 image (1×4 / 4×1 tiles + overview at 1/4),
+    checked legible in its tile and not in the overview (§3.5); returns the image and the
+    text's ink height."""
+    cfg = si.demo_image_config()
+    size = rng.choice([(448, 112), (112, 448)])
+    image, sign = si.sign_scene(rng, text, size=size, tile=cfg.resolution, font_size=font_size)
     tile, overview = si.text_px(size, sign.box.height, cfg)
     if not (tile >= si.MIN_TILE_TEXT_PX and overview < si.MAX_OVERVIEW_TEXT_PX):
         raise AssertionError(f"sign text {sign.box.height} px on {size}: {tile:.1f} px in a tile,"
                              f" {overview:.1f} px in the overview")  # fmt: skip
+    return image, sign.box.height
+
+
+def _sign(rng: random.Random) -> Draft:
+    code = str(rng.randint(100, 999))
+    image, height = _long_sign(rng, code, SIGN_FONT)
     prompt = [Part.m(0), Part.t("What number is written on the sign?")]
-    return Draft([image], prompt, code, meta={"text_height_px": sign.box.height})
+    return Draft([image], prompt, code, meta={"text_height_px": height})
 
 
 def _sign_word(rng: random.Random) -> Draft:
-    """A word on a sign in a long image: legible in its tile, not in the overview (§3.5)."""
-    word, cfg = rng.choice(SIGN_WORDS), si.demo_image_config()
-    size = rng.choice([(448, 112), (112, 448)])
-    image, sign = si.sign_scene(rng, word, size=size, tile=cfg.resolution, font_size=WORD_FONT)
-    tile, overview = si.text_px(size, sign.box.height, cfg)
-    if not (tile >= si.MIN_TILE_TEXT_PX and overview < si.MAX_OVERVIEW_TEXT_PX):
-        raise AssertionError(f"sign text {sign.box.height} px on {size}: {tile:.1f} px in a tile,"
-                             f" {overview:.1f} px in the overview")  # fmt: skip
+    word = rng.choice(SIGN_WORDS)
+    image, height = _long_sign(rng, word, WORD_FONT)
     prompt = [Part.m(0), Part.t("What word is written on the sign?")]
-    return Draft([image], prompt, word, meta={"text_height_px": sign.box.height})
+    return Draft([image], prompt, word, meta={"text_height_px": height})
 
 
 def _ground(rng: random.Random) -> Draft:
