@@ -16,6 +16,7 @@ from mm15.demo_encoder import (
     SHAPES,
     WORDS,
     EncoderPretrainConfig,
+    ProbeHeads,
     draw_batch,
     pretrain_encoder,
     text_scene,
@@ -158,3 +159,13 @@ def test_text_share_picks_the_scene_kinds():
     text_only = draw_batch(random.Random("s"), 16, 4, text_share=1.0)
     assert (grid_only.word_NK == len(WORDS)).all() and (grid_only.shape_NK < BG_S).any()
     assert (text_only.shape_NK == BG_S).all() and (text_only.word_NK < len(WORDS)).any(1).all()
+
+
+def test_place_targets_are_each_tokens_own_index_and_box_reads_four_tenths():
+    heads = ProbeHeads(8, ("place", "box"), n_tokens=4)
+    t = draw_batch(random.Random("p"), 2, 2)
+    out = heads._logits_targets(torch.zeros(2, 4, 8), t)
+    assert out["place"][1].tolist() == [0, 1, 2, 3] * 2 and out["place"][0].shape == (8, 4)
+    assert out["box"][0].shape == (2 * 4 * 4, 10) and torch.equal(
+        out["box"][1], t.box_NK4.flatten()
+    )
