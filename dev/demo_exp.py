@@ -96,7 +96,7 @@ t1 = time.perf_counter()
 res = train(tc)
 print(f"sft {sft.steps} steps in {time.perf_counter() - t1:.0f} s", flush=True)
 model, tok = load_checkpoint(res.final_model)
-suite = evaluate_synthetic(model, tok, corpus, tasks=evals, max_new_tokens=24)
+suite = evaluate_synthetic(model, tok, corpus, tasks=evals)
 per_task: dict[str, list[float]] = {}
 for it in suite.items:
     per_task.setdefault(it["task"], []).append(it["score"])

@@ -27,7 +27,7 @@ from typing import get_args
 import torch
 
 from mm15.config import FormatConfig, MixtureConfig, PackingConfig, SourceConfig
-from mm15.data.synthetic import SFT_TASKS
+from mm15.data.synthetic import SFT_TASKS, TASKS
 from mm15.data.synthetic_corpus import CorpusIndex, generate_corpus
 from mm15.demo_encoder import HEADS
 from mm15.presets import tiny
@@ -41,6 +41,9 @@ from mm15.train.parallel import ParallelConfig
 # SFT_TASKS all of them.
 DEMO_SFT_TASKS = ("general/colour", "text_rich/word", "refer_ground/box", "math/count",
                   "multi_image/common", "video/direction", "ui/read_colour", "text_only/add")  # fmt: skip
+
+
+PRETRAIN_TASKS = ("caption/object", "caption/shapes", "interleaved/shapes", "text/facts")
 
 
 @dataclass(kw_only=True)
@@ -61,6 +64,10 @@ class DemoConfig:
     )
     encoder_lr: float = 6e-3
     align_steps: int = 60
+    # The pre-training stage's sources (SPEC §4: captions, interleaved, text at 50:10:40 by
+    # category; sources of one category share its weight).  "caption/grounded" adds GRIT-style
+    # captions with each object's box (measured in docs/demo.md; not a default).
+    pretrain_tasks: list[str] = dataclasses.field(default_factory=lambda: list(PRETRAIN_TASKS))
     train_per_sft_task: int = 600
     test_per_task: int = 50
     vocab_size: int = 1600
@@ -89,6 +96,11 @@ class DemoConfig:
             raise ValueError(f"max_digits must be 1, 2 or 3, got {self.max_digits}")
         if bad := sorted(set(self.sft_freeze) - set(get_args(Part))):
             raise ValueError(f"sft_freeze: unknown parts {bad}; choose from {get_args(Part)}")
+        pretrain = [n for n, t in TASKS.items() if t.stage == "pretrain"]
+        if not self.pretrain_tasks:
+            raise ValueError("pretrain_tasks is empty; give at least one pre-training source")
+        if bad := sorted(set(self.pretrain_tasks) - set(pretrain)):
+            raise ValueError(f"pretrain_tasks: unknown {bad}; choose from {pretrain}")
         if not self.sft_tasks:
             raise ValueError("sft_tasks is empty; give at least one SFT task")
         if bad := sorted(set(self.sft_tasks) - set(SFT_TASKS)):
@@ -109,8 +121,14 @@ class DemoConfig:
 
 
 def corpus_sizes(cfg: DemoConfig) -> dict[str, int]:
-    return {"caption/shapes": 800, "caption/object": 800, "interleaved/shapes": 200,
-            "text/facts": 600, "ocr/pages": 300,
+    pretrain = {
+        "caption/shapes": 800,
+        "caption/grounded": 800,
+        "interleaved/shapes": 200,
+        "text/facts": 600,
+    }
+    return {"caption/object": 800, "ocr/pages": 300,
+            **{t: n * (t in cfg.pretrain_tasks) for t, n in pretrain.items()},
             **{t: cfg.train_per_sft_task * (t in cfg.sft_tasks) for t in SFT_TASKS},
             **{f"test/{t}": cfg.test_per_task * (t in cfg.sft_tasks) for t in SFT_TASKS}}  # fmt: skip
 
@@ -158,9 +176,8 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
         stages=[
             stage("align", "pretrain", ["caption/object"], cfg.align_steps, "pretrain",
                   image=low_res),
-            stage("pretrain", "pretrain",
-                  ["caption/object", "caption/shapes", "interleaved/shapes", "text/facts"],
-                  cfg.pretrain_steps, "pretrain", image=low_res),
+            stage("pretrain", "pretrain", list(cfg.pretrain_tasks), cfg.pretrain_steps, "pretrain",
+                  image=low_res),
             stage("cpt", "cpt", ["ocr/pages"], cfg.cpt_steps, "cpt"),
             stage("sft", "sft", list(cfg.sft_tasks), cfg.sft_steps,
                   "flat", warmup=30, freeze=list(cfg.sft_freeze), weights=cfg.sft_weights),

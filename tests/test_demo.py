@@ -47,6 +47,8 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
         'encoder_heads=["colour", "depth"]',
         "encoder_heads=[]",
         "encoder_lr=0",
+        'pretrain_tasks=["general/colour"]',
+        "pretrain_tasks=[]",
     ):
         assert main(["demo", "--out", str(tmp_path / "d"), "--set", bad]) == 2
         assert "error:" in capsys.readouterr().err
@@ -61,6 +63,23 @@ def test_sft_tasks_subset_sizes_the_corpus():
     on = {t for t in SFT_TASKS if sizes[t] and sizes[f"test/{t}"]}
     assert on == {"general/colour", "video/direction"}
     assert all(sizes[t] == 0 == sizes[f"test/{t}"] for t in set(SFT_TASKS) - on)
+
+
+def test_pretrain_tasks_are_the_pretraining_stage_sources(tmp_path):
+    from mm15.data.synthetic_corpus import generate_corpus
+    from mm15.demo import corpus_sizes, demo_train_config
+
+    cfg = DemoConfig(pretrain_tasks=["caption/grounded", "text/facts"], sft_tasks=["text_only/add"],
+                     train_per_sft_task=2, test_per_task=1)  # fmt: skip
+    sizes = corpus_sizes(cfg)
+    assert sizes["caption/grounded"] and sizes["text/facts"] and not sizes["caption/shapes"]
+    corpus = generate_corpus(tmp_path / "c", seed=0, sizes={k: min(v, 2) for k, v in sizes.items()})
+    stages = {
+        s.name: s
+        for s in demo_train_config(cfg, corpus, tmp_path / "t", tmp_path / "r", 300).stages
+    }
+    assert [d.name for d in stages["pretrain"].datasets] == ["caption/grounded", "text/facts"]
+    assert [d.name for d in stages["align"].datasets] == ["caption/object"]
 
 
 def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):

@@ -118,6 +118,9 @@ def test_batching_does_not_change_predictions(model_tok, bench_root, tmp_path):
 
 def test_synthetic_suite_is_a_task(model_tok, tmp_path):
     from mm15.data.synthetic_corpus import DEFAULT_SIZES, generate_corpus
+    from mm15.eval.synthetic_suite import ANSWER_SLACK, evaluate_synthetic
+
+    two = ["general/colour", "refer_ground/box"]
 
     sizes = {k: 0 for k in DEFAULT_SIZES} | {"test/general/colour": 3, "test/refer_ground/box": 2}
     corpus = generate_corpus(tmp_path / "corpus", sizes=sizes)
@@ -134,6 +137,14 @@ def test_synthetic_suite_is_a_task(model_tok, tmp_path):
         "general/colour",
         "refer_ground/box",
     }
+    # The generation budget covers the longest reference (a box is ~17 byte tokens), so a
+    # correct answer is never cut into a score of 0; a budget that would cut one is refused.
+    longest = max(len(tok.encode(a)) for r in rows for a in json.loads(r)["reference"])
+    assert longest >= 13 and bench["max_new_tokens"] == longest + ANSWER_SLACK
+    with pytest.raises(ValueError, match="would cut reference answers"):
+        evaluate_synthetic(model, tok, corpus, tasks=two, limit=2, max_new_tokens=longest - 1)
+    ok = evaluate_synthetic(model, tok, corpus, tasks=two, limit=2, max_new_tokens=longest)
+    assert ok.max_new_tokens == longest
 
 
 def test_cli_eval(tiny_ckpt_dir, bench_root, tmp_path, capsys):

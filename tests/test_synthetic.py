@@ -294,6 +294,26 @@ def test_ui_references(test_sets):
         assert s.answers[0] in syn.UI_LABELS
 
 
+def test_grounded_caption_boxes_are_the_named_shapes_in_reading_order():
+    for s in syn.make_samples("caption/grounded", 30, 4):
+        check_schema(s)
+        parts = s.messages[0].content
+        assert [p.type for p in parts[1:]] == ["text", "region"] * len(s.regions) + ["text"]
+        arr, centres = pixels(s), []
+        for k, reg in enumerate(s.regions):
+            colour, kind = reg.label.split()
+            assert (
+                parts[1 + 2 * k].text.endswith(f" {colour} {kind} ")
+                and parts[2 + 2 * k].region == k
+            )
+            mask = colour_mask(arr, colour)
+            assert ink_box(mask) == reg.box and classify(mask) == kind, s.id
+            centres.append((round((reg.box[1] + reg.box[3]) / 2 * 3 / 112 - 0.5),
+                            round((reg.box[0] + reg.box[2]) / 2 * 3 / 112 - 0.5)))  # fmt: skip
+        assert centres == sorted(centres), s.id  # row by row, left to right
+        assert parts[1].text.startswith("A ") and parts[-1].text == "."
+
+
 def test_ocr_page_regions_are_the_lines():
     for s in syn.make_samples("ocr/pages", 10, 5):
         arr = pixels(s)

@@ -133,6 +133,20 @@ def _caption(rng: random.Random) -> Draft:
     return Draft([image], [Part.m(0), Part.t(text[0].upper() + text[1:])])
 
 
+def _grounded_caption(rng: random.Random) -> Draft:
+    """A grounded caption (GRIT / Kosmos-2 style): each object's phrase followed by its box, in
+    reading order.  Writing the box of the object just named is the lookup grounding needs."""
+    items = _items(rng, rng.randint(1, 4), rng.choice(si.SHAPES), rng.choice(list(si.COLOURS)))
+    image, drawn = si.grid_scene(rng, items)
+    drawn = sorted(drawn, key=lambda d: d.cell)
+    parts, regions = [Part.m(0)], []
+    for k, d in enumerate(drawn):
+        sep = "A" if k == 0 else (" and a" if k == len(drawn) - 1 else ", a")
+        parts += [Part.t(f"{sep} {d.colour} {d.kind} "), Part.r(k)]
+        regions.append(Region(media=0, box=_xyxy(d.box), label=f"{d.colour} {d.kind}"))
+    return Draft([image], [*parts, Part.t(".")], regions=regions)
+
+
 def _object_caption(rng: random.Random) -> Draft:
     """One large object filling most of the image: the easiest image–text pair.  A model trained
     from scratch first has to learn that images carry the answer at all; with only small objects
@@ -357,6 +371,7 @@ def _task_list() -> list[Task]:
     return [
         Task("caption/shapes", "pretrain", "caption", _caption),
         Task("caption/object", "pretrain", "caption", _object_caption),
+        Task("caption/grounded", "pretrain", "caption", _grounded_caption),
         Task("interleaved/shapes", "pretrain", "interleaved", _interleaved),
         Task("text/facts", "pretrain", "text", _facts),
         Task("ocr/pages", "cpt", "ocr", _ocr_page),

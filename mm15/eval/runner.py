@@ -118,7 +118,7 @@ def _benchmark(spec: TaskSpec, name: str, rows: list[dict], extra: dict[str, Any
             "errors": dict(sorted(errors.items())), "details": details, **extra}  # fmt: skip
 
 
-def _run_synthetic(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, data: Path, max_new: int,
+def _run_synthetic(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, data: Path, max_new: int | None,
                    settings: EvalSettings, bar: tqdm) -> tuple[list[dict], dict]:  # fmt: skip
     from mm15.data.synthetic import SFT_TASKS
     from mm15.data.synthetic_corpus import CorpusIndex
@@ -146,7 +146,11 @@ def _run_synthetic(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, data: Path, 
         res.mmbase if res.mmbase is not None else sum(c["score"] for c in cats.values()) / len(cats)
     )
     bench = _benchmark(spec, spec.name, rows, {"files": [str(data / "index.json")], "filtered": 0})
-    bench.update(score=score, details={"categories": cats, "mmbase": res.mmbase})
+    bench.update(
+        score=score,
+        details={"categories": cats, "mmbase": res.mmbase},
+        max_new_tokens=res.max_new_tokens,
+    )
     return rows, bench
 
 
@@ -196,7 +200,7 @@ def run_eval(
             if bar.n - start < estimate:  # filtered rows (SEED's videos): fewer items than rows
                 bar.total -= estimate - (bar.n - start)
                 bar.refresh()
-            bench["max_new_tokens"] = max_new
+            bench.setdefault("max_new_tokens", max_new)
             all_rows += rows
             benches.append(bench)
     summary = summarize(benches, seconds=time.perf_counter() - t0)

@@ -21,6 +21,10 @@ from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.mm15 import MM15
 from mm15.tokenizer import MM15Tokenizer
 
+# Tokens generated beyond the longest reference answer, so that a longer wrong answer is read
+# whole (and scored 0) rather than cut into something that might parse.
+ANSWER_SLACK = 8
+
 
 @dataclass
 class SuiteResult:
@@ -29,10 +33,29 @@ class SuiteResult:
     mmbase: float | None
     seconds: float
     samples: dict[str, Any] = field(default_factory=dict)  # id → Sample (for drawing)
+    max_new_tokens: int = 0  # the generation budget used
 
     def report(self) -> dict[str, Any]:
         return {"categories": self.categories, "mmbase": self.mmbase,
-                "seconds": round(self.seconds, 2), "n_items": len(self.items)}  # fmt: skip
+                "seconds": round(self.seconds, 2), "n_items": len(self.items),
+                "max_new_tokens": self.max_new_tokens}  # fmt: skip
+
+
+def answer_budget(tokenizer: MM15Tokenizer, samples: Sequence[Any],
+                  max_new_tokens: int | None = None) -> int:  # fmt: skip
+    """Tokens to generate so that no reference answer of ``samples`` is cut.
+
+    ``None``: the longest reference plus :data:`ANSWER_SLACK`.  An explicit budget shorter than
+    the longest reference raises: it would score a correct answer 0 (a box of four 3-digit
+    coordinates is 17 tokens when numbers are tokenised digit by digit).
+    """
+    longest = max((len(tokenizer.encode(a)) for s in samples for a in s.answers or ()), default=0)
+    if max_new_tokens is None:
+        return longest + ANSWER_SLACK
+    if max_new_tokens < longest:
+        raise ValueError(f"max_new_tokens={max_new_tokens} would cut reference answers of "
+                         f"{longest} tokens; give at least {longest} or leave it unset")  # fmt: skip
+    return max_new_tokens
 
 
 def evaluate_synthetic(
@@ -43,13 +66,15 @@ def evaluate_synthetic(
     tasks: Sequence[str] = SFT_TASKS,
     limit: int | None = None,
     batch_size: int = 32,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SuiteResult:
-    """Score ``model`` on the test split of every task in ``tasks`` (at most ``limit`` each)."""
+    """Score ``model`` on the test split of every task in ``tasks`` (at most ``limit`` each),
+    generating up to ``max_new_tokens`` per item (default and bound: :func:`answer_budget`)."""
     t0 = time.perf_counter()
     work = [(task, s) for task in tasks for s in corpus.load(task, "test")[:limit]]
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    budget = answer_budget(tokenizer, [s for _, s in work], max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=budget)
     items, samples = [], {}
     for start in range(0, len(work), batch_size):
         batch = work[start : start + batch_size]
@@ -73,4 +98,5 @@ def evaluate_synthetic(
               "n": sum(weights.values())}
         for cat, weights in sorted(by_cat.items())
     }  # fmt: skip
-    return SuiteResult(items, categories, scores.get("mmbase"), time.perf_counter() - t0, samples)
+    return SuiteResult(items, categories, scores.get("mmbase"), time.perf_counter() - t0, samples,
+                       budget)  # fmt: skip

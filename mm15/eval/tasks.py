@@ -60,7 +60,7 @@ class TaskSpec:
     prompt: Callable[[Row], str] = lambda row: row["question"] + SHORT
     split: str | None = None  # default split when --data is a directory (lmms-eval test_split)
     config: str | None = None  # HF config sub-folder (lmms-lab/DocVQA holds DocVQA, InfographicVQA)
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = 32  # None: the task sizes it (synthetic: its longest answer)
     box_convention: BoxConvention = "px_xywh"
     answer_is_index: bool = False  # MC answers are option indices (AI2D, ScienceQA)
     fixed_options: tuple[str, ...] = ()  # options when the data has none (NLVR2: True / False)
@@ -203,7 +203,7 @@ def _multi_image_and_grounding_specs() -> list[TaskSpec]:
         TaskSpec(name="flickr30k", category="refer_ground", metric="any_box", prompt=_phrase,
                  columns=Columns(question="phrase", box="boxes", keep=("caption",)),
                  box_convention="px_xyxy"),
-        TaskSpec(name="synthetic", category="synthetic", metric="synthetic", max_new_tokens=16),
+        TaskSpec(name="synthetic", category="synthetic", metric="synthetic", max_new_tokens=None),
     ]  # fmt: skip
 
 
