@@ -44,6 +44,7 @@ DEMO_SFT_TASKS = ("general/colour", "text_rich/word", "refer_ground/box", "math/
 
 
 PRETRAIN_TASKS = ("caption/object", "caption/shapes", "interleaved/shapes", "text/facts")
+CPT_TASKS = ("ocr/pages", "ocr/words")
 
 
 @dataclass(kw_only=True)
@@ -68,6 +69,9 @@ class DemoConfig:
     # category; sources of one category share its weight).  "caption/grounded" adds GRIT-style
     # captions with each object's box (measured in docs/demo.md; not a default).
     pretrain_tasks: list[str] = dataclasses.field(default_factory=lambda: list(PRETRAIN_TASKS))
+    # The continual pre-training stage's OCR sources, sampled equally (SPEC §4): rendered pages
+    # (PDFA/IDL-like) and rendered words on signs and buttons (RenderedText-like).
+    cpt_tasks: list[str] = dataclasses.field(default_factory=lambda: list(CPT_TASKS))
     train_per_sft_task: int = 600
     test_per_task: int = 50
     vocab_size: int = 1600
@@ -96,11 +100,12 @@ class DemoConfig:
             raise ValueError(f"max_digits must be 1, 2 or 3, got {self.max_digits}")
         if bad := sorted(set(self.sft_freeze) - set(get_args(Part))):
             raise ValueError(f"sft_freeze: unknown parts {bad}; choose from {get_args(Part)}")
-        pretrain = [n for n, t in TASKS.items() if t.stage == "pretrain"]
-        if not self.pretrain_tasks:
-            raise ValueError("pretrain_tasks is empty; give at least one pre-training source")
-        if bad := sorted(set(self.pretrain_tasks) - set(pretrain)):
-            raise ValueError(f"pretrain_tasks: unknown {bad}; choose from {pretrain}")
+        for key, stage in (("pretrain_tasks", "pretrain"), ("cpt_tasks", "cpt")):
+            known = [n for n, t in TASKS.items() if t.stage == stage]
+            if not getattr(self, key):
+                raise ValueError(f"{key} is empty; give at least one of {known}")
+            if bad := sorted(set(getattr(self, key)) - set(known)):
+                raise ValueError(f"{key}: unknown {bad}; choose from {known}")
         if not self.sft_tasks:
             raise ValueError("sft_tasks is empty; give at least one SFT task")
         if bad := sorted(set(self.sft_tasks) - set(SFT_TASKS)):
@@ -127,8 +132,10 @@ def corpus_sizes(cfg: DemoConfig) -> dict[str, int]:
         "interleaved/shapes": 200,
         "text/facts": 600,
     }
-    return {"caption/object": 800, "ocr/pages": 300,
+    cpt = {"ocr/pages": 300, "ocr/words": 600}
+    return {"caption/object": 800,
             **{t: n * (t in cfg.pretrain_tasks) for t, n in pretrain.items()},
+            **{t: n * (t in cfg.cpt_tasks) for t, n in cpt.items()},
             **{t: cfg.train_per_sft_task * (t in cfg.sft_tasks) for t in SFT_TASKS},
             **{f"test/{t}": cfg.test_per_task * (t in cfg.sft_tasks) for t in SFT_TASKS}}  # fmt: skip
 
@@ -178,7 +185,7 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
                   image=low_res),
             stage("pretrain", "pretrain", list(cfg.pretrain_tasks), cfg.pretrain_steps, "pretrain",
                   image=low_res),
-            stage("cpt", "cpt", ["ocr/pages"], cfg.cpt_steps, "cpt"),
+            stage("cpt", "cpt", list(cfg.cpt_tasks), cfg.cpt_steps, "cpt"),
             stage("sft", "sft", list(cfg.sft_tasks), cfg.sft_steps,
                   "flat", warmup=30, freeze=list(cfg.sft_freeze), weights=cfg.sft_weights),
         ],

@@ -49,6 +49,8 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
         "encoder_lr=0",
         'pretrain_tasks=["general/colour"]',
         "pretrain_tasks=[]",
+        'cpt_tasks=["caption/shapes"]',
+        "cpt_tasks=[]",
     ):
         assert main(["demo", "--out", str(tmp_path / "d"), "--set", bad]) == 2
         assert "error:" in capsys.readouterr().err
@@ -80,6 +82,7 @@ def test_pretrain_tasks_are_the_pretraining_stage_sources(tmp_path):
     }
     assert [d.name for d in stages["pretrain"].datasets] == ["caption/grounded", "text/facts"]
     assert [d.name for d in stages["align"].datasets] == ["caption/object"]
+    assert [d.name for d in stages["cpt"].datasets] == ["ocr/pages", "ocr/words"]
 
 
 def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):

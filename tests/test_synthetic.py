@@ -225,21 +225,38 @@ def test_text_rich_words_are_illegible_in_the_overview_and_are_the_answer(test_s
         assert x1 // r == (x2 - 1) // r and y1 // r == (y2 - 1) // r, s.id
 
 
+def assert_label_on_button(s: Sample, arr: np.ndarray, colour: str) -> None:
+    """The one button filled with ``colour`` carries the answer: its label's ink is as wide as
+    the answer's in the same font and ink (all ten labels have distinct widths)."""
+    x1, y1, x2, y2 = (int(v) for v in ink_box(colour_mask(arr, colour)))
+    assert y2 - y1 == 24 and x2 - x1 >= 70, s.id  # one whole button of that colour
+    rgb = COLOURS[colour]
+    label = (np.abs(arr[y1:y2, x1:x2].astype(int) - rgb) > 60).any(-1)  # ink, dark or white
+    lx1, _, lx2, _ = ink_box(label)
+    im = Image.new("RGB", (200, 40), rgb)  # the answer alone, in the same ink on that fill
+    syn.si.paint_text(im, (4, 4), s.answers[0], syn.UI_FONT, fill=syn.si.ink_for(rgb))
+    rx1, _, rx2, _ = ink_box((np.abs(np.asarray(im).astype(int) - rgb) > 60).any(-1))
+    assert lx2 - lx1 == rx2 - rx1, s.id
+
+
 def test_ui_colour_button_answer_is_the_label_on_the_named_colour(test_sets):
     for s in test_sets["ui/read_colour"]:
         colour = s.messages[0].content[1].text.split()[3]
         arr = pixels(s)
-        x1, y1, x2, y2 = (int(v) for v in ink_box(colour_mask(arr, colour)))
-        assert y2 - y1 == 24 and x2 - x1 >= 70, s.id  # one whole button of that colour
         fills = [c for c in COLOURS if colour_mask(arr, c).any()]
         assert 3 <= len(fills) <= 5, s.id  # every button has its own colour
-        rgb = COLOURS[colour]
-        label = (np.abs(arr[y1:y2, x1:x2].astype(int) - rgb) > 60).any(-1)  # ink, dark or white
-        lx1, _, lx2, _ = ink_box(label)
-        im = Image.new("RGB", (200, 40), rgb)  # the answer alone, in the same ink on that fill
-        syn.si.paint_text(im, (4, 4), s.answers[0], syn.UI_FONT, fill=syn.si.ink_for(rgb))
-        rx1, _, rx2, _ = ink_box((np.abs(np.asarray(im).astype(int) - rgb) > 60).any(-1))
-        assert lx2 - lx1 == rx2 - rx1, s.id
+        assert_label_on_button(s, arr, colour)
+
+
+def test_ui_selected_button_is_the_only_coloured_one_and_carries_the_answer(test_sets):
+    for s in test_sets["ui/read_selected"] + syn.make_samples("ui/read_selected", 20, 3, split="test"):
+        arr = pixels(s)
+        fills = [c for c in COLOURS if colour_mask(arr, c).any()]
+        assert fills == [s.meta["highlight"]], s.id
+        edge = (arr[:, 22] == 255).all(-1)  # a column inside every button, left of its label
+        runs = np.flatnonzero(np.diff(np.r_[0, edge.astype(np.int8), 0])).reshape(-1, 2)
+        assert 2 <= len(runs) <= 4 and ((runs[:, 1] - runs[:, 0]) == 24).all(), s.id  # white ones
+        assert_label_on_button(s, arr, fills[0])
 
 
 def test_multi_image_answer_is_the_only_image_with_that_shape(test_sets):
@@ -312,6 +329,26 @@ def test_grounded_caption_boxes_are_the_named_shapes_in_reading_order():
                             round((reg.box[0] + reg.box[2]) / 2 * 3 / 112 - 0.5)))  # fmt: skip
         assert centres == sorted(centres), s.id  # row by row, left to right
         assert parts[1].text.startswith("A ") and parts[-1].text == "."
+
+
+def test_ocr_words_transcribe_signs_and_buttons_top_to_bottom():
+    kinds = Counter()
+    for s in syn.make_samples("ocr/words", 30, 6):
+        check_schema(s)
+        text = s.messages[0].content[1].text
+        if s.regions:  # a screen: one line per button, top to bottom, each its button's label
+            kinds["screen"] += 1
+            assert text.split("\n") == [r.label for r in s.regions], s.id
+            assert [r.box[1] for r in s.regions] == sorted(r.box[1] for r in s.regions), s.id
+            assert set(text.split("\n")) <= set(syn.UI_LABELS), s.id
+            arr = pixels(s)
+            for r in s.regions:  # the label's ink lies inside its button
+                x1, y1, x2, y2 = (int(v) for v in r.box)
+                assert len(np.unique(arr[y1:y2, x1:x2].reshape(-1, 3), axis=0)) > 1, s.id
+        else:  # a long sign with one word (the text_rich/word layout)
+            kinds["sign"] += 1
+            assert text in syn.SIGN_WORDS and sorted(s.media[0].size) == [112, 448], s.id
+    assert kinds["screen"] and kinds["sign"]
 
 
 def test_ocr_page_regions_are_the_lines():

@@ -192,6 +192,20 @@ def _ocr_page(rng: random.Random) -> Draft:
     return Draft([image], [Part.m(0), Part.t("\n".join(lines))], regions=regions)
 
 
+def _ocr_words(rng: random.Random) -> Draft:
+    """RenderedText-style OCR: a word on a long sign, or a screen's button labels (on white or
+    coloured buttons) transcribed top to bottom, each line's region its button."""
+    if rng.random() < 0.5:
+        word = rng.choice(SIGN_WORDS)
+        image, _ = _long_sign(rng, word, WORD_FONT)
+        return Draft([image], [Part.m(0), Part.t(word)])
+    labels = rng.sample(UI_LABELS, rng.randint(1, 5))
+    fills = [rng.choice([None, *si.COLOURS]) for _ in labels]
+    image, buttons = si.ui_scene(rng, labels, fills=fills, font_size=UI_FONT)
+    regions = [Region(media=0, box=_xyxy(b.box), label=b.text) for b in buttons]
+    return Draft([image], [Part.m(0), Part.t("\n".join(labels))], regions=regions)
+
+
 def _xyxy(b: Box) -> tuple[float, float, float, float]:
     return (b.x1, b.y1, b.x2, b.y2)
 
@@ -302,6 +316,20 @@ def _ui_read_colour(rng: random.Random) -> Draft:
     return Draft([image], prompt, label)
 
 
+def _ui_read_selected(rng: random.Random) -> Draft:
+    """A screen of 3–5 white buttons, one highlighted in a colour (the selected one); read its
+    label.  Finding it needs no match to a word of the question, unlike ``ui/read_colour``."""
+    label = rng.choice(UI_LABELS)
+    labels = [label, *rng.sample([x for x in UI_LABELS if x != label], rng.randint(2, 4))]
+    fills: list[str | None] = [rng.choice(list(si.COLOURS))] + [None] * (len(labels) - 1)
+    order = list(range(len(labels)))
+    rng.shuffle(order)
+    image, _ = si.ui_scene(rng, [labels[k] for k in order], fills=[fills[k] for k in order],
+                           font_size=UI_FONT)  # fmt: skip
+    prompt = [Part.m(0), Part.t("What does the highlighted button say?")]
+    return Draft([image], prompt, label, meta={"highlight": fills[0]})
+
+
 # ---- stage 3: multi-image, video, text-only -------------------------------------------------
 
 
@@ -375,6 +403,7 @@ def _task_list() -> list[Task]:
         Task("interleaved/shapes", "pretrain", "interleaved", _interleaved),
         Task("text/facts", "pretrain", "text", _facts),
         Task("ocr/pages", "cpt", "ocr", _ocr_page),
+        Task("ocr/words", "cpt", "ocr", _ocr_words),
         Task("general/colour", "sft", "general", _colour_q, "exact", colours),
         Task("general/shape", "sft", "general", _shape_q, "exact", si.SHAPES),
         Task("text_rich/sign", "sft", "text_rich", _sign, "exact", codes),
@@ -389,6 +418,7 @@ def _task_list() -> list[Task]:
         Task("ui/find_button", "sft", "ui", _ui_find, "iou50"),
         Task("ui/read_button", "sft", "ui", _ui_read, "exact", UI_LABELS),
         Task("ui/read_colour", "sft", "ui", _ui_read_colour, "exact", UI_LABELS),
+        Task("ui/read_selected", "sft", "ui", _ui_read_selected, "exact", UI_LABELS),
         Task("text_only/add", "sft", "text_only", _add_text, "exact", sums),
         Task("text_only/reverse", "sft", "text_only", _reverse, "exact", rev, _rev_held_out),
     ]

@@ -19,7 +19,7 @@ from mm15.data.synthetic import SFT_TASKS, TASKS, Metric, Split, chance_baseline
 
 DEFAULT_SIZES: dict[str, int] = {
     "caption/shapes": 1000, "caption/object": 500, "caption/grounded": 500, "interleaved/shapes": 300,
-    "text/facts": 600, "ocr/pages": 500,
+    "text/facts": 600, "ocr/pages": 500, "ocr/words": 500,
     **{t: 400 for t in SFT_TASKS}, **{f"test/{t}": 100 for t in SFT_TASKS},
 }  # fmt: skip
 
