@@ -313,21 +313,23 @@ def _ui_read_colour(rng: random.Random) -> Draft:
     image, _ = si.ui_scene(rng, [labels[k] for k in order], fills=[fills[k] for k in order],
                            font_size=UI_FONT)  # fmt: skip
     prompt = [Part.m(0), Part.t(f"What does the {fills[0]} button say?")]
-    return Draft([image], prompt, label)
+    return Draft([image], prompt, label, meta={"labels": [labels[k] for k in order]})
 
 
 def _ui_read_selected(rng: random.Random) -> Draft:
-    """A screen of 3–5 white buttons, one highlighted in a colour (the selected one); read its
-    label.  Finding it needs no match to a word of the question, unlike ``ui/read_colour``."""
+    """A screen of 3–5 buttons: the selected one white, the others each in another colour (as a
+    selected tab is often drawn); read the selected label.  Finding it needs no match to a word
+    of the question, unlike ``ui/read_colour``, and, as on the text_rich signs, the answer is
+    dark ink on white."""
     label = rng.choice(UI_LABELS)
     labels = [label, *rng.sample([x for x in UI_LABELS if x != label], rng.randint(2, 4))]
-    fills: list[str | None] = [rng.choice(list(si.COLOURS))] + [None] * (len(labels) - 1)
+    fills: list[str | None] = [None, *rng.sample(list(si.COLOURS), len(labels) - 1)]
     order = list(range(len(labels)))
     rng.shuffle(order)
     image, _ = si.ui_scene(rng, [labels[k] for k in order], fills=[fills[k] for k in order],
                            font_size=UI_FONT)  # fmt: skip
     prompt = [Part.m(0), Part.t("What does the highlighted button say?")]
-    return Draft([image], prompt, label, meta={"highlight": fills[0]})
+    return Draft([image], prompt, label, meta={"labels": [labels[k] for k in order]})
 
 
 # ---- stage 3: multi-image, video, text-only -------------------------------------------------
