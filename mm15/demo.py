@@ -40,7 +40,7 @@ from mm15.train.parallel import ParallelConfig
 # tiny model to learn to read images (docs/demo.md); ``--set sft_tasks=[...]`` trains any subset,
 # SFT_TASKS all of them.
 DEMO_SFT_TASKS = ("general/colour", "text_rich/word", "refer_ground/box", "math/count",
-                  "multi_image/common", "video/direction", "ui/read_colour", "text_only/add")  # fmt: skip
+                  "multi_image/common", "video/direction", "ui/read_selected", "text_only/add")  # fmt: skip
 
 
 PRETRAIN_TASKS = ("caption/object", "caption/shapes", "interleaved/shapes", "text/facts")
@@ -72,12 +72,12 @@ class DemoConfig:
     # The continual pre-training stage's OCR sources, sampled equally (SPEC §4): rendered pages
     # (PDFA/IDL-like) and rendered words on signs and buttons (RenderedText-like).
     cpt_tasks: list[str] = dataclasses.field(default_factory=lambda: list(CPT_TASKS))
-    train_per_sft_task: int = 600
+    train_per_sft_task: int = 3000  # unique samples; 600 repeat too often (docs/demo.md)
     test_per_task: int = 50
     vocab_size: int = 1600
     pretrain_steps: int = 120
-    cpt_steps: int = 60
-    sft_steps: int = 1400
+    cpt_steps: int = 120
+    sft_steps: int = 2000
     batch_rows: int = 8
     seq_len: int = 512
     lr: float = 1e-3  # 3e-3 learns text priors but not image lookups (docs/demo.md)
