@@ -77,7 +77,7 @@ class DemoConfig:
     vocab_size: int = 1600
     pretrain_steps: int = 120
     cpt_steps: int = 120
-    sft_steps: int = 2000
+    sft_steps: int = 1600
     batch_rows: int = 8
     seq_len: int = 512
     lr: float = 1e-3  # 3e-3 learns text priors but not image lookups (docs/demo.md)
