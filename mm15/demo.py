@@ -81,8 +81,9 @@ class DemoConfig:
     batch_rows: int = 8
     seq_len: int = 512
     lr: float = 1e-3  # 3e-3 learns text priors but not image lookups (docs/demo.md)
-    # SFT keeps the pre-trained encoder's features (LLaVA-style); [] trains everything (MM1.5).
-    sft_freeze: list[Part] = dataclasses.field(default_factory=lambda: ["vision", "connector"])
+    # SFT keeps the pre-trained ViT frozen and trains the connector and decoder; a trainable
+    # connector lets the decoder read words (docs/demo.md).  [] trains everything (MM1.5).
+    sft_freeze: list[Part] = dataclasses.field(default_factory=lambda: ["vision"])
     max_digits: int = 1  # numbers in the tokenizer: 1 = digit by digit, 3 = one token up to 999
     # The decoder's weight init (LMConfig.init_std): at 64 wide, 0.1 learns several times faster
     # than the large models' 0.02 (docs/demo.md).
