@@ -17,17 +17,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mm15.data.coord_parse import parse_regions
 from mm15.data.coords import Box
 from mm15.data.synthetic_corpus import CorpusIndex
 from mm15.data.synthetic_images import COLOURS
+from mm15.eval.metrics import box_iou50, first_region
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+def drawn_boxes(path: str) -> list[Box]:
+    """The box of each colour's pixels (one object per colour in these scenes)."""
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    out = []
+    for rgb in COLOURS.values():
+        ys, xs = np.nonzero((arr == np.array(rgb, np.uint8)).all(-1))
+        if len(xs):
+            out.append(Box(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    return out
 
 
 out = Path(sys.argv[1])
@@ -49,21 +53,13 @@ for task in sorted({i["task"] for i in items}):
                 break
             counts["target" if p == s.answers[0] else "other" if p in labels else "absent"] += 1
             continue
-        parsed = parse_regions(p, [s.media[0].size]).regions
-        if not parsed or not isinstance(parsed[0].shape, Box):
+        size = s.media[0].size
+        if not isinstance(first_region(p, size), Box):
             counts["unparsed"] += 1
-            continue
-        box = parsed[0].shape  # in pixels
-        pb = (box.x1, box.y1, box.x2, box.y2)
-        arr = np.asarray(Image.open(s.media[0].path).convert("RGB"))
-        objects = []
-        for rgb in COLOURS.values():
-            ys, xs = np.nonzero((arr == np.array(rgb, np.uint8)).all(-1))
-            if len(xs):
-                objects.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-        target = s.regions[s.meta["answer_region"]].box
-        hit = iou(pb, target) >= 0.5
-        counts[
-            "target" if hit else "other" if any(iou(pb, o) >= 0.5 for o in objects) else "none"
-        ] += 1
+        elif box_iou50(p, Box(*s.regions[s.meta["answer_region"]].box), size):
+            counts["target"] += 1
+        elif any(box_iou50(p, b, size) for b in drawn_boxes(s.media[0].path)):
+            counts["other"] += 1
+        else:
+            counts["none"] += 1
     print(f"{task:22s} {dict(counts)}")

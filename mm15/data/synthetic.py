@@ -303,17 +303,24 @@ def _ui_read(rng: random.Random) -> Draft:
     return Draft([image], prompt, label, regions=[Region(media=0, point=point)])
 
 
-def _ui_read_colour(rng: random.Random) -> Draft:
-    """A screen of 3–5 buttons, each filled with another colour; read the named one's label."""
+def _ui_answer_screen(rng: random.Random, fills_for: Callable[[int], list[str | None]],
+                      question: Callable[[list[str | None]], str]) -> Draft:  # fmt: skip
+    """A screen of 3–5 buttons in random order; the answer is the first label, drawn on
+    ``fills_for(n)[0]``.  ``meta["labels"]`` lists the screen's labels top to bottom."""
     label = rng.choice(UI_LABELS)
     labels = [label, *rng.sample([x for x in UI_LABELS if x != label], rng.randint(2, 4))]
-    fills = rng.sample(list(si.COLOURS), len(labels))
+    fills = fills_for(len(labels))
     order = list(range(len(labels)))
     rng.shuffle(order)
-    image, _ = si.ui_scene(rng, [labels[k] for k in order], fills=[fills[k] for k in order],
-                           font_size=UI_FONT)  # fmt: skip
-    prompt = [Part.m(0), Part.t(f"What does the {fills[0]} button say?")]
-    return Draft([image], prompt, label, meta={"labels": [labels[k] for k in order]})
+    shown = [labels[k] for k in order]
+    image, _ = si.ui_scene(rng, shown, fills=[fills[k] for k in order], font_size=UI_FONT)
+    return Draft([image], [Part.m(0), Part.t(question(fills))], label, meta={"labels": shown})
+
+
+def _ui_read_colour(rng: random.Random) -> Draft:
+    """A screen of 3–5 buttons, each filled with another colour; read the named one's label."""
+    return _ui_answer_screen(rng, lambda n: rng.sample(list(si.COLOURS), n),
+                             lambda fills: f"What does the {fills[0]} button say?")  # fmt: skip
 
 
 def _ui_read_selected(rng: random.Random) -> Draft:
@@ -321,15 +328,8 @@ def _ui_read_selected(rng: random.Random) -> Draft:
     selected tab is often drawn); read the selected label.  Finding it needs no match to a word
     of the question, unlike ``ui/read_colour``, and, as on the text_rich signs, the answer is
     dark ink on white."""
-    label = rng.choice(UI_LABELS)
-    labels = [label, *rng.sample([x for x in UI_LABELS if x != label], rng.randint(2, 4))]
-    fills: list[str | None] = [None, *rng.sample(list(si.COLOURS), len(labels) - 1)]
-    order = list(range(len(labels)))
-    rng.shuffle(order)
-    image, _ = si.ui_scene(rng, [labels[k] for k in order], fills=[fills[k] for k in order],
-                           font_size=UI_FONT)  # fmt: skip
-    prompt = [Part.m(0), Part.t("What does the highlighted button say?")]
-    return Draft([image], prompt, label, meta={"labels": [labels[k] for k in order]})
+    return _ui_answer_screen(rng, lambda n: [None, *rng.sample(list(si.COLOURS), n - 1)],
+                             lambda _: "What does the highlighted button say?")  # fmt: skip
 
 
 # ---- stage 3: multi-image, video, text-only -------------------------------------------------
