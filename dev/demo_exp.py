@@ -97,6 +97,8 @@ res = train(tc)
 print(f"sft {sft.steps} steps in {time.perf_counter() - t1:.0f} s", flush=True)
 model, tok = load_checkpoint(res.final_model)
 suite = evaluate_synthetic(model, tok, corpus, tasks=evals)
+with open(out / "items.jsonl", "w") as f:  # for dev/demo_answer_hits.py OUT
+    f.writelines(json.dumps(it) + "\n" for it in suite.items)
 per_task: dict[str, list[float]] = {}
 for it in suite.items:
     per_task.setdefault(it["task"], []).append(it["score"])

@@ -88,13 +88,24 @@ class DemoConfig:
     # The decoder's weight init (LMConfig.init_std): at 64 wide, 0.1 learns several times faster
     # than the large models' 0.02 (docs/demo.md).
     lm_init_std: float = 0.1
+    # The decoder's depth (the tiny preset has 4 blocks).
+    lm_layers: int = 4
     sft_tasks: list[str] = dataclasses.field(default_factory=lambda: list(DEMO_SFT_TASKS))
+    # A short SFT stage before the main one on tasks whose answer is one decision that needs
+    # the question's words bound to an object (docs/demo.md: in the full mixture the many-token
+    # answers of the other tasks keep that lookup from being learnt).  0 steps: no such stage.
+    bind_steps: int = 0
+    bind_tasks: list[str] = dataclasses.field(
+        default_factory=lambda: ["refer_ground/region", "general/colour"]
+    )
     # Relative SFT sampling weight per task (1.0 when not listed), the demo's stand-in for the
     # paper's category ratios α: a task at weight w counts as w × its size in the mixer.
     # Upweighting the slow tasks did not raise the scores beyond noise (docs/demo.md).
     sft_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.lm_layers < 1:
+            raise ValueError(f"lm_layers must be >= 1, got {self.lm_layers}")
         if not self.lm_init_std > 0:
             raise ValueError(f"lm_init_std must be > 0, got {self.lm_init_std}")
         if not 1 <= self.max_digits <= 3:
@@ -107,6 +118,10 @@ class DemoConfig:
                 raise ValueError(f"{key} is empty; give at least one of {known}")
             if bad := sorted(set(getattr(self, key)) - set(known)):
                 raise ValueError(f"{key}: unknown {bad}; choose from {known}")
+        if self.bind_steps and not self.bind_tasks:
+            raise ValueError("bind_tasks is empty; give at least one SFT task or bind_steps=0")
+        if bad := sorted(set(self.bind_tasks) - set(SFT_TASKS)):
+            raise ValueError(f"bind_tasks: unknown {bad}; choose from {list(SFT_TASKS)}")
         if not self.sft_tasks:
             raise ValueError("sft_tasks is empty; give at least one SFT task")
         if bad := sorted(set(self.sft_tasks) - set(SFT_TASKS)):
@@ -121,7 +136,8 @@ class DemoConfig:
             raise ValueError("encoder_heads is empty; give at least one head or encoder_steps=0")
         if not self.encoder_lr > 0:
             raise ValueError(f"encoder_lr must be > 0, got {self.encoder_lr}")
-        steps = ("encoder_steps", "align_steps", "pretrain_steps", "cpt_steps", "sft_steps")
+        steps = ("encoder_steps", "align_steps", "pretrain_steps", "cpt_steps", "bind_steps",
+                 "sft_steps")  # fmt: skip
         if neg := [k for k in steps if getattr(self, k) < 0]:
             raise ValueError(f"step counts must be >= 0: {neg}")
 
@@ -134,10 +150,11 @@ def corpus_sizes(cfg: DemoConfig) -> dict[str, int]:
         "text/facts": 600,
     }
     cpt = {"ocr/pages": 300, "ocr/words": 600}
+    trained = {*cfg.sft_tasks, *(cfg.bind_tasks if cfg.bind_steps else ())}
     return {"caption/object": 800,
             **{t: n * (t in cfg.pretrain_tasks) for t, n in pretrain.items()},
             **{t: n * (t in cfg.cpt_tasks) for t, n in cpt.items()},
-            **{t: cfg.train_per_sft_task * (t in cfg.sft_tasks) for t in SFT_TASKS},
+            **{t: cfg.train_per_sft_task * (t in trained) for t in SFT_TASKS},
             **{f"test/{t}": cfg.test_per_task * (t in cfg.sft_tasks) for t in SFT_TASKS}}  # fmt: skip
 
 
@@ -156,6 +173,7 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
                       vocab: int) -> TrainConfig:  # fmt: skip
     model = tiny(vocab_size=vocab)
     model.lm.init_std = cfg.lm_init_std
+    model.lm.n_layers = cfg.lm_layers
 
     def stage(name, kind, tasks, steps, rule, image=None, warmup=10, freeze=(),
               weights=None) -> StageConfig:  # fmt: skip
@@ -187,6 +205,8 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
             stage("pretrain", "pretrain", list(cfg.pretrain_tasks), cfg.pretrain_steps, "pretrain",
                   image=low_res),
             stage("cpt", "cpt", list(cfg.cpt_tasks), cfg.cpt_steps, "cpt"),
+            *([stage("bind", "sft", list(cfg.bind_tasks), cfg.bind_steps, "flat", warmup=10,
+                     freeze=list(cfg.sft_freeze))] if cfg.bind_steps else []),
             stage("sft", "sft", list(cfg.sft_tasks), cfg.sft_steps,
                   "flat", warmup=30, freeze=list(cfg.sft_freeze), weights=cfg.sft_weights),
         ],

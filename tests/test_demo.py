@@ -51,8 +51,13 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
         "pretrain_tasks=[]",
         'cpt_tasks=["caption/shapes"]',
         "cpt_tasks=[]",
+        "lm_layers=0",
+        "bind_steps=-1",
+        'bind_tasks=["refer_ground/nope"]',
+        "bind_steps=10 bind_tasks=[]",
     ):
-        assert main(["demo", "--out", str(tmp_path / "d"), "--set", bad]) == 2
+        sets = [a for kv in bad.split(" ") for a in ("--set", kv)]
+        assert main(["demo", "--out", str(tmp_path / "d"), *sets]) == 2, bad
         assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
@@ -98,3 +103,27 @@ def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):
     weights = mixture_weights(sft.mixture, {t: 6 for t in tasks})
     assert weights == pytest.approx({"general/colour": 1 / 3.5, "refer_ground/box": 2 / 3.5,
                                      "text_only/add": 0.5 / 3.5})  # fmt: skip
+
+
+def test_bind_stage_trains_its_tasks_between_cpt_and_sft_and_only_when_asked(tmp_path):
+    from mm15.data.synthetic_corpus import generate_corpus
+    from mm15.demo import corpus_sizes, demo_train_config
+
+    base = dict(sft_tasks=["text_only/add"], train_per_sft_task=2, test_per_task=1, lm_layers=2)
+    off = DemoConfig(**base)
+    on = DemoConfig(**base, bind_steps=7, bind_tasks=["refer_ground/region", "general/colour"])
+    assert corpus_sizes(off)["refer_ground/region"] == 0
+    sizes = corpus_sizes(on)
+    assert sizes["refer_ground/region"] == 2 == sizes["general/colour"]
+    assert sizes["test/refer_ground/region"] == 0  # trained, not evaluated (not in sft_tasks)
+    corpus = generate_corpus(tmp_path / "c", seed=0, sizes=sizes)
+    names = [
+        s.name for s in demo_train_config(off, corpus, tmp_path / "t", tmp_path / "r", 300).stages
+    ]
+    assert names == ["align", "pretrain", "cpt", "sft"]
+    tc = demo_train_config(on, corpus, tmp_path / "t", tmp_path / "r", 300)
+    assert [s.name for s in tc.stages] == ["align", "pretrain", "cpt", "bind", "sft"]
+    bind = tc.stages[3]
+    assert (bind.kind, bind.steps, bind.freeze) == ("sft", 7, ["vision"])
+    assert [d.name for d in bind.datasets] == ["refer_ground/region", "general/colour"]
+    assert tc.model.lm.n_layers == 2

@@ -156,6 +156,18 @@ def test_grounding_reference_is_the_drawn_shape(test_sets):
             assert s.messages[1].content[0].region == 0
 
 
+def test_region_answer_is_the_cell_of_the_named_shape(test_sets):
+    for s in test_sets["refer_ground/region"] + syn.make_samples("refer_ground/region", 20, 2):
+        text = s.messages[0].content[1].text
+        colour, kind = text.removeprefix("In which part of the image is the ").rstrip("?").split()
+        mask = colour_mask(pixels(s), colour)
+        assert classify(mask) == kind, s.id
+        box, (w, h) = ink_box(mask), s.media[0].size
+        col, row = int((box[0] + box[2]) / 2 * 3 // w), int((box[1] + box[3]) / 2 * 3 // h)
+        answer = s.answers[0] if s.stage == "eval" else s.messages[1].content[0].text
+        assert answer == syn.REGIONS[3 * row + col], s.id
+
+
 def test_colour_shape_and_point_answers_match_the_pixels(test_sets):
     for s in test_sets["general/colour"]:
         kind = s.messages[0].content[1].text.removeprefix("What colour is the ").rstrip("?")

@@ -64,6 +64,9 @@ POSITIONS = ("in the top left corner", "at the top", "in the top right corner", 
 # WORD_FONT they stay under 4 px in a text_rich overview.
 UI_LABELS = ("OK", "Cancel", "Back", "Next", "Save", "Send", "Menu", "Home", "Edit", "Done")
 LETTERS = "abcdefgh"  # text_only/reverse words: 3 letters from these, 8³ = 512 answers
+REGIONS = tuple(
+    f"{r} {c}" for r in ("top", "middle", "bottom") for c in ("left", "centre", "right")
+)
 ORDINALS = ("first", "second", "third", "fourth")
 DIRECTIONS = ("left", "right", "up", "down")
 WORDS = ("the", "total", "page", "date", "name", "code", "price", "order", "item", "room",
@@ -261,6 +264,20 @@ def _ground(rng: random.Random) -> Draft:
     return Draft([image], prompt, regions=[region], answer_region=0)
 
 
+def _region(rng: random.Random) -> Draft:
+    """The cell of the named object, in words ("top left" … "bottom right"): the lookup of
+    ``_ground`` with a one-word decision per row and column instead of four coordinates."""
+    cell = rng.randrange(9)
+    colour, kind = rng.choice(list(si.COLOURS)), rng.choice(si.SHAPES)
+    items = _items(rng, rng.randint(2, 4), kind, colour)
+    while True:  # the named object's cell is the drawn answer (uniform over the 9)
+        image, drawn = si.grid_scene(rng, items)
+        if drawn[0].cell == cell:
+            break
+    prompt = [Part.m(0), Part.t(f"In which part of the image is the {colour} {kind}?")]
+    return Draft([image], prompt, REGIONS[cell])
+
+
 def _refer(rng: random.Random) -> Draft:
     kind, colour = rng.choice(si.SHAPES), rng.choice(list(si.COLOURS))
     image, drawn = si.grid_scene(rng, _items(rng, rng.randint(2, 4), kind, colour))
@@ -411,6 +428,7 @@ def _task_list() -> list[Task]:
         Task("text_rich/sign", "sft", "text_rich", _sign, "exact", codes),
         Task("text_rich/word", "sft", "text_rich", _sign_word, "exact", SIGN_WORDS),
         Task("refer_ground/box", "sft", "refer_ground", _ground, "iou50"),
+        Task("refer_ground/region", "sft", "refer_ground", _region, "exact", REGIONS),
         Task("refer_ground/point", "sft", "refer_ground", _refer, "exact", si.SHAPES),
         Task("math/count", "sft", "math", _count, "exact", counts),
         Task("math/add", "sft", "math", _add_image, "exact", sums),
