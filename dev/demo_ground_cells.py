@@ -31,6 +31,7 @@ def oracle(n: int = 2000) -> None:
     import numpy as np
 
     from mm15.data import synthetic as syn
+    from mm15.data import synthetic_chance as synchance
 
     def draws(split: str) -> list[tuple[int, list[float]]]:
         out = []
@@ -46,8 +47,8 @@ def oracle(n: int = 2000) -> None:
     cells = sorted({c for c, _ in train})
     mean = {c: np.mean([b for cc, b in train if cc == c], axis=0) for c in cells}
     refs = np.array([b for _, b in test])
-    hits = [syn._iou_matrix(mean[c][None], np.array([b]))[0, 0] >= 0.5 for c, b in test]
-    const = (syn._iou_matrix(np.array([mean[c] for c in cells]), refs) >= 0.5).mean(1).max()
+    hits = [synchance._iou_matrix(mean[c][None], np.array([b]))[0, 0] >= 0.5 for c, b in test]
+    const = (synchance._iou_matrix(np.array([mean[c] for c in cells]), refs) >= 0.5).mean(1).max()
     print(f"mean box of the true cell: {np.mean(hits):.3f}; best constant box: {const:.3f}")
 
 

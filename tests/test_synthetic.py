@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mm15.data import synthetic as syn
+from mm15.data import synthetic_chance as synchance
 from mm15.data import synthetic_corpus as corpus_mod
 from mm15.data.coords import Box, Point, dequantize_point, quantize_point
 from mm15.data.schema import Sample, sample_from_json, sample_to_json
@@ -118,7 +119,7 @@ def test_exact_and_mc_chance_is_one_over_vocab_and_answers_are_uniform():
         spec = syn.TASKS[task]
         if spec.metric == "iou50":
             continue
-        assert syn.chance_baseline(task) == pytest.approx(1 / len(spec.vocab))
+        assert synchance.chance_baseline(task) == pytest.approx(1 / len(spec.vocab))
         n = 40 * len(spec.vocab) if len(spec.vocab) <= 19 else 400
         answers = Counter(s.answers[0] for s in syn.make_samples(task, n, 11, split="test"))
         assert set(answers) <= set(spec.vocab), task
@@ -128,19 +129,22 @@ def test_exact_and_mc_chance_is_one_over_vocab_and_answers_are_uniform():
 
 
 def test_category_chance_is_the_weighted_task_mean():
-    assert syn.chance_baseline("math") == pytest.approx((1 / 6 + 1 / 19) / 2)
+    assert synchance.chance_baseline("math") == pytest.approx((1 / 6 + 1 / 19) / 2)
     w = {"math/count": 3, "math/add": 1}
-    assert syn.chance_baseline("math", weights=w) == pytest.approx((3 / 6 + 1 / 19) / 4)
+    assert synchance.chance_baseline("math", weights=w) == pytest.approx((3 / 6 + 1 / 19) / 4)
     with pytest.raises(ValueError, match="neither an SFT task nor a category"):
-        syn.chance_baseline("science")
+        synchance.chance_baseline("science")
     with pytest.raises(ValueError, match="no evaluation"):
-        syn.chance_baseline("caption/shapes")
+        synchance.chance_baseline("caption/shapes")
 
 
 def test_iou50_chance_is_small_and_bounded_by_the_layout():
     # The target lies in one of 9 cells (3×3) or 5 button slots, each equally likely, and a
     # box in another cell/slot never reaches IoU 0.5: chance ≤ 1/9 and ≤ 1/5 (+ MC error).
-    box, ui = syn.chance_baseline("refer_ground/box"), syn.chance_baseline("ui/find_button")
+    box, ui = (
+        synchance.chance_baseline("refer_ground/box"),
+        synchance.chance_baseline("ui/find_button"),
+    )
     assert 0.05 < box <= 1 / 9 + 0.02
     assert 0.1 < ui <= 1 / 5 + 0.03
 
@@ -425,7 +429,7 @@ def test_reverse_test_words_are_held_out_of_training():
     words = {p.split()[-1].rstrip(".") for p in test}
     facts = " ".join(s.messages[0].content[0].text for s in syn.make_samples("text/facts", 300, 0))
     assert not {w for w in words if f"letters {w} reversed" in facts}  # nor in pre-training
-    assert syn.chance_baseline("text_only/reverse") == 1 / 128
+    assert synchance.chance_baseline("text_only/reverse") == 1 / 128
 
 
 def test_text_only_answers_follow_from_the_question():

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mm15.data.schema import Category, Sample, Stage, sample_from_json, sample_to_json
-from mm15.data.synthetic import SFT_TASKS, TASKS, Metric, Split, chance_baseline, make_samples
+from mm15.data.synthetic import SFT_TASKS, TASKS, Metric, Split, make_samples
+from mm15.data.synthetic_chance import chance_baseline
 
 # ---- the corpus on disk ---------------------------------------------------------------------
 
