@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 import torch
 
@@ -98,6 +98,15 @@ class DemoConfig:
     bind_tasks: list[str] = dataclasses.field(
         default_factory=lambda: ["refer_ground/region", "general/colour"]
     )
+    # The parts the bind stage keeps frozen: the connector too, so that its grid scenes alone do
+    # not reshape the features the reading tasks need.
+    bind_freeze: list[Part] = dataclasses.field(default_factory=lambda: ["vision", "connector"])
+    # Rows per bind step (a few dozen short samples): the lookup is learnt in a number of steps
+    # rather than of samples, so small steps at a constant LR are the cheap way there.
+    bind_rows: int = 3
+    # Where the bind stage runs: "start" (right after the encoder stage, on the fresh decoder,
+    # as a pre-trained LLM arrives with its in-context lookups) or "before_sft".
+    bind_at: Literal["start", "before_sft"] = "before_sft"
     # Relative SFT sampling weight per task (1.0 when not listed), the demo's stand-in for the
     # paper's category ratios α: a task at weight w counts as w × its size in the mixer.
     # Upweighting the slow tasks did not raise the scores beyond noise (docs/demo.md).
@@ -110,8 +119,9 @@ class DemoConfig:
             raise ValueError(f"lm_init_std must be > 0, got {self.lm_init_std}")
         if not 1 <= self.max_digits <= 3:
             raise ValueError(f"max_digits must be 1, 2 or 3, got {self.max_digits}")
-        if bad := sorted(set(self.sft_freeze) - set(get_args(Part))):
-            raise ValueError(f"sft_freeze: unknown parts {bad}; choose from {get_args(Part)}")
+        for key in ("sft_freeze", "bind_freeze"):
+            if bad := sorted(set(getattr(self, key)) - set(get_args(Part))):
+                raise ValueError(f"{key}: unknown parts {bad}; choose from {get_args(Part)}")
         for key, stage in (("pretrain_tasks", "pretrain"), ("cpt_tasks", "cpt")):
             known = [n for n, t in TASKS.items() if t.stage == stage]
             if not getattr(self, key):
@@ -136,6 +146,10 @@ class DemoConfig:
             raise ValueError("encoder_heads is empty; give at least one head or encoder_steps=0")
         if not self.encoder_lr > 0:
             raise ValueError(f"encoder_lr must be > 0, got {self.encoder_lr}")
+        if self.bind_at not in ("start", "before_sft"):
+            raise ValueError(f"bind_at must be 'start' or 'before_sft', got {self.bind_at!r}")
+        if self.bind_rows < 1:
+            raise ValueError(f"bind_rows must be >= 1, got {self.bind_rows}")
         steps = ("encoder_steps", "align_steps", "pretrain_steps", "cpt_steps", "bind_steps",
                  "sft_steps")  # fmt: skip
         if neg := [k for k in steps if getattr(self, k) < 0]:
@@ -176,12 +190,12 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
     model.lm.n_layers = cfg.lm_layers
 
     def stage(name, kind, tasks, steps, rule, image=None, warmup=10, freeze=(),
-              weights=None) -> StageConfig:  # fmt: skip
+              weights=None, rows=cfg.batch_rows, min_lr_ratio=0.05) -> StageConfig:  # fmt: skip
         files = [corpus.file(t) for t in tasks]
         weights = weights or {}
         return StageConfig(
-            name=name, kind=kind, steps=steps, batch_rows=cfg.batch_rows, lr=cfg.lr,
-            warmup_steps=min(warmup, steps), min_lr_ratio=0.05, image=image,
+            name=name, kind=kind, steps=steps, batch_rows=rows, lr=cfg.lr,
+            warmup_steps=min(warmup, steps), min_lr_ratio=min_lr_ratio, image=image,
             optim=OptimConfig(kind="adamw", grad_clip=1.0),
             mixture=MixtureConfig(rule=rule, sources=[
                 SourceConfig(name=f.task, category=f.category,
@@ -195,18 +209,21 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
         )  # fmt: skip
 
     low_res = dataclasses.replace(model.image, split="none")
+    bind = [stage("bind", "sft", list(cfg.bind_tasks), cfg.bind_steps, "flat", warmup=10,
+                  freeze=list(cfg.bind_freeze), rows=cfg.bind_rows, min_lr_ratio=1.0)
+            ] if cfg.bind_steps else []  # fmt: skip
     return TrainConfig(
         model=model, tokenizer=str(tok_dir), run_dir=str(run_dir), seed=cfg.seed,
         log_every=20, ckpt_every=10_000, keep_last=1,
         parallel=ParallelConfig(strategy="none", autocast="none"),
         stages=[
+            *(bind if cfg.bind_at == "start" else []),
             stage("align", "pretrain", ["caption/object"], cfg.align_steps, "pretrain",
                   image=low_res),
             stage("pretrain", "pretrain", list(cfg.pretrain_tasks), cfg.pretrain_steps, "pretrain",
                   image=low_res),
             stage("cpt", "cpt", list(cfg.cpt_tasks), cfg.cpt_steps, "cpt"),
-            *([stage("bind", "sft", list(cfg.bind_tasks), cfg.bind_steps, "flat", warmup=10,
-                     freeze=list(cfg.sft_freeze))] if cfg.bind_steps else []),
+            *(bind if cfg.bind_at == "before_sft" else []),
             stage("sft", "sft", list(cfg.sft_tasks), cfg.sft_steps,
                   "flat", warmup=30, freeze=list(cfg.sft_freeze), weights=cfg.sft_weights),
         ],

@@ -4,6 +4,7 @@ The full-size demo's scores are measured by running `mm15 demo` (docs/demo.md), 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -55,6 +56,9 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
         "bind_steps=-1",
         'bind_tasks=["refer_ground/nope"]',
         "bind_steps=10 bind_tasks=[]",
+        'bind_freeze=["projector"]',
+        "bind_rows=0",
+        "bind_at=middle",
     ):
         sets = [a for kv in bad.split(" ") for a in ("--set", kv)]
         assert main(["demo", "--out", str(tmp_path / "d"), *sets]) == 2, bad
@@ -124,6 +128,17 @@ def test_bind_stage_trains_its_tasks_between_cpt_and_sft_and_only_when_asked(tmp
     tc = demo_train_config(on, corpus, tmp_path / "t", tmp_path / "r", 300)
     assert [s.name for s in tc.stages] == ["align", "pretrain", "cpt", "bind", "sft"]
     bind = tc.stages[3]
-    assert (bind.kind, bind.steps, bind.freeze) == ("sft", 7, ["vision"])
+    assert (bind.kind, bind.steps, bind.freeze) == ("sft", 7, ["vision", "connector"])
+    assert tc.stages[4].freeze == ["vision"]  # the main SFT trains the connector again
+    # small steps at a constant LR after warmup; the main SFT keeps its rows and cosine decay
+    assert (bind.batch_rows, bind.min_lr_ratio) == (3, 1.0)
+    assert (tc.stages[4].batch_rows, tc.stages[4].min_lr_ratio) == (8, 0.05)
+    first = demo_train_config(dataclasses.replace(on, bind_at="start"), corpus, tmp_path / "t",
+                              tmp_path / "r", 300)  # fmt: skip
+    assert [s.name for s in first.stages] == ["bind", "align", "pretrain", "cpt", "sft"]
+    own = DemoConfig(**base, bind_steps=7, bind_freeze=[])
+    assert (
+        demo_train_config(own, corpus, tmp_path / "t", tmp_path / "r", 300).stages[3].freeze == []
+    )
     assert [d.name for d in bind.datasets] == ["refer_ground/region", "general/colour"]
     assert tc.model.lm.n_layers == 2

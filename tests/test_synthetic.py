@@ -13,7 +13,7 @@ from PIL import Image
 from mm15.data import synthetic as syn
 from mm15.data import synthetic_chance as synchance
 from mm15.data import synthetic_corpus as corpus_mod
-from mm15.data.coords import Box, Point, dequantize_point, quantize_point
+from mm15.data.coords import Box, Point, dequantize_point, format_box, quantize_point
 from mm15.data.schema import Sample, sample_from_json, sample_to_json
 from mm15.data.splitting import tile_geometry
 from mm15.data.synthetic_images import BACKGROUND, COLOURS, SHAPES
@@ -121,7 +121,8 @@ def test_exact_and_mc_chance_is_one_over_vocab_and_answers_are_uniform():
             continue
         assert synchance.chance_baseline(task) == pytest.approx(1 / len(spec.vocab))
         n = 40 * len(spec.vocab) if len(spec.vocab) <= 19 else 400
-        answers = Counter(s.answers[0] for s in syn.make_samples(task, n, 11, split="test"))
+        answers = Counter(s.answers[0].removeprefix(s.meta.get("answer_lead", ""))
+                          for s in syn.make_samples(task, n, 11, split="test"))  # fmt: skip
         assert set(answers) <= set(spec.vocab), task
         if len(spec.vocab) <= 19:  # every answer near n / |vocab| (40 ± 5 sd is far outside)
             assert set(answers) == set(spec.vocab), task
@@ -156,8 +157,18 @@ def test_grounding_reference_is_the_drawn_shape(test_sets):
         mask = colour_mask(pixels(s), colour)
         assert ink_box(mask) == reg.box, s.id  # the only pixels of that colour
         assert classify(mask) == kind, s.id
-        if s.stage != "eval":
-            assert s.messages[1].content[0].region == 0
+        # The answer names the object and its cell, then boxes it (SPEC §3's grounded answers):
+        # "the yellow star, top left <x1,y1,x2,y2>".
+        w, h = s.media[0].size
+        cell = syn.REGIONS[3 * int((reg.box[1] + reg.box[3]) / 2 * 3 // h)
+                           + int((reg.box[0] + reg.box[2]) / 2 * 3 // w)]  # fmt: skip
+        lead = f"the {colour} {kind}, {cell} "
+        if s.stage == "eval":
+            assert s.answers == [lead + format_box(Box(*reg.box), (w, h))], s.id
+            assert s.meta["answer_lead"] == lead
+        else:
+            said, region = s.messages[1].content
+            assert (said.text, region.region) == (lead, 0), s.id
 
 
 def test_region_answer_is_the_cell_of_the_named_shape(test_sets):
@@ -169,7 +180,7 @@ def test_region_answer_is_the_cell_of_the_named_shape(test_sets):
         box, (w, h) = ink_box(mask), s.media[0].size
         col, row = int((box[0] + box[2]) / 2 * 3 // w), int((box[1] + box[3]) / 2 * 3 // h)
         answer = s.answers[0] if s.stage == "eval" else s.messages[1].content[0].text
-        assert answer == syn.REGIONS[3 * row + col], s.id
+        assert answer == f"the {colour} {kind}, {syn.REGIONS[3 * row + col]}", s.id
 
 
 def test_colour_shape_and_point_answers_match_the_pixels(test_sets):
@@ -322,6 +333,9 @@ def test_ui_references(test_sets):
         assert (border == 255).all(), s.id  # a whole white button, edges included
         assert (arr[y1 - 1, x1:x2] != 255).any() and (arr[y2, x1:x2] != 255).any()
         assert (arr[y1:y2, x1:x2] < 100).all(-1).any()  # with its label inside
+        label = s.messages[0].content[1].text.removeprefix("Where is the '").split("'")[0]
+        box = format_box(Box(*s.regions[0].box), s.media[0].size)
+        assert s.answers == [f"the '{label}' button {box}"], s.id
     for s in test_sets["ui/read_button"]:
         arr, (x, y) = pixels(s), (int(v) for v in s.regions[0].point)
         fg = (arr != arr[-1, 0]).any(-1)  # not the screen background (that corner is background)

@@ -87,6 +87,12 @@ class Draft:
     answer: str | None = None
     regions: list[Region] = field(default_factory=list)
     answer_region: int | None = None  # the assistant's answer is this region (a box)
+    # Words the assistant writes before its answer (text or box): the object named again, as
+    # the paper's grounded answers read ("the flour <112,26,316,239>", SPEC §3).  Copied from
+    # the question, they carry no information (chance is unchanged), but writing the name
+    # first is what lets the demo's decoder learn which object the answer is about
+    # (docs/demo.md, ninth session).  Test samples keep it in ``meta["answer_lead"]``.
+    answer_lead: str = ""
     options: list[str] | None = None
     meta: dict = field(default_factory=dict)
 
@@ -260,7 +266,10 @@ def _ground(rng: random.Random) -> Draft:
     image, drawn = si.grid_scene(rng, _items(rng, rng.randint(2, 4), kind, colour))
     region = Region(media=0, box=_xyxy(drawn[0].box), label=f"{colour} {kind}")
     prompt = [Part.m(0), Part.t(f"Where is the {colour} {kind}?")]
-    return Draft([image], prompt, regions=[region], answer_region=0)
+    # "the yellow star, top left <x1,y1,x2,y2>": the name, its cell (the one-word lookup of
+    # refer_ground/region), then the box, which the cell narrows to one object's extent.
+    lead = f"the {colour} {kind}, {REGIONS[drawn[0].cell]} "
+    return Draft([image], prompt, regions=[region], answer_region=0, answer_lead=lead)
 
 
 def _region(rng: random.Random) -> Draft:
@@ -274,7 +283,7 @@ def _region(rng: random.Random) -> Draft:
         if drawn[0].cell == cell:
             break
     prompt = [Part.m(0), Part.t(f"In which part of the image is the {colour} {kind}?")]
-    return Draft([image], prompt, REGIONS[cell])
+    return Draft([image], prompt, REGIONS[cell], answer_lead=f"the {colour} {kind}, ")
 
 
 def _refer(rng: random.Random) -> Draft:
@@ -305,7 +314,13 @@ def _ui_find(rng: random.Random) -> Draft:
     target = rng.choice(buttons)
     region = Region(media=0, box=_xyxy(target.box), label=f"{target.text} button")
     prompt = [Part.m(0), Part.t(f"Where is the '{target.text}' button?")]
-    return Draft([image], prompt, regions=[region], answer_region=0)
+    return Draft(
+        [image],
+        prompt,
+        regions=[region],
+        answer_region=0,
+        answer_lead=f"the '{target.text}' button ",
+    )
 
 
 def _ui_read(rng: random.Random) -> Draft:
@@ -466,7 +481,11 @@ def _assemble(task: Task, draft: Draft, split: Split, index: int) -> Sample:
     if task.stage != "sft":
         sample.messages = [Message("document", draft.prompt)]
     elif split == "train":
-        reply = [Part.r(draft.answer_region)] if draft.answer is None else [Part.t(draft.answer)]
+        if draft.answer is not None:
+            reply = [Part.t(draft.answer_lead + draft.answer)]
+        else:
+            lead = [Part.t(draft.answer_lead)] if draft.answer_lead else []
+            reply = [*lead, Part.r(draft.answer_region)]
         sample.messages = [Message("user", draft.prompt), Message("assistant", reply)]
     else:
         sample.stage, sample.options = "eval", draft.options
@@ -475,9 +494,12 @@ def _assemble(task: Task, draft: Draft, split: Split, index: int) -> Sample:
         if draft.answer_region is not None:
             reg = draft.regions[draft.answer_region]
             sample.meta["answer_region"] = draft.answer_region
-            sample.answers = [format_box(Box(*reg.box), draft.images[reg.media].size)]
+            box = format_box(Box(*reg.box), draft.images[reg.media].size)
+            sample.answers = [draft.answer_lead + box]
         else:
-            sample.answers = [draft.answer]
+            sample.answers = [draft.answer_lead + draft.answer]
+        if draft.answer_lead:
+            sample.meta["answer_lead"] = draft.answer_lead
     sample.validate()
     return sample
 
