@@ -4,7 +4,6 @@ The full-size demo's scores are measured by running `mm15 demo` (docs/demo.md), 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from mm15.demo import DemoConfig, run_demo
 
 def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
     cfg = DemoConfig(train_per_sft_task=20, test_per_task=4, encoder_steps=2, align_steps=2,
-                     pretrain_steps=3, cpt_steps=2, sft_steps=4, batch_rows=2, seq_len=384, vocab_size=1200)  # fmt: skip
+                     pretrain_steps=3, cpt_steps=2, bind_steps=2, sft_steps=4, batch_rows=2, seq_len=384, vocab_size=1200)  # fmt: skip
     run_demo(out=tmp_path, cfg=cfg)  # scores at this budget are near chance: no assertion on them
     report = json.loads((tmp_path / "report.json").read_text())
     cats = report["categories"]
@@ -70,10 +69,14 @@ def test_sft_tasks_subset_sizes_the_corpus():
     from mm15.data.synthetic import SFT_TASKS
     from mm15.demo import corpus_sizes
 
-    sizes = corpus_sizes(DemoConfig(sft_tasks=["general/colour", "video/direction"]))
+    pick = ["general/colour", "video/direction"]
+    sizes = corpus_sizes(DemoConfig(sft_tasks=pick, bind_steps=0))
     on = {t for t in SFT_TASKS if sizes[t] and sizes[f"test/{t}"]}
-    assert on == {"general/colour", "video/direction"}
+    assert on == set(pick)
     assert all(sizes[t] == 0 == sizes[f"test/{t}"] for t in set(SFT_TASKS) - on)
+    # With the default bind stage its region task is trained, never tested.
+    sizes = corpus_sizes(DemoConfig(sft_tasks=pick))
+    assert (sizes["refer_ground/region"], sizes["test/refer_ground/region"]) == (3000, 0)
 
 
 def test_pretrain_tasks_are_the_pretraining_stage_sources(tmp_path):
@@ -109,13 +112,14 @@ def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):
                                      "text_only/add": 0.5 / 3.5})  # fmt: skip
 
 
-def test_bind_stage_trains_its_tasks_between_cpt_and_sft_and_only_when_asked(tmp_path):
+def test_bind_stage_trains_its_tasks_first_or_before_sft_and_only_when_asked(tmp_path):
     from mm15.data.synthetic_corpus import generate_corpus
     from mm15.demo import corpus_sizes, demo_train_config
 
     base = dict(sft_tasks=["text_only/add"], train_per_sft_task=2, test_per_task=1, lm_layers=2)
-    off = DemoConfig(**base)
-    on = DemoConfig(**base, bind_steps=7, bind_tasks=["refer_ground/region", "general/colour"])
+    off = DemoConfig(**base, bind_steps=0)
+    on = DemoConfig(**base, bind_steps=7, bind_tasks=["refer_ground/region", "general/colour"],
+                    bind_at="before_sft")  # fmt: skip
     assert corpus_sizes(off)["refer_ground/region"] == 0
     sizes = corpus_sizes(on)
     assert sizes["refer_ground/region"] == 2 == sizes["general/colour"]
@@ -133,10 +137,12 @@ def test_bind_stage_trains_its_tasks_between_cpt_and_sft_and_only_when_asked(tmp
     # small steps at a constant LR after warmup; the main SFT keeps its rows and cosine decay
     assert (bind.batch_rows, bind.min_lr_ratio) == (3, 1.0)
     assert (tc.stages[4].batch_rows, tc.stages[4].min_lr_ratio) == (8, 0.05)
-    first = demo_train_config(dataclasses.replace(on, bind_at="start"), corpus, tmp_path / "t",
-                              tmp_path / "r", 300)  # fmt: skip
+    # The default: first, on the fresh decoder (the lookup is not learnt after pre-training).
+    default = DemoConfig(**base)
+    assert (default.bind_at, default.bind_steps) == ("start", 600)
+    first = demo_train_config(default, corpus, tmp_path / "t", tmp_path / "r", 300)
     assert [s.name for s in first.stages] == ["bind", "align", "pretrain", "cpt", "sft"]
-    own = DemoConfig(**base, bind_steps=7, bind_freeze=[])
+    own = DemoConfig(**base, bind_steps=7, bind_freeze=[], bind_at="before_sft")
     assert (
         demo_train_config(own, corpus, tmp_path / "t", tmp_path / "r", 300).stages[3].freeze == []
     )
