@@ -96,8 +96,8 @@ class DemoConfig:
     # up in the image.  MM1.5's decoder is a pre-trained LLM that arrives with such in-context
     # lookups; the demo's is trained from scratch, and in the full mixture the many-token
     # answers of the other tasks keep that lookup from being learnt (docs/demo.md).  On the
-    # fresh decoder it is learnt in 600 small steps; after pre-training it is not.  0: no stage.
-    bind_steps: int = 600
+    # fresh decoder it is learnt in 1000 small steps; after pre-training it is not.  0: no stage.
+    bind_steps: int = 1000
     bind_tasks: list[str] = dataclasses.field(
         default_factory=lambda: ["refer_ground/region", "general/colour"]
     )

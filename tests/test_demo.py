@@ -139,7 +139,7 @@ def test_bind_stage_trains_its_tasks_first_or_before_sft_and_only_when_asked(tmp
     assert (tc.stages[4].batch_rows, tc.stages[4].min_lr_ratio) == (8, 0.05)
     # The default: first, on the fresh decoder (the lookup is not learnt after pre-training).
     default = DemoConfig(**base)
-    assert (default.bind_at, default.bind_steps) == ("start", 600)
+    assert (default.bind_at, default.bind_steps) == ("start", 1000)
     first = demo_train_config(default, corpus, tmp_path / "t", tmp_path / "r", 300)
     assert [s.name for s in first.stages] == ["bind", "align", "pretrain", "cpt", "sft"]
     own = DemoConfig(**base, bind_steps=7, bind_freeze=[], bind_at="before_sft")
