@@ -17,7 +17,8 @@ VARIANT joins flags with "_":
   "3"; no shape, no chat words), ``sep`` adds "?" between them; otherwise "User: <image> Where
   is the yellow star?\\nAssistant: " + answer, and ``qfirst`` puts the question before the image;
 * ``say``: the answer names the object before the cell or box ("the yellow star <...>", the
-  paper's grounded-answer form), scored on the first decision after the name;
+  paper's grounded-answer form), scored on the first decision after the name; ``say`` box
+  variants (``say``, ``say_pos``) end with the Acc@IoU≥0.5 of 100 greedy answers on fresh scenes;
 * ``first``: loss on the answer's first token only;
 * ``recall<n>``: n steps of text-only associative recall first ("User: red star 4, blue
   circle 7. Where is the blue circle?\\nAssistant: 7"), the lookup a pre-trained LLM brings;
