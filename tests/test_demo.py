@@ -148,3 +148,7 @@ def test_bind_stage_trains_its_tasks_first_or_before_sft_and_only_when_asked(tmp
     )
     assert [d.name for d in bind.datasets] == ["refer_ground/region", "general/colour"]
     assert tc.model.lm.n_layers == 2
+    # Python callers get the same checks as --set (which also type-checks the Literal).
+    for bad in ({"bind_at": "middle"}, {"bind_rows": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DemoConfig(**bad)

@@ -46,6 +46,12 @@ def classify(mask: np.ndarray) -> str:
     return "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle" if fill > 0.47 else "star"  # fmt: skip
 
 
+def cell_words(box: tuple[float, ...], size: tuple[int, int]) -> str:
+    """The 3×3 cell holding ``box``'s centre, in words ("top left" … "bottom right")."""
+    (w, h), cx, cy = size, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return syn.REGIONS[3 * int(cy * 3 // h) + int(cx * 3 // w)]
+
+
 def run_length(line: np.ndarray, i: int) -> int:
     """Length of the run of True values of ``line`` that contains index ``i`` (0 if False)."""
     edges = np.flatnonzero(np.diff(np.r_[0, line.astype(np.int8), 0]))
@@ -159,12 +165,9 @@ def test_grounding_reference_is_the_drawn_shape(test_sets):
         assert classify(mask) == kind, s.id
         # The answer names the object and its cell, then boxes it (SPEC §3's grounded answers):
         # "the yellow star, top left <x1,y1,x2,y2>".
-        w, h = s.media[0].size
-        cell = syn.REGIONS[3 * int((reg.box[1] + reg.box[3]) / 2 * 3 // h)
-                           + int((reg.box[0] + reg.box[2]) / 2 * 3 // w)]  # fmt: skip
-        lead = f"the {colour} {kind}, {cell} "
+        lead = f"the {colour} {kind}, {cell_words(reg.box, s.media[0].size)} "
         if s.stage == "eval":
-            assert s.answers == [lead + format_box(Box(*reg.box), (w, h))], s.id
+            assert s.answers == [lead + format_box(Box(*reg.box), s.media[0].size)], s.id
             assert s.meta["answer_lead"] == lead
         else:
             said, region = s.messages[1].content
@@ -177,10 +180,8 @@ def test_region_answer_is_the_cell_of_the_named_shape(test_sets):
         colour, kind = text.removeprefix("In which part of the image is the ").rstrip("?").split()
         mask = colour_mask(pixels(s), colour)
         assert classify(mask) == kind, s.id
-        box, (w, h) = ink_box(mask), s.media[0].size
-        col, row = int((box[0] + box[2]) / 2 * 3 // w), int((box[1] + box[3]) / 2 * 3 // h)
         answer = s.answers[0] if s.stage == "eval" else s.messages[1].content[0].text
-        assert answer == f"the {colour} {kind}, {syn.REGIONS[3 * row + col]}", s.id
+        assert answer == f"the {colour} {kind}, {cell_words(ink_box(mask), s.media[0].size)}", s.id
 
 
 def test_colour_shape_and_point_answers_match_the_pixels(test_sets):
