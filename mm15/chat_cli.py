@@ -11,8 +11,9 @@ Without a prompt the session is interactive: one user turn per stdin line, the c
 (history) kept across turns; ``/reset`` forgets it, ``/quit`` or end of input ends the session.
 Prompt building, visual prompts and region parsing: :mod:`mm15.chat_session`.
 Bad inputs (a missing image, an unreadable video, more ``<image>`` placeholders than images, a
-point outside its image) print ``error: …`` and exit with status 2, without a traceback; in the
-interactive session such a turn is reported and skipped.
+point outside its image, a NaN temperature, a ``--device`` this machine lacks) print ``error: …``
+and exit with status 2, without a traceback; in the interactive session such a turn (or a line of
+input that is not UTF-8) is reported and skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-EXIT_BAD_INPUT = 2
+from mm15.errors import EXIT_BAD_INPUT, number, one_line
+
 HELP = "commands: /reset (forget the conversation), /quit (or end of input), /help"
 
 
@@ -58,10 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     media.add_argument("--image", action="append", default=[], metavar="PATH",
                        help="an image (repeatable; image k = the k-th, 0-based)")  # fmt: skip
     media.add_argument("--video", metavar="PATH", help="a video file or folder of frames (§5)")
-    p.add_argument("--n-min", type=int, help="fewest sub-images of a dynamic grid (default: model)")
-    p.add_argument("--n-max", type=int, help="most sub-images; may be raised at inference")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    size = number(int, minimum=1)
+    p.add_argument("--n-min", type=size, help="fewest sub-images of a grid (default: the model's)")
+    p.add_argument("--n-max", type=size, help="most sub-images; may be raised at inference")
+    p.add_argument("--max-new-tokens", type=size, default=256)
+    p.add_argument("--temperature", type=number(float, minimum=0.0), default=0.0,
+                   help="0 = greedy (default)")  # fmt: skip
     p.add_argument("--seed", type=int, help="sampling seed (with --temperature > 0)")
     p.add_argument("--point", dest="visual", action="append", default=[], type=_visual("point"),
                    metavar="[k:]X,Y", help="a point on image k, in pixels (repeatable)")  # fmt: skip
@@ -76,24 +80,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """Media first (cheap, so a bad path fails before the weights load), then the session."""
+    """Device and media first (cheap, so a bad flag or path fails before the weights load)."""
     import torch
 
     from mm15.chat_session import ChatSession, load_media
     from mm15.checkpoint import CONFIG_FILE, load_checkpoint
     from mm15.config import load_model_config
+    from mm15.devices import resolve_device
     from mm15.inference import GenerationSettings
 
     model_dir = Path(args.model)
     if not (model_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{model_dir} is not an mm15 checkpoint (no {CONFIG_FILE})")
+    device = resolve_device(args.device)
     media = load_media(args.image, args.video, cfg=load_model_config(str(model_dir / CONFIG_FILE)))
-    device = (
-        args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    )
     dtype = args.dtype
     if dtype == "auto":
-        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
     model, tok = load_checkpoint(model_dir, device=device, dtype=getattr(torch, dtype))
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
@@ -124,15 +127,35 @@ def _show(session, reply, args: argparse.Namespace, out: TextIO) -> None:
         print(f"drew {len(reply.regions)} region(s): {note}", file=sys.stderr)
 
 
+def _read_line(stdin: TextIO, lineno: int) -> str | None:
+    """The next line of ``stdin`` ("" at the end).  Lines are decoded one at a time from the
+    bytes underneath, so a line that is not UTF-8 is reported (``None``) and the next one read."""
+    raw = getattr(stdin, "buffer", None)
+    if raw is None:  # a text stream with no bytes under it (StringIO): already decoded
+        return stdin.readline()
+    data = raw.readline()
+    try:
+        return data.decode(stdin.encoding or "utf-8")
+    except UnicodeDecodeError as e:
+        byte = f"byte 0x{data[e.start]:02x} at offset {e.start}"
+        print(f"error: input line {lineno} is not valid {e.encoding} ({byte}); line skipped",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
 def _repl(session, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
     """One user turn per line; errors in a turn are reported and the turn is skipped."""
     tty = stdin.isatty()
     if tty:
         print(f"mm15 chat: {len(session.media.visuals)} image(s) shown. {HELP}", file=sys.stderr)
+    lineno = 0
     while True:
         if tty:
             print("> ", end="", file=sys.stderr, flush=True)
-        line = stdin.readline()
+        lineno += 1
+        line = _read_line(stdin, lineno)
+        if line is None:
+            continue
         if not line:
             return 0
         text = line.rstrip("\n")
@@ -151,19 +174,30 @@ def _repl(session, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
         try:
             _show(session, session.answer(text), args, out)
         except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
+
+
+def _check_utf8(prompt: str) -> None:
+    """Python hands undecodable argv bytes over as lone surrogates, which no tokenizer takes."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the prompt is not valid UTF-8 (an undecodable byte at character "
+                         f"{e.start})") from None  # fmt: skip
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """The ``chat`` verb; exit status 0, or 2 for bad inputs (message on stderr)."""
     try:
+        if args.prompt is not None:
+            _check_utf8(args.prompt)
         session = _load(args)
         if args.prompt is None:
             return _repl(session, args, sys.stdin, sys.stdout)
         _show(session, session.answer(args.prompt), args, sys.stdout)
         return 0
     except (ValueError, OSError) as e:  # ChatError, image/video/sample/coordinate errors, files
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from mm15.config import ModelConfig, load_model_config, save_json
+from mm15.devices import resolve_device
 from mm15.model.hf_lm import load_hf_decoder
 from mm15.model.hf_vision import load_vision_encoder
 from mm15.model.mm15 import MM15
 from mm15.model.moe import upcycle_decoder_state_dict
-from mm15.model.weights_io import load_tensors, save_tensors
+from mm15.model.weights_io import load_tensors, save_tensors, tensor_file
 from mm15.tokenizer import MM15Tokenizer
 
 CONFIG_FILE = "config.json"
@@ -34,8 +35,12 @@ SHARD_BYTES = 5 * 2**30
 
 
 def save_checkpoint(model: MM15, tokenizer: MM15Tokenizer, out_dir: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` to ``out_dir`` atomically (replacing what was there)."""
+    """Write ``model`` and ``tokenizer`` to ``out_dir`` atomically (replacing what was there).
+
+    Only an earlier checkpoint (or an empty directory) is replaced: a file, or a directory of
+    something else, is refused before anything is written."""
     out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -55,24 +60,46 @@ def save_checkpoint(model: MM15, tokenizer: MM15Tokenizer, out_dir: str | Path) 
     return out_dir
 
 
+def _check_replaceable(out_dir: Path) -> None:
+    """A checkpoint replaces only an earlier checkpoint or an empty directory."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        what = "a symbolic link" if out_dir.is_symlink() else "not a directory"
+        raise FileExistsError(f"{out_dir} exists and is {what}; refusing to replace it with a "
+                              "checkpoint")  # fmt: skip
+    if any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).is_file():
+        raise FileExistsError(f"{out_dir} holds files but no {CONFIG_FILE} (not an mm15 "
+                              "checkpoint); refusing to replace it")  # fmt: skip
+
+
 def load_checkpoint(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[MM15, MM15Tokenizer]:
-    """Load an mm15 checkpoint directory; missing or unexpected weights are an error."""
+    """Load an mm15 checkpoint directory onto ``device`` (``auto``: cuda if any).  The device is
+    checked first (``cuda`` on a CPU build of torch is an error that says so); config values,
+    the tokenizer files and every weight's name and shape are checked against each other, each
+    mismatch a ValueError naming the file."""
+    device = resolve_device(device)
     path = Path(path)
-    if not (path / CONFIG_FILE).exists():
+    if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not an mm15 checkpoint (no {CONFIG_FILE})")
     cfg = load_model_config(str(path / CONFIG_FILE))
     tokenizer = MM15Tokenizer.load(path)
-    if tokenizer.image_token_id != cfg.image_token_id:
+    try:
+        image_token_id = tokenizer.image_token_id
+    except KeyError as e:
+        raise ValueError(f"{path}: the tokenizer files: {e.args[0]}") from None
+    if image_token_id != cfg.image_token_id:
         raise ValueError(
             f"{path}: config image_token_id {cfg.image_token_id} but the tokenizer's "
-            f"{tokenizer.meta.image_token!r} is {tokenizer.image_token_id}"
+            f"{tokenizer.meta.image_token!r} is {image_token_id}"
         )
     with torch.device("meta"):
         model = MM15(cfg)
     state = load_tensors(path)
     _check_keys(model, state, where=str(path))
+    _check_shapes(model, state, path)
     model.load_state_dict(state, assign=True, strict=True)
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return model.eval(), tokenizer
@@ -86,6 +113,20 @@ def _check_keys(model: torch.nn.Module, state: dict, *, where: str) -> None:
             f"{where}: weights do not match the config: missing {missing[:8]}"
             f"{' …' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
             f"{' …' if len(unexpected) > 8 else ''}"
+        )
+
+
+def _check_shapes(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Every tensor's shape against the model ``config.json`` describes (meta tensors, so no
+    memory), before load_state_dict would fail with one line per tensor."""
+    bad = [(k, tuple(v.shape), tuple(state[k].shape)) for k, v in model.state_dict().items()
+           if tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+    if bad:
+        key, want, got = bad[0]
+        more = f" (and {len(bad) - 1} more tensor(s) of other shapes)" if len(bad) > 1 else ""
+        raise ValueError(
+            f"{tensor_file(path, key)}: tensor {key} has shape {list(got)} but "
+            f"{path / CONFIG_FILE} implies {list(want)}{more}"
         )
 
 
@@ -105,6 +146,7 @@ def init_from_parts(
     With ``upcycle_moe`` the preset's MoE layout is applied and every expert starts as a copy of
     the dense feed-forward it replaces (sparse upcycling; MM1 §3.3 converts dense → MoE).
     """
+    _check_replaceable(Path(out))  # before the parts load, not after
     vision_cfg, vision_sd = load_vision_encoder(vision)
     # The architecture comes from the checkpoint; which layer feeds the connector is ours.
     vision_cfg = dataclasses.replace(vision_cfg, feature_layer=preset.vision.feature_layer)

@@ -11,6 +11,8 @@ Verbs:
     mm15 eval --model DIR --task T --data PATH   zero-shot benchmark evaluation (SPEC §5)
 
 Heavy imports (torch, the model) happen inside the verbs so ``mm15 --help`` is instant.
+A bad input (file, flag, config value) is one ``error: …`` line and exit status 2
+(:mod:`mm15.errors`); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+from mm15.errors import USER_ERRORS, UsageError, number, one_line, validation_summary
+
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -29,12 +33,13 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image splitting (defaults: the preset's, i.e. the final recipe)")
     g.add_argument("--preset", default="3b", help="take image settings from this preset")
     g.add_argument("--split", choices=["dynamic", "static", "none"])
-    g.add_argument("--n-min", type=int, help="fewest sub-images of a dynamic grid")
-    g.add_argument("--n-max", type=int, help="most sub-images of a dynamic grid")
-    g.add_argument("--resolution", type=int, help="tile side r in pixels")
+    size = number(int, minimum=1)
+    g.add_argument("--n-min", type=size, help="fewest sub-images of a dynamic grid")
+    g.add_argument("--n-max", type=size, help="most sub-images of a dynamic grid")
+    g.add_argument("--resolution", type=size, help="tile side r in pixels")
     g.add_argument("--overview", choices=["after", "before", "none"])
     g.add_argument("--indicator", choices=["none", "index", "seps"])
-    g.add_argument("--tokens-per-tile", type=int, help="connector tokens per tile (144, 81, 64)")
+    g.add_argument("--tokens-per-tile", type=size, help="connector tokens per tile (144, 81, 64)")
 
 
 def _image_settings(args: argparse.Namespace):
@@ -55,8 +60,8 @@ def _image_settings(args: argparse.Namespace):
     }
     image = dataclasses.replace(cfg.image, **overrides)
     if image.n_min < 1 or image.n_max < image.n_min:
-        raise SystemExit(f"error: need 1 <= n_min <= n_max, got ({image.n_min}, {image.n_max})")
-    tokens = args.tokens_per_tile or cfg.connector.num_tokens
+        raise UsageError(f"need 1 <= n_min <= n_max, got ({image.n_min}, {image.n_max})")
+    tokens = args.tokens_per_tile if args.tokens_per_tile is not None else cfg.connector.num_tokens
     return image, tokens
 
 
@@ -159,21 +164,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mm15.train.recipes import get_train_preset
 
     if args.config:
-        from pydantic import TypeAdapter
-
-        cfg = TypeAdapter(TrainConfig).validate_json(Path(args.config).read_text())
+        cfg = _read_train_config(Path(args.config), TrainConfig)
     else:
         cfg = get_train_preset(args.preset)
     cfg = apply_overrides(cfg, args.set)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    from mm15.train.loop import train
+    from mm15.train.loop import NonFiniteTrainingError, train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except NonFiniteTrainingError as e:  # diverged: one line, the run's earlier checkpoints kept
+        print(f"error: training stopped: {e}", file=sys.stderr)
+        return 1
     if result.final_model is not None:
         print(f"final model: {result.final_model}")
     return 0
+
+
+def _read_train_config(path: Path, cls: type):
+    """``train --config FILE``: a JSON TrainConfig, every problem one line naming the file."""
+    from pydantic import TypeAdapter, ValidationError
+
+    if path.is_dir():
+        raise ValueError(f"--config {path} is a directory; give the JSON file --print-config "
+                         "writes")  # fmt: skip
+    if not path.exists():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config {path} is not valid JSON ({e})") from None
+    try:
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as e:
+        raise ValueError(f"--config {path} is not a valid training config: "
+                         f"{validation_summary(e)}") from None  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -259,8 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise
+    except USER_ERRORS as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -166,45 +166,81 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys are an error naming the key."""
+def from_dict(cls: type, data: dict[str, Any], *, path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and values of the wrong type are
+    errors naming the field (``LMConfig.dim``) and its JSON path (``path`` is ``data``'s)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {unknown} (known: {sorted(names)})")
-    kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+        at = f" at {path}" if path else ""
+        raise ValueError(f"unknown {cls.__name__} keys{at}: {unknown} (known: {sorted(names)})")
+    return cls(**{k: _coerce(hints[k], v, _Where(f"{cls.__name__}.{k}", _join(path, k)))
+                  for k, v in data.items()})  # fmt: skip
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@dataclass(frozen=True)
+class _Where:
+    """A field being read: its dataclass name (``LMConfig.dim``) and JSON path (``lm.dim``)."""
+
+    field: str
+    path: str
+
+    def error(self, problem: str) -> ValueError:
+        return ValueError(f"{self.field} {problem} (at {self.path})")
+
+    def item(self, i: int) -> _Where:
+        return _Where(f"{self.field}[{i}]", f"{self.path}[{i}]")
+
+
+def _coerce(tp: Any, value: Any, where: _Where) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None:
             if type(None) not in args:
-                raise ValueError(f"{where} may not be null")
+                raise where.error("may not be null")
             return None
         non_none = [a for a in args if a is not type(None)]
         return _coerce(non_none[0], value, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be an object, got {value!r}")
-        return from_dict(tp, value)
+            raise where.error(f"must be an object, got {value!r}")
+        return from_dict(tp, value, path=where.path)
     if origin is tuple:
-        return tuple(value)
+        items = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise where.error(f"must be a list, got {value!r}")
+        if len(items) == 2 and items[1] is Ellipsis:
+            items = (items[0],) * len(value)
+        elif len(items) != len(value):
+            raise where.error(f"must be a list of {len(items)}, got {value!r}")
+        pairs = enumerate(zip(items, value, strict=True))
+        return tuple(_coerce(t, v, where.item(i)) for i, (t, v) in pairs)
     if origin is list and value is not None:
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
-            raise ValueError(f"{where} must be a list, got {value!r}")
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise where.error(f"must be a list, got {value!r}")
+        return [_coerce(item, v, where.item(i)) for i, v in enumerate(value)]
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ValueError(f"{where} must be one of {allowed}, got {value!r}")
+            raise where.error(f"must be one of {allowed}, got {value!r}")
         return value
-    if tp is float and isinstance(value, int):
+    return _scalar(tp, value, where)
+
+
+def _scalar(tp: Any, value: Any, where: _Where) -> Any:
+    """JSON scalars as the annotated type: an int is a float, nothing else is converted."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if tp in kinds and type(value) is not tp:
+        raise where.error(f"must be {kinds[tp]}, got {value!r}")
     return value
 
 
@@ -215,8 +251,60 @@ def save_json(cfg: Any, path: str) -> None:
 
 
 def load_model_config(path: str) -> ModelConfig:
-    with open(path) as f:
-        return from_dict(ModelConfig, json.load(f))
+    """The :class:`ModelConfig` of a ``config.json``; a file that is not JSON, a field of the
+    wrong type or a size that is not positive is a ValueError naming the file and field."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    try:
+        cfg = from_dict(ModelConfig, data)
+        check_model_config(cfg)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return cfg
+
+
+# Sizes that must be at least 1 (a zero or negative one only fails deep inside the model).
+_POSITIVE = {
+    "vision": ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim"),
+    "connector": ("num_tokens", "hidden", "depth", "mlp_depth"),
+    "lm": ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden",
+           "max_seq_len"),
+    "lm.moe": ("num_experts", "top_k", "every", "expert_hidden"),
+    "image": ("resolution", "n_min", "n_max", "max_pixels"),
+    "video": ("num_frames", "max_frame_pixels"),
+}  # fmt: skip
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Sizes are positive and fit together; a ValueError names the field by its JSON path."""
+    for part, names in _POSITIVE.items():
+        node: Any = cfg
+        for attr in part.split("."):
+            node = getattr(node, attr)
+        for name in names if node is not None else ():
+            value = getattr(node, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"{part}.{name} must be a positive integer, got {value!r}")
+    lm, image = cfg.lm, cfg.image
+    if lm.n_heads % lm.n_kv_heads:
+        raise ValueError(f"lm.n_heads ({lm.n_heads}) must be a multiple of lm.n_kv_heads "
+                         f"({lm.n_kv_heads})")  # fmt: skip
+    if lm.head_dim is None and lm.dim % lm.n_heads:
+        raise ValueError(f"lm.dim ({lm.dim}) must be a multiple of lm.n_heads ({lm.n_heads}) "
+                         "when lm.head_dim is null")  # fmt: skip
+    if cfg.vision.width % cfg.vision.heads:
+        raise ValueError(f"vision.width ({cfg.vision.width}) must be a multiple of vision.heads "
+                         f"({cfg.vision.heads})")  # fmt: skip
+    if lm.moe is not None and lm.moe.top_k > lm.moe.num_experts:
+        raise ValueError(f"lm.moe.top_k ({lm.moe.top_k}) exceeds lm.moe.num_experts "
+                         f"({lm.moe.num_experts})")  # fmt: skip
+    if image.n_max < image.n_min:
+        raise ValueError(f"image.n_max ({image.n_max}) is below image.n_min ({image.n_min})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from mm15.config import to_dict
+from mm15.errors import validation_summary
 
 T = TypeVar("T")
 
@@ -67,4 +68,4 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
     try:
         return TypeAdapter(type(cfg)).validate_python(data)
     except ValidationError as e:
-        raise ValueError(f"invalid overrides {list(overrides)}:\n{e}") from None
+        raise ValueError(f"invalid overrides {list(overrides)}: {validation_summary(e)}") from None

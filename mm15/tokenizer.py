@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -84,21 +84,26 @@ class MM15Tokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> MM15Tokenizer:
-        """Load an mm15 tokenizer, or a Hugging Face one (tokenizer.json + its configs)."""
+        """Load an mm15 tokenizer, or a Hugging Face one (tokenizer.json + its configs).
+
+        A file that is not what it should be is a ValueError naming it."""
         directory = Path(directory)
         path = directory / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(
                 f"{directory}: no tokenizer.json (a fast tokenizer is required)"
             )
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for any unreadable file
+            raise ValueError(f"{path}: not a readable tokenizers file: {e}") from None
         meta_path = directory / META_FILE
-        meta = (
-            TokenizerMeta(**json.loads(meta_path.read_text()))
-            if meta_path.exists()
-            else _meta_from_hf(directory, tok)
-        )
-        return cls(tok, meta)
+        meta = _read_meta(meta_path) if meta_path.exists() else _meta_from_hf(directory, tok)
+        try:
+            return cls(tok, meta)
+        except ValueError as e:
+            where = meta_path if meta_path.exists() else directory
+            raise ValueError(f"{where}: {e}") from None
 
     def with_image_token(self, image_token: str = "<image>") -> MM15Tokenizer:
         """This tokenizer with ``image_token`` added as a special token (if it is missing)."""
@@ -108,12 +113,38 @@ class MM15Tokenizer:
         return self
 
 
+def _read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_meta(path: Path) -> TokenizerMeta:
+    """``mm15_tokenizer.json``: every field of :class:`TokenizerMeta`, of the right type."""
+    data = _read_json_object(path)
+    known = {f.name for f in fields(TokenizerMeta)}
+    if unknown := sorted(set(data) - known):
+        raise ValueError(f"{path}: unknown keys {unknown} (known: {sorted(known)})")
+    for key in [k for k in ("bos_token", "pad_token", "image_token") if k in data]:
+        value = data[key]
+        if not (isinstance(value, str) or (value is None and key != "image_token")):
+            raise ValueError(f"{path}: {key} must be a string, got {value!r}")
+    eos = data.get("eos_tokens", [])
+    if not isinstance(eos, list) or not all(isinstance(t, str) for t in eos):
+        raise ValueError(f"{path}: eos_tokens must be a list of strings, got {eos!r}")
+    return TokenizerMeta(**data)
+
+
 def _meta_from_hf(directory: Path, tok: Tokenizer) -> TokenizerMeta:
     """BOS/EOS from tokenizer_config.json and generation_config.json, as HF releases ship them."""
 
     def read(name: str) -> dict:
         p = directory / name
-        return json.loads(p.read_text()) if p.exists() else {}
+        return _read_json_object(p) if p.exists() else {}
 
     tcfg, gcfg = read("tokenizer_config.json"), read("generation_config.json")
 

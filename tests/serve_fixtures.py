@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -105,3 +106,15 @@ def get(url: str, headers: dict | None = None) -> tuple[int, object]:
             return resp.status, raw
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def served_with_header_timeout(app, cfg: ServeConfig):
+    """A running BackgroundServer whose uvicorn closes connections that do not finish their
+    request head within ``cfg.http.header_timeout_s`` (mm15.serve.server.uvicorn_config; the
+    app of ``create_app`` carries its config, so this checks that wiring)."""
+    from mm15.serve.server import BackgroundServer
+
+    assert app.state.serve_cfg is cfg
+    with BackgroundServer(app) as server:
+        yield server

@@ -144,7 +144,10 @@ def _plan_media(sample: Sample, cfg: ModelConfig) -> dict[int, list[ImageRef]]:
 
 
 class _Stream:
-    """Pieces in order: ("text", str, train), ("indicator", str), ("token", id, train), images."""
+    """Pieces in order: ("text", [str, ...], train), ("indicator", str), ("token", id, train),
+    images.  Adjacent text of equal ``train`` is one span, tokenised once; its strings are
+    kept in a list and joined at encoding, so building a prompt of n messages costs O(n)
+    (adding to one string each time cost O(n²): 15 s for 200k empty messages)."""
 
     def __init__(self) -> None:
         self.pieces: list[tuple] = []
@@ -155,9 +158,9 @@ class _Stream:
             return
         last = self.pieces[-1] if self.pieces else None
         if last is not None and last[0] == "text" and last[2] == train:
-            self.pieces[-1] = ("text", last[1] + text, train)  # one tokenisation per span
+            last[1].append(text)  # one tokenisation per span
         else:
-            self.pieces.append(("text", text, train))
+            self.pieces.append(("text", [text], train))
 
     def token(self, token_id: int | None, train: bool) -> None:
         if token_id is not None:
@@ -185,9 +188,10 @@ class _Stream:
             if kind == "token":
                 new, train = [piece[1]], piece[2]
             else:
-                new, train = tok.encode(piece[1]), kind == "text" and piece[2]
+                text = "".join(piece[1]) if kind == "text" else piece[1]
+                new, train = tok.encode(text), kind == "text" and piece[2]
                 if image_id in new:
-                    raise SampleError("malformed", f"{where}: text {piece[1][:60]!r} contains "
+                    raise SampleError("malformed", f"{where}: text {text[:60]!r} contains "
                                                    "the image token; images must be media parts")  # fmt: skip
             ids += new
             labels += new if train else [IGNORE_INDEX] * len(new)

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mm15.errors import number
 from mm15.eval.tasks import TASKS, get_task
 
 
@@ -28,9 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", action="append", required=True, metavar="PATH",
                    help="benchmark data per task (same order), or one root for all tasks")  # fmt: skip
     e.add_argument("--out", default="out/eval", help="where items.jsonl and summary.* go")
-    e.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
-    e.add_argument("--limit", type=int, help="first N items of each task")
-    e.add_argument("--max-new-tokens", type=int, help="default: each task's own")
+    e.add_argument("--batch-size", type=number(int, minimum=1), default=8,
+                   help="prompts generated together")  # fmt: skip
+    e.add_argument("--limit", type=number(int, minimum=0), help="first N items of each task")
+    e.add_argument("--max-new-tokens", type=number(int, minimum=1),
+                   help="default: each task's own")  # fmt: skip
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
     e.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
@@ -42,6 +45,13 @@ def task_data(tasks: list[str], data: list[str]) -> list[tuple[str, Path]]:
     names = [t.strip() for arg in tasks for t in arg.split(",") if t.strip()]
     for name in names:
         get_task(name)  # unknown names fail before the model loads
+    pairs = _pair(names, data)
+    for name, path in pairs:
+        _check_data(name, path)
+    return pairs
+
+
+def _pair(names: list[str], data: list[str]) -> list[tuple[str, Path]]:
     if len(data) == len(names):
         return [(n, Path(d)) for n, d in zip(names, data, strict=True)]
     if len(data) != 1:
@@ -60,21 +70,53 @@ def task_data(tasks: list[str], data: list[str]) -> list[tuple[str, Path]]:
     return pairs
 
 
+def _check_data(name: str, path: Path) -> None:
+    """A synthetic corpus is a directory holding ``index.json`` (benchmark data may be a file
+    or a directory: :func:`mm15.eval.readers.find_files` checks it)."""
+    spec, _ = get_task(name)
+    if spec.metric != "synthetic":
+        return
+    if not path.exists():
+        raise FileNotFoundError(f"--data {path} for task {name!r} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"--data {path} for task {name!r} is a file; the synthetic suite wants "
+                         "the corpus directory (holding index.json) of `mm15 demo`")  # fmt: skip
+    index = path / "index.json"
+    if not index.is_file():
+        what = "is a directory" if index.is_dir() else "is missing"
+        raise ValueError(f"--data {path} for task {name!r}: {index} {what}; expected the "
+                         "corpus index file of `mm15 demo`")  # fmt: skip
+    from mm15.data.synthetic_corpus import CorpusIndex
+
+    try:
+        CorpusIndex.read(path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--data {path} for task {name!r}: {index} is not a corpus index "
+                         f"({type(e).__name__}: {e})") from None  # fmt: skip
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be (or become) a directory: checked before hours of generation."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+            return
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from mm15.checkpoint import load_checkpoint
+    from mm15.devices import resolve_device
     from mm15.eval.runner import EvalSettings, run_eval
 
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
-        raise ValueError("--batch-size must be >= 1 and --limit >= 0")
     pairs = task_data(args.task, args.data)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    _check_out(Path(args.out))
+    device = resolve_device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
     if args.dtype == "auto":
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = load_checkpoint(args.model, device=device, dtype=dtype)
     settings = EvalSettings(batch_size=args.batch_size, limit=args.limit,
                             max_new_tokens=args.max_new_tokens)  # fmt: skip

@@ -44,6 +44,10 @@ from mm15.model.lm import Decoder, KVCache, rope_cos_sin, rope_inv_freq
 
 DecodeMode = Literal["eager", "static", "compile"]
 
+# Temperatures below this sample as argmax: logits / 1e-40 overflow fp32 to inf (then NaN
+# probabilities), and such a temperature already means "the top token" (vLLM's _SAMPLING_EPS).
+GREEDY_BELOW = 1e-5
+
 
 @dataclass
 class GenerationResult:
@@ -67,8 +71,9 @@ def sample_next(
     top_k: int,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """(B,) next tokens: argmax when temperature == 0, else top-k / nucleus sampling."""
-    if temperature == 0.0:
+    """(B,) next tokens: argmax when temperature < ``GREEDY_BELOW``, else top-k / nucleus
+    sampling."""
+    if temperature < GREEDY_BELOW:
         return logits_BV.argmax(dim=-1)
     logits_BV = logits_BV.float() / temperature
     if top_k > 0:
@@ -78,7 +83,9 @@ def sample_next(
         sorted_BV, idx_BV = logits_BV.sort(dim=-1, descending=True)
         probs_BV = sorted_BV.softmax(dim=-1)
         # Drop a token when the mass before it already reaches top_p (the top-1 always stays).
+        # Explicitly, since a top_p below fp32's range (1e-300) compares as 0 with the mass 0.
         drop_BV = probs_BV.cumsum(dim=-1) - probs_BV >= top_p
+        drop_BV[:, 0] = False
         logits_BV = logits_BV.scatter(-1, idx_BV, sorted_BV.masked_fill(drop_BV, float("-inf")))
     probs_BV = logits_BV.softmax(dim=-1)
     return torch.multinomial(probs_BV, 1, generator=generator)[:, 0]

@@ -2,15 +2,20 @@
 
 Checkpoints are read from local paths only (no hub access at run time).  safetensors is the
 format everywhere; a PyTorch ``.bin``/``.pt`` file (open_clip's release format) is read with
-``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.  A file that cannot
+be read is one ValueError naming it: a truncated or corrupt safetensors header, a pickle holding
+objects other than tensors (refused, with no advice to lift the safety check).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -29,9 +34,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return _load_safetensors(path)
     if path.suffix in (".bin", ".pt", ".pth"):
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = _load_pickle(path)
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
@@ -40,26 +45,84 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     raise ValueError(f"{path}: unsupported checkpoint format {path.suffix!r}")
 
 
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt): "
+                         f"{e}") from None  # fmt: skip
+
+
+def _load_pickle(path: Path) -> object:
+    """A PyTorch pickle read with ``weights_only=True``.  torch's refusal advises retrying with
+    ``weights_only=False``, which runs whatever code the file holds; we name the offending
+    object and suggest safetensors instead."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise ValueError(
+                f"{path}: holds pickled objects other than tensors (e.g. {found.group(1)}); "
+                "refused for safety, as loading them could run code. Convert it to safetensors "
+                "where it is trusted (safetensors.torch.save_file of its state dict)"
+            ) from None
+        why = "corrupt, or a pickle torch's safe loader does not read"
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({why}); convert it to "
+                         "safetensors") from None  # fmt: skip
+    except (RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable PyTorch weights file: {first}") from None
+
+
+def weights_index(path: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index (tensor name → shard file name)."""
+    index = path / SAFE_INDEX
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: not a safetensors index (JSON with a weight_map): "
+                         f"{type(e).__name__}: {e}") from None  # fmt: skip
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: weight_map is not an object")
+    return weight_map
+
+
+def tensor_file(path: str | Path, name: str) -> Path:
+    """The file of checkpoint ``path`` (a file, or a directory as :func:`load_tensors` reads
+    it) that holds tensor ``name``, for error messages."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / SAFE_INDEX).exists():
+        shard = weights_index(path).get(name)
+        return path / shard if isinstance(shard, str) else path / SAFE_INDEX
+    if (path / "model.safetensors").exists():
+        return path / "model.safetensors"
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    return files[0] if len(files) == 1 else path
+
+
 def _load_dir(path: Path) -> dict[str, torch.Tensor]:
     index = path / SAFE_INDEX
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = weights_index(path)
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             shard_path = path / shard
             if not shard_path.exists():
                 raise FileNotFoundError(f"{index} names shard {shard}, which is missing")
-            tensors.update(load_file(str(shard_path)))
+            tensors.update(_load_safetensors(shard_path))
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
             raise ValueError(f"{index}: tensors listed but absent from shards: {missing[:5]}")
         return tensors
     single = path / "model.safetensors"
     if single.exists():
-        return load_file(str(single))
+        return _load_safetensors(single)
     candidates = sorted(path.glob("*.safetensors"))
     if len(candidates) == 1:
-        return load_file(str(candidates[0]))
+        return _load_safetensors(candidates[0])
     bins = sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
     if not candidates and len(bins) == 1:
         return load_tensors(bins[0])

@@ -1,10 +1,14 @@
 """The OpenAI-compatible HTTP app: ``/v1/chat/completions``, ``/v1/models``, ``/health``, ``/``.
 
-Order of work for a chat request, cheapest refusal first: API key (middleware) → body size
-(413) → JSON and schema (400) → model name, counts, ``max_tokens`` (400/404) → admission
-(429 at once when the queue is full) → images fetched/decoded and the prompt tokenised in a
-worker thread (400) → the engine.  A client that disconnects -- streaming or not -- cancels
-its job, which frees its slot.  Every error body is OpenAI's ``{"error": {...}}``.
+Order of work for a chat request, cheapest refusal first: ``Host`` (421), ``Origin`` (403) and
+``Content-Type`` (415) (:class:`BrowserGuardMiddleware`) → API key (middleware, 401) → body size
+(413) → JSON, message and part counts, schema (400) → model name, counts, text size,
+``max_tokens`` (400/404) → a live engine (503) → admission (429 at once when the queue is full)
+→ images fetched/decoded within the server's pixel budget (503 when it stays full) and the
+prompt tokenised in a worker thread (400) → the engine.  A client that disconnects --
+streaming or not -- cancels its job, which frees its slot.  Every error body is OpenAI's
+``{"error": {...}}``.  Connections that do not finish their request head in time are closed
+(:class:`mm15.serve.server.HeadTimeoutProtocol`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -25,9 +30,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mm15.serve.config import ServeConfig
-from mm15.serve.engine import Engine, GenerateFn, Job, QueueFull
+from mm15.serve.engine import Engine, EngineDead, GenerateFn, Job, QueueFull
 from mm15.serve.media import Fetcher
-from mm15.serve.prepare import PreparedPrompt, check_request, prepare_prompt, regions_of
+from mm15.serve.prepare import (
+    PixelBudget,
+    PreparedPrompt,
+    check_request,
+    prepare_prompt,
+    prompt_bytes_limit,
+    regions_of,
+)
 from mm15.serve.schemas import APIError, ChatRequest, parse_request
 
 log = logging.getLogger("mm15.serve")
@@ -54,6 +66,60 @@ class APIKeyMiddleware:
         return await self.app(scope, receive, send)
 
 
+_DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in ("[::1]" → "::1")."""
+    try:
+        url = urlsplit(f"{scheme}://{netloc}")
+        return url.scheme, url.hostname or "", url.port or _DEFAULT_PORT.get(url.scheme)
+    except ValueError:  # a malformed IPv6 literal, a bad port
+        return scheme, "", None
+
+
+class BrowserGuardMiddleware:
+    """What a web page in the user's browser could otherwise do to a server without an API
+    key: POST a ``text/plain`` body without a CORS preflight (CSRF) -- so POST needs
+    ``Content-Type: application/json`` (415); reach a loopback server under its own DNS name
+    rebound to 127.0.0.1 -- so the ``Host`` must be an allowed name (421); send a request from
+    another origin -- so an ``Origin`` header must name this very host (403).  The page at /
+    is same-origin and passes."""
+
+    def __init__(self, app, allowed_hosts: tuple[str, ...]):
+        self.app = app
+        self.any_host = "*" in allowed_hosts
+        self.hosts = {h.lower().strip("[]") for h in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        err = self._check(scope, dict(scope["headers"]))
+        if err is not None:
+            return await _error_response(err)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _check(self, scope, headers: dict[bytes, bytes]) -> APIError | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        own = _origin(scope["scheme"], host)
+        if not self.any_host and own[1] not in self.hosts:
+            return APIError(421, f"Host {host!r} is not one this server answers to "
+                            "(--allowed-hosts)", code="host_not_allowed")  # fmt: skip
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        scheme, _, netloc = origin.partition("://")
+        if origin and (not host or _origin(scheme.lower(), netloc) != own):
+            return APIError(403, f"cross-origin request from {origin!r} refused; only the "
+                            "server's own page may call it from a browser",
+                            code="origin_not_allowed")  # fmt: skip
+        if scope["method"] == "POST":
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind != b"application/json":
+                return APIError(415, f"Content-Type must be application/json, not "
+                                f"{kind.decode('latin-1') or '(none)'!r}",
+                                code="unsupported_media_type")  # fmt: skip
+        return None
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
@@ -77,6 +143,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, err: APIError):
         return _error_response(err)
+
+    @app.exception_handler(EngineDead)  # from reserve or submit: nobody would answer
+    async def engine_dead(_: Request, err: EngineDead):
+        return _error_response(APIError(503, f"the server cannot generate: {err}",
+                                        code="engine_dead"))  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException):
@@ -136,10 +207,18 @@ class _Routes:
     model_cfg: object
     tokenizer: object
     fetcher: Fetcher
+    budget: PixelBudget
+    max_prompt_bytes: int
     started: int = field(default_factory=lambda: int(time.time()))
 
-    async def health(self) -> dict:
-        return {"status": "ok"}
+    async def health(self, detail: bool = False) -> Response:
+        """200 ``{"status": "ok"}`` (with ``?detail=true`` the engine's counters too) while the
+        engine runs; 503 ``{"status": "error", "error": why, "engine": ...}`` once it died."""
+        state = self.engine.state()
+        if not state["alive"]:
+            why = state["error"] or "the generation thread is not running"
+            return JSONResponse({"status": "error", "error": why, "engine": state}, 503)
+        return JSONResponse({"status": "ok", "engine": state} if detail else {"status": "ok"})
 
     async def models(self) -> dict:
         card = {"id": self.cfg.model_name, "object": "model", "created": self.started,
@@ -153,8 +232,11 @@ class _Routes:
 
     async def chat(self, request: Request) -> Response:
         cfg, engine = self.cfg, self.engine
-        req = parse_request(await _read_body(request, cfg.limits.max_body_bytes))
-        params = check_request(req, cfg)
+        lim = cfg.limits
+        body = await _read_body(request, lim.max_body_bytes)
+        req = parse_request(body, max_messages=lim.max_messages,
+                            max_content_parts=lim.max_content_parts)  # fmt: skip
+        params = check_request(req, cfg, max_prompt_bytes=self.max_prompt_bytes)
         try:
             job = engine.reserve()
         except QueueFull as e:
@@ -162,8 +244,9 @@ class _Routes:
                            headers={"Retry-After": "1"}) from e  # fmt: skip
         try:
             prepared = await run_in_threadpool(
-                prepare_prompt, req, params, cfg, self.model_cfg, self.tokenizer, self.fetcher
-            )
+                prepare_prompt, req, params, cfg, self.model_cfg, self.tokenizer, self.fetcher,
+                self.budget,
+            )  # fmt: skip
             loop, events = asyncio.get_running_loop(), asyncio.Queue()
             engine.submit(job, prepared.encoded, params,
                           lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))  # fmt: skip
@@ -189,7 +272,9 @@ def create_app(
     """The app for a loaded ``model`` and ``tokenizer``; its engine runs while the app does
     (``app.state.engine``).  ``generate_fn`` and ``fetcher``: see :class:`Engine`, :class:`Fetcher`."""
     engine = Engine(model, tokenizer, cfg.engine, generate_fn=generate_fn)
-    routes = _Routes(cfg, engine, model.cfg, tokenizer, fetcher or Fetcher(cfg.media))
+    budget = PixelBudget(cfg.media.max_pixels_in_flight, cfg.media.pixels_wait_s)
+    routes = _Routes(cfg, engine, model.cfg, tokenizer, fetcher or Fetcher(cfg.media), budget,
+                     prompt_bytes_limit(cfg, model.cfg, tokenizer))  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -200,10 +285,11 @@ def create_app(
             engine.stop()
 
     app = FastAPI(title="mm15", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine = engine
+    app.state.engine, app.state.pixel_budget, app.state.serve_cfg = engine, budget, cfg
     if cfg.api_key is not None:
         public = {"/health"} | (set(STATIC) if cfg.web_ui else set())
         app.add_middleware(APIKeyMiddleware, key=cfg.api_key, public=frozenset(public))
+    app.add_middleware(BrowserGuardMiddleware, allowed_hosts=cfg.http.allowed_hosts)  # outermost
     _install_error_handlers(app)
     app.get("/health")(routes.health)
     app.get("/v1/models")(routes.models)

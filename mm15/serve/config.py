@@ -1,14 +1,27 @@
-"""Settings of ``mm15 serve``: limits, media access and batching (docs/serving.md).
+"""Settings of ``mm15 serve``: limits, media access, batching and HTTP (docs/serving.md).
 
-Every limit is enforced before the work it protects: the body size before parsing, counts and
-``max_tokens`` before admission, admission (the bounded queue) before any image is fetched or
-decoded, image bytes before decoding, pixels from the header before pixels are decoded
-(reliability notes §7.6, T13/T14).
+Every limit is enforced before the work it protects: the body size before parsing, the number
+of messages before the request model is built, counts, text size and ``max_tokens`` before
+admission, admission (the bounded queue) before any image is fetched or decoded, image bytes
+before decoding, pixels from the header before pixels are decoded, and the server-wide pixel
+budget before each decode (reliability notes §7.6, T13/T14).  Each config checks its own
+values when built, so a bad flag is one clear error at start-up, not a server that refuses
+every request.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+
+def _need(ok: bool, what: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"need {what}; got {value!r}")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 @dataclass(kw_only=True)
@@ -27,6 +40,33 @@ class MediaConfig:
     allow_private_addresses: bool = False
     # file:// URLs: refused unless set; then only regular files inside this directory.
     media_root: str | None = None
+    # Server-wide budget of decoded pixels held by requests being prepared (about 3-7 bytes of
+    # memory per pixel at peak).  Each decode reserves max_image_pixels first, then keeps only
+    # the image's real W × H until its request is prepared; a request that cannot get its
+    # reservation within pixels_wait_s gets 503.
+    max_pixels_in_flight: int = 64_000_000
+    pixels_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _need(self.max_image_bytes >= 1, "max_image_bytes >= 1", self.max_image_bytes)
+        _need(self.max_image_pixels >= 1, "max_image_pixels >= 1", self.max_image_pixels)
+        _need(
+            _finite(self.fetch_timeout_s) and self.fetch_timeout_s > 0,
+            "a finite fetch_timeout_s > 0",
+            self.fetch_timeout_s,
+        )
+        _need(self.max_redirects >= 0, "max_redirects >= 0", self.max_redirects)
+        _need(
+            self.max_pixels_in_flight >= self.max_image_pixels,
+            f"max_pixels_in_flight >= max_image_pixels ({self.max_image_pixels}), or no "
+            "image of the largest allowed size could ever be decoded",
+            self.max_pixels_in_flight,
+        )
+        _need(
+            _finite(self.pixels_wait_s) and self.pixels_wait_s >= 0,
+            "a finite pixels_wait_s >= 0",
+            self.pixels_wait_s,
+        )
 
 
 @dataclass(kw_only=True)
@@ -36,9 +76,30 @@ class LimitsConfig:
     max_images: int = 4
     max_body_bytes: int = 48 * 2**20
     max_prompt_tokens: int | None = None  # None: the model's lm.max_seq_len
+    # UTF-8 bytes of all text in a request, checked before tokenising.  None: the prompt-token
+    # limit × the tokenizer's longest token in bytes (× 4 when it normalises text), a size no
+    # prompt within the token limit can exceed.
+    max_prompt_bytes: int | None = None
+    max_messages: int = 1024  # messages per request
+    max_content_parts: int = 1024  # text and image parts in all messages together
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     default_max_tokens: int = 256
     max_stop: int = 4  # stop strings per request, as OpenAI
+
+    def __post_init__(self) -> None:
+        _need(self.max_images >= 0, "max_images >= 0", self.max_images)
+        _need(self.max_body_bytes >= 1, "max_body_bytes >= 1", self.max_body_bytes)
+        for name in ("max_prompt_tokens", "max_prompt_bytes"):
+            value = getattr(self, name)
+            _need(value is None or value >= 1, f"{name} unset or >= 1", value)
+        for name in ("max_messages", "max_content_parts", "max_tokens"):
+            _need(getattr(self, name) >= 1, f"{name} >= 1", getattr(self, name))
+        _need(self.max_stop >= 0, "max_stop >= 0", self.max_stop)
+        if not 1 <= self.default_max_tokens <= self.max_tokens:
+            raise ValueError(
+                f"need 1 <= default_max_tokens ({self.default_max_tokens}) <= "
+                f"max_tokens ({self.max_tokens})"
+            )
 
 
 @dataclass(kw_only=True)
@@ -52,6 +113,40 @@ class EngineConfig:
     # requests still being prepared (images decoding) to join it; no wait when there are none.
     batch_wait_ms: float = 20.0
 
+    def __post_init__(self) -> None:
+        _need(self.max_batch >= 1, "max_batch >= 1", self.max_batch)
+        _need(self.max_queue >= 0, "max_queue >= 0", self.max_queue)
+        _need(
+            _finite(self.batch_wait_ms) and self.batch_wait_ms >= 0,
+            "a finite batch_wait_ms >= 0",
+            self.batch_wait_ms,
+        )
+
+
+@dataclass(kw_only=True)
+class HTTPConfig:
+    """Who may talk to the server, and how long a connection may take to send a request head."""
+
+    # Host header values (names or IP literals, without port) the server answers; others get
+    # 421 (DNS rebinding).  ("*",): any.  The CLI defaults to the loopback names when bound to
+    # loopback, and to any otherwise.
+    allowed_hosts: tuple[str, ...] = ("*",)
+    # A connection whose request line and headers are not complete this long after it opened
+    # (or after its previous response) is closed (nginx's client_header_timeout).
+    header_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _need(
+            bool(self.allowed_hosts) and all(self.allowed_hosts),
+            "at least one non-empty allowed host",
+            self.allowed_hosts,
+        )
+        _need(
+            _finite(self.header_timeout_s) and self.header_timeout_s > 0,
+            "a finite header_timeout_s > 0",
+            self.header_timeout_s,
+        )
+
 
 @dataclass(kw_only=True)
 class ServeConfig:
@@ -62,15 +157,13 @@ class ServeConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
 
     def __post_init__(self) -> None:
-        e, lim = self.engine, self.limits
-        if e.max_batch < 1 or e.max_queue < 0:
-            raise ValueError(
-                f"need max_batch >= 1, max_queue >= 0; got {e.max_batch}, {e.max_queue}"
-            )
-        if not 1 <= lim.default_max_tokens <= lim.max_tokens:
-            raise ValueError(f"need 1 <= default_max_tokens ({lim.default_max_tokens}) <= "
-                             f"max_tokens ({lim.max_tokens})")  # fmt: skip
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key is empty; give a key or leave it unset")
+        _need(
+            _finite(self.default_temperature) and 0 <= self.default_temperature <= 2,
+            "0 <= default_temperature <= 2",
+            self.default_temperature,
+        )

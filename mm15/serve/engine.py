@@ -19,6 +19,12 @@ Life of a request (a :class:`Job`):
 4. :meth:`Engine.cancel` (a client that went away) drops a waiting job at once, and makes a
    running one end at its next token.
 
+The worker is supervised: an exception in its loop fails only the jobs it was handling (an
+``("error", ...)`` event each), is logged, and the loop goes on.  Should the thread end anyway,
+:attr:`Engine.alive` turns false and :attr:`Engine.error` says why; every job it held gets an
+error event and :meth:`Engine.reserve` raises :class:`EngineDead` (the server answers 503, and so
+does ``/health``) instead of admitting work nobody will do (vLLM's engine-dead health check).
+
 Streamed deltas are never taken back: text that could still become a stop string (the last
 ``len(longest stop) - 1`` characters) or an incomplete UTF-8 sequence (trailing U+FFFD) is held
 back until the next token settles it, so the deltas always add up to the final text.
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 
 from mm15.data.prompt import EncodedPrompt
 from mm15.inference import GenerationSettings, generate_encoded
-from mm15.model.generate import TokenCallback
+from mm15.model.generate import GREEDY_BELOW, TokenCallback
 from mm15.serve.config import EngineConfig
 
 log = logging.getLogger("mm15.serve")
@@ -46,6 +52,10 @@ GenerateFn = Callable[[Sequence[EncodedPrompt], GenerationSettings, TokenCallbac
 
 class QueueFull(Exception):
     """Every admission slot is taken."""
+
+
+class EngineDead(Exception):
+    """The generation thread is not running (never started, stopped, or died: see ``error``)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class SamplingParams:
 
     def batch_key(self, job_id: int) -> tuple:
         """Jobs with equal keys may share a generate call (one sampler for the whole batch)."""
-        if self.temperature == 0.0:
+        if self.temperature < GREEDY_BELOW:  # argmax: seed, top_p and top_k play no part
             return ("greedy",)
         if self.seed is not None:
             return ("seeded", job_id)  # alone: a shared generator would not honour the seed
@@ -107,6 +117,7 @@ class Engine:
         self._waiting: collections.deque[Job] = collections.deque()
         self._next_id = 0
         self._thread: threading.Thread | None = None
+        self._batch: list[Job] = []  # the jobs being generated
         self._stopping = False
         self.pending = 0  # admitted and not yet released
         self.running = 0  # jobs in the batch being generated
@@ -114,16 +125,31 @@ class Engine:
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.cancelled = 0
         self.completed = 0
+        self.loop_errors = 0  # exceptions the supervised loop survived
+        self.error: str | None = None  # why the worker thread ended, when it died
 
     @property
     def capacity(self) -> int:
         return self.cfg.max_batch + self.cfg.max_queue
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs and has not died."""
+        t = self._thread
+        return t is not None and t.is_alive() and self.error is None and not self._stopping
+
+    def state(self) -> dict:
+        """Counters for ``/health`` (read without the lock: a snapshot, never a wait)."""
+        return {"alive": self.alive, "error": self.error, "pending": self.pending,
+                "running": self.running, "waiting": len(self._waiting),
+                "capacity": self.capacity, "completed": self.completed,
+                "cancelled": self.cancelled, "loop_errors": self.loop_errors}  # fmt: skip
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="mm15-engine", daemon=True)
+        self._stopping, self.error = False, None
+        self._thread = threading.Thread(target=self._main, name="mm15-engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -145,6 +171,8 @@ class Engine:
         with self._cv:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
+            if not self.alive:
+                raise EngineDead(self.error or "the generation thread is not running")
             if self.pending >= self.capacity:
                 raise QueueFull(f"{self.pending} requests are queued or running "
                                 f"(limit {self.capacity})")  # fmt: skip
@@ -170,6 +198,8 @@ class Engine:
         with self._cv:
             if job.released or job.cancelled:
                 raise ValueError(f"job {job.id} was released or cancelled before submit")
+            if not self.alive:
+                raise EngineDead(self.error or "the generation thread is not running")
             self._waiting.append(job)
             self._cv.notify_all()
 
@@ -194,6 +224,10 @@ class Engine:
     # -- the worker --------------------------------------------------------------------------
 
     def _take_batch(self) -> list[Job]:
+        """The oldest waiting job and those that may share its generate call; [] when every
+        waiting job was cancelled while the worker gathered (the lock is free in ``wait``)."""
+        if not self._waiting:
+            return []
         key = self._waiting[0].params.batch_key(self._waiting[0].id)
         batch = [j for j in self._waiting if j.params.batch_key(j.id) == key]
         batch = batch[: self.cfg.max_batch]
@@ -214,41 +248,87 @@ class Engine:
                 return
             self._cv.wait(left)
 
+    def _main(self) -> None:
+        """The thread: the supervised loop; if it ends other than by :meth:`stop`, say why
+        and fail every job still held, so that no client waits for ever."""
+        try:
+            self._loop()
+        except BaseException as e:  # not re-raised: logged here, reported by /health
+            log.critical("the generation thread died", exc_info=True)
+            self._died(f"the generation thread died: {type(e).__name__}: {e}")
+            return
+        if not self._stopping:
+            log.critical("the generation thread ended")
+            self._died("the generation thread ended")
+
+    def _died(self, why: str) -> None:
+        with self._cv:
+            self.error = why
+            held = list(self._waiting) + self._batch
+            self._waiting.clear()
+            self.running, self._batch = 0, []
+            self._cv.notify_all()
+        self._fail(held, f"{why}; the server cannot answer")
+
     def _loop(self) -> None:
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._waiting or self._stopping)
-                self._gather()
                 if self._stopping:
                     return
-                batch = self._take_batch()
+                try:
+                    self._gather()
+                    if self._stopping:
+                        return
+                    batch = self._take_batch()
+                except Exception as e:  # a bug in picking: fail the oldest job, keep serving
+                    self._survive(e, [self._waiting.popleft()] if self._waiting else [])
+                    continue
+                if not batch:
+                    continue
+                self._batch = batch
                 self._last_batch = self.running = len(batch)
                 self.batch_sizes[len(batch)] += 1
                 self._cv.notify_all()
             try:
                 self._run_batch(batch)
-            finally:
-                with self._cv:
-                    self.running = 0
-                    self._cv.notify_all()
+            except Exception as e:  # outside generate (which _run_batch catches itself)
+                self._survive(e, batch)
+            with self._cv:
+                self.running, self._batch = 0, []
+                self._cv.notify_all()
+
+    def _survive(self, e: Exception, jobs: list[Job]) -> None:
+        log.exception("engine loop error; failing %d job(s) and serving on", len(jobs))
+        self.loop_errors += 1
+        self._fail(jobs, f"internal error in the engine: {type(e).__name__}: {e}")
+
+    def _fail(self, jobs: list[Job], message: str) -> None:
+        """End ``jobs`` that have not ended with an error event (never raises)."""
+        for job in jobs:
+            if job.finish_reason is None:
+                job.finish_reason = "error"
+                job.emit(("error", message))
+            self.release(job)
 
     def _run_batch(self, batch: list[Job]) -> None:
         p = batch[0].params
+        kind = p.batch_key(batch[0].id)[0]
+        # Only what the batch key makes equal across the batch is passed on: nothing of the
+        # sampler for greedy batches, and a seed only for a batch of one.
         settings = GenerationSettings(
             max_new_tokens=max(j.params.max_tokens for j in batch),
-            temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=p.seed,
-        )  # fmt: skip
+            seed=p.seed if kind == "seeded" else None,
+        )
+        if kind != "greedy":
+            settings.temperature, settings.top_p, settings.top_k = p.temperature, p.top_p, p.top_k
         try:
             self._generate(
                 [j.prompt for j in batch], settings, lambda i, t: self._on_token(batch[i], t)
             )
         except Exception as e:  # e.g. out of memory: fail these requests, keep serving
             log.exception("generation failed for a batch of %d", len(batch))
-            for job in batch:
-                if job.finish_reason is None:
-                    job.finish_reason = "error"
-                    job.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
-                    self.release(job)
+            self._fail(batch, f"generation failed: {type(e).__name__}: {e}")
         for job in batch:  # rows the generator ended without telling us (it stops at the max)
             if job.finish_reason is None:
                 self._finish(job, "cancelled" if job.cancelled else "length")

@@ -2,7 +2,8 @@
 
 :func:`check_request` is cheap (no image touched) and runs before admission;
 :func:`prepare_prompt` fetches and decodes images and tokenises, after admission, in a worker
-thread.  The prompt is the chat template the model was trained with
+thread.  Text is bounded before it is tokenised (:func:`prompt_bytes_limit`), and decoded
+images server-wide (:class:`PixelBudget`).  The prompt is the chat template the model was trained with
 (:func:`mm15.data.chat.format_sample` with ``for_generation``): images are numbered ``k`` in
 order of appearance over the whole conversation, which is the ``k`` of ``<k:x1,y1,x2,y2>`` and
 of the ``image`` field of returned regions.
@@ -10,6 +11,7 @@ of the ``image`` field of returned regions.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -44,8 +46,39 @@ def _bad(message: str, param: str | None = None, code: str = "invalid_request") 
     return APIError(400, message, param=param, code=code)
 
 
-def check_request(req: ChatRequest, cfg: ServeConfig) -> SamplingParams:
-    """Everything that can be checked without images; the sampling settings."""
+def prompt_token_limit(cfg: ServeConfig, model_cfg) -> int:
+    context = model_cfg.lm.max_seq_len
+    return min(cfg.limits.max_prompt_tokens or context, context)
+
+
+def prompt_bytes_limit(cfg: ServeConfig, model_cfg, tokenizer) -> int:
+    """UTF-8 bytes of text above which a prompt cannot fit the token limit: no token stands
+    for more input bytes than its vocabulary entry's UTF-8 length (byte-level BPE: one
+    character per byte; SentencePiece's "▁" and "<0x41>" stand for fewer), added and special
+    tokens included since text may spell them.  A normaliser may shorten text before that
+    (NFC composes up to 3 characters into one), hence the factor 4.  Computed once per
+    tokenizer (the vocabulary is walked)."""
+    if cfg.limits.max_prompt_bytes is not None:
+        return cfg.limits.max_prompt_bytes
+    tok = tokenizer.tok
+    longest = max(len(t.encode("utf-8", "surrogatepass")) for t in tok.get_vocab(True))
+    return prompt_token_limit(cfg, model_cfg) * longest * (4 if tok.normalizer else 1)
+
+
+def _text_bytes(req: ChatRequest) -> int:
+    n = 0
+    for msg in req.messages:
+        for part in [msg.content] if isinstance(msg.content, str) else msg.content or []:
+            text = part if isinstance(part, str) else getattr(part, "text", "")
+            n += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return n
+
+
+def check_request(
+    req: ChatRequest, cfg: ServeConfig, *, max_prompt_bytes: int | None = None
+) -> SamplingParams:
+    """Everything that can be checked without images and without tokenising; the sampling
+    settings.  ``max_prompt_bytes``: see :func:`prompt_bytes_limit`."""
     lim = cfg.limits
     if req.model != cfg.model_name:
         raise APIError(404, f"model {req.model!r} does not exist; this server serves "
@@ -73,14 +106,69 @@ def check_request(req: ChatRequest, cfg: ServeConfig) -> SamplingParams:
     if n_images > lim.max_images:
         raise _bad(f"{n_images} images in the request; at most {lim.max_images} are allowed",
                    "messages", "too_many_images")  # fmt: skip
+    n_bytes = _text_bytes(req)
+    if max_prompt_bytes is not None and n_bytes > max_prompt_bytes:
+        raise _bad(f"the prompt's text is {n_bytes:,} bytes, more than a prompt within the "
+                   f"token limit can hold ({max_prompt_bytes:,} bytes)", "messages",
+                   "prompt_too_long")  # fmt: skip
     temperature = cfg.default_temperature if req.temperature is None else req.temperature
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p,
                           top_k=req.top_k, seed=req.seed, stop=tuple(stop))  # fmt: skip
 
 
-def _sample(
-    req: ChatRequest, cfg: ServeConfig, fetcher: Fetcher
-) -> tuple[Sample, list[Image.Image]]:
+class PixelBudget:
+    """Decoded pixels that requests being prepared may hold at once, server-wide
+    (``MediaConfig.max_pixels_in_flight``): a 250 KB upload can decode to 16 MP.  Each
+    decode first reserves ``max_image_pixels`` (the most it can produce), then gives back
+    what the image did not use; a request gives back all it holds once it is prepared."""
+
+    def __init__(self, total: int, wait_s: float):
+        self.total, self.free, self.wait_s = total, total, wait_s
+        self._cv = threading.Condition()
+
+    def take(self, n: int, where: str) -> None:
+        with self._cv:
+            if not self._cv.wait_for(lambda: self.free >= n, self.wait_s):
+                raise APIError(503, f"{where}: other requests hold {self.total - self.free:,} of "
+                               f"the {self.total:,} decoded pixels allowed in flight "
+                               "(max_pixels_in_flight); retry later", code="image_budget_full",
+                               headers={"Retry-After": "1"})  # fmt: skip
+            self.free -= n
+
+    def give(self, n: int) -> None:
+        with self._cv:
+            self.free += n
+            self._cv.notify_all()
+
+
+@dataclass
+class _Images:
+    """One request's image loading, within the budget; :meth:`close` gives back what it holds."""
+
+    cfg: ServeConfig
+    fetcher: Fetcher
+    budget: PixelBudget | None
+    held: int = 0
+
+    def load(self, url: str, where: str) -> Image.Image:
+        if self.budget is None:
+            return load_image_url(url, self.cfg.media, self.fetcher, where)
+        most = self.cfg.media.max_image_pixels
+        self.budget.take(most, where)
+        self.held += most
+        image = load_image_url(url, self.cfg.media, self.fetcher, where)
+        unused = most - image.width * image.height
+        self.budget.give(unused)
+        self.held -= unused
+        return image
+
+    def close(self) -> None:
+        if self.budget is not None:
+            self.budget.give(self.held)
+            self.held = 0
+
+
+def _sample(req: ChatRequest, loader: _Images) -> tuple[Sample, list[Image.Image]]:
     media, images, messages = [], [], []
     for i, msg in enumerate(req.messages):
         content = msg.content if msg.content is not None else ""
@@ -90,7 +178,7 @@ def _sample(
                 parts.append(Part.t(part))
             elif isinstance(part, ImagePart):
                 where = f"messages[{i}].content[{j}].image_url"
-                image = load_image_url(part.image_url.url, cfg.media, fetcher, where)
+                image = loader.load(part.image_url.url, where)
                 parts.append(Part.m(len(media)))
                 media.append(Media(kind="image", size=image.size))
                 images.append(image)
@@ -104,17 +192,26 @@ def _sample(
 
 def prepare_prompt(
     req: ChatRequest, params: SamplingParams, cfg: ServeConfig, model_cfg, tokenizer,
-    fetcher: Fetcher,
+    fetcher: Fetcher, budget: PixelBudget | None = None,
 ) -> PreparedPrompt:  # fmt: skip
-    """Images fetched and decoded, the template applied, limits on tokens checked, tiles cut."""
-    sample, images = _sample(req, cfg, fetcher)
+    """Images fetched and decoded (within ``budget``), the template applied, limits on tokens
+    checked, tiles cut."""
+    loader = _Images(cfg, fetcher, budget)
+    try:
+        return _prepare(req, params, cfg, model_cfg, tokenizer, loader)
+    finally:
+        loader.close()  # the tiles are cut: the decoded images are dropped
+
+
+def _prepare(req, params, cfg, model_cfg, tokenizer, loader: _Images) -> PreparedPrompt:
+    sample, images = _sample(req, loader)
     try:
         ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model_cfg, fmt=FormatConfig(),
                            for_generation=True)  # fmt: skip
     except SampleError as e:
         raise _bad(f"cannot build the prompt: {e}", "messages") from e
     n, context = len(ex.input_ids), model_cfg.lm.max_seq_len
-    limit = min(cfg.limits.max_prompt_tokens or context, context)
+    limit = prompt_token_limit(cfg, model_cfg)
     if n > limit:
         raise _bad(f"the prompt is {n} tokens (images included), above the limit of {limit}",
                    "messages", "prompt_too_long")  # fmt: skip

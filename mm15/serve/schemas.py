@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# torch.Generator.manual_seed takes -2**63 .. 2**64 - 1; OpenAI's seed is an int64.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 class APIError(Exception):
@@ -82,7 +86,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)  # an extension (vLLM has it too); 0 = off
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -91,21 +95,44 @@ class ChatRequest(BaseModel):
     tools: list | None = None
 
 
-def parse_request(body: bytes) -> ChatRequest:
-    """The request in ``body``, or a 400 that says which field is wrong and why."""
+def parse_request(
+    body: bytes, *, max_messages: int | None = None, max_content_parts: int | None = None
+) -> ChatRequest:
+    """The request in ``body``, or a 400 that says which field is wrong and why.
+
+    The JSON is parsed first and the messages and content parts are counted before the request
+    model is built: building it costs ~6 µs per message with the GIL held (2.4 s for 400k
+    empty messages, against 0.19 s to parse them), so a body of many tiny messages is refused
+    at the cheaper step."""
     try:
-        return ChatRequest.model_validate_json(body)
+        data = pydantic_core.from_json(body)
+    except ValueError as e:
+        raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from e
+    _check_counts(data, max_messages, max_content_parts)
+    try:
+        return ChatRequest.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
-        if errors[0]["type"] == "json_invalid":
-            raise APIError(400, f"request body is not valid JSON: {errors[0]['msg']}",
-                           code="invalid_json") from e  # fmt: skip
         # The deepest error is the telling one ("content.0.text: Field required", not "content
         # should be a string"); union branch names and repeated tags are left out of the path.
         worst = max(errors, key=lambda err: len(err["loc"]))
         loc = ".".join(_clean_loc(worst["loc"])) or "body"
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise APIError(400, f"invalid request: {loc}: {worst['msg']}{more}", param=loc) from e
+
+
+def _check_counts(data: object, max_messages: int | None, max_parts: int | None) -> None:
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(messages, list):
+        return  # the model's validation says what is wrong
+    if max_messages is not None and len(messages) > max_messages:
+        raise APIError(400, f"{len(messages)} messages in the request; at most {max_messages} "
+                       "are allowed (max_messages)", param="messages", code="too_many_messages")  # fmt: skip
+    contents = (m.get("content") for m in messages if isinstance(m, dict))
+    parts = sum(len(c) for c in contents if isinstance(c, list))
+    if max_parts is not None and parts > max_parts:
+        raise APIError(400, f"{parts} content parts in the request; at most {max_parts} are "
+                       "allowed (max_content_parts)", param="messages", code="too_many_parts")  # fmt: skip
 
 
 def _clean_loc(loc: tuple) -> list[str]:

@@ -7,6 +7,7 @@ A run directory holds::
         latest                      text: the name of the newest complete checkpoint
         step_000123/
             COMPLETE                completion marker (JSON: step, world_size, saved_at)
+            MANIFEST.json           SHA-256 of every other file, checked before a resume reads any
             trainer_state.json      {"step": 123, ...what the trainer passed: stage index, step in
                                     stage, scheduler and data-pipeline state, counters}
             config.json             the resolved training config
@@ -26,6 +27,10 @@ rank 0 writes ``COMPLETE``, renames the directory into place and replaces ``late
 of a crashed save is removed at the next save.  ``latest`` is the source of truth (a run resumed
 from an older checkpoint continues from there); only when it is missing or broken is the highest
 complete step used.
+
+Integrity (:mod:`mm15.train.integrity`): the manifest is written before ``COMPLETE`` and checked
+before anything is read back; ``.metadata`` and DCP's non-tensor items are unpickled only as
+plain data, so a tampered checkpoint is refused instead of running code.
 """
 
 from __future__ import annotations
@@ -59,6 +64,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from mm15.config import to_dict
+from mm15.train.integrity import (
+    SafeLoadPlanner,
+    SafeReader,
+    hash_checkpoint_files,
+    load_metadata,
+    verify_checkpoint,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +300,12 @@ def save_training_state(
             checkpoint_id=str(tmp / DCP_DIR),
             no_dist=not _dist_on(),
         )
-    # dcp.save returns on rank 0 only after every rank's shards are written (it gathers them).
+    # dcp.save returns on every rank only after every shard and .metadata are written (rank 0
+    # gathers the ranks' results, writes .metadata, then broadcasts).
+    hashes = hash_checkpoint_files(tmp)
     if rank == 0:
         try:
-            _finalize(tmp, final, trainer_state, config, step=step, world=world)
+            _finalize(tmp, final, trainer_state, config, hashes, step=step, world=world)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
     _raise_if_any_failed(error, f"finalising checkpoint {final}")
@@ -309,11 +324,20 @@ def _get_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tup
 
 
 def _finalize(
-    tmp: Path, final: Path, trainer_state: dict, config: dict, *, step: int, world: int
+    tmp: Path,
+    final: Path,
+    trainer_state: dict,
+    config: dict,
+    hashes: dict[str, str],
+    *,
+    step: int,
+    world: int,
 ) -> None:
-    """Rank 0, after all ranks wrote: metadata, marker, rename into place, update ``latest``."""
+    """Rank 0, after all ranks wrote: metadata, manifest, marker, rename into place, update
+    ``latest``."""
     _write_json_durable(tmp / TRAINER_STATE, trainer_state)
     _write_json_durable(tmp / CONFIG, config)
+    write_manifest(tmp, hashes)
     marker = {"step": step, "world_size": world, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _write_json_durable(tmp / COMPLETE, marker)
     _fsync_dir(tmp)
@@ -353,10 +377,15 @@ def load_training_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
     rng: bool = True,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Restore model and optimiser state (and, with ``rng``, this rank's RNG states) from the
     checkpoint directory ``path``; collective.  Returns the trainer state (``"step"`` included,
     plus ``"rank_state"`` when one was saved for this rank).
+
+    The checkpoint's checksums are verified first (``verify=False``: the caller just did, with
+    :func:`~mm15.train.integrity.verify_checkpoint`); a failure raises
+    :class:`~mm15.train.integrity.CheckpointIntegrityError` naming the file.
 
     Build ``model``/``optimizer`` exactly as for the saved run (same wrapping/sharding layout is
     not required: DCP reshards).  Optimiser state exists only for parameters that had it when
@@ -365,8 +394,10 @@ def load_training_state(
     path = Path(path)
     if not _is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete training checkpoint (no {COMPLETE})")
+    if verify:
+        verify_checkpoint(path)
     rank, _ = _rank_world()
-    keys = set(dcp.FileSystemReader(str(path / DCP_DIR)).read_metadata().state_dict_metadata)
+    keys = set(load_metadata(path / DCP_DIR / ".metadata").state_dict_metadata)
     if optimizer is not None and not any(k.startswith("optim.") for k in keys):
         optimizer.state.clear()  # saved before its first step
         optimizer = None
@@ -377,7 +408,8 @@ def load_training_state(
         optim_sd["state"] = {fqn: s for fqn, s in optim_sd["state"].items() if fqn in saved}
     state = {"model": model_sd, "optim": optim_sd}
     with _single_process_is_intended():
-        dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=not _dist_on())
+        dcp.load(state, storage_reader=SafeReader(str(path / DCP_DIR)),
+                 planner=SafeLoadPlanner(), no_dist=not _dist_on())  # fmt: skip
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     if optimizer is not None:
         set_optimizer_state_dict(

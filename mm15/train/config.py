@@ -3,6 +3,10 @@
 Each stage says what it trains on (a mixture over named datasets), at which image settings, for
 how many steps, with which optimiser and peak learning rate, and which parts are frozen
 (SPEC §4; prismatic-vlms tells its stages as a story, we keep them as plain configs).
+
+Sizes, counts and rates are checked when a config is built (``__post_init__``, which pydantic
+also runs for ``--set`` overrides and ``--config`` files), so a negative step count or a zero
+batch is one clear error before anything starts.
 """
 
 from __future__ import annotations
@@ -50,6 +54,22 @@ class StageConfig:
     format: FormatConfig = field(default_factory=FormatConfig)
     freeze: list[Part] = field(default_factory=list)  # SPEC §1: nothing frozen by default
 
+    def __post_init__(self) -> None:
+        where = f"stage {self.name!r}"
+        _at_least(where, steps=(self.steps, 0), batch_rows=(self.batch_rows, 1),
+                  micro_rows=(self.micro_rows, 0), warmup_steps=(self.warmup_steps, 0),
+                  **{"packing.seq_len": (self.packing.seq_len, 2)})  # fmt: skip
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"{where}: warmup_steps ({self.warmup_steps}) exceeds steps "
+                             f"({self.steps})")  # fmt: skip
+        if self.micro_rows > self.batch_rows:
+            raise ValueError(f"{where}: micro_rows ({self.micro_rows}) exceeds batch_rows "
+                             f"({self.batch_rows})")  # fmt: skip
+        if self.lr is not None and not 0 < self.lr < float("inf"):
+            raise ValueError(f"{where}: lr must be > 0 (or null for MM1 Eq. 1), got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"{where}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
 
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -69,3 +89,24 @@ class TrainConfig:
     # step runs on an accelerator or torch leaves a CPU core free, off when torch's threads
     # already use every core (there it is slower: docs/performance.md).
     prefetch: Literal["auto", "on", "off"] = "auto"
+    # Consecutive steps skipped for a non-finite loss or gradient after which the run stops
+    # (NonFiniteTrainingError) instead of training on: a transient spike skips a step or two, a
+    # broken model or data source skips every one.
+    max_nonfinite_steps: int = 5
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("stages is empty: a run needs at least one stage")
+        _at_least("train config", log_every=(self.log_every, 1), ckpt_every=(self.ckpt_every, 1),
+                  keep_last=(self.keep_last, 1),
+                  max_nonfinite_steps=(self.max_nonfinite_steps, 1))  # fmt: skip
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(f"max_skipped_fraction must be in [0, 1], got "
+                             f"{self.max_skipped_fraction}")  # fmt: skip
+
+
+def _at_least(where: str, **checks: tuple[int, int]) -> None:
+    """``name=(value, minimum)`` pairs; the first value below its minimum is an error."""
+    for name, (value, low) in checks.items():
+        if value < low:
+            raise ValueError(f"{where}: {name} must be >= {low}, got {value}")

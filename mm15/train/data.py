@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +51,10 @@ def _expand(patterns: list[str], name: str) -> list[str]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise FileNotFoundError(f"dataset {name}: no files match {pattern!r}")
+        folders = [m for m in matches if os.path.isdir(m)]
+        if folders:
+            raise ValueError(f"dataset {name}: path {folders[0]} is a directory; list the data "
+                             f"files in it (e.g. {os.path.join(folders[0], '*')})")  # fmt: skip
         out += matches
     return out
 

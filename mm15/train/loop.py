@@ -6,6 +6,10 @@ and a warmup + cosine schedule; a checkpoint is written every ``ckpt_every`` ste
 of every stage, and a run that finds a checkpoint in its ``run_dir`` resumes from it exactly
 (model, optimiser, RNG, data position).  The final model is exported as an mm15 checkpoint
 directory under ``run_dir/final``.
+
+A run that goes numerically wrong stops instead of exporting garbage: ``max_nonfinite_steps``
+consecutive skipped (non-finite) steps end it with :class:`NonFiniteTrainingError`, a model
+holding NaN/Inf is neither checkpointed (earlier checkpoints survive) nor exported.
 """
 
 from __future__ import annotations
@@ -32,11 +36,16 @@ from mm15.train.checkpointing import latest_checkpoint, load_training_state, sav
 from mm15.train.config import StageConfig, TrainConfig
 from mm15.train.data import StageStream, open_datasets, rank_batches
 from mm15.train.flops import batch_flops, mfu_line, peak_flops, utilisation
+from mm15.train.integrity import verify_checkpoint
 from mm15.train.metrics import MetricsLogger, Progress, plot_stage
 from mm15.train.optim import build_optimizer
 from mm15.train.parallel import DistInfo, autocast_context, init_distributed, parallelize
 from mm15.train.schedule import lr_at
 from mm15.train.step import train_step
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The run went numerically wrong: persistent non-finite steps, or NaN/Inf weights."""
 
 
 @dataclass
@@ -75,8 +84,10 @@ def train(cfg: TrainConfig) -> RunResult:
     inner = model
     model = parallelize(model, cfg.parallel, info)
     resume = latest_checkpoint(run_dir)
-    state: dict[str, Any] = {"stage": 0, "stage_step": 0, "step": 0, "skipped_steps": 0}
+    state: dict[str, Any] = {"stage": 0, "stage_step": 0, "step": 0, "skipped_steps": 0,
+                             "nonfinite_streak": 0}  # fmt: skip
     if resume is not None:
+        verify_checkpoint(resume)  # before any of it is read (load_training_state skips it)
         with (resume / "trainer_state.json").open() as f:
             state.update({k: v for k, v in json.load(f).items() if k in state})
     result = RunResult(run_dir=run_dir, skipped_steps=state["skipped_steps"])
@@ -111,7 +122,7 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
                          max_skipped_fraction=cfg.max_skipped_fraction)  # fmt: skip
     start = 0
     if resume is not None:
-        saved = load_training_state(resume, model=model, optimizer=optimizer)
+        saved = load_training_state(resume, model=model, optimizer=optimizer, verify=False)
         stream.load_state_dict(saved["data"])
         start = saved["stage_step"]
     autocast = autocast_context(info.device) if cfg.parallel.autocast == "bfloat16" else None
@@ -135,6 +146,7 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
             state["step"] += 1
             state["stage_step"] = step + 1
             state["skipped_steps"] += int(out.skipped)
+            state["nonfinite_streak"] = state["nonfinite_streak"] + 1 if out.skipped else 0
             result.skipped_steps = state["skipped_steps"]
             losses.append(out.loss)
             seconds = time.perf_counter() - t0  # MFU: this rank's FLOPs over it, data included
@@ -144,6 +156,7 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
             line = mfu_line(f"[{stage.name}]", step + 1, util)
             if info.is_main and line and (step + 1) % cfg.log_every == 0:
                 tqdm.write(line)
+            _check_streak(cfg, stage, state)
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == stage.steps:
                 _save(cfg, model, optimizer, state, stream, index)
     if info.rank == 0:
@@ -214,7 +227,45 @@ def _log(logger, stage, state, out, lr, seconds, stream, failed_pixels, util) ->
     logger.log(step=state["step"], stage=stage.name, **scalars)
 
 
+def _check_streak(cfg: TrainConfig, stage: StageConfig, state: dict[str, Any]) -> None:
+    """Stop after ``max_nonfinite_steps`` consecutive skipped steps: a model or data that keeps
+    producing NaN/Inf does not recover by skipping (the streak is rank-identical: the skip
+    decision is all-reduced)."""
+    if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
+        raise NonFiniteTrainingError(
+            f"stage {stage.name}: {state['nonfinite_streak']} consecutive steps (up to step "
+            f"{state['step']}) had a non-finite loss or gradient (max_nonfinite_steps="
+            f"{cfg.max_nonfinite_steps}); stopping without saving or exporting. Earlier "
+            f"checkpoints in {cfg.run_dir} are kept; look at metrics.jsonl"
+        )
+
+
+def nonfinite_tensors(named: Any) -> list[str]:
+    """Names of the tensors in ``named`` ((name, tensor) pairs) holding NaN or Inf; a sharded
+    DTensor is checked on this rank's shard."""
+    bad = []
+    for name, t in named:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            bad.append(name)
+    return bad
+
+
+def _assert_finite_model(model: nn.Module, what: str) -> None:
+    """Collective: raise on every rank if any rank's parameters or buffers hold NaN/Inf."""
+    bad = nonfinite_tensors([*model.named_parameters(), *model.named_buffers()])
+    flag = torch.tensor(float(bool(bad)))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = flag.to(next(model.parameters()).device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        where = f"{bad[0]} ({len(bad)} tensor(s))" if bad else "another rank's shard"
+        raise NonFiniteTrainingError(f"refusing to {what}: the model holds NaN/Inf in {where}")
+
+
 def _save(cfg, model, optimizer, state, stream, index) -> None:
+    # A non-finite model must not replace (and, through keep_last, delete) good checkpoints.
+    _assert_finite_model(model, f"save a checkpoint at step {state['step']}")
     trainer_state = {**state, "stage": index, "data": stream.state_dict()}
     save_training_state(cfg.run_dir, step=state["step"], model=model, optimizer=optimizer,
                         trainer_state=trainer_state, config=to_dict(cfg), keep_last=cfg.keep_last)  # fmt: skip
@@ -230,6 +281,9 @@ def export_model(
     full = get_model_state_dict(model, options=options)
     if info.rank != 0:
         return None
+    if bad := nonfinite_tensors(full.items()):
+        raise NonFiniteTrainingError(f"refusing to export {out}: tensor {bad[0]} holds NaN/Inf "
+                                     f"({len(bad)} tensor(s) do)")  # fmt: skip
     plain = MM15(inner.cfg)
     plain.load_state_dict({k.removeprefix("module."): v for k, v in full.items()})
     return save_checkpoint(plain.eval(), tokenizer, out)

@@ -71,6 +71,12 @@ class OptimConfig:
     adafactor: AdafactorConfig = field(default_factory=AdafactorConfig)
     adamw: AdamWConfig = field(default_factory=AdamWConfig)
 
+    def __post_init__(self) -> None:
+        if not 0 < self.lr < float("inf"):
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Sharding helpers

@@ -11,6 +11,15 @@ Shared pieces (used by every module of :mod:`mm15.data.sources`):
   path or bytes and ``Media.size`` is None, so indexing and ``__getitem__`` never pay for pixels.
 * :func:`line_offsets` / :func:`read_line`: byte offsets of JSONL lines, for random access.
 * :func:`finish`: validate a built sample, turning inconsistencies into ``SampleError``.
+* :func:`media_under_root`: the one rule for media paths a dataset entry names (below).
+
+Media paths: a relative path in a dataset entry is joined to the reader's ``root`` and must stay
+inside it once ``..`` is resolved (lexically: a symlink inside the root is the dataset owner's
+choice); an absolute path is read only when the reader's ``allow_absolute_paths`` option is set.
+Anything else is skipped as ``malformed`` with the path in the detail, so an entry such as
+``../../etc/passwd`` or ``/home/me/private.png`` never makes the pipeline read outside the
+dataset.  A canonical file read without ``root`` names its media as written: it is mm15's own
+format, produced by these readers (which applied the rule) and trusted like a config.
 
 Every reader is map-style: ``len(reader)`` and ``reader[i] -> Sample``; bad samples raise
 :class:`~mm15.data.schema.SampleError` whose detail names the file and the row or key.
@@ -69,6 +78,21 @@ def check_file(path: Path, where: str) -> Path:
     return path
 
 
+def media_under_root(root: Path, rel: str, where: str, *, allow_absolute: bool) -> Path:
+    """The file a dataset entry's media path ``rel`` names (module docstring: the rule)."""
+    if os.path.isabs(rel):
+        if not allow_absolute:
+            raise SampleError("malformed", f"{where}: media path {rel!r} is absolute; only paths "
+                                           f"under the dataset root {str(root)!r} are read (the "
+                                           "reader option allow_absolute_paths=true allows it)")  # fmt: skip
+        return check_file(Path(rel), where)
+    base = os.path.abspath(root)
+    if os.path.commonpath([base, os.path.abspath(os.path.join(base, rel))]) != base:
+        raise SampleError("malformed", f"{where}: media path {rel!r} leaves the dataset root "
+                                       f"{str(root)!r}")  # fmt: skip
+    return check_file(root / rel, where)
+
+
 def line_offsets(path: Path) -> list[int]:
     """Byte offsets of the non-blank lines of a JSONL file (blank lines are not rows)."""
     offsets, pos = [], 0
@@ -117,7 +141,9 @@ class CanonicalReader:
 
     ``category`` / ``stage`` / ``source``: None keeps what each line says; a value overrides it
     (a converter's output reused in another stage).  ``name`` defaults to the first file's stem.
-    ``root``: relative ``Media.path`` values are resolved against it (default: as written).
+    ``root``: relative ``Media.path`` values are resolved against it and must stay inside it;
+    absolute ones then need ``allow_absolute_paths`` (module docstring).  Without ``root``,
+    paths are used as written.
     """
 
     def __init__(
@@ -129,9 +155,11 @@ class CanonicalReader:
         category: Category | None = None,
         stage: Stage | None = None,
         root: PathLike | None = None,
+        allow_absolute_paths: bool = False,
     ):
         self.paths = as_paths(paths)
         self.root = Path(root) if root is not None else None
+        self.allow_absolute_paths = allow_absolute_paths
         self.name = name or source or self.paths[0].stem
         self.source, self.category, self.stage = source, category, stage
         self._index = [(fi, off) for fi, p in enumerate(self.paths) for off in line_offsets(p)]
@@ -153,8 +181,9 @@ class CanonicalReader:
                 setattr(sample, attr, getattr(self, attr))
         if self.root is not None:
             for m in sample.media:
-                if m.path is not None and not Path(m.path).is_absolute():
-                    m.path = str(self.root / m.path)
+                if m.path is not None:
+                    m.path = str(media_under_root(self.root, m.path, where,
+                                                  allow_absolute=self.allow_absolute_paths))  # fmt: skip
         return finish(sample, where)
 
 

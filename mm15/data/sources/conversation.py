@@ -44,11 +44,11 @@ from mm15.data.schema import (
 from mm15.data.sources.canonical import (
     PathLike,
     as_paths,
-    check_file,
     coord_error,
     finish,
     header_size,
     line_offsets,
+    media_under_root,
     parse_json,
     read_line,
 )
@@ -175,11 +175,11 @@ def _as_list(value: Any, key: str, where: str) -> list[Any]:
     raise SampleError("malformed", f"{where}: {key!r} is {type(value).__name__}")
 
 
-def _media_path(entry: Any, root: Path, key: str, where: str) -> Path:
+def _media_path(entry: Any, root: Path, key: str, where: str, allow_absolute: bool) -> Path:
     rel = entry.get("path") if isinstance(entry, dict) else entry
     if not isinstance(rel, str) or not rel:
         raise SampleError("missing", f"{where}: {key!r} entry {entry!r} names no file")
-    return check_file(root / rel, where)
+    return media_under_root(root, rel, where, allow_absolute=allow_absolute)
 
 
 class _FerretRegions:
@@ -212,6 +212,8 @@ class ConversationReader:
 
     ``root``: the image folder relative paths are joined to (LLaVA's ``image_folder``);
     ``video_root`` defaults to ``root``.  ``category`` / ``stage`` are given to every sample.
+    A media path must stay under its root; ``allow_absolute_paths`` admits absolute ones
+    (:mod:`mm15.data.sources.canonical`, "Media paths").
     """
 
     def __init__(
@@ -224,10 +226,12 @@ class ConversationReader:
         root: PathLike = ".",
         video_root: PathLike | None = None,
         fmt: ConversationFormat | None = None,
+        allow_absolute_paths: bool = False,
     ):
         self.paths = as_paths(paths)
         self.name = self.source = source
         self.category, self.stage = category, stage
+        self.allow_absolute_paths = allow_absolute_paths
         self.root = Path(root)
         self.video_root = Path(video_root) if video_root is not None else self.root
         self.fmt = fmt or ConversationFormat()
@@ -259,9 +263,10 @@ class ConversationReader:
 
     def __getitem__(self, i: int) -> Sample:
         rec, where, row = self._record(i)
-        images = [_media_path(e, self.root, "image", where)
+        absolute = self.allow_absolute_paths
+        images = [_media_path(e, self.root, "image", where, absolute)
                   for key in ("image", "images") for e in _as_list(rec.get(key), key, where)]  # fmt: skip
-        videos = [_media_path(e, self.video_root, "video", where)
+        videos = [_media_path(e, self.video_root, "video", where, absolute)
                   for key in ("video", "videos") for e in _as_list(rec.get(key), key, where)]  # fmt: skip
         media = [Media(path=str(p)) for p in images]
         media += [Media(kind="video", path=str(p)) for p in videos]

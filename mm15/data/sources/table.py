@@ -41,11 +41,11 @@ from mm15.data.schema import Category, Media, Region, Sample, SampleError, Stage
 from mm15.data.sources.canonical import (
     PathLike,
     as_paths,
-    check_file,
     coord_error,
     finish,
     header_size,
     line_offsets,
+    media_under_root,
     parse_json,
     read_line,
 )
@@ -205,8 +205,11 @@ class RowStore:
         return self._cache[(fi, rg)]
 
 
-def image_media(value: Any, column: str, root: Path, where: str) -> list[Media]:
-    """Media of one image cell: a struct ``{bytes, path}``, bytes, a path, or a list of them."""
+def image_media(
+    value: Any, column: str, root: Path, where: str, *, allow_absolute: bool = False
+) -> list[Media]:
+    """Media of one image cell: a struct ``{bytes, path}``, bytes, a path, or a list of them.
+    A path must stay under ``root`` (:func:`~mm15.data.sources.canonical.media_under_root`)."""
     if value is None:
         return []
     out = []
@@ -219,15 +222,16 @@ def image_media(value: Any, column: str, root: Path, where: str) -> list[Media]:
         rel = item.get("path") if isinstance(item, dict) else item
         if not isinstance(rel, str) or not rel:
             raise SampleError("missing", f"{at}: no bytes and no path ({item!r:.80})")
-        out.append(Media(path=str(check_file(root / rel, at))))
+        out.append(Media(path=str(media_under_root(root, rel, at, allow_absolute=allow_absolute))))
     return out
 
 
 class TableReader:
     """Map-style reader of tables through a :class:`ColumnMap` (see the module docstring).
 
-    ``root``: where image paths point when a struct has no bytes; ``fmt``: placeholder
-    conventions of a ``messages`` column.  ``category`` / ``stage`` go to every sample.
+    ``root``: where image paths point when a struct has no bytes (they must stay under it;
+    ``allow_absolute_paths`` admits absolute ones); ``fmt``: placeholder conventions of a
+    ``messages`` column.  ``category`` / ``stage`` go to every sample.
     """
 
     def __init__(
@@ -240,10 +244,12 @@ class TableReader:
         stage: Stage,
         root: PathLike = ".",
         fmt: ConversationFormat | None = None,
+        allow_absolute_paths: bool = False,
     ):
         self.paths = as_paths(paths)
         self.name = self.source = source
         self.category, self.stage = category, stage
+        self.allow_absolute_paths = allow_absolute_paths
         self.map, self.root, self.fmt = columns, Path(root), fmt or ConversationFormat()
         self.rows = RowStore(self.paths, columns.columns())
 
@@ -256,7 +262,9 @@ class TableReader:
         absent = [c for c in cm.columns() if c not in row]
         if absent:  # JSON rows have no schema: a missing column is found per row
             raise SampleError("malformed", f"{where}: no column(s) {absent}")
-        media = [m for col in cm.images for m in image_media(row[col], col, self.root, where)]
+        media = [m for col in cm.images
+                 for m in image_media(row[col], col, self.root, where,
+                                      allow_absolute=self.allow_absolute_paths)]  # fmt: skip
         messages = build_messages(self._turns(row, where), num_images=len(media), fmt=self.fmt,
                                   where=where)  # fmt: skip
         sample = Sample(
