@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mm15.errors import read_json_object
+
 # CLIP's pixel statistics (OpenAI CLIP, also used by the DFN5B CLIP checkpoints).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -253,13 +255,7 @@ def save_json(cfg: Any, path: str) -> None:
 def load_model_config(path: str) -> ModelConfig:
     """The :class:`ModelConfig` of a ``config.json``; a file that is not JSON, a field of the
     wrong type or a size that is not positive is a ValueError naming the file and field."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    data = read_json_object(path)
     try:
         cfg = from_dict(ModelConfig, data)
         check_model_config(cfg)

@@ -6,12 +6,15 @@
 * :func:`number` builds argparse ``type=`` converters that refuse NaN, infinities and values out
   of range while the arguments are parsed.
 * :class:`UsageError` is a flag combination refused after parsing (argparse's exit status 2).
+* :func:`read_json_object` reads a JSON object file, refusing anything else in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +34,19 @@ class UsageError(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; a ValueError naming the file when it is not valid JSON
+    (or UTF-8) or holds something other than an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def one_line(err: BaseException) -> str:

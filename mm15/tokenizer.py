@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mm15.errors import read_json_object
+
 META_FILE = "mm15_tokenizer.json"
 
 
@@ -113,19 +115,9 @@ class MM15Tokenizer:
         return self
 
 
-def _read_json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _read_meta(path: Path) -> TokenizerMeta:
     """``mm15_tokenizer.json``: every field of :class:`TokenizerMeta`, of the right type."""
-    data = _read_json_object(path)
+    data = read_json_object(path)
     known = {f.name for f in fields(TokenizerMeta)}
     if unknown := sorted(set(data) - known):
         raise ValueError(f"{path}: unknown keys {unknown} (known: {sorted(known)})")
@@ -144,7 +136,7 @@ def _meta_from_hf(directory: Path, tok: Tokenizer) -> TokenizerMeta:
 
     def read(name: str) -> dict:
         p = directory / name
-        return _read_json_object(p) if p.exists() else {}
+        return read_json_object(p) if p.exists() else {}
 
     tcfg, gcfg = read("tokenizer_config.json"), read("generation_config.json")
 

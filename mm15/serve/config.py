@@ -24,6 +24,22 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _at_least(cfg: object, minimum: float, *names: str, unset_ok: bool = False) -> None:
+    """Each named field of ``cfg`` is a finite number >= ``minimum`` (or None, if ``unset_ok``)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not (unset_ok and value is None):
+            want = f"a finite {name} >= {minimum}" + (" or unset" if unset_ok else "")
+            _need(_finite(value) and value >= minimum, want, value)
+
+
+def _positive(cfg: object, *names: str) -> None:
+    """Each named field of ``cfg`` is a finite number > 0 (timeouts)."""
+    for name in names:
+        value = getattr(cfg, name)
+        _need(_finite(value) and value > 0, f"a finite {name} > 0", value)
+
+
 @dataclass(kw_only=True)
 class MediaConfig:
     """Where ``image_url`` may point, and how big an image may be."""
@@ -33,7 +49,7 @@ class MediaConfig:
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")  # PIL plugins allowed to parse
     # http(s) fetching: off unless some hosts are allowed (exact host names or IP literals).
     allow_fetch_hosts: tuple[str, ...] = ()
-    fetch_timeout_s: float = 10.0  # connect + every read, and the whole download
+    fetch_timeout_s: float = 10.0  # the whole exchange: connect, headers, body, redirects
     max_redirects: int = 3
     # Private, loopback, link-local and reserved addresses are refused even for allowed hosts;
     # True lifts that (tests, or a trusted intranet) -- never the default.
@@ -48,24 +64,14 @@ class MediaConfig:
     pixels_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
-        _need(self.max_image_bytes >= 1, "max_image_bytes >= 1", self.max_image_bytes)
-        _need(self.max_image_pixels >= 1, "max_image_pixels >= 1", self.max_image_pixels)
-        _need(
-            _finite(self.fetch_timeout_s) and self.fetch_timeout_s > 0,
-            "a finite fetch_timeout_s > 0",
-            self.fetch_timeout_s,
-        )
-        _need(self.max_redirects >= 0, "max_redirects >= 0", self.max_redirects)
+        _at_least(self, 1, "max_image_bytes", "max_image_pixels")
+        _at_least(self, 0, "max_redirects", "pixels_wait_s")
+        _positive(self, "fetch_timeout_s")
         _need(
             self.max_pixels_in_flight >= self.max_image_pixels,
             f"max_pixels_in_flight >= max_image_pixels ({self.max_image_pixels}), or no "
             "image of the largest allowed size could ever be decoded",
             self.max_pixels_in_flight,
-        )
-        _need(
-            _finite(self.pixels_wait_s) and self.pixels_wait_s >= 0,
-            "a finite pixels_wait_s >= 0",
-            self.pixels_wait_s,
         )
 
 
@@ -87,14 +93,9 @@ class LimitsConfig:
     max_stop: int = 4  # stop strings per request, as OpenAI
 
     def __post_init__(self) -> None:
-        _need(self.max_images >= 0, "max_images >= 0", self.max_images)
-        _need(self.max_body_bytes >= 1, "max_body_bytes >= 1", self.max_body_bytes)
-        for name in ("max_prompt_tokens", "max_prompt_bytes"):
-            value = getattr(self, name)
-            _need(value is None or value >= 1, f"{name} unset or >= 1", value)
-        for name in ("max_messages", "max_content_parts", "max_tokens"):
-            _need(getattr(self, name) >= 1, f"{name} >= 1", getattr(self, name))
-        _need(self.max_stop >= 0, "max_stop >= 0", self.max_stop)
+        _at_least(self, 0, "max_images", "max_stop")
+        _at_least(self, 1, "max_body_bytes", "max_messages", "max_content_parts", "max_tokens")
+        _at_least(self, 1, "max_prompt_tokens", "max_prompt_bytes", unset_ok=True)
         if not 1 <= self.default_max_tokens <= self.max_tokens:
             raise ValueError(
                 f"need 1 <= default_max_tokens ({self.default_max_tokens}) <= "
@@ -114,13 +115,8 @@ class EngineConfig:
     batch_wait_ms: float = 20.0
 
     def __post_init__(self) -> None:
-        _need(self.max_batch >= 1, "max_batch >= 1", self.max_batch)
-        _need(self.max_queue >= 0, "max_queue >= 0", self.max_queue)
-        _need(
-            _finite(self.batch_wait_ms) and self.batch_wait_ms >= 0,
-            "a finite batch_wait_ms >= 0",
-            self.batch_wait_ms,
-        )
+        _at_least(self, 1, "max_batch")
+        _at_least(self, 0, "max_queue", "batch_wait_ms")
 
 
 @dataclass(kw_only=True)
@@ -141,11 +137,7 @@ class HTTPConfig:
             "at least one non-empty allowed host",
             self.allowed_hosts,
         )
-        _need(
-            _finite(self.header_timeout_s) and self.header_timeout_s > 0,
-            "a finite header_timeout_s > 0",
-            self.header_timeout_s,
-        )
+        _positive(self, "header_timeout_s")
 
 
 @dataclass(kw_only=True)

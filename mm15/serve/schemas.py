@@ -101,9 +101,9 @@ def parse_request(
     """The request in ``body``, or a 400 that says which field is wrong and why.
 
     The JSON is parsed first and the messages and content parts are counted before the request
-    model is built: building it costs ~6 µs per message with the GIL held (2.4 s for 400k
-    empty messages, against 0.19 s to parse them), so a body of many tiny messages is refused
-    at the cheaper step."""
+    model is built: building it costs several times the parse with the GIL held
+    (benchmarks/serve_parse_bench.py), so a body of many tiny messages is refused at the
+    cheaper step."""
     try:
         data = pydantic_core.from_json(body)
     except ValueError as e:
