@@ -15,6 +15,10 @@ fi
 # declares: resolving them downgrades av and installs a CUDA torchvision that breaks transformers.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
   -r scripts/lmms-requirements.txt
+# Reference implementations for the parity tests (timm, open_clip and the torchvision they
+# import), kept out of site-packages; scripts/reference-requirements.txt says why.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+  --target .venv/references -r scripts/reference-requirements.txt
 problems=$(.venv/bin/python -m pip check | grep -v '^lmms-eval ' || true)
 if [ -n "$problems" ]; then
   echo "setup: unmet requirements (lmms-eval's own are expected):" >&2
