@@ -25,6 +25,7 @@ from mm15.config import ModelConfig, load_model_config, save_json
 from mm15.devices import resolve_device
 from mm15.model.hf_lm import load_hf_decoder
 from mm15.model.hf_vision import load_vision_encoder
+from mm15.model.honeybee import honeybee_connector
 from mm15.model.mm15 import MM15
 from mm15.model.moe import upcycle_decoder_state_dict
 from mm15.model.weights_io import load_tensors, save_tensors, tensor_file
@@ -138,11 +139,14 @@ def init_from_parts(
     out: str | Path,
     seed: int = 0,
     upcycle_moe: bool = False,
+    connector: str | Path | None = None,
 ) -> Path:
     """Assemble an mm15 checkpoint from a pretrained encoder and decoder (``mm15 init``).
 
     The encoder's and decoder's architectures come from their own configs; the connector, image
-    front end and MoE layout from ``preset``.  The connector is freshly initialised (seeded).
+    front end and MoE layout from ``preset``.  The connector is freshly initialised (seeded), or
+    with ``connector`` taken from a Honeybee checkpoint's ``abstractor.*`` weights (its widths,
+    depths and position-table grid from the weights, its token count from ``preset``).
     With ``upcycle_moe`` the preset's MoE layout is applied and every expert starts as a copy of
     the dense feed-forward it replaces (sparse upcycling; MM1 §3.3 converts dense → MoE).
     """
@@ -158,14 +162,18 @@ def init_from_parts(
         lm_cfg = dataclasses.replace(lm_cfg, moe=dataclasses.replace(preset.lm.moe))
         lm_sd = upcycle_decoder_state_dict(lm_sd, lm_cfg, seed=seed)
     lm_cfg, lm_sd = _fit_vocab(lm_cfg, lm_sd, len(tokenizer))
-    cfg = dataclasses.replace(
-        preset, vision=vision_cfg, lm=lm_cfg, image_token_id=tokenizer.image_token_id
-    )
+    conn_cfg, conn_sd = preset.connector, {}
+    if connector is not None:
+        conn_cfg, conn_sd = honeybee_connector(
+            connector, conn_cfg, enc_width=vision_cfg.width, out_dim=lm_cfg.dim
+        )
+    cfg = dataclasses.replace(preset, vision=vision_cfg, lm=lm_cfg, connector=conn_cfg,
+                              image_token_id=tokenizer.image_token_id)  # fmt: skip
     torch.manual_seed(seed)
     model = MM15(cfg)
     model.init_weights()
     state = model.state_dict()
-    for prefix, part in (("vision.", vision_sd), ("lm.", lm_sd)):
+    for prefix, part in (("vision.", vision_sd), ("lm.", lm_sd), ("connector.", conn_sd)):
         for k, v in part.items():
             if prefix + k not in state:
                 raise ValueError(f"pretrained weight {prefix + k} has no place in the model")

@@ -152,13 +152,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         out=args.out,
         seed=args.seed,
         upcycle_moe=args.upcycle_moe,
+        connector=args.connector,
     )
     print(f"wrote mm15 checkpoint to {out}")
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from mm15.config import to_dict
+def train_config_from_args(args: argparse.Namespace):
+    """The TrainConfig of ``--preset NAME`` or ``--config FILE``, with ``--set`` applied."""
     from mm15.overrides import apply_overrides
     from mm15.train.config import TrainConfig
     from mm15.train.recipes import get_train_preset
@@ -167,7 +168,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _read_train_config(Path(args.config), TrainConfig)
     else:
         cfg = get_train_preset(args.preset)
-    cfg = apply_overrides(cfg, args.set)
+    return apply_overrides(cfg, args.set)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mm15.config import to_dict
+
+    cfg = train_config_from_args(args)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
@@ -245,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--out", required=True)
     n.add_argument("--seed", type=int, default=0, help="connector initialisation seed")
     n.add_argument(
+        "--connector",
+        metavar="PATH",
+        help="take the connector from a Honeybee C-Abstractor checkpoint (abstractor.* weights)",
+    )
+    n.add_argument(
         "--upcycle-moe",
         action="store_true",
         help="turn the dense decoder into the preset's MoE (experts copied)",
@@ -277,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     # Verbs that own their parser live beside their code (their imports stay light).
-    for module in ("mm15.chat_cli", "mm15.serve.cli", "mm15.eval.cli"):
+    for module in ("mm15.chat_cli", "mm15.serve.cli", "mm15.eval.cli", "mm15.data.cli"):
         importlib.import_module(module).register(sub)
     return p
 

@@ -42,6 +42,14 @@ class VisionConfig:
     # the embedding output after ln_pre, entry i the output of block i, so -1 = the last block
     # before any final LayerNorm (Honeybee's ``feature_layer_index``).
     feature_layer: int = -1
+    # How the position table is resized off its native grid (378 → 672 px: 27×27 → 48×48);
+    # the paper does not say.  "bicubic": F.interpolate bicubic (a = -0.75), align_corners=False,
+    # as transformers' CLIPVisionEmbeddings.interpolate_pos_encoding and Honeybee.
+    # "bicubic_antialias": the same with antialias=True, as open_clip's resize_pos_embed (a
+    # PIL-style a = -0.5 kernel even when upsampling).  The checkpoint loader sets it from the
+    # layout it reads (HF → "bicubic", open_clip → "bicubic_antialias"); configs saved before
+    # this field load as "bicubic", the kernel they were built and trained with.
+    pos_interp: Literal["bicubic", "bicubic_antialias"] = "bicubic"
 
 
 @dataclass(kw_only=True)
@@ -54,6 +62,10 @@ class ConnectorConfig:
     mlp_depth: int = 2  # Linear, then (SiLU, Linear) × (mlp_depth - 1)
     se_ratio: float = 0.25
     pos_emb: bool = True
+    # Side of the grid the stored position table has; None: the encoder's native patch grid
+    # (27 for 378 px / 14).  A Honeybee connector keeps the grid it was trained at (e.g. 48 at
+    # 672 px); any other grid is resized bicubically on the fly.
+    pos_grid: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -69,6 +81,14 @@ class MoEConfig:
     every: int = 2
     expert_hidden: int | None = None  # None: the dense FFN width (upcycling copies it)
     load_balance_coef: float = 0.01
+    # Which routing choices the load-balance loss E · Σ_e f_e · P_e counts in f_e (P_e: mean
+    # router probability; padding excluded).  "first_choice": f_e = fraction of tokens whose
+    # top-1 expert is e (GShard Alg. 1 / Mesh-TF ``_top_2_gating`` density_1, ST-MoE); 1 when
+    # balanced.  "all_choices": f_e = (top-k assignments to e) / tokens, summing to top_k, so
+    # the loss is exactly transformers' Mixtral ``load_balancing_loss_func`` (top_k when
+    # balanced).  Configs saved before this field used all_choices / top_k: to reproduce them,
+    # pick "all_choices" with load_balance_coef divided by top_k.  With top_k = 1 all agree.
+    load_balance: Literal["first_choice", "all_choices"] = "first_choice"
     z_loss_coef: float = 0.001
     # "grouped": tokens sorted per expert and computed in one batched pass (the fast path);
     # "loop": a plain per-token loop kept as the reference the fast path is tested against.

@@ -1,15 +1,20 @@
 """``--set key=value`` overrides by dotted path, validated by pydantic against the dataclass.
 
 ``stages.1.lr=2e-5`` walks dicts by key and lists by index; values are JSON when they parse as
-JSON (numbers, true/false, null, lists, objects) and plain strings otherwise.  The whole config is
+JSON (numbers, true/false, null, lists, objects) and plain strings otherwise; ``key=@FILE`` takes
+the JSON in FILE (``registry=@my_datasets.json``).  The whole config is
 then re-validated by pydantic against its dataclass type, so a wrong type or an unknown Literal
 is an error that names the field, and nothing is coerced silently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
@@ -21,14 +26,59 @@ T = TypeVar("T")
 
 
 def parse_value(raw: str) -> Any:
+    """JSON when ``raw`` parses as JSON, else the string; ``@FILE`` is the JSON in FILE."""
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ValueError(f"{raw}: cannot read {path} ({e.strerror or e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{raw}: {path} is not valid JSON ({e})") from None
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
 
 
-def set_path(data: Any, path: str, value: Any) -> None:
-    """Set ``data[a][b]...`` for ``path = "a.b..."``; every step must already exist."""
+def declared_type(cls: Any, keys: Sequence[str]) -> Any:
+    """The type ``keys`` leads to through dataclass ``cls``'s fields, list items and dict
+    values, or None where it leaves the declared fields."""
+    tp: Any = cls
+    for key in keys:
+        tp = _strip_optional(tp)
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if key not in hints:
+                return None
+            tp = hints[key]
+        elif typing.get_origin(tp) in (list, dict):
+            tp = typing.get_args(tp)[-1] if typing.get_args(tp) else Any
+        else:
+            return None
+    return _strip_optional(tp)
+
+
+def _may_add(cls: Any, keys: Sequence[str]) -> bool:
+    """Whether the last of ``keys`` may be added to its container: a free-form ``dict`` field
+    (a reader's ``options``) takes any key; a dataclass given in part (``stages.0.datasets=
+    [{"name": "x"}]``) takes its declared fields."""
+    parent = declared_type(cls, keys[:-1])
+    if typing.get_origin(parent) is dict:
+        return True
+    return dataclasses.is_dataclass(parent) and keys[-1] in typing.get_type_hints(parent)
+
+
+def _strip_optional(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def set_path(data: Any, path: str, value: Any, *, cls: Any = None) -> None:
+    """Set ``data[a][b]...`` for ``path = "a.b..."``; every step must already exist, except
+    what dataclass ``cls`` declares (:func:`_may_add`): ``stages.0.datasets.1.options.root``."""
     keys = path.split(".")
     node = data
     for depth, key in enumerate(keys):
@@ -42,7 +92,9 @@ def set_path(data: Any, path: str, value: Any) -> None:
             else:
                 node = node[int(key)]
         elif isinstance(node, dict):
-            if key not in node:
+            if key not in node and cls is not None and _may_add(cls, keys[: depth + 1]):
+                node[key] = value if last else {}
+            elif key not in node:
                 raise KeyError(f"{where}: no such setting (choose from {sorted(node)})")
             if last:
                 node[key] = value
@@ -62,7 +114,7 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
         if not sep or not key:
             raise ValueError(f"override {item!r} is not key=value")
         try:
-            set_path(data, key.strip(), parse_value(raw))
+            set_path(data, key.strip(), parse_value(raw), cls=type(cfg))
         except KeyError as e:
             raise ValueError(f"override {item!r}: {e.args[0]}") from None
     try:

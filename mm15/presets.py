@@ -33,7 +33,11 @@ Encoder = Literal["vit-h14-378", "vit-l14-336"]
 
 
 def vit_h14_378() -> VisionConfig:
-    """DFN5B-CLIP-ViT-H-14-378 (open_clip ``ViT-H-14-378-quickgelu``): 632M parameters."""
+    """DFN5B-CLIP-ViT-H-14-378 (open_clip ``ViT-H-14-378-quickgelu``): 632M parameters.
+
+    Published for open_clip, so its position table is resized the way open_clip resizes it
+    (antialiased bicubic), as ``mm15 init`` sets it when loading that checkpoint.
+    """
     return VisionConfig(
         image_size=378,
         patch_size=14,
@@ -42,11 +46,15 @@ def vit_h14_378() -> VisionConfig:
         heads=16,
         mlp_dim=5120,
         act="quick_gelu",
+        pos_interp="bicubic_antialias",
     )
 
 
 def vit_l14_336() -> VisionConfig:
-    """OpenAI CLIP ViT-L/14-336 (MM1 §3.1 encoder ablations): 304M parameters."""
+    """OpenAI CLIP ViT-L/14-336 (MM1 §3.1 encoder ablations): 304M parameters.
+
+    Its HF release (``openai/clip-vit-large-patch14-336``) resizes positions with plain bicubic.
+    """
     return VisionConfig(
         image_size=336,
         patch_size=14,

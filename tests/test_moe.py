@@ -1,4 +1,5 @@
-"""MoE feed-forward: fast path vs reference loop, fp32 router, aux losses, padding, upcycling."""
+"""MoE feed-forward: fast path vs reference loop, fp32 router, aux losses, padding, upcycling.
+The comparisons with transformers' MoE code are in tests/test_moe_parity.py."""
 
 from __future__ import annotations
 
@@ -11,15 +12,26 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mm15.config import LMConfig, MoEConfig
+from mm15.config import (
+    LMConfig,
+    ModelConfig,
+    MoEConfig,
+    from_dict,
+    load_model_config,
+    save_json,
+    to_dict,
+)
 from mm15.model import moe as moe_mod
 from mm15.model.lm import Decoder
 from mm15.model.moe import MoEFeedForward, upcycle_decoder_state_dict
 
+LB_FORMS = ("first_choice", "all_choices")
 
-def _layer(dim=16, hidden=24, E=4, K=2, seed=0, impl="grouped") -> MoEFeedForward:
+
+def _layer(dim=16, hidden=24, E=4, K=2, seed=0, impl="grouped", lb="first_choice"):
     torch.manual_seed(seed)
-    layer = MoEFeedForward(dim, hidden, MoEConfig(num_experts=E, top_k=K, impl=impl))
+    cfg = MoEConfig(num_experts=E, top_k=K, impl=impl, load_balance=lb)
+    layer = MoEFeedForward(dim, hidden, cfg)
     layer.init_weights(std=0.3, out_std=0.3)
     return layer
 
@@ -55,13 +67,14 @@ def _assert_same(a, b, atol=1e-5):
     seed=st.integers(0, 1000),
     pad=st.booleans(),
     kernel=st.booleans(),
+    lb=st.sampled_from(LB_FORMS),
 )
-def test_grouped_equals_loop(B, T, E, K, seed, pad, kernel):
+def test_grouped_equals_loop(B, T, E, K, seed, pad, kernel, lb):
     """``kernel``: also run the torch grouped-GEMM branch (CUDA bf16 in production; torch's
     CPU implementation accepts fp32, so its padding/offset logic is tested here)."""
     if kernel and moe_mod._GROUPED_MM is None:
         return
-    grouped = _layer(E=E, K=K, seed=seed)
+    grouped = _layer(E=E, K=K, seed=seed, lb=lb)
     loop = copy.deepcopy(grouped)
     loop.cfg = replace(loop.cfg, impl="loop")
     x = torch.randn(B, T, 16, generator=torch.Generator().manual_seed(seed))
@@ -96,41 +109,73 @@ def test_router_math_is_fp32_under_bf16():
     assert torch.equal(experts_ac, ref.indices) and aux_ac.z_loss.dtype == torch.float32
 
 
-def _identity_router(E: int, K: int) -> MoEFeedForward:
+def _identity_router(E: int, K: int, lb: str = "first_choice") -> MoEFeedForward:
     """dim == E and router = I, so the input *is* the router logits."""
-    layer = _layer(dim=E, hidden=8, E=E, K=K, seed=3)
+    layer = _layer(dim=E, hidden=8, E=E, K=K, seed=3, lb=lb)
     with torch.no_grad():
         layer.router.weight.copy_(torch.eye(E))
     return layer
 
 
+# E=4, K=2; logits = log of the integers below, so each valid token's probabilities are them / 8.
+# The last token is padding with extreme logits: it must count for nothing.
+HAND_P = [[4, 2, 1, 1], [1, 4, 2, 1], [1, 1, 2, 4], [1, 1, 1, 4096]]
+HAND_VALID = [True, True, True, False]
+# first / second choices: (e0, e1), (e1, e2), (e3, e2)  →  gates (2/3, 1/3) for every token
+# P = column means over the 3 valid tokens = (6, 7, 5, 6) / 24
+# first_choice: f = (1, 1, 0, 1)/3      → 4 · (6 + 7 + 0 + 6) / 72  = 19/18
+# all_choices:  f = (1, 2, 2, 1)/3      → 4 · (6 + 14 + 10 + 6) / 72 = 2  (Mixtral's scale)
+# (before the load_balance field mm15 took the all-choices f / K: 1)
+# z = ln(8)² (Σ exp = 8 for every valid token); tokens_per_expert = (1, 2, 2, 1)
+HAND_LB = {"first_choice": 19 / 18, "all_choices": 2.0}
+
+
+@pytest.mark.parametrize("lb", LB_FORMS)
+@pytest.mark.parametrize("impl", ["grouped", "loop"])
+def test_aux_losses_hand_computed_4_experts(lb, impl):
+    layer = _identity_router(E=4, K=2, lb=lb)
+    layer.cfg = replace(layer.cfg, impl=impl)
+    x = torch.tensor(HAND_P, dtype=torch.float32).log()[None]
+    y, aux = layer(x, torch.tensor([HAND_VALID]))
+    assert aux.load_balance_loss.item() == pytest.approx(HAND_LB[lb], abs=1e-6)
+    assert aux.z_loss.item() == pytest.approx(math.log(8) ** 2, abs=1e-5)
+    assert aux.tokens_per_expert.tolist() == [1, 2, 2, 1]
+    for n, (e1, e2) in enumerate([(0, 1), (1, 2), (3, 2)]):
+        xn = x[0, n : n + 1]
+        expected = 2 / 3 * layer._expert(e1, xn) + 1 / 3 * layer._expert(e2, xn)
+        assert torch.allclose(y[0, n : n + 1], expected, atol=1e-6)
+
+
 def test_aux_losses_hand_computed():
-    # E=2, K=1, both tokens prefer expert 0 with p = (3/4, 1/4):
+    # E=2, K=1, both tokens prefer expert 0 with p = (3/4, 1/4): the two forms coincide.
     # f = (1, 0), P = (3/4, 1/4) → lb = 2 · 3/4 = 1.5; lse = ln 4 → z = ln(4)².
-    layer = _identity_router(E=2, K=1)
-    x = torch.tensor([[[math.log(3), 0.0], [math.log(3), 0.0]]])
-    _, aux = layer(x)
-    assert aux.load_balance_loss.item() == pytest.approx(1.5, abs=1e-6)
-    assert aux.z_loss.item() == pytest.approx(math.log(4) ** 2, abs=1e-6)
-    assert aux.tokens_per_expert.tolist() == [2, 0]
-    # E=3, K=2, p = (4, 2, 1)/7: f = (1/2, 1/2, 0) → lb = 3 · (2/7 + 1/7) = 9/7; z = ln(7)²;
-    # gates renormalise to (2/3, 1/3).
-    layer = _identity_router(E=3, K=2)
-    x = torch.tensor([[[math.log(4), math.log(2), 0.0]]])
-    y, aux = layer(x)
-    assert aux.load_balance_loss.item() == pytest.approx(9 / 7, abs=1e-6)
-    assert aux.z_loss.item() == pytest.approx(math.log(7) ** 2, abs=1e-5)
-    expected = 2 / 3 * layer._expert(0, x[0]) + 1 / 3 * layer._expert(1, x[0])
-    assert torch.allclose(y[0], expected, atol=1e-6)
-    # Uniform router: lb = 1 whatever top-k picks, z = ln(E)².
-    layer = _identity_router(E=4, K=2)
-    _, aux = layer(torch.zeros(1, 5, 4))
-    assert aux.load_balance_loss.item() == pytest.approx(1.0, abs=1e-6)
-    assert aux.z_loss.item() == pytest.approx(math.log(4) ** 2, abs=1e-6)
+    for lb in LB_FORMS:
+        layer = _identity_router(E=2, K=1, lb=lb)
+        x = torch.tensor([[[math.log(3), 0.0], [math.log(3), 0.0]]])
+        _, aux = layer(x)
+        assert aux.load_balance_loss.item() == pytest.approx(1.5, abs=1e-6)
+        assert aux.z_loss.item() == pytest.approx(math.log(4) ** 2, abs=1e-6)
+        assert aux.tokens_per_expert.tolist() == [2, 0]
+    # E=3, K=2, p = (4, 2, 1)/7, z = ln(7)², gates renormalise to (2/3, 1/3).
+    # first_choice f = (1, 0, 0) → 3 · 4/7 = 12/7; all_choices f = (1, 1, 0) → 3 · 6/7 = 18/7.
+    for lb, want in (("first_choice", 12 / 7), ("all_choices", 18 / 7)):
+        layer = _identity_router(E=3, K=2, lb=lb)
+        x = torch.tensor([[[math.log(4), math.log(2), 0.0]]])
+        y, aux = layer(x)
+        assert aux.load_balance_loss.item() == pytest.approx(want, abs=1e-6)
+        assert aux.z_loss.item() == pytest.approx(math.log(7) ** 2, abs=1e-5)
+        expected = 2 / 3 * layer._expert(0, x[0]) + 1 / 3 * layer._expert(1, x[0])
+        assert torch.allclose(y[0], expected, atol=1e-6)
+    # Uniform router: Σ_e f_e whatever top-k picks (1, or K = 2), z = ln(E)².
+    for lb, want in (("first_choice", 1.0), ("all_choices", 2.0)):
+        _, aux = _identity_router(E=4, K=2, lb=lb)(torch.zeros(1, 5, 4))
+        assert aux.load_balance_loss.item() == pytest.approx(want, abs=1e-6)
+        assert aux.z_loss.item() == pytest.approx(math.log(4) ** 2, abs=1e-6)
 
 
-def test_padding_excluded_from_stats():
-    layer = _layer(E=4, seed=4)
+@pytest.mark.parametrize("lb", LB_FORMS)
+def test_padding_excluded_from_stats(lb):
+    layer = _layer(E=4, seed=4, lb=lb)
     real = torch.randn(1, 5, 16)
     pad = 10 * torch.randn(1, 3, 16)  # extreme router logits if they counted
     x = torch.cat([pad, real], dim=1)
@@ -147,6 +192,23 @@ def test_padding_excluded_from_stats():
     # All padding: zero losses, not NaN.
     _, aux_none = layer(pad, torch.zeros(1, 3, dtype=torch.bool))
     assert aux_none.load_balance_loss.item() == 0.0 and aux_none.z_loss.item() == 0.0
+
+
+def test_load_balance_setting_round_trips_and_old_configs_get_the_default(tmp_path):
+    cfg = ModelConfig()
+    cfg.lm.moe = MoEConfig(num_experts=4, load_balance="all_choices")
+    path = tmp_path / "config.json"
+    save_json(cfg, str(path))
+    assert load_model_config(str(path)).lm.moe.load_balance == "all_choices"
+    assert from_dict(ModelConfig, to_dict(cfg)) == cfg
+    old = to_dict(cfg)  # a config.json written before the field existed
+    del old["lm"]["moe"]["load_balance"]
+    assert from_dict(ModelConfig, old).lm.moe.load_balance == "first_choice"
+    old["lm"]["moe"]["load_balance"] = "top1"
+    with pytest.raises(ValueError, match=r"MoEConfig\.load_balance must be one of"):
+        from_dict(ModelConfig, old)
+    with pytest.raises(ValueError, match="load_balance 'top1'"):
+        MoEFeedForward(4, 8, MoEConfig(num_experts=4, load_balance="top1"))  # type: ignore[arg-type]
 
 
 DENSE = LMConfig(vocab_size=53, dim=16, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden=24)

@@ -5,8 +5,14 @@ drop CLS → + learned position embedding → RegStage(depth, C_enc → hidden) 
 AdaptiveAvgPool2d(√T × √T) → RegStage(depth, hidden → hidden) → Linear(hidden → out) then
 (SiLU, Linear(out → out)) × (mlp_depth − 1).  MM1 uses 144 tokens per image; Table 1 of MM1.5
 also ablates 81 and 64.  Unlike Honeybee, the position embedding is resized bicubically when the
-encoder grid differs from its native one (MM1.5 §3.1 encodes 672px tiles with a 378px encoder:
-27×27 → 48×48), because ViT features at the new grid still carry the same layout.
+encoder grid differs from the table's (MM1.5 §3.1 encodes 672px tiles with a 378px encoder:
+27×27 → 48×48), because ViT features at the new grid still carry the same layout; at the table's
+own grid the output equals Honeybee's (tests/test_connector_honeybee.py, against timm).
+
+The LayerNorms are timm's ``LayerNormAct2d`` with eps 1e-5: Honeybee passes
+``norm_layer=LayerNorm2d`` (whose own eps is 1e-6), but timm's ``ConvNormAct`` swaps it for its
+norm+act twin via ``get_norm_act_layer``, which keeps the class, not the eps (timm 0.9.8, as
+Honeybee pins, and 1.0.x alike).  Honeybee's weights load with :mod:`mm15.model.honeybee`.
 
 Shape legend: N tiles, L = 1 + G² input tokens (CLS first), G encoder grid side, C channels,
 S = √T output grid side, T output tokens, E out_dim (LLM width).
@@ -24,9 +30,10 @@ from mm15.model.vision import interpolate_pos_embed
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map (timm ``LayerNorm2d``: eps 1e-6)."""
+    """LayerNorm over the channels of an NCHW map, eps 1e-5 as timm's ``LayerNormAct2d``, the
+    norm every RegNet ``ConvNormAct`` (and the projection shortcut) really builds."""
 
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__(channels, eps=eps)
 
     def forward(self, x_NCHW: Tensor) -> Tensor:
@@ -112,9 +119,10 @@ class RegStage(nn.Module):
 class CAbstractor(nn.Module):
     """C-Abstractor: (N, 1 + G², enc_width) ViT features → (N, num_tokens, out_dim).
 
-    ``enc_grid`` is the encoder's native patch grid (27 for ViT-H/14 at 378px), which sizes the
-    learned position embedding; other grids interpolate it on the fly (nothing is cached, so
-    gradients reach ``pos_emb`` at every resolution).
+    ``enc_grid`` is the encoder's native patch grid (27 for ViT-H/14 at 378px); the learned
+    position table has ``cfg.pos_grid`` (default: ``enc_grid``) rows per side, and other grids
+    interpolate it on the fly (nothing is cached, so gradients reach ``pos_emb`` at every
+    resolution).
     """
 
     def __init__(
@@ -130,8 +138,11 @@ class CAbstractor(nn.Module):
             raise ValueError(f"connector mlp_depth must be >= 1, got {cfg.mlp_depth}")
         if cfg.depth < 0:
             raise ValueError(f"connector depth must be >= 0, got {cfg.depth}")
-        self.cfg, self.enc_width, self.enc_grid = cfg, enc_width, enc_grid
-        self.pos_emb = nn.Parameter(torch.empty(1, enc_grid**2, enc_width)) if cfg.pos_emb else None
+        pos_grid = enc_grid if cfg.pos_grid is None else cfg.pos_grid
+        if type(pos_grid) is not int or pos_grid < 1:
+            raise ValueError(f"connector pos_grid must be a positive integer, got {pos_grid!r}")
+        self.cfg, self.enc_width, self.enc_grid, self.pos_grid = cfg, enc_width, enc_grid, pos_grid
+        self.pos_emb = nn.Parameter(torch.empty(1, pos_grid**2, enc_width)) if cfg.pos_emb else None
         self.s1 = RegStage(cfg.depth, enc_width, cfg.hidden, cfg.se_ratio)
         self.pool = nn.AdaptiveAvgPool2d((side, side))  # uneven, overlapping windows for 27 → 12
         self.s2 = RegStage(cfg.depth, cfg.hidden, cfg.hidden, cfg.se_ratio)
@@ -158,9 +169,9 @@ class CAbstractor(nn.Module):
             nn.init.trunc_normal_(self.pos_emb, std=0.02)
 
     def pos_emb_for(self, grid: int) -> Tensor:
-        """(1, grid², enc_width) position embedding, bicubically resized off the native grid."""
+        """(1, grid², enc_width) position embedding, bicubically resized off the table's grid."""
         assert self.pos_emb is not None
-        g = self.enc_grid
+        g = self.pos_grid
         pos = interpolate_pos_embed(self.pos_emb.reshape(g, g, self.enc_width), grid, grid)
         return pos.unsqueeze(0)
 

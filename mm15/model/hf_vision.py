@@ -6,10 +6,18 @@ Two layouts (SPEC §1: "loads the public DFN5B-CLIP-ViT-H-14-378 checkpoint, ope
   ``vision_model.`` beside a text tower and projections, which are dropped) or
   ``clip_vision_model`` (``CLIPVisionModel``; transformers ≥ 5 saves it without the
   ``vision_model.`` prefix, 4.x with it — both load).
-* **open_clip** — ``open_clip_config.json`` (``{"model_cfg": {"vision_cfg": ..., "quick_gelu": ...}}``)
-  with ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``.  Vision keys live
-  under ``visual.``; attention uses a fused ``in_proj_weight`` (3D, D) stacked q, k, v
-  (open_clip ``transformer.py``: ``F.linear(x, in_proj_weight, in_proj_bias).chunk(3, dim=-1)``).
+* **open_clip** — the hub layout open_clip 3.x writes (``push_to_hf_hub.save_for_hf``) and reads
+  (``create_model("local-dir:...")``): ``open_clip_config.json`` holding ``{"model_cfg":
+  {"vision_cfg": ..., "quick_gelu": ...}, "preprocess_cfg": ...}`` (a bare model config also
+  loads) and weights found in open_clip's order of preference (:data:`OPEN_CLIP_WEIGHTS`; a
+  ``.bin``/``.pth`` is read with ``torch.load(weights_only=True)``).  Vision keys live under
+  ``visual.`` (a DDP ``module.`` prefix is dropped, as open_clip does); attention is
+  ``nn.MultiheadAttention`` with a fused ``in_proj_weight`` (3D, D) stacking q, k, v.
+
+The position-embedding kernel follows the layout (``VisionConfig.pos_interp``): each library
+defines how its own checkpoints meet other resolutions — transformers resizes bicubically on every
+forward (``interpolate_pos_encoding``), open_clip once at load time with ``antialias=True``
+(``resize_pos_embed``, when the model was created at another image size).
 
 The returned state dict uses :class:`VisionTransformer`'s names and is checked against a
 meta-device instance: missing, unexpected or mis-shaped tensors raise one error listing them.
@@ -29,7 +37,14 @@ from mm15.model.vision import VisionTransformer
 from mm15.model.weights_io import load_tensors
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# open_clip's own preference among them (factory._find_checkpoint_in_dir; the hub holds the first
+# and/or the third: constants HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME).
+OPEN_CLIP_WEIGHTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
 
 # HF names (after stripping "vision_model.") → ours.  Anything unmatched is "unexpected".
 _HF_RULES = [
@@ -69,11 +84,16 @@ _OC_RULES = [
 _OC_IN_PROJ = re.compile(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)")
 _OC_IGNORED = {"proj"}  # the CLIP image projection head; MM1.5 uses the token features
 
-# open_clip vision_cfg options that change the architecture away from a plain CLIP ViT.
+# open_clip vision_cfg options that change the token features away from a plain CLIP ViT, with
+# the values that leave them unchanged (open_clip model.py CLIPVisionCfg).  Options that act only
+# on the pooled/projected output (pool_type, final_ln_after_pool, output_tokens, proj) or in
+# training (patch_dropout) do not matter here: MM1.5 takes the token features before ln_post.
 _OC_UNSUPPORTED = {
-    "timm_model_name": None, "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
-    "pos_embed_type": "learnable", "act_kwargs": None, "qk_norm": False, "scaled_cosine_attn": False,
-    "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+    "timm_model_name": (None,), "ls_init_value": (None,), "attentional_pool": (False,),
+    "no_ln_pre": (False,), "pos_embed_type": ("learnable",), "act_kwargs": (None, {}),
+    "block_type": (None, "default"), "qk_norm": (False,), "scaled_cosine_attn": (False,),
+    "scale_heads": (False,), "scale_attn_inner": (False,), "scale_attn": (False,),
+    "scale_fc": (False,),
 }  # fmt: skip
 
 
@@ -113,6 +133,7 @@ def vision_config_from_hf(cfg: dict) -> VisionConfig:
         mlp_dim=cfg.get("intermediate_size", 3072),
         act=act,
         norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        pos_interp="bicubic",  # transformers CLIPVisionEmbeddings.interpolate_pos_encoding
     )
 
 
@@ -122,11 +143,7 @@ def vision_config_from_open_clip(cfg: dict) -> VisionConfig:
     vision = model_cfg.get("vision_cfg")
     if not isinstance(vision, dict):
         raise ValueError("open_clip config has no model_cfg.vision_cfg object")
-    bad = {
-        k: vision[k]
-        for k, default in _OC_UNSUPPORTED.items()
-        if k in vision and vision[k] != default
-    }
+    bad = {k: vision[k] for k, ok in _OC_UNSUPPORTED.items() if k in vision and vision[k] not in ok}
     if bad:
         raise ValueError(f"open_clip vision_cfg options not supported by the CLIP ViT: {bad}")
     if isinstance(vision.get("layers"), (list, tuple)):
@@ -137,7 +154,10 @@ def vision_config_from_open_clip(cfg: dict) -> VisionConfig:
         raise ValueError(
             f"open_clip vision width {width} is not divisible by head_width {head_width}"
         )
-    eps = (vision.get("norm_kwargs") or {}).get("eps", 1e-5)
+    norm_kwargs = vision.get("norm_kwargs") or {}
+    if set(norm_kwargs) - {"eps"}:
+        raise ValueError(f"open_clip vision_cfg.norm_kwargs {norm_kwargs} not supported (only eps)")
+    eps = norm_kwargs.get("eps", 1e-5)
     return VisionConfig(
         image_size=_square(vision.get("image_size", 224), "image_size", "open_clip vision_cfg"),
         patch_size=_square(vision.get("patch_size", 16), "patch_size", "open_clip vision_cfg"),
@@ -147,6 +167,7 @@ def vision_config_from_open_clip(cfg: dict) -> VisionConfig:
         mlp_dim=int(width * vision.get("mlp_ratio", 4.0)),
         act="quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu",
         norm_eps=float(eps),
+        pos_interp="bicubic_antialias",  # open_clip resize_pos_embed
     )
 
 
@@ -178,9 +199,10 @@ def open_clip_to_ours(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], li
     out: dict[str, Tensor] = {}
     unknown: list[str] = []
     for key, t in tensors.items():
-        if not key.startswith("visual."):
+        bare = key.removeprefix("module.")  # saved from a DDP-wrapped model
+        if not bare.startswith("visual."):
             continue  # text tower, logit_scale, ...
-        bare = key.removeprefix("visual.")
+        bare = bare.removeprefix("visual.")
         if bare in _OC_IGNORED:
             continue
         m = _OC_IN_PROJ.fullmatch(bare)

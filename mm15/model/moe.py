@@ -1,11 +1,18 @@
 """Mixture-of-experts feed-forward (§4; MM1 §3.3; GShard, Switch, ST-MoE).
 
-Top-k token-choice routing, dropless (every token reaches its k experts, no capacity factor).
-The router's math runs in fp32 whatever the activation dtype: bf16 logits would round the
-softmax and flip top-k choices between otherwise identical runs.  Aux losses:
-load balance (Switch/GShard) E · Σ_e f_e · P_e, f_e the fraction of (token, slot) assignments
-routed to expert e, P_e the mean router probability; router z-loss (ST-MoE)
-mean(logsumexp(logits)²).  Padding tokens are left out of both and of the token counts.
+Top-k token-choice routing as Mixtral and GShard's top-2 gate do it: softmax over all E
+experts, the k largest, gates renormalised to sum to 1; dropless (every token reaches its k
+experts, no capacity factor).  The router's math runs in fp32 whatever the activation dtype:
+bf16 logits would round the softmax and flip top-k choices between otherwise identical runs.
+
+Aux losses, each over the layer call's valid tokens as one group:
+load balance E · Σ_e f_e · P_e, P_e the mean router probability of expert e and f_e, by
+``MoEConfig.load_balance``, either (default "first_choice") the fraction of tokens whose first
+choice is e — GShard Algorithm 1 / Mesh-TF ``_top_2_gating``'s density_1, as ST-MoE uses it — or
+("all_choices") the top-k assignments to e per token, Σ_e f_e = K, which is transformers'
+Mixtral ``load_balancing_loss_func`` exactly; router z-loss (ST-MoE) mean(logsumexp(logits)²).
+Padding tokens are left out of both and of the token counts.  ``tokens_per_expert`` counts all
+k assignments whichever form the loss takes (it is a load metric).
 
 Shape legend: N tokens (B·T flattened), D model width, F expert hidden, E experts, K top-k,
 A = N·K (token, slot) assignments, P padded rows of the grouped GEMM.
@@ -30,7 +37,7 @@ _ALIGN = 8  # rows per grouped-GEMM block: 16 bytes of bf16
 class MoEAux:
     """One MoE layer's router statistics (fp32 losses; padding excluded)."""
 
-    load_balance_loss: Tensor  # ()
+    load_balance_loss: Tensor  # () in the form MoEConfig.load_balance names
     z_loss: Tensor  # ()
     tokens_per_expert: Tensor  # (E,) int64, routed (token, slot) assignments per expert
 
@@ -47,6 +54,8 @@ class MoEFeedForward(nn.Module):
         super().__init__()
         if not 1 <= cfg.top_k <= cfg.num_experts:
             raise ValueError(f"MoE top_k {cfg.top_k} must be in [1, num_experts={cfg.num_experts}]")
+        if cfg.load_balance not in ("first_choice", "all_choices"):
+            raise ValueError(f"MoE load_balance {cfg.load_balance!r}: first_choice or all_choices")
         self.cfg = cfg
         E = cfg.num_experts
         self.router = nn.Linear(dim, E, bias=False)
@@ -66,7 +75,7 @@ class MoEFeedForward(nn.Module):
         with torch.autocast(device_type=x_ND.device.type, enabled=False):
             logits_NE = F.linear(x_ND.float(), self.router.weight.float())
         probs_NE = logits_NE.softmax(dim=-1)
-        top_p_NK, experts_NK = probs_NE.topk(K, dim=-1)
+        top_p_NK, experts_NK = probs_NE.topk(K, dim=-1)  # sorted: column 0 is the first choice
         gates_NK = top_p_NK / top_p_NK.sum(dim=-1, keepdim=True)
 
         w_N = valid_N.float()
@@ -74,7 +83,12 @@ class MoEFeedForward(nn.Module):
         counts_E = torch.zeros(E, device=x_ND.device).scatter_add_(
             0, experts_NK.reshape(-1), w_N.repeat_interleave(K)
         )
-        f_E = counts_E / (n_valid * K)  # no gradient: a count of discrete choices
+        # f_E has no gradient (a count of discrete choices); see MoEConfig.load_balance
+        if self.cfg.load_balance == "first_choice":
+            first_E = torch.zeros(E, device=x_ND.device).scatter_add_(0, experts_NK[:, 0], w_N)
+            f_E = first_E / n_valid  # Σ_e f_e = 1
+        else:
+            f_E = counts_E / n_valid  # Σ_e f_e = K
         P_E = (probs_NE * w_N[:, None]).sum(0) / n_valid
         z_N = torch.logsumexp(logits_NE, dim=-1).square()
         aux = MoEAux(

@@ -3,7 +3,10 @@
 Numerically the same network as HF ``CLIPVisionModel`` and open_clip's ``VisionTransformer``
 (checkpoints in both layouts load through :mod:`mm15.model.hf_vision`).  MM1.5 feeds 672×672
 tiles to an encoder trained at 378×378 (§3.1), so the learned position embeddings are resized
-bicubically to the tile's patch grid, exactly as HF ``interpolate_pos_encoding`` does.
+bicubically to the tile's patch grid.  ``VisionConfig.pos_interp`` picks the kernel of the library
+that defines the checkpoint's layout: "bicubic" is HF ``interpolate_pos_encoding`` (run on every
+forward), "bicubic_antialias" open_clip's ``resize_pos_embed`` (run once, when a model created at
+another image size loads the checkpoint); both are matched to 1e-5 in fp32 by the parity tests.
 
 Hidden-state indexing follows HF ``output_hidden_states``: ``hidden[0]`` is the embedding output
 *after* ``ln_pre`` (HF's ``pre_layrnorm``), ``hidden[i]`` the output of block ``i`` (1-based), so
@@ -28,17 +31,34 @@ def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-def interpolate_pos_embed(pos_GGD: Tensor, grid_h: int, grid_w: int) -> Tensor:
+POS_INTERP = ("bicubic", "bicubic_antialias")
+
+
+def interpolate_pos_embed(
+    pos_GGD: Tensor, grid_h: int, grid_w: int, *, method: str = "bicubic"
+) -> Tensor:
     """Bicubically resize a (G, G, D) grid of position embeddings to (grid_h·grid_w, D).
 
-    Matches HF ``CLIPVisionEmbeddings.interpolate_pos_encoding`` (bicubic, align_corners=False,
-    output ``size`` given, not a scale factor).  Runs in float32 for accuracy in bf16 models.
+    ``method`` "bicubic" matches HF ``CLIPVisionEmbeddings.interpolate_pos_encoding`` (and
+    Honeybee): ``F.interpolate(mode="bicubic", align_corners=False)`` with an output ``size``, not
+    a scale factor.  "bicubic_antialias" adds ``antialias=True`` as open_clip's
+    ``resize_pos_embed`` does; PyTorch then uses PIL's separable a = -0.5 cubic, which differs
+    from the a = -0.75 one even when upsampling.  The native grid is returned as is (neither
+    library resizes it).  Runs in float32 for accuracy in bf16 models.
     """
+    if method not in POS_INTERP:
+        raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {method!r}")
     g, _, dim = pos_GGD.shape
     if (grid_h, grid_w) == (g, g):
         return pos_GGD.reshape(g * g, dim)
     x_1DGG = pos_GGD.float().permute(2, 0, 1).unsqueeze(0)
-    x_1DGG = F.interpolate(x_1DGG, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+    x_1DGG = F.interpolate(
+        x_1DGG,
+        size=(grid_h, grid_w),
+        mode="bicubic",
+        align_corners=False,
+        antialias=method == "bicubic_antialias",
+    )
     return x_1DGG.squeeze(0).permute(1, 2, 0).reshape(grid_h * grid_w, dim).to(pos_GGD.dtype)
 
 
@@ -116,6 +136,8 @@ class VisionTransformer(nn.Module):
                 f"image_size {cfg.image_size} is smaller than patch_size {cfg.patch_size}"
             )
         self.feature_index = self._resolve_feature_layer(cfg.feature_layer, cfg.depth)
+        if cfg.pos_interp not in POS_INTERP:
+            raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {cfg.pos_interp!r}")
         self.patch_embed = nn.Conv2d(
             3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False
         )
@@ -170,7 +192,9 @@ class VisionTransformer(nn.Module):
         """(1 + grid_h·grid_w, D) position embeddings, CLS first; interpolated off the native grid."""
         g = self.native_grid
         cls_1D, patch_PD = self.pos_embed[:1], self.pos_embed[1:]
-        patch_PD = interpolate_pos_embed(patch_PD.reshape(g, g, -1), grid_h, grid_w)
+        patch_PD = interpolate_pos_embed(
+            patch_PD.reshape(g, g, -1), grid_h, grid_w, method=self.cfg.pos_interp
+        )
         return torch.cat([cls_1D, patch_PD], dim=0)
 
     def embed(self, pixels_NCHW: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mm15.config import FormatConfig, ImageConfig, MixtureConfig, ModelConfig, PackingConfig
+from mm15.data.registry import RegistryEntry
 from mm15.train.optim import OptimConfig
 from mm15.train.parallel import ParallelConfig
 
@@ -25,14 +26,24 @@ Part = Literal["vision", "connector", "lm"]
 class DatasetConfig:
     """Where a mixture source's samples come from: a reader of :mod:`mm15.data.sources`.
 
-    ``options`` are the reader's keyword arguments (e.g. ``{"columns": "cauldron"}``)."""
+    A dataset of the registry (mm15/data/registry.toml, ``mm15 data list``) needs only its
+    ``name``: its reader (``kind``), ``category``, files (under the run's ``data_root``) and
+    reader ``options`` come from the registry, and whatever is set here wins (``options`` key by
+    key). A dataset not in the registry sets ``kind``, ``category`` and ``paths`` itself.
+    """
 
-    name: str  # the SourceConfig.name it feeds
-    kind: Literal["conversation", "table", "captions", "pdf_ocr", "rendered_text", "obelics",
-                  "canonical"]  # fmt: skip
-    paths: list[str]
-    category: str
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str  # the SourceConfig.name it feeds, and its registry name
+    kind: str | None = None  # one of mm15.data.sources.KINDS
+    paths: list[str] = field(default_factory=list)  # files or globs; [] = the registry's
+    category: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the reader's keyword arguments
+
+    def __post_init__(self) -> None:
+        from mm15.data.sources import KINDS
+
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"dataset {self.name!r}: kind {self.kind!r} is not a reader; "
+                             f"choose from {', '.join(KINDS)}")  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -40,6 +51,10 @@ class StageConfig:
     name: str
     kind: Literal["pretrain", "cpt", "sft"]
     steps: int
+    # Instead of steps (set steps=0): passes over the stage's data, counted in samples (epochs ×
+    # the datasets' total samples), turned into steps when the stage starts from the packing
+    # measured on its own samples (mm15/train/data.py: epoch_steps). The paper's SFT is 1 epoch.
+    epochs: float | None = None
     batch_rows: int = 8  # global batch, in packed rows of ``packing.seq_len`` tokens
     micro_rows: int = 0  # rows per forward pass on one rank; 0 = all of this rank's rows
     # Peak LR; None = MM1 Eq. 1 from the decoder's (dense backbone's) non-embedding size.
@@ -59,7 +74,12 @@ class StageConfig:
         _at_least(where, steps=(self.steps, 0), batch_rows=(self.batch_rows, 1),
                   micro_rows=(self.micro_rows, 0), warmup_steps=(self.warmup_steps, 0),
                   **{"packing.seq_len": (self.packing.seq_len, 2)})  # fmt: skip
-        if self.warmup_steps > self.steps:
+        if self.epochs is not None:
+            if not 0 < self.epochs < float("inf"):
+                raise ValueError(f"{where}: epochs must be > 0, got {self.epochs}")
+            if self.steps:
+                raise ValueError(f"{where}: set steps or epochs, not both (steps=0 with epochs)")
+        elif self.warmup_steps > self.steps:
             raise ValueError(f"{where}: warmup_steps ({self.warmup_steps}) exceeds steps "
                              f"({self.steps})")  # fmt: skip
         if self.micro_rows > self.batch_rows:
@@ -76,7 +96,19 @@ class TrainConfig:
     model: ModelConfig
     stages: list[StageConfig]
     init_from: str | None = None  # an mm15 checkpoint dir (`mm15 init`, or an earlier run)
+    # Where registry datasets lie: entry ``cauldron/chartqa`` reads data_root/the_cauldron/
+    # chartqa/train-*.parquet unless its DatasetConfig sets ``paths`` (mm15/data/registry.toml).
+    data_root: str = "data"
+    registry: list[RegistryEntry] = field(default_factory=list)  # a run's own datasets
+    # A dataset of a stage none of whose files exist: "error" stops before step 1 naming it;
+    # "skip" trains without it (the mixture re-weighs what is left by the same rule) and lists
+    # it under "missing" in audit_<stage>.json. For a user who holds part of the paper's data.
+    missing_datasets: Literal["error", "skip"] = "error"
     tokenizer: str | None = None  # a tokenizer dir; None = init_from's, else the byte tokenizer
+    # Without init_from the model starts from random weights (and the byte tokenizer unless
+    # ``tokenizer`` is set). The paper's presets set this to false: the recipe starts from a
+    # pre-trained encoder and decoder (`mm15 init`), so a forgotten init_from is an error.
+    allow_random_init: bool = True
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run_dir: str = "runs/mm15"
     seed: int = 0
@@ -84,6 +116,10 @@ class TrainConfig:
     ckpt_every: int = 200  # steps; a checkpoint is also written at the end of every stage
     keep_last: int = 3
     max_skipped_fraction: float = 0.5  # a stage whose samples mostly fail is an error, not a run
+    # Before step 1 every dataset of every remaining stage formats this many of its samples
+    # (evenly spaced), as `mm15 data check` does; over max_skipped_fraction skipped stops the run
+    # naming the dataset and a file. 0 turns the check off.
+    preflight_samples: int = 16
     # Decode and tile the next step's images in a background thread while this step trains
     # (the same batches in the same order; resume state is unaffected).  "auto": on when the
     # step runs on an accelerator or torch leaves a CPU core free, off when torch's threads
@@ -99,7 +135,8 @@ class TrainConfig:
             raise ValueError("stages is empty: a run needs at least one stage")
         _at_least("train config", log_every=(self.log_every, 1), ckpt_every=(self.ckpt_every, 1),
                   keep_last=(self.keep_last, 1),
-                  max_nonfinite_steps=(self.max_nonfinite_steps, 1))  # fmt: skip
+                  max_nonfinite_steps=(self.max_nonfinite_steps, 1),
+                  preflight_samples=(self.preflight_samples, 0))  # fmt: skip
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
             raise ValueError(f"max_skipped_fraction must be in [0, 1], got "
                              f"{self.max_skipped_fraction}")  # fmt: skip

@@ -19,44 +19,138 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 from collections import Counter, deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from mm15.config import ModelConfig
+from mm15.config import ModelConfig, SourceConfig
 from mm15.data.chat import IGNORE_INDEX, Example, format_sample, materialize_pixels
 from mm15.data.mixture import build_sampler
 from mm15.data.packing import PackedRow, Packer, collate
+from mm15.data.registry import RegistryEntry, resolve_dataset
+from mm15.data.registry import registry as registry_entries
 from mm15.data.schema import SampleError
 from mm15.data.sources import open_source
 from mm15.tokenizer import MM15Tokenizer
 from mm15.train.config import DatasetConfig, StageConfig
 
 
-def open_datasets(specs: list[DatasetConfig], *, stage: str) -> dict[str, Any]:
-    """One reader per dataset; paths may be globs (``data/cc12m/*.tar``), expanded sorted."""
-    return {
-        d.name: open_source({"kind": d.kind, "paths": _expand(d.paths, d.name), "source": d.name,
-                             "category": d.category, "stage": stage, **d.options})
-        for d in specs
-    }  # fmt: skip
+def open_datasets(
+    specs: list[DatasetConfig], *, stage: str, stage_name: str | None = None,
+    data_root: str = "data", registry: Mapping[str, RegistryEntry] | None = None,
+    missing: Literal["error", "skip"] = "error",
+) -> dict[str, Any]:  # fmt: skip
+    """One reader per dataset, resolved through the registry (names → reader, options, files
+    under ``data_root``); paths may be globs (``data/cc12m/*.tar``), expanded sorted.
+
+    Every problem — a dataset neither in the registry nor complete, no file matching, a reader
+    option or column missing — is one ``ValueError`` naming the stage, the dataset and the field.
+    With ``missing="skip"`` a dataset none of whose paths match a file is left out instead (the
+    caller sees it absent from the result).
+    """
+    entries = registry if registry is not None else registry_entries()
+    where = f"stage {stage_name or stage}"
+    out = {}
+    for spec in specs:
+        try:
+            d = resolve_dataset(spec, data_root=data_root, entries=entries)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        label = f"{where}: dataset {d.name} ({d.kind})"
+        if missing == "skip" and not any(_matches(p) for p in d.paths):
+            continue
+        paths = expand_paths(d.paths, label)
+        try:
+            out[d.name] = open_source(
+                {
+                    "kind": d.kind,
+                    "paths": paths,
+                    "source": d.name,
+                    "category": d.category,
+                    "stage": stage,
+                    **d.options,
+                }
+            )
+        except TypeError as e:  # a reader's required option missing, or an unknown one
+            raise ValueError(f"{label}: options: {_option_problem(e)}") from None
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{label}: {e}") from None
+    return out
 
 
-def _expand(patterns: list[str], name: str) -> list[str]:
+def _option_problem(e: TypeError) -> str:
+    text = str(e)
+    return text.split(".__init__() ", 1)[-1] if ".__init__() " in text else text
+
+
+def _matches(pattern: str) -> bool:
+    return bool(glob.glob(pattern)) if glob.has_magic(pattern) else os.path.exists(pattern)
+
+
+def run_stage(stage: StageConfig, opened: Mapping[str, Any]) -> StageConfig:
+    """``stage`` as it runs on the readers ``opened``: a mixture without sources gets one per
+    dataset (its category from the reader, i.e. the registry or the dataset config), and the
+    sources whose datasets were left out (``missing_datasets=skip``) are dropped."""
+    sources = stage.mixture.sources or [SourceConfig(name=n, category=r.category)
+                                        for n, r in opened.items()]  # fmt: skip
+    sources = [s for s in sources if s.name in opened]
+    return dataclasses.replace(stage, mixture=dataclasses.replace(stage.mixture, sources=sources))
+
+
+def epoch_steps(
+    stage: StageConfig, datasets: Mapping[str, Any], *, tokenizer: MM15Tokenizer,
+    model_cfg: ModelConfig, samples: int = 64,
+) -> int:  # fmt: skip
+    """Steps for ``stage.epochs`` passes over ``datasets``: each dataset's samples over the
+    samples per packed row measured on up to ``samples`` of its own (evenly spaced, formatted
+    and packed with the stage's settings), summed, times epochs, over ``batch_rows``."""
+    assert stage.epochs is not None
+    if stage.image is not None:
+        model_cfg = dataclasses.replace(model_cfg, image=stage.image)
+    rows = 0.0
+    for name, reader in datasets.items():
+        n = len(reader)
+        packer = Packer.from_config(stage.packing, pad_id=tokenizer.pad_id)
+        packed = built = 0
+        for index in sorted({i * n // samples for i in range(min(n, samples))}):
+            try:
+                ex = format_sample(reader[index], tokenizer=tokenizer, model_cfg=model_cfg,
+                                   fmt=stage.format)  # fmt: skip
+            except SampleError:
+                continue
+            built += 1 if len(ex) <= stage.packing.seq_len else 0
+            packed += len(packer.add(ex))
+        packed += len(packer.flush())
+        if not built:
+            raise DataError(f"stage {stage.name}: dataset {name}: none of {min(n, samples)} "
+                            "samples checked could be formatted; cannot count its epochs")  # fmt: skip
+        rows += n / (built / packed)
+    return max(1, math.ceil(stage.epochs * rows / stage.batch_rows))
+
+
+def expand_paths(patterns: list[str], label: str) -> list[str]:
+    """The files of ``patterns`` (globs expanded, sorted); none matching, or a folder, is an
+    error naming ``label``."""
     out = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise FileNotFoundError(f"dataset {name}: no files match {pattern!r}")
+        if not matches or (not glob.has_magic(pattern) and not os.path.exists(pattern)):
+            raise FileNotFoundError(f"{label}: paths: no files match {pattern!r} (set data_root, "
+                                    "or the dataset's paths)")  # fmt: skip
         folders = [m for m in matches if os.path.isdir(m)]
         if folders:
-            raise ValueError(f"dataset {name}: path {folders[0]} is a directory; list the data "
+            raise ValueError(f"{label}: paths: {folders[0]} is a directory; list the data "
                              f"files in it (e.g. {os.path.join(folders[0], '*')})")  # fmt: skip
         out += matches
     return out
+
+
+class DataError(ValueError):
+    """A stage's data is broken (most samples of the stage, or of one source, are skipped)."""
 
 
 class StageStream:
@@ -77,6 +171,11 @@ class StageStream:
         self.pending: deque[PackedRow] = deque()
         self.refs: deque[tuple[str, int]] = deque()  # examples in the packer or pending rows
         self.skipped: Counter = Counter()
+        # Per source: draws, skips by reason and the last skip's detail (which names the file),
+        # so a source that mostly fails is found even when the stage as a whole looks healthy.
+        self.source_draws: Counter = Counter()
+        self.source_skips: dict[str, Counter] = {}
+        self.last_skip: dict[str, str] = {}
         self.draws = 0
 
     # ---- the stream ---------------------------------------------------------------------------
@@ -89,27 +188,42 @@ class StageStream:
     def _pull(self) -> None:
         name, index = self.sampler.next_index()
         self.draws += 1
+        self.source_draws[name] += 1
         try:
             ex = self._example(name, index)
         except SampleError as e:
-            self.skipped[e.reason] += 1
-            self._check_skips()
+            self._skip(name, e.reason, e.detail)
             return
         too_long = self.packer.stats.skipped["too_long"]
         rows = self.packer.add(ex)
         if self.packer.stats.skipped["too_long"] > too_long:
-            self.skipped["too_long"] += 1
-            self._check_skips()
+            self._skip(name, "too_long", f"{ex.sample_id}: {len(ex)} tokens")
         else:
             self.refs.append((name, index))
         self.pending.extend(rows)
 
-    def _check_skips(self) -> None:
-        n = sum(self.skipped.values())
-        if n >= 20 and n > self.max_skipped_fraction * self.draws:
-            raise RuntimeError(
+    def _skip(self, name: str, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        self.source_skips.setdefault(name, Counter())[reason] += 1
+        self.last_skip[name] = detail
+        self._check_skips(name)
+
+    def _check_skips(self, name: str) -> None:
+        """A stage, or one source of it, whose samples mostly fail is an error, not a run."""
+        limit = self.max_skipped_fraction
+        n, mine = sum(self.skipped.values()), sum(self.source_skips[name].values())
+        if mine >= 20 and mine > limit * self.source_draws[name]:
+            raise DataError(
+                f"stage {self.stage.name}: dataset {name}: {mine} of its "
+                f"{self.source_draws[name]} samples skipped ({dict(self.source_skips[name])}), "
+                f"e.g. {self.last_skip[name]}; the data is broken, not noisy"
+            )
+        if n >= 20 and n > limit * self.draws:
+            worst = max(self.source_skips, key=lambda k: sum(self.source_skips[k].values()))
+            raise DataError(
                 f"stage {self.stage.name}: {n} of {self.draws} samples skipped "
-                f"({dict(self.skipped)}); the data is broken, not noisy"
+                f"({dict(self.skipped)}), most from {worst}, e.g. {self.last_skip[worst]}; "
+                "the data is broken, not noisy"
             )
 
     def peek_rows(self, n: int) -> list[PackedRow]:
@@ -135,6 +249,8 @@ class StageStream:
             "sampler": self.sampler.state_dict(),
             "replay": [list(r) for r in self.refs],
             "skipped": dict(self.skipped),
+            "source_draws": dict(self.source_draws),
+            "source_skips": {k: dict(v) for k, v in self.source_skips.items()},
             "draws": self.draws,
             "packer": dataclasses.asdict(self.packer.stats)
             | {"skipped": dict(self.packer.stats.skipped)},
@@ -153,10 +269,19 @@ class StageStream:
         packer["skip_records"] = [tuple(r) for r in packer["skip_records"]]
         self.packer.stats = type(self.packer.stats)(**packer)
         self.skipped = Counter(state["skipped"])
+        self.source_draws = Counter(state.get("source_draws", {}))
+        self.source_skips = {k: Counter(v) for k, v in state.get("source_skips", {}).items()}
         self.draws = int(state["draws"])
 
     def audit(self) -> dict[str, Any]:
-        return {"mixture": self.sampler.audit(), "skipped": dict(self.skipped),
+        """What the mixture drew, and per source what of it was skipped (by reason) and what
+        reached training."""
+        mixture = self.sampler.audit()
+        for name, entry in mixture["sources"].items():
+            skips = self.source_skips.get(name, Counter())
+            entry["skipped"] = dict(skips)
+            entry["trained"] = entry["drawn"] - sum(skips.values())
+        return {"mixture": mixture, "skipped": dict(self.skipped),
                 "packing": {"rows": self.packer.stats.rows, "tokens": self.packer.stats.tokens,
                             "padding": self.packer.stats.padding}}  # fmt: skip
 

@@ -29,12 +29,21 @@ from tqdm import tqdm
 
 from mm15.checkpoint import load_checkpoint, save_checkpoint
 from mm15.config import to_dict
+from mm15.data.check import check_tokenizer, preflight
+from mm15.data.registry import registry
 from mm15.model.mm15 import MM15
 from mm15.model.params import recipe_peak_lr
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
 from mm15.train.checkpointing import latest_checkpoint, load_training_state, save_training_state
 from mm15.train.config import StageConfig, TrainConfig
-from mm15.train.data import StageStream, open_datasets, rank_batches
+from mm15.train.data import (
+    DataError,
+    StageStream,
+    epoch_steps,
+    open_datasets,
+    rank_batches,
+    run_stage,
+)
 from mm15.train.flops import batch_flops, mfu_line, peak_flops, utilisation
 from mm15.train.integrity import verify_checkpoint
 from mm15.train.metrics import MetricsLogger, Progress, plot_stage
@@ -61,6 +70,7 @@ def build_model(cfg: TrainConfig) -> tuple[MM15, MM15Tokenizer]:
     if cfg.init_from:
         model, tokenizer = load_checkpoint(cfg.init_from)
         return model.train(), tokenizer
+    check_start(cfg)
     tokenizer = MM15Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else byte_tokenizer()
     model_cfg = dataclasses.replace(cfg.model, image_token_id=tokenizer.image_token_id)
     if model_cfg.lm.vocab_size < len(tokenizer):
@@ -77,12 +87,18 @@ def _set_trainable(model: MM15, stage: StageConfig) -> None:
             p.requires_grad_(part not in stage.freeze)
 
 
+def check_start(cfg: TrainConfig) -> None:
+    """A recipe that starts from pre-trained parts refuses random weights unless asked."""
+    if not cfg.init_from and not cfg.allow_random_init:
+        raise ValueError("this recipe starts from pre-trained parts: set init_from=DIR (a "
+                         "checkpoint `mm15 init` assembled, or an earlier run's final/), or "
+                         "allow_random_init=true to train from random weights")  # fmt: skip
+
+
 def train(cfg: TrainConfig) -> RunResult:
+    check_start(cfg)
     info = init_distributed()
     run_dir = Path(cfg.run_dir)
-    model, tokenizer = build_model(cfg)
-    inner = model
-    model = parallelize(model, cfg.parallel, info)
     resume = latest_checkpoint(run_dir)
     state: dict[str, Any] = {"stage": 0, "stage_step": 0, "step": 0, "skipped_steps": 0,
                              "nonfinite_streak": 0}  # fmt: skip
@@ -90,15 +106,37 @@ def train(cfg: TrainConfig) -> RunResult:
         verify_checkpoint(resume)  # before any of it is read (load_training_state skips it)
         with (resume / "trainer_state.json").open() as f:
             state.update({k: v for k, v in json.load(f).items() if k in state})
+    first = state["stage"]
+    # Every remaining stage's datasets are opened before the model is built or anything is
+    # written: a wrong path or option in the last stage fails now, in seconds, not after the
+    # stages before it have trained.
+    datasets = {index: open_stage_datasets(cfg, index) for index in range(first, len(cfg.stages))}
+    if cfg.preflight_samples:  # `mm15 data check`'s sample check, on the readers just opened
+        problems = preflight(cfg, datasets, check_tokenizer(cfg), cfg.preflight_samples)
+        if problems:
+            raise DataError(f"{len(problems)} data problem(s) before step 1: "
+                            + "; ".join(problems))  # fmt: skip
+    model, tokenizer = build_model(cfg)
+    inner = model
+    model = parallelize(model, cfg.parallel, info)
     result = RunResult(run_dir=run_dir, skipped_steps=state["skipped_steps"])
     logger = MetricsLogger(run_dir, rank=info.rank,
                            resume_from_step=state["step"] if resume else None)  # fmt: skip
-    first = state["stage"]
     try:
         for index in range(first, len(cfg.stages)):
             resume_here = resume if index == first else None
             _run_stage(
-                cfg, index, model, inner, tokenizer, info, state, resume_here, logger, result
+                cfg,
+                index,
+                model,
+                inner,
+                tokenizer,
+                info,
+                state,
+                resume_here,
+                logger,
+                result,
+                datasets.pop(index),
             )
             state.update(stage=index + 1, stage_step=0)
     finally:
@@ -109,15 +147,45 @@ def train(cfg: TrainConfig) -> RunResult:
     return result
 
 
-def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger, result) -> None:
+def open_stage_datasets(cfg: TrainConfig, index: int) -> dict[str, Any]:
+    """The readers of stage ``index``, resolved through the registry and the run's entries."""
     stage = cfg.stages[index]
+    if not stage.datasets:
+        raise ValueError(f"stage {stage.name}: no datasets; name them in "
+                         f"stages.{index}.datasets (registry names, `mm15 data list`)")  # fmt: skip
+    opened = open_datasets(stage.datasets, stage=stage.kind, stage_name=stage.name,
+                           data_root=cfg.data_root, registry=registry(cfg.registry),
+                           missing=cfg.missing_datasets)  # fmt: skip
+    if not opened:
+        raise ValueError(f"stage {stage.name}: none of its datasets has files under data_root "
+                         f"{cfg.data_root!r}")  # fmt: skip
+    return opened
+
+
+def _run_stage(
+    cfg, index, model, inner, tokenizer, info, state, resume, logger, result, datasets
+) -> None:
+    stage = run_stage(cfg.stages[index], datasets)
+    if stage.epochs is not None:
+        steps = epoch_steps(stage, datasets, tokenizer=tokenizer, model_cfg=inner.cfg)
+        if stage.warmup_steps > steps:
+            raise ValueError(f"stage {stage.name}: warmup_steps ({stage.warmup_steps}) exceeds "
+                             f"the {steps} steps of {stage.epochs} epoch(s)")  # fmt: skip
+        stage = dataclasses.replace(stage, steps=steps, epochs=None)
+        if info.rank == 0:
+            print(f"[{stage.name}] {cfg.stages[index].epochs} epoch(s) = {steps} steps of "
+                  f"{stage.batch_rows} rows", flush=True)  # fmt: skip
+    missing = [d.name for d in cfg.stages[index].datasets if d.name not in datasets]
+    if missing and info.rank == 0:
+        print(f"[{stage.name}] training without datasets that have no files (missing_datasets="
+              f"skip): {', '.join(missing)}", flush=True)  # fmt: skip
     if stage.batch_rows % info.world_size:
         raise ValueError(f"stage {stage.name}: batch_rows {stage.batch_rows} is not divisible by "
                          f"the world size {info.world_size}")  # fmt: skip
     _set_trainable(inner, stage)
     peak = stage.lr if stage.lr is not None else recipe_peak_lr(inner.cfg)
     optimizer = build_optimizer(model, dataclasses.replace(stage.optim, lr=peak))
-    stream = StageStream(stage, open_datasets(stage.datasets, stage=stage.kind),
+    stream = StageStream(stage, datasets,
                          tokenizer=tokenizer, model_cfg=inner.cfg, seed=cfg.seed + index,
                          max_skipped_fraction=cfg.max_skipped_fraction)  # fmt: skip
     start = 0
@@ -161,7 +229,8 @@ def _run_stage(cfg, index, model, inner, tokenizer, info, state, resume, logger,
                 _save(cfg, model, optimizer, state, stream, index)
     if info.rank == 0:
         run_dir = Path(cfg.run_dir)
-        (run_dir / f"audit_{stage.name}.json").write_text(json.dumps(stream.audit(), indent=2))
+        audit = stream.audit() | {"missing": missing}
+        (run_dir / f"audit_{stage.name}.json").write_text(json.dumps(audit, indent=2))
         if stage.steps > start:
             plot_stage(run_dir / "metrics.jsonl", stage.name, run_dir / f"loss_{stage.name}.png")
 

@@ -1,10 +1,9 @@
 """Training presets: the paper's recipe (SPEC §4) at every size, its variants, and the demo.
 
-Each preset is a function returning a full :class:`TrainConfig`; the datasets it names are
-placeholders under ``data/`` that a user points at their copies with ``--set``, e.g.::
+Each preset is a function returning a full :class:`TrainConfig`; its datasets are names in the
+dataset registry (mm15/data/registry.toml), found under the run's ``data_root``::
 
-    mm15 train --preset paper-3b \\
-        --set 'stages.0.datasets.0.paths=["/data/cc12m/*.tar"]' --set run_dir=runs/3b
+    mm15 train --preset paper-3b --set data_root=/data --set init_from=ckpt/3b --set run_dir=runs/3b
 
 Numbers from the paper: stage 1 at 378 px without splitting, 144 tokens, ≤16 images per 4096
 sequence, batch 512, 200k steps, peak LR from MM1 Eq. 1, mixture 50:10:40; stage 2 on the OCR
@@ -25,6 +24,7 @@ from mm15.config import (
     PretrainWeights,
     SourceConfig,
 )
+from mm15.data.registry import RegistryStage, stage_entries
 from mm15.presets import get_preset
 from mm15.train.config import DatasetConfig, StageConfig, TrainConfig
 from mm15.train.optim import AdafactorConfig, OptimConfig
@@ -34,36 +34,19 @@ from mm15.train.optim import AdafactorConfig, OptimConfig
 ADAFACTOR = OptimConfig(kind="adafactor", adafactor=AdafactorConfig(step_size="absolute"))
 
 
-def _sources(specs: list[tuple[str, str, str, str]], stage: str):
-    """(name, category, reader kind, path glob) → mixture sources and dataset configs."""
-    sources = [SourceConfig(name=n, category=c) for n, c, _, _ in specs]
-    datasets = [DatasetConfig(name=n, kind=k, category=c, paths=[p]) for n, c, k, p in specs]
-    return sources, datasets
+def _sources(stage: RegistryStage) -> tuple[list[SourceConfig], list[DatasetConfig]]:
+    """The registry's datasets of ``stage`` as mixture sources and dataset configs that name
+    them (reader, options, category and files come from the registry at run time)."""
+    entries = stage_entries(stage)
+    sources = [SourceConfig(name=e.name, category=e.category) for e in entries]
+    return sources, [DatasetConfig(name=e.name) for e in entries]
 
 
 def paper_stages(model: ModelConfig) -> list[StageConfig]:
-    """The three stages of §4 with placeholder datasets (one per kind of source)."""
-    pre_src, pre_ds = _sources([
-        ("captions", "caption", "captions", "data/captions/*.tar"),
-        ("obelics", "interleaved", "obelics", "data/obelics/*.parquet"),
-        ("text", "text", "table", "data/text/*.parquet"),
-    ], "pretrain")  # fmt: skip
-    ocr_src, ocr_ds = _sources([
-        ("pdfa", "ocr", "pdf_ocr", "data/pdfa/*.tar"),
-        ("idl", "ocr", "pdf_ocr", "data/idl/*.tar"),
-        ("renderedtext", "ocr", "rendered_text", "data/renderedtext/*.tar"),
-        ("docstruct4m", "ocr", "conversation", "data/docstruct4m/*.jsonl"),
-    ], "cpt")  # fmt: skip
-    sft_src, sft_ds = _sources([
-        ("general", "general", "conversation", "data/sft/general/*.jsonl"),
-        ("text_rich", "text_rich", "table", "data/sft/text_rich/*.parquet"),
-        ("refer_ground", "refer_ground", "conversation", "data/sft/refer_ground/*.jsonl"),
-        ("science", "science", "conversation", "data/sft/science/*.jsonl"),
-        ("math", "math", "conversation", "data/sft/math/*.jsonl"),
-        ("code", "code", "conversation", "data/sft/code/*.jsonl"),
-        ("multi_image", "multi_image", "table", "data/sft/multi_image/*.parquet"),
-        ("text_only", "text_only", "table", "data/sft/text_only/*.parquet"),
-    ], "sft")  # fmt: skip
+    """The three stages of §4 over the registry's pre-training, OCR and SFT datasets."""
+    pre_src, pre_ds = _sources("pretrain")
+    ocr_src, ocr_ds = _sources("cpt")
+    sft_src, sft_ds = _sources("sft")
     low_res = dataclasses.replace(model.image, split="none", resolution=model.vision.image_size)
     return [
         StageConfig(
@@ -87,24 +70,18 @@ def paper_stages(model: ModelConfig) -> list[StageConfig]:
 def paper(size: str) -> TrainConfig:
     """``mm15 train --preset paper-3b`` (or 1b, 7b, 30b, 1b-moe, 3b-moe, 7b-moe)."""
     model = get_preset(size)
-    return TrainConfig(model=model, stages=paper_stages(model), run_dir=f"runs/mm15-{size}")
+    return TrainConfig(model=model, stages=paper_stages(model), run_dir=f"runs/mm15-{size}",
+                       allow_random_init=False)  # fmt: skip
 
 
 def variant_sft(size: str, kind: str) -> TrainConfig:
     """Video SFT (§5: ShareGPTVideo, VideoChat2, ActivityNet-QA; 24 frames) or UI SFT (§6: the
     Ferret-UI mixture), continuing from a final MM1.5 checkpoint (``init_from``)."""
     model = get_preset(size)
+    src, ds = _sources("video" if kind == "video" else "ui")
     if kind == "video":
-        src, ds = _sources([
-            ("sharegptvideo", "video", "conversation", "data/video/sharegptvideo/*.jsonl"),
-            ("videochat2", "video", "conversation", "data/video/videochat2/*.jsonl"),
-            ("activitynet_qa", "video", "conversation", "data/video/activitynet_qa/*.jsonl"),
-        ], "sft")  # fmt: skip
         packing = PackingConfig(seq_len=4096, max_images_per_sequence=None)
     else:
-        src, ds = _sources(
-            [("ferret_ui", "ui", "conversation", "data/ui/ferret_ui/*.jsonl")], "sft"
-        )
         packing = PackingConfig()
     stage = StageConfig(
         name=f"{kind}-sft", kind="sft", steps=23_000, batch_rows=256, lr=2e-5, warmup_steps=500,
@@ -112,10 +89,25 @@ def variant_sft(size: str, kind: str) -> TrainConfig:
         packing=packing,
     )  # fmt: skip
     return TrainConfig(model=model, stages=[stage], init_from=f"runs/mm15-{size}/final",
-                       run_dir=f"runs/mm15-{size}-{kind}")  # fmt: skip
+                       run_dir=f"runs/mm15-{size}-{kind}", allow_random_init=False)  # fmt: skip
+
+
+def finetune() -> TrainConfig:
+    """``mm15 train --preset finetune``: one SFT stage (the paper's SFT settings: AdaFactor, peak
+    LR 2e-5, one epoch) over the datasets you name in ``stages.0.datasets`` (registry names or
+    entries of your own in ``registry``), from ``init_from``. The model comes from the
+    checkpoint; docs/finetune.md walks through it."""
+    model = get_preset("1b")
+    stage = StageConfig(
+        name="sft", kind="sft", steps=0, epochs=1.0, batch_rows=16, lr=2e-5, warmup_steps=0,
+        optim=ADAFACTOR, mixture=MixtureConfig(rule="flat"), datasets=[],
+    )  # fmt: skip
+    return TrainConfig(model=model, stages=[stage], run_dir="runs/finetune",
+                       allow_random_init=False)  # fmt: skip
 
 
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "finetune": finetune,
     **{
         f"paper-{s}": (lambda s=s: paper(s))
         for s in ("1b", "3b", "7b", "30b", "1b-moe", "3b-moe", "7b-moe")

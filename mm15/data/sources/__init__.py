@@ -19,6 +19,11 @@ module                    formats
                           Mantis-Instruct, LLaVA-ReCap, benchmarks, text-only instruction sets)
 ``wds``                   WebDataset tars: caption shards, PDFA / IDL pages, RenderedText
 ``obelics``               OBELICS interleaved Parquet with a URL → local file lookup
+``text``                  plain-text corpora (FineWeb / DCLM ``text`` column) as documents
+``synthdog``              Synthdog Parquet (``image`` + Donut ``ground_truth`` JSON) → OCR
+``coco``                  COCO captions JSON; RefCOCO-family Parquet → grounding samples
+``video_qa``              VideoChat2-IT ``QA`` JSON; ActivityNet-QA q/a join or lmms-eval table
+``text_boxes``            boxes inside conversation text (DocOwl ``<bbox>``, LLaVA floats)
 ``canonical``             canonical JSONL (``sample_to_json`` lines), and shared helpers
 ========================  =====================================================================
 """
@@ -28,7 +33,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = ("conversation", "table", "captions", "pdf_ocr", "rendered_text", "obelics", "canonical")
+KINDS = (
+    "conversation",
+    "table",
+    "captions",
+    "pdf_ocr",
+    "rendered_text",
+    "obelics",
+    "canonical",
+    "text",
+    "synthdog",
+    "coco_captions",
+    "refcoco",
+    "videochat2",
+    "activitynet_qa",
+)
+# kind → (module, class) of the readers whose options are all plain keyword arguments
+_SIMPLE = {
+    "text": ("text", "TextReader"),
+    "synthdog": ("synthdog", "SynthdogReader"),
+    "coco_captions": ("coco", "CocoCaptionsReader"),
+    "refcoco": ("coco", "RefCocoReader"),
+    "videochat2": ("video_qa", "VideoChat2Reader"),
+    "activitynet_qa": ("video_qa", "ActivityNetQAReader"),
+}
 
 
 def open_source(spec: Mapping[str, Any]) -> Any:
@@ -63,7 +91,18 @@ def open_source(spec: Mapping[str, Any]) -> Any:
                 raise ValueError(f"unknown column map {cols!r}; presets: {sorted(COLUMN_MAPS)}")
             cols = COLUMN_MAPS[cols]
         elif isinstance(cols, Mapping):
-            cols = ColumnMap(**{k: tuple(v) if isinstance(v, list) else v for k, v in cols.items()})
+            try:
+                cols = ColumnMap(
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in cols.items()}
+                )
+            except TypeError as e:  # an unknown field name
+                raise ValueError(f"columns: {e}; ColumnMap fields are images, texts, messages, "
+                                 "question, system, answer, answers, options, box, "
+                                 "box_convention, id, row_source") from None  # fmt: skip
+        else:
+            raise ValueError(f"a table needs the option 'columns': one of {sorted(COLUMN_MAPS)} "
+                             "or a dict of ColumnMap fields, e.g. {\"question\": [\"prompt\"], "
+                             "\"answer\": \"response\"}")  # fmt: skip
         return TableReader(paths, columns=cols, **kwargs)
     if kind in ("captions", "pdf_ocr", "rendered_text"):
         from mm15.data.sources import wds
@@ -79,4 +118,9 @@ def open_source(spec: Mapping[str, Any]) -> Any:
         from mm15.data.sources.canonical import CanonicalReader
 
         return CanonicalReader(paths, **kwargs)
+    if kind in _SIMPLE:
+        import importlib
+
+        module, cls = _SIMPLE[kind]
+        return getattr(importlib.import_module(f"mm15.data.sources.{module}"), cls)(paths, **kwargs)
     raise ValueError(f"source spec has kind {kind!r}; expected one of {KINDS}")

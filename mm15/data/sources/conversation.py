@@ -13,6 +13,9 @@ record from its keys:
   ``box_x1y1x2y2[t][N]`` (pixel xyxy on the original image, converted once by
   :func:`mm15.data.coords.to_box`); ``Media.size`` comes from the image header and must equal
   ``image_w`` / ``image_h`` when given.  Each such box is one :class:`Region` and a region part.
+* **Boxes in the text** (DocOwl ``<bbox>`` 0..999, LLaVA-665k ``[0.12, …]`` on the padded
+  square): the ``text_boxes`` option converts them to regions
+  (:mod:`mm15.data.sources.text_boxes`); unset, a ``<bbox>`` tag makes the sample malformed.
 * **Video** (ShareGPTVideo, LLaVA-Video): ``video`` = a file or a folder of frames under
   ``video_root``; ``<video>`` becomes a media part of ``Media(kind="video")``.
 
@@ -52,6 +55,7 @@ from mm15.data.sources.canonical import (
     parse_json,
     read_line,
 )
+from mm15.data.sources.text_boxes import TextBoxes, check_mode, convert_text_boxes
 
 DEFAULT_ROLES: dict[str, Role] = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -213,7 +217,9 @@ class ConversationReader:
     ``root``: the image folder relative paths are joined to (LLaVA's ``image_folder``);
     ``video_root`` defaults to ``root``.  ``category`` / ``stage`` are given to every sample.
     A media path must stay under its root; ``allow_absolute_paths`` admits absolute ones
-    (:mod:`mm15.data.sources.canonical`, "Media paths").
+    (:mod:`mm15.data.sources.canonical`, "Media paths").  ``text_boxes`` (``"docowl_bbox"`` /
+    ``"llava_square"``) converts boxes written in the text, with ``text_box_tolerance_px`` of
+    slack at the image edges (None: the dialect's default; :mod:`~.text_boxes`).
     """
 
     def __init__(
@@ -227,7 +233,11 @@ class ConversationReader:
         video_root: PathLike | None = None,
         fmt: ConversationFormat | None = None,
         allow_absolute_paths: bool = False,
+        text_boxes: TextBoxes | None = None,
+        text_box_tolerance_px: float | None = None,
     ):
+        check_mode(text_boxes)
+        self.text_boxes, self.text_box_tolerance_px = text_boxes, text_box_tolerance_px
         self.paths = as_paths(paths)
         self.name = self.source = source
         self.category, self.stage = category, stage
@@ -280,11 +290,14 @@ class ConversationReader:
         turns = next((rec[k] for k in TURN_KEYS if k in rec), None)
         messages = build_messages(turns, num_images=len(images), num_videos=len(videos),
                                   fmt=self.fmt, where=where, regions=lookup)  # fmt: skip
+        regions = lookup.regions if lookup else []
+        convert_text_boxes(messages, media, regions, self.text_boxes, where,
+                           tolerance_px=self.text_box_tolerance_px)  # fmt: skip
         rid = rec.get("id")
         sample = Sample(
             id=str(rid) if rid is not None else f"{self.paths[self._index[i][0]].name}:{row}",
             source=self.source, category=self.category, stage=self.stage, media=media,
-            messages=messages, regions=lookup.regions if lookup else [],
+            messages=messages, regions=regions,
         )  # fmt: skip
         return finish(sample, where)
 

@@ -125,6 +125,50 @@ class RowStore:
                 total += n
         self._len = total
 
+    def check_columns(self) -> None:
+        """JSON / JSONL files have no schema: the first row of each must hold every wanted
+        column, else a ``ValueError`` naming the file and the columns (Parquet and Arrow are
+        checked against their schema in ``__init__``).  An unreadable first row is left for
+        ``row`` to report as one bad sample."""
+        for fi, path in enumerate(self.paths):
+            if fi in self._json:
+                rows = self._json[fi][:1]
+            elif self._jsonl.get(fi):
+                try:
+                    rows = [parse_json(read_line(path, self._jsonl[fi][0]), f"{path} row 0")]
+                except SampleError:
+                    continue
+            else:
+                continue
+            for row in rows:
+                missing = [c for c in self.columns if not isinstance(row, dict) or c not in row]
+                if missing:
+                    has = sorted(row) if isinstance(row, dict) else type(row).__name__
+                    raise ValueError(f"{path}: no column(s) {missing}; its first row has {has}")
+
+    def column(self, name: str) -> list[Any]:
+        """The values of one column over all rows, in row order, reading nothing else (Parquet
+        column chunks only); a JSONL line that does not parse, or a row without the column,
+        gives None."""
+        out: list[Any] = []
+        for fi, path in enumerate(self.paths):
+            if fi in self._json:
+                out += [r.get(name) if isinstance(r, dict) else None for r in self._json[fi]]
+            elif fi in self._jsonl:
+                for j, off in enumerate(self._jsonl[fi]):
+                    try:
+                        r = parse_json(read_line(path, off), f"{path} row {j}")
+                    except SampleError:
+                        r = None
+                    out.append(r.get(name) if isinstance(r, dict) else None)
+            else:
+                handle = self._open(fi)
+                table = (
+                    handle.read(columns=[name]) if isinstance(handle, pq.ParquetFile) else handle
+                )
+                out += table.column(name).to_pylist()
+        return out
+
     def _scan(self, fi: int, path: Path) -> list[tuple[int, int, int]]:
         """(row group, first row in file, rows) of each part of ``path``."""
         if path.suffix == ".jsonl":

@@ -1,0 +1,306 @@
+"""``mm15 data check``: a dry run of a training config's data, in seconds to a minute.
+
+Opens every dataset of every stage through the registry (as ``mm15 train`` does), formats
+``samples`` evenly spaced samples of each with the stage's image and prompt settings, and reports
+per dataset: files matched, samples in the dataset, samples read, skips by reason (with one
+example's detail, which names the file), tokens, trainable tokens, images and tiles per sample;
+per stage, the share of each category the mixture draws as configured and, with the measured
+skip rates, as it will actually reach training. Every problem (no file matched, a reader option
+or column missing, a dataset that skips more than ``max_skip_fraction`` of what was read) is a
+line naming stage, dataset and field; :func:`check_config` returns them all at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mm15.data.chat import Example, format_sample
+from mm15.data.mixture import mixture_weights
+from mm15.data.registry import registry, resolve_dataset
+from mm15.data.schema import SampleError
+from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
+from mm15.train.config import StageConfig, TrainConfig
+from mm15.train.data import expand_paths, open_datasets, run_stage
+
+
+@dataclass
+class DatasetReport:
+    stage: str
+    name: str
+    kind: str | None
+    category: str | None
+    files: int = 0
+    size: int = 0
+    read: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    example_skip: str = ""
+    tokens: int = 0
+    trainable: int = 0
+    images: int = 0
+    tiles: int = 0
+    missing: bool = False  # no files, left out (missing_datasets=skip)
+    examples: list[Example] = field(default_factory=list, repr=False)
+    samples: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> int:
+        return self.read - sum(self.skipped.values())
+
+    @property
+    def skip_fraction(self) -> float:
+        return sum(self.skipped.values()) / self.read if self.read else 0.0
+
+    def per_sample(self, total: int) -> float:
+        return total / self.ok if self.ok else 0.0
+
+
+@dataclass
+class StageReport:
+    name: str
+    datasets: list[DatasetReport] = field(default_factory=list)
+    configured: dict[str, float] = field(default_factory=dict)  # category → share
+    effective: dict[str, float] = field(default_factory=dict)  # after measured skips
+
+
+@dataclass
+class CheckReport:
+    stages: list[StageReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_tokenizer(cfg: TrainConfig) -> MM15Tokenizer:
+    """The tokenizer the run would use: init_from's, else ``tokenizer``, else the byte one."""
+    if cfg.init_from:
+        return MM15Tokenizer.load(cfg.init_from)
+    return MM15Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else byte_tokenizer()
+
+
+def check_config(
+    cfg: TrainConfig, *, samples: int = 16, max_skip_fraction: float | None = None,
+    tokenizer: MM15Tokenizer | None = None,
+) -> CheckReport:  # fmt: skip
+    """Dry-run every stage's data; problems are collected, not raised."""
+    limit = cfg.max_skipped_fraction if max_skip_fraction is None else max_skip_fraction
+    report = CheckReport()
+    if tokenizer is None:
+        try:
+            tokenizer = check_tokenizer(cfg)
+        except (ValueError, OSError) as e:  # the run would stop here too; check the data anyway
+            report.problems.append(f"init_from/tokenizer: {e} (token counts below use the byte "
+                                   "tokenizer)")  # fmt: skip
+            tokenizer = byte_tokenizer()
+    tok = tokenizer
+    if not cfg.init_from and not cfg.allow_random_init:
+        report.problems.append("init_from: not set, and this recipe starts from pre-trained parts "
+                               "(set init_from=DIR, or allow_random_init=true)")  # fmt: skip
+    entries = registry(cfg.registry)
+    for stage in cfg.stages:
+        sr = StageReport(stage.name)
+        report.stages.append(sr)
+        model_cfg = dataclasses.replace(cfg.model, image_token_id=tok.image_token_id)
+        if stage.image is not None:
+            model_cfg = dataclasses.replace(model_cfg, image=stage.image)
+        readers: dict[str, Any] = {}
+        if not stage.datasets:
+            report.problems.append(f"stage {stage.name}: no datasets; name them in "
+                                   "the stage's datasets (registry names, `mm15 data list`)")  # fmt: skip
+        for spec in stage.datasets:
+            dr = DatasetReport(stage.name, spec.name, spec.kind, spec.category)
+            sr.datasets.append(dr)
+            try:
+                opened = open_datasets([spec], stage=stage.kind, stage_name=stage.name,
+                                       data_root=cfg.data_root, registry=entries,
+                                       missing=cfg.missing_datasets)  # fmt: skip
+            except (ValueError, OSError, KeyError) as e:
+                report.problems.append(str(e).splitlines()[0])
+                continue
+            if spec.name not in opened:  # missing_datasets=skip: the run trains without it
+                dr.missing = True
+                continue
+            reader = readers[spec.name] = opened[spec.name]
+            resolved = resolve_dataset(spec, data_root=cfg.data_root, entries=entries)
+            dr.kind, dr.category = resolved.kind, resolved.category
+            dr.files = len(expand_paths(resolved.paths, spec.name))
+            _read(dr, reader, stage, tok, model_cfg, samples)
+            report.problems += _problems(dr, limit)
+        if stage.datasets and all(d.missing for d in sr.datasets):
+            report.problems.append(f"stage {stage.name}: none of its datasets has files under "
+                                   f"data_root {cfg.data_root!r}")  # fmt: skip
+        _shares(sr, stage, readers, report)
+    return report
+
+
+def preflight(
+    cfg: TrainConfig, opened: dict[int, dict[str, Any]], tokenizer: MM15Tokenizer, samples: int
+) -> list[str]:
+    """What ``mm15 train`` checks before step 1, on the readers it opened (stage index → name →
+    reader): ``samples`` of each dataset formatted as the stage will; a dataset that skips more
+    than ``max_skipped_fraction`` of them, or holds no sample, is a problem line."""
+    problems = []
+    for index, readers in opened.items():
+        stage = cfg.stages[index]
+        model_cfg = dataclasses.replace(cfg.model, image_token_id=tokenizer.image_token_id)
+        if stage.image is not None:
+            model_cfg = dataclasses.replace(model_cfg, image=stage.image)
+        for name, reader in readers.items():
+            dr = DatasetReport(stage.name, name, None, None)
+            _read(dr, reader, stage, tokenizer, model_cfg, samples)
+            problems += _problems(dr, cfg.max_skipped_fraction)
+    return problems
+
+
+def _problems(dr: DatasetReport, limit: float) -> list[str]:
+    if not dr.size:
+        return [f"stage {dr.stage}: dataset {dr.name}: paths: the files hold no samples"]
+    if dr.read and dr.skip_fraction > limit:
+        return [f"stage {dr.stage}: dataset {dr.name}: {sum(dr.skipped.values())} of {dr.read} "
+                f"samples read were skipped ({dict(dr.skipped)}; over {limit:.0%}), "
+                f"e.g. {dr.example_skip}"]  # fmt: skip
+    return []
+
+
+def _read(dr: DatasetReport, reader: Any, stage: StageConfig, tok, model_cfg, n: int) -> None:
+    dr.size = len(reader)
+    picks = sorted({i * dr.size // n for i in range(n)}) if dr.size else []
+    for index in picks:
+        dr.read += 1
+        try:
+            sample = reader[index]
+            ex = format_sample(sample, tokenizer=tok, model_cfg=model_cfg, fmt=stage.format)
+        except SampleError as e:
+            dr.skipped[e.reason] += 1
+            dr.example_skip = dr.example_skip or e.detail
+            continue
+        if len(ex) > stage.packing.seq_len:
+            dr.skipped["too_long"] += 1
+            dr.example_skip = dr.example_skip or f"{ex.sample_id}: {len(ex)} tokens"
+            continue
+        dr.tokens += len(ex)
+        dr.trainable += ex.num_trainable
+        dr.images += len(ex.images)
+        dr.tiles += ex.num_tiles
+        if len(dr.examples) < 2:
+            dr.examples.append(ex)
+            dr.samples.append(sample)
+
+
+def _shares(sr: StageReport, stage: StageConfig, readers: dict[str, Any], report) -> None:
+    """Category shares as configured (the mixture rule over the sources that opened) and as
+    they will reach training (each source's share × its measured kept fraction)."""
+    mix = run_stage(stage, readers).mixture
+    if not mix.sources:
+        return
+    try:
+        weights = mixture_weights(mix, {n: len(r) for n, r in readers.items()})
+    except ValueError as e:
+        report.problems.append(f"stage {stage.name}: mixture: {e}")
+        return
+    kept = {d.name: (1.0 - d.skip_fraction) for d in sr.datasets}
+    cats = {s.name: s.category for s in mix.sources}
+    eff_total = sum(w * kept.get(n, 1.0) for n, w in weights.items()) or 1.0
+    for name, w in weights.items():
+        cat = cats[name]
+        sr.configured[cat] = sr.configured.get(cat, 0.0) + w
+        sr.effective[cat] = sr.effective.get(cat, 0.0) + w * kept.get(name, 1.0) / eff_total
+
+
+def format_report(report: CheckReport) -> str:
+    """The report as plain-text tables, one per stage, then the problems."""
+    lines = []
+    for sr in report.stages:
+        lines.append(f"stage {sr.name}")
+        lines.append(f"  {'dataset':<28} {'kind':<14} {'category':<13} {'files':>5} "
+                     f"{'samples':>8} {'read':>4} {'skips':<18} {'tok/s':>6} {'train/s':>7} "
+                     f"{'img/s':>5} {'tiles/s':>7}")  # fmt: skip
+        for d in sr.datasets:
+            if d.missing:
+                lines.append(f"  {d.name:<28} no files: left out (missing_datasets=skip)")
+                continue
+            skips = ",".join(f"{k}:{v}" for k, v in sorted(d.skipped.items())) or "-"
+            lines.append(
+                f"  {d.name:<28} {d.kind or '?':<14} {d.category or '?':<13} {d.files:>5} "
+                f"{d.size:>8} {d.read:>4} {skips:<18} {d.per_sample(d.tokens):>6.0f} "
+                f"{d.per_sample(d.trainable):>7.0f} {d.per_sample(d.images):>5.1f} "
+                f"{d.per_sample(d.tiles):>7.1f}"
+            )
+        if sr.configured:
+            lines.append("  category shares (configured → after measured skips):")
+            for cat in sorted(sr.configured, key=lambda c: -sr.configured[c]):
+                lines.append(f"    {cat:<13} {sr.configured[cat]:6.1%} → {sr.effective[cat]:6.1%}")
+    lines.append(f"{len(report.problems)} problem(s)" if report.problems else "no problems")
+    lines += [f"  {p}" for p in report.problems]
+    return "\n".join(lines)
+
+
+def report_json(report: CheckReport) -> dict[str, Any]:
+    return {
+        "stages": [
+            {"name": sr.name, "configured_shares": sr.configured,
+             "effective_shares": sr.effective,
+             "missing": [d.name for d in sr.datasets if d.missing],
+             "datasets": [{"name": d.name, "kind": d.kind, "category": d.category,
+                           "files": d.files, "samples": d.size, "read": d.read,
+                           "skipped": dict(d.skipped), "example_skip": d.example_skip,
+                           "tokens_per_sample": d.per_sample(d.tokens),
+                           "trainable_per_sample": d.per_sample(d.trainable),
+                           "images_per_sample": d.per_sample(d.images),
+                           "tiles_per_sample": d.per_sample(d.tiles)}
+                          for d in sr.datasets if not d.missing]}
+            for sr in report.stages
+        ],
+        "problems": report.problems,
+    }  # fmt: skip
+
+
+def _first_image_drawn(sample: Any, image_cfg: Any):
+    """The sample's first image with the regions on it drawn, or None (no image)."""
+    from mm15.data.coords import Box, Point
+    from mm15.data.draw import draw_regions
+    from mm15.data.media import load_image
+
+    first = next((i for i, m in enumerate(sample.media) if m.kind == "image"), None)
+    if first is None:
+        return None
+    image = load_image(sample.media[first], image_cfg)
+    shapes = [Box(*r.box, image=first) if r.box is not None else Point(*r.point, image=first)
+              for r in sample.regions if r.media == first]  # fmt: skip
+    return draw_regions(image, shapes)
+
+
+def contact_sheet(
+    report: CheckReport, out: Path, *, image_cfg: Any, per_dataset: int = 1
+) -> Path | None:
+    """A PNG of a few checked samples' first images with their regions drawn, captioned with
+    stage and dataset; None when no checked sample has an image."""
+    from PIL import Image, ImageDraw
+
+    from mm15.data.coords import CoordinateError
+
+    cells: list[tuple[str, Image.Image]] = []
+    for sr in report.stages:
+        for d in sr.datasets:
+            for sample in d.samples[:per_dataset]:
+                try:
+                    picture = _first_image_drawn(sample, image_cfg)
+                except (SampleError, CoordinateError, OSError, ValueError):
+                    continue
+                if picture is not None:
+                    cells.append((f"{sr.name}/{d.name}", picture))
+    if not cells:
+        return None
+    side, cols = 256, min(4, len(cells))
+    rows = -(-len(cells) // cols)
+    sheet = Image.new("RGB", (cols * side, rows * (side + 16)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, img) in enumerate(cells):
+        x, y = (i % cols) * side, (i // cols) * (side + 16)
+        img.thumbnail((side, side))
+        sheet.paste(img, (x, y + 16))
+        draw.text((x + 2, y + 2), label[:40], fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
