@@ -298,7 +298,8 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     for i, (label, img) in enumerate(cells):
         x, y = (i % cols) * side, (i // cols) * (side + 16)
-        img.thumbnail((side, side))
+        scale = min(side / img.width, side / img.height)  # fit the cell, small images grown
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
         sheet.paste(img, (x, y + 16))
         draw.text((x + 2, y + 2), label[:40], fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
