@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from mm15.checkpoint import load_checkpoint
-from mm15.config import FormatConfig
 from mm15.data import synthetic as syn
 from mm15.data import synthetic_images as si
 from mm15.data.chat import format_sample, materialize_pixels
@@ -37,7 +36,7 @@ def probe(model, tok, n=60):
     for i in range(n):
         draft = syn._object_caption(random.Random(f"probe/{i}"))
         s = syn._assemble(syn.TASKS["caption/object"], draft, "train", i)
-        ex = format_sample(s, tokenizer=tok, model_cfg=model.cfg, fmt=FormatConfig())
+        ex = format_sample(s, tokenizer=tok, model_cfg=model.cfg)
         px = materialize_pixels(ex, model.cfg)
         with torch.no_grad():
             lg = model(torch.tensor([ex.input_ids]), pixels_NCHW=px).logits[0]

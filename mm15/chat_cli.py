@@ -20,12 +20,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Literal, TextIO
 
+from mm15.cli_config import (
+    IMAGE_SHORTHANDS,
+    add_config_args,
+    add_image_flags,
+    print_config,
+    resolve_config,
+    shorthand_epilog,
+)
 from mm15.errors import EXIT_BAD_INPUT, number, one_line
+from mm15.image_settings import check_image_settings
+
+
+@dataclass(kw_only=True)
+class ChatConfig:
+    """``mm15 chat``'s settings (the prompt, media, visual prompts and outputs are arguments)."""
+
+    model: str | None = None  # the mm15 checkpoint directory
+    device: str = "auto"  # cpu, cuda, cuda:1 … (auto: cuda if any)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on cuda
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    seed: int | None = None  # sampling seed (with temperature > 0)
+    # Inference-time ImageConfig fields over the checkpoint's (Table 2), e.g. {"n_max": 16}.
+    image: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.top_k < 0:
+            raise ValueError(f"need max_new_tokens >= 1 and top_k >= 0, got "
+                             f"{self.max_new_tokens} and {self.top_k}")  # fmt: skip
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_image_settings(self.image)
+
+
+SHORTHANDS = {
+    "--model": "model", "--device": "device", "--dtype": "dtype",
+    "--max-new-tokens": "max_new_tokens", "--temperature": "temperature", "--seed": "seed",
+    **IMAGE_SHORTHANDS,
+}  # fmt: skip
+_D = ChatConfig()
+_EPILOG = shorthand_epilog(SHORTHANDS, note="The settings are one ChatConfig (--print-config "
+                           "shows it); any ImageConfig field is --set image.FIELD=VALUE.")  # fmt: skip
 
 HELP = "commands: /reset (forget the conversation), /quit (or end of input), /help"
 
@@ -52,19 +99,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Coordinates: --point/--box are pixels of the image (0-based index k:), rendered "
         "into the prompt as <x,y> / <x1,y1,x2,y2> in [0,1000) (<k:...> with several images). "
         "--draw with one image writes OUT; with several images or a video, OUT-k.png for every "
-        "image k that has a region.",
+        "image k that has a region. " + _EPILOG,
     )
     p.add_argument("prompt", nargs="?", help="one-shot prompt; omit for an interactive session")
-    p.add_argument("--model", required=True, help="mm15 checkpoint directory")
+    p.add_argument("--model", help="mm15 checkpoint directory (required)")
     media = p.add_mutually_exclusive_group()
     media.add_argument("--image", action="append", default=[], metavar="PATH",
                        help="an image (repeatable; image k = the k-th, 0-based)")  # fmt: skip
     media.add_argument("--video", metavar="PATH", help="a video file or folder of frames (§5)")
     size = number(int, minimum=1)
-    p.add_argument("--n-min", type=size, help="fewest sub-images of a grid (default: the model's)")
-    p.add_argument("--n-max", type=size, help="most sub-images; may be raised at inference")
-    p.add_argument("--max-new-tokens", type=size, default=256)
-    p.add_argument("--temperature", type=number(float, minimum=0.0), default=0.0,
+    p.add_argument("--max-new-tokens", type=size, default=_D.max_new_tokens)
+    p.add_argument("--temperature", type=number(float, minimum=0.0), default=_D.temperature,
                    help="0 = greedy (default)")  # fmt: skip
     p.add_argument("--seed", type=int, help="sampling seed (with --temperature > 0)")
     p.add_argument("--point", dest="visual", action="append", default=[], type=_visual("point"),
@@ -73,36 +118,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="[k:]X1,Y1,X2,Y2", help="a box on image k, in pixels (repeatable)")  # fmt: skip
     p.add_argument("--draw", metavar="OUT.png", help="draw the answer's regions with labels")
     p.add_argument("--json", action="store_true", help='print {"text", "regions", "issues"}')
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda if any)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--device", default=_D.device, help="cpu, cuda, cuda:1 … (auto: cuda if any)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=_D.dtype,
                    help="weights dtype (auto: bfloat16 on cuda, float32 on cpu)")  # fmt: skip
+    add_config_args(p, example="top_p=0.9")
+    add_image_flags(p)
     p.set_defaults(func=cmd_chat)
 
 
-def _load(args: argparse.Namespace):
-    """Device and media first (cheap, so a bad flag or path fails before the weights load)."""
+def _load(args: argparse.Namespace, cfg: ChatConfig):
+    """Device, image settings and media first (cheap, so a bad flag or path fails before the
+    weights load)."""
     import torch
 
     from mm15.chat_session import ChatSession, load_media
     from mm15.checkpoint import CONFIG_FILE, load_checkpoint
-    from mm15.config import load_model_config
     from mm15.devices import resolve_device
+    from mm15.image_settings import apply_image_settings, checkpoint_image_settings
     from mm15.inference import GenerationSettings
 
-    model_dir = Path(args.model)
-    if not (model_dir / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{model_dir} is not an mm15 checkpoint (no {CONFIG_FILE})")
-    device = resolve_device(args.device)
-    media = load_media(args.image, args.video, cfg=load_model_config(str(model_dir / CONFIG_FILE)))
-    dtype = args.dtype
+    if cfg.model is None:
+        raise ValueError("give --model DIR (see mm15 chat --help)")
+    if not (Path(cfg.model) / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{cfg.model} is not an mm15 checkpoint (no {CONFIG_FILE})")
+    device = resolve_device(cfg.device)
+    model_cfg = checkpoint_image_settings(cfg.model, cfg.image)
+    media = load_media(args.image, args.video, cfg=model_cfg)
+    dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" else "float32"
-    model, tok = load_checkpoint(model_dir, device=device, dtype=getattr(torch, dtype))
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
-    )
-    return ChatSession(model, tok, media, visual_prompts=args.visual, settings=settings,
-                       n_min=args.n_min, n_max=args.n_max)  # fmt: skip
+    model, tok = load_checkpoint(cfg.model, device=device, dtype=getattr(torch, dtype))
+    apply_image_settings(model, cfg.image)
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)  # fmt: skip
+    return ChatSession(model, tok, media, visual_prompts=args.visual, settings=settings)
 
 
 def _show(session, reply, args: argparse.Namespace, out: TextIO) -> None:
@@ -189,9 +238,12 @@ def _check_utf8(prompt: str) -> None:
 def cmd_chat(args: argparse.Namespace) -> int:
     """The ``chat`` verb; exit status 0, or 2 for bad inputs (message on stderr)."""
     try:
+        cfg = resolve_config(ChatConfig(), args, SHORTHANDS)
+        if args.print_config:
+            return print_config(cfg)
         if args.prompt is not None:
             _check_utf8(args.prompt)
-        session = _load(args)
+        session = _load(args, cfg)
         if args.prompt is None:
             return _repl(session, args, sys.stdin, sys.stdout)
         _show(session, session.answer(args.prompt), args, sys.stdout)

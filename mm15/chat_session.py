@@ -5,10 +5,11 @@ formats a conversation sample: the user turns go through the conversation reader
 :func:`~mm15.data.sources.conversation.build_messages` (``<image>`` / ``<video>`` placeholders
 become media parts; with no placeholder the media are prepended to the first user turn, and text
 next to a media part loses its adjacent whitespace), earlier replies become assistant messages,
-and :func:`~mm15.data.chat.format_sample` with ``for_generation`` renders the chat template of
-:class:`~mm15.config.FormatConfig` (``User: …\\nAssistant: …[EOS]\\n…Assistant: ``).  Image tokens
-come from the one planner (:mod:`mm15.data.layout`); ``n_min`` / ``n_max`` may be raised at
-inference without retraining (Table 2).
+and :func:`~mm15.data.chat.format_sample` with ``for_generation`` renders the chat template the
+model was trained with (``ModelConfig.format`` of its checkpoint, by default
+``User: …\\nAssistant: …[EOS]\\n…Assistant: ``).  Image tokens come from the one planner
+(:mod:`mm15.data.layout`); ``n_min`` / ``n_max`` may be raised at inference without retraining
+(Table 2).
 
 **Media** are shown once, in the first user turn: images (numbered ``k`` = 0, 1, … in the order
 given) or the frames of one video (§5: sampled per ``VideoConfig``, one tile each, frame ``k`` is
@@ -37,7 +38,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from mm15.config import FormatConfig, ModelConfig
+from mm15.config import ModelConfig
 from mm15.data.chat import Example, format_sample
 from mm15.data.coord_parse import ParsedRegion, ParseIssue, parse_regions
 from mm15.data.coords import Box, CoordinateError, Point
@@ -203,14 +204,13 @@ class ChatSession:
         *,
         visual_prompts: Sequence[VisualPrompt] = (),
         settings: GenerationSettings | None = None,
-        fmt: FormatConfig | None = None,
         n_min: int | None = None,
         n_max: int | None = None,
     ):
         self.model, self.tokenizer = model, tokenizer
         self.cfg = inference_config(model.cfg, n_min, n_max)
         self.media = media or ChatMedia([], [])
-        self.fmt = fmt or FormatConfig()
+        self.fmt = self.cfg.format  # the format the model was trained with (its checkpoint's)
         self.regions = [_check_visual_prompt(vp, self.media) for vp in visual_prompts]
         settings = dataclasses.replace(settings or GenerationSettings())
         # A model that forgets its EOS must not write the user's next turn.

@@ -2,10 +2,14 @@
 
 A checkpoint directory holds::
 
-    config.json            the resolved ModelConfig (every setting, nothing implicit)
+    config.json            the resolved ModelConfig (every setting, nothing implicit), the
+                           chat format the model was trained with included (``format``)
     model.safetensors      weights (or model-0000k-of-0000n.safetensors + index when large)
     tokenizer.json         the decoder's fast tokenizer with <image> added
     mm15_tokenizer.json    image/BOS/EOS/pad tokens
+    tokenizer_config.json  for transformers: the special tokens and the Jinja ``chat_template``
+                           generated from ``format`` (mm15.data.chat_template); mm15 reads
+                           config.json, the one source of the format
 
 Writes are atomic: everything goes to a temporary sibling directory that is renamed into place
 only when complete, so an interrupted save never leaves a directory that loads.
@@ -22,6 +26,7 @@ from pathlib import Path
 import torch
 
 from mm15.config import ModelConfig, load_model_config, save_json
+from mm15.data.chat_template import write_hf_tokenizer_config
 from mm15.devices import resolve_device
 from mm15.model.hf_lm import load_hf_decoder
 from mm15.model.hf_vision import load_vision_encoder
@@ -48,6 +53,7 @@ def save_checkpoint(model: MM15, tokenizer: MM15Tokenizer, out_dir: str | Path) 
         save_json(model.cfg, str(tmp / CONFIG_FILE))
         save_tensors(model.state_dict(), tmp, max_shard_bytes=SHARD_BYTES)
         tokenizer.save(tmp)
+        write_hf_tokenizer_config(tmp, tokenizer, model.cfg)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

@@ -10,6 +10,9 @@ Verbs:
     mm15 serve --model DIR         an OpenAI-compatible HTTP server with a web page
     mm15 eval --model DIR --task T --data PATH   zero-shot benchmark evaluation (SPEC §5)
 
+train, demo, eval, serve, chat and split each run from one typed dataclass config: ``--set
+KEY=VALUE`` sets any field, the everyday flags are shorthands for fields, ``--print-config``
+shows the result (:mod:`mm15.cli_config`).
 Heavy imports (torch, the model) happen inside the verbs so ``mm15 --help`` is instant.
 A bad input (file, flag, config value) is one ``error: …`` line and exit status 2
 (:mod:`mm15.errors`); anything else is a bug and keeps its traceback.
@@ -18,51 +21,56 @@ A bad input (file, flag, config value) is one ``error: …`` line and exit statu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from mm15.cli_config import (
+    SPLIT_IMAGE_SHORTHANDS,
+    add_config_args,
+    add_image_flags,
+    print_config,
+    resolve_config,
+    shorthand_epilog,
+)
 from mm15.errors import USER_ERRORS, UsageError, number, one_line, validation_summary
+from mm15.image_settings import check_image_settings, with_image_settings
 
 ASSETS = Path(__file__).parent / "assets"
 
 
-def _add_image_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("image splitting (defaults: the preset's, i.e. the final recipe)")
-    g.add_argument("--preset", default="3b", help="take image settings from this preset")
-    g.add_argument("--split", choices=["dynamic", "static", "none"])
-    size = number(int, minimum=1)
-    g.add_argument("--n-min", type=size, help="fewest sub-images of a dynamic grid")
-    g.add_argument("--n-max", type=size, help="most sub-images of a dynamic grid")
-    g.add_argument("--resolution", type=size, help="tile side r in pixels")
-    g.add_argument("--overview", choices=["after", "before", "none"])
-    g.add_argument("--indicator", choices=["none", "index", "seps"])
-    g.add_argument("--tokens-per-tile", type=size, help="connector tokens per tile (144, 81, 64)")
+@dataclass(kw_only=True)
+class SplitConfig:
+    """``mm15 split``'s settings (the images and the outputs are arguments)."""
+
+    preset: str = "3b"  # whose image settings and tokens per tile (default: the final recipe)
+    # ImageConfig fields over the preset's, e.g. {"n_max": 16, "split": "static"}.
+    image: dict[str, Any] = field(default_factory=dict)
+    tokens_per_tile: int | None = None  # connector tokens per tile (None: the preset's)
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_tile is not None and self.tokens_per_tile < 1:
+            raise ValueError(f"tokens_per_tile must be >= 1, got {self.tokens_per_tile}")
+        check_image_settings(self.image)
 
 
-def _image_settings(args: argparse.Namespace):
+SPLIT_SHORTHANDS = {"--preset": "preset", **SPLIT_IMAGE_SHORTHANDS,
+                    "--tokens-per-tile": "tokens_per_tile"}  # fmt: skip
+
+
+def _image_settings(cfg: SplitConfig):
     from mm15.presets import get_preset
 
-    cfg = get_preset(args.preset)
-    overrides = {
-        k: v
-        for k, v in dict(
-            split=args.split,
-            n_min=args.n_min,
-            n_max=args.n_max,
-            resolution=args.resolution,
-            overview=args.overview,
-            indicator=args.indicator,
-        ).items()
-        if v is not None
-    }
-    image = dataclasses.replace(cfg.image, **overrides)
-    if image.n_min < 1 or image.n_max < image.n_min:
-        raise UsageError(f"need 1 <= n_min <= n_max, got ({image.n_min}, {image.n_max})")
-    tokens = args.tokens_per_tile if args.tokens_per_tile is not None else cfg.connector.num_tokens
-    return image, tokens
+    model = get_preset(cfg.preset)
+    try:
+        model = with_image_settings(model, cfg.image, whose=f"preset {cfg.preset!r}'s")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    tokens = cfg.tokens_per_tile if cfg.tokens_per_tile is not None else model.connector.num_tokens
+    return model.image, tokens
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -70,7 +78,12 @@ def cmd_split(args: argparse.Namespace) -> int:
     from mm15.data.split_report import describe_images, format_table, save_tiles_picture
     from mm15.data.splitting import tile_image
 
-    image_cfg, tokens = _image_settings(args)
+    cfg = resolve_config(SplitConfig(), args, SPLIT_SHORTHANDS)
+    if args.print_config:
+        return print_config(cfg)
+    if not args.images:
+        raise UsageError("give at least one IMAGE")
+    image_cfg, tokens = _image_settings(cfg)
     rows = describe_images(args.images, image_cfg, tokens_per_tile=tokens)
     if args.save_tiles:
         out = Path(args.save_tiles)
@@ -172,12 +185,9 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mm15.config import to_dict
-
     cfg = train_config_from_args(args)
     if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
+        return print_config(cfg)
     from mm15.train.loop import NonFiniteTrainingError, train
 
     try:
@@ -214,7 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mm15.demo import DemoConfig, run_demo
     from mm15.overrides import apply_overrides
 
-    return run_demo(out=Path(args.out), cfg=apply_overrides(DemoConfig(), args.set))
+    cfg = apply_overrides(DemoConfig(), args.set)
+    if args.print_config:
+        return print_config(cfg)
+    return run_demo(out=Path(args.out), cfg=cfg)
 
 
 def _fmt(n: int) -> str:
@@ -228,11 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm15", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True)
 
-    s = sub.add_parser("split", help="show how images are split into tiles and tokens")
-    s.add_argument("images", nargs="+", help="image files")
-    _add_image_args(s)
+    s = sub.add_parser("split", help="show how images are split into tiles and tokens",
+                       epilog=shorthand_epilog(SPLIT_SHORTHANDS, note="The settings are one "
+                       "SplitConfig; any ImageConfig field is --set image.FIELD=VALUE."))  # fmt: skip
+    s.add_argument("images", nargs="*", metavar="IMAGE", help="image files (at least one)")
+    s.add_argument("--preset", default=SplitConfig().preset,
+                   help="take image settings and tokens per tile from this preset")  # fmt: skip
+    add_image_flags(s, everything=True)
+    s.add_argument("--tokens-per-tile", type=number(int, minimum=1),
+                   help="connector tokens per tile (144, 81, 64; default: the preset's)")  # fmt: skip
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--save-tiles", metavar="DIR", help="save a picture of each image's tiles")
+    add_config_args(s, example="image.static_grid=[3,3]")
     s.set_defaults(func=cmd_split)
 
     i = sub.add_parser("info", help="parameter counts of a preset (no weights allocated)")
@@ -267,25 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a training preset, e.g. paper-3b, video-sft-3b")
     src.add_argument("--config", help="a resolved training config (JSON, as --print-config writes)")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override by dotted path, e.g. stages.2.lr=1e-5 (repeatable)",
-    )
-    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_args(t, example="stages.2.lr=1e-5")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="run the main job on built-in data")
     d.add_argument("--out", default="out/demo", help="where results go")
-    d.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a DemoConfig field (repeatable), e.g. --set sft_steps=900",
-    )
+    add_config_args(d, example="sft_steps=900")
     d.set_defaults(func=cmd_demo)
 
     # Verbs that own their parser live beside their code (their imports stay light).

@@ -165,6 +165,31 @@ class VideoConfig:
     max_frame_pixels: int = 16_000_000
 
 
+# When region coordinates name their image (``<k:x1,y1,x2,y2>``, mm15.data.coords):
+# "multi_image": exactly when the sample shows more than one image (SPEC §3); "always"; "auto"
+# (only regions on images k > 0, see mm15.data.coords.format_box).
+RegionImageIndex = Literal["multi_image", "always", "auto"]
+
+
+@dataclass(kw_only=True)
+class FormatConfig:
+    """The chat template (mm15.data.chat): role markers are ordinary text, EOS ends each
+    assistant turn.  A conversation renders as
+    ``[BOS]System: …\\nUser: …\\nAssistant: …[EOS]\\nUser: …\\nAssistant: …[EOS]``.
+
+    Part of the model (``ModelConfig.format``, saved in the checkpoint's config.json): training
+    records the format it trained with, and chat, serve and eval render prompts with it.  The
+    checkpoint's ``tokenizer_config.json`` carries the same template as Jinja for Hugging Face
+    tools (mm15.data.chat_template)."""
+
+    system_prefix: str = "System: "
+    user_prefix: str = "User: "
+    assistant_prefix: str = "Assistant: "
+    turn_end: str = "\n"  # after system/user turns, and after an assistant's EOS when more follow
+    add_bos: bool = True  # when the tokenizer has a BOS token (Qwen2 has none)
+    region_image_index: RegionImageIndex = "multi_image"
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     """The whole MM1.5 model: encoder → connector → decoder, plus its image front end."""
@@ -177,6 +202,9 @@ class ModelConfig:
     # The placeholder token whose positions receive image features (one per image token).
     image_token: str = "<image>"
     image_token_id: int = -1  # -1: not resolved yet (set from the tokenizer by `mm15 init`)
+    # The chat format the model was trained with (training records its last stage's); a
+    # config.json saved before this field loads the default, the format those models used.
+    format: FormatConfig = field(default_factory=FormatConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,24 +364,6 @@ MixCategory = Literal[
 # How sources of one group share the group's weight: "equal" (stage 2: the four OCR sets are
 # "sampled equally", §3.3) or in proportion to their sizes ("by_size").
 Within = Literal["equal", "by_size"]
-# When region coordinates name their image (``<k:x1,y1,x2,y2>``, mm15.data.coords):
-# "multi_image": exactly when the sample shows more than one image (SPEC §3); "always"; "auto"
-# (only regions on images k > 0, see mm15.data.coords.format_box).
-RegionImageIndex = Literal["multi_image", "always", "auto"]
-
-
-@dataclass(kw_only=True)
-class FormatConfig:
-    """The chat template (mm15.data.chat): role markers are ordinary text, EOS ends each
-    assistant turn.  A conversation renders as
-    ``[BOS]System: …\\nUser: …\\nAssistant: …[EOS]\\nUser: …\\nAssistant: …[EOS]``."""
-
-    system_prefix: str = "System: "
-    user_prefix: str = "User: "
-    assistant_prefix: str = "Assistant: "
-    turn_end: str = "\n"  # after system/user turns, and after an assistant's EOS when more follow
-    add_bos: bool = True  # when the tokenizer has a BOS token (Qwen2 has none)
-    region_image_index: RegionImageIndex = "multi_image"
 
 
 @dataclass(kw_only=True)

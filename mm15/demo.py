@@ -26,7 +26,7 @@ from typing import Literal, get_args
 
 import torch
 
-from mm15.config import FormatConfig, MixtureConfig, PackingConfig, SourceConfig
+from mm15.config import MixtureConfig, PackingConfig, SourceConfig
 from mm15.data.synthetic import SFT_TASKS, TASKS
 from mm15.data.synthetic_corpus import CorpusIndex, generate_corpus
 from mm15.demo_encoder import HEADS
@@ -209,7 +209,7 @@ def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_d
                                     paths=[str(corpus.root / f.path)],
                                     options={"root": str(corpus.root)}) for f in files],
             packing=PackingConfig(seq_len=cfg.seq_len, max_images_per_sequence=16),
-            format=FormatConfig(), freeze=list(freeze),
+            freeze=list(freeze),  # format: the model's (ModelConfig.format)
         )  # fmt: skip
 
     low_res = dataclasses.replace(model.image, split="none")

@@ -70,12 +70,13 @@ def _is_pydantic(err: BaseException) -> bool:
 
 
 def validation_summary(err: Any) -> str:
-    """pydantic's ValidationError as ``a.b: problem; c: problem`` (its own text spans lines)."""
+    """pydantic's ValidationError as ``a.b: problem; c: problem`` (its own text spans lines); a
+    problem of the whole object (its own check, which names the field) has no location."""
     parts = []
     for e in err.errors(include_url=False):
-        loc = ".".join(str(x) for x in e.get("loc", ())) or "(top level)"
+        loc = ".".join(str(x) for x in e.get("loc", ()))
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 

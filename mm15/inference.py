@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from mm15.config import FormatConfig
 from mm15.data.chat import format_sample, materialize_pixels
 from mm15.data.prompt import EncodedPrompt, encode_prompt
 from mm15.data.schema import Sample
@@ -65,14 +64,13 @@ def generate_for_samples(
     tokenizer: MM15Tokenizer,
     samples: Sequence[Sample],
     settings: GenerationSettings | None = None,
-    fmt: FormatConfig | None = None,
 ) -> list[GenerationResult]:
     """Answer schema samples (their user turns) with the chat template the model was trained
-    with (:func:`mm15.data.chat.format_sample` with ``for_generation``)."""
+    with, ``model.cfg.format`` from its checkpoint (:func:`mm15.data.chat.format_sample` with
+    ``for_generation``)."""
     encoded = []
     for sample in samples:
-        ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg,
-                           fmt=fmt or FormatConfig(), for_generation=True)  # fmt: skip
+        ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg, for_generation=True)
         pixels = materialize_pixels(ex, model.cfg) if ex.images else None
         encoded.append(EncodedPrompt(input_ids=ex.input_ids, pixels=pixels, plans=[]))
     return _generate(model, tokenizer, encoded, settings or GenerationSettings())

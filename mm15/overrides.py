@@ -106,8 +106,11 @@ def set_path(data: Any, path: str, value: Any, *, cls: Any = None) -> None:
                            f"with {parent}='{{...}}'")  # fmt: skip
 
 
-def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
-    """A copy of dataclass config ``cfg`` with ``key=value`` overrides applied and validated."""
+def apply_overrides(cfg: T, overrides: Sequence[str], *, context: str | None = None) -> T:
+    """A copy of dataclass config ``cfg`` with ``key=value`` overrides applied and validated.
+
+    A config that fails validation is a ValueError starting ``context`` (default: ``invalid
+    overrides [...]`` listing them) and naming each bad field."""
     data = to_dict(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -120,4 +123,5 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
     try:
         return TypeAdapter(type(cfg)).validate_python(data)
     except ValidationError as e:
-        raise ValueError(f"invalid overrides {list(overrides)}: {validation_summary(e)}") from None
+        what = context or f"invalid overrides {list(overrides)}"
+        raise ValueError(f"{what}: {validation_summary(e)}") from None

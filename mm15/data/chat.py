@@ -3,7 +3,9 @@
 **Pre-training** (every message has role ``document``; captions, interleaved documents, text,
 OCR pages): ``[BOS] text… [EOS]`` with loss on all text and the EOS (§4, MM1 §3).
 
-**Chat** (SFT, evaluation): role markers are ordinary text (:class:`~mm15.config.FormatConfig`)::
+**Chat** (SFT, evaluation): role markers are ordinary text (:class:`~mm15.config.FormatConfig`;
+the model's is ``ModelConfig.format``, saved in its checkpoint, and
+:mod:`mm15.data.chat_template` writes the same template as Jinja for Hugging Face tools)::
 
     [BOS]System: {system}\\n
     User: {user}\\n
@@ -274,10 +276,11 @@ def format_sample(
     *,
     tokenizer: MM15Tokenizer,
     model_cfg: ModelConfig,
-    fmt: FormatConfig,
+    fmt: FormatConfig | None = None,
     for_generation: bool = False,
 ) -> Example:
-    """Token ids, labels and images of ``sample`` (template in the module docstring).
+    """Token ids, labels and images of ``sample`` (template in the module docstring), in
+    ``fmt`` or, by default, the model's own format (``model_cfg.format``, from its checkpoint).
 
     Raises :class:`SampleError`: ``malformed`` (bad references, the image token in text,
     mixed roles), ``missing``/``corrupt`` (media headers), ``empty`` (no trainable token unless
@@ -288,6 +291,7 @@ def format_sample(
                          f"tokenizer's image token id is {tokenizer.image_token_id}")  # fmt: skip
     if not tokenizer.eos_ids:
         raise ValueError("the tokenizer has no EOS token; the chat template needs one")
+    fmt = model_cfg.format if fmt is None else fmt
     _check_references(sample)
     is_doc = _check_roles(sample, for_generation)
     refs = _plan_media(sample, model_cfg)

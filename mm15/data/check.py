@@ -23,7 +23,7 @@ from mm15.data.mixture import mixture_weights
 from mm15.data.registry import registry, resolve_dataset
 from mm15.data.schema import SampleError
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
-from mm15.train.config import StageConfig, TrainConfig
+from mm15.train.config import StageConfig, TrainConfig, model_format, stage_format
 from mm15.train.data import expand_paths, open_datasets, run_stage
 
 
@@ -98,7 +98,9 @@ def check_config(
         report.problems.append("init_from: not set, and this recipe starts from pre-trained parts "
                                "(set init_from=DIR, or allow_random_init=true)")  # fmt: skip
     entries = registry(cfg.registry)
-    for stage in cfg.stages:
+    start = model_format(cfg)
+    for index, stage in enumerate(cfg.stages):
+        stage = dataclasses.replace(stage, format=stage_format(cfg, index, start))
         sr = StageReport(stage.name)
         report.stages.append(sr)
         model_cfg = dataclasses.replace(cfg.model, image_token_id=tok.image_token_id)
@@ -140,9 +142,9 @@ def preflight(
     """What ``mm15 train`` checks before step 1, on the readers it opened (stage index → name →
     reader): ``samples`` of each dataset formatted as the stage will; a dataset that skips more
     than ``max_skipped_fraction`` of them, or holds no sample, is a problem line."""
-    problems = []
+    problems, start = [], model_format(cfg)
     for index, readers in opened.items():
-        stage = cfg.stages[index]
+        stage = dataclasses.replace(cfg.stages[index], format=stage_format(cfg, index, start))
         model_cfg = dataclasses.replace(cfg.model, image_token_id=tokenizer.image_token_id)
         if stage.image is not None:
             model_cfg = dataclasses.replace(model_cfg, image=stage.image)

@@ -5,39 +5,104 @@
     mm15 eval --model CKPT --task refcoco:testA --task refcoco:testB --data D1 --data D2
     mm15 eval --model CKPT --task synthetic --data out/demo/corpus
 
+    mm15 eval --model CKPT --task textvqa --data D --n-max 16          # Table 2: more tiles
+
 ``--data`` is given once per task (same order), or once for all: a directory holding one
 entry per task (``ROOT/<task>`` as a directory or ``ROOT/<task>.jsonl`` / ``.parquet``).
+The settings are one EvalConfig; ``--set`` reaches every field (``--set image.n_max=16``,
+any ImageConfig field under ``image.``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+from mm15.cli_config import (
+    IMAGE_SHORTHANDS,
+    add_config_args,
+    add_image_flags,
+    print_config,
+    resolve_config,
+    shorthand_epilog,
+)
 from mm15.errors import number
 from mm15.eval.tasks import TASKS, get_task
+from mm15.image_settings import check_image_settings
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """``mm15 eval``'s config (every flag is a shorthand for a field, see ``--help``)."""
+
+    model: str | None = None  # the mm15 checkpoint directory
+    tasks: list[str] = field(default_factory=list)  # NAME[:SPLIT], or comma separated
+    data: list[str] = field(default_factory=list)  # one path per task, or one root for all
+    out: str = "out/eval"
+    batch_size: int = 8  # prompts generated together
+    limit: int | None = None  # first N items of each task
+    max_new_tokens: int | None = None  # None: each task's own
+    device: str = "auto"  # cpu, cuda, cuda:1, ... (auto: cuda if any)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 on cuda, else fp32
+    # Inference-time ImageConfig fields over the checkpoint's (Table 2), e.g. {"n_max": 16}.
+    image: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, least in (("batch_size", 1), ("limit", 0), ("max_new_tokens", 1)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
+        check_image_settings(self.image)
+
+
+SHORTHANDS = {
+    "--model": "model", "--task": "tasks", "--data": "data", "--out": "out",
+    "--batch-size": "batch_size", "--limit": "limit", "--max-new-tokens": "max_new_tokens",
+    "--device": "device", "--dtype": "dtype", **IMAGE_SHORTHANDS,
+}  # fmt: skip
+_D = EvalConfig()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` verb to the subparsers of :func:`mm15.cli.build_parser`."""
     e = sub.add_parser("eval", help="zero-shot greedy evaluation on benchmarks (SPEC §5)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    e.add_argument("--model", required=True, help="mm15 checkpoint directory")
-    e.add_argument("--task", action="append", required=True, metavar="NAME[:SPLIT]",
-                   help=f"repeatable or comma separated; one of {', '.join(sorted(TASKS))}")  # fmt: skip
-    e.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="benchmark data per task (same order), or one root for all tasks")  # fmt: skip
-    e.add_argument("--out", default="out/eval", help="where items.jsonl and summary.* go")
-    e.add_argument("--batch-size", type=number(int, minimum=1), default=8,
+                       description=__doc__, epilog=shorthand_epilog(SHORTHANDS),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    e.add_argument("--model", help="mm15 checkpoint directory (required)")
+    e.add_argument("--task", action="append", metavar="NAME[:SPLIT]",
+                   help=f"(required) repeatable or comma separated; one of "
+                   f"{', '.join(sorted(TASKS))}")  # fmt: skip
+    e.add_argument("--data", action="append", metavar="PATH",
+                   help="(required) benchmark data per task (same order), or one root for all "
+                   "tasks")  # fmt: skip
+    e.add_argument("--out", default=_D.out, help="where items.jsonl and summary.* go")
+    e.add_argument("--batch-size", type=number(int, minimum=1), default=_D.batch_size,
                    help="prompts generated together")  # fmt: skip
     e.add_argument("--limit", type=number(int, minimum=0), help="first N items of each task")
     e.add_argument("--max-new-tokens", type=number(int, minimum=1),
                    help="default: each task's own")  # fmt: skip
-    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
-    e.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+    e.add_argument("--device", default=_D.device, help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
+    e.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=_D.dtype,
                    help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    add_config_args(e, example="image.n_max=16")
+    add_image_flags(e)
     e.set_defaults(func=cmd_eval)
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The EvalConfig of ``args``: its flags, then its ``--set`` overrides."""
+    return resolve_config(EvalConfig(), args, SHORTHANDS)
+
+
+def _require(cfg: EvalConfig) -> EvalConfig:
+    for what, flag in ((cfg.model, "--model DIR"), (cfg.tasks, "--task NAME"),
+                       (cfg.data, "--data PATH")):  # fmt: skip
+        if not what:
+            raise ValueError(f"give {flag} (see mm15 eval --help)")
+    return cfg
 
 
 def task_data(tasks: list[str], data: list[str]) -> list[tuple[str, Path]]:
@@ -110,18 +175,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mm15.checkpoint import load_checkpoint
     from mm15.devices import resolve_device
     from mm15.eval.runner import EvalSettings, run_eval
+    from mm15.image_settings import apply_image_settings, checkpoint_image_settings
 
-    pairs = task_data(args.task, args.data)
-    _check_out(Path(args.out))
-    device = resolve_device(args.device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
-    if args.dtype == "auto":
+    cfg = config_from_args(args)
+    if args.print_config:
+        return print_config(cfg)
+    _require(cfg)
+    pairs = task_data(cfg.tasks, cfg.data)
+    _check_out(Path(cfg.out))
+    device = resolve_device(cfg.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
+    if cfg.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, tokenizer = load_checkpoint(args.model, device=device, dtype=dtype)
-    settings = EvalSettings(batch_size=args.batch_size, limit=args.limit,
-                            max_new_tokens=args.max_new_tokens)  # fmt: skip
-    summary = run_eval(model, tokenizer, pairs, args.out, settings)
-    out = Path(args.out)
+    if cfg.image:  # bad image settings fail before the weights load
+        checkpoint_image_settings(cfg.model, cfg.image)
+    model, tokenizer = load_checkpoint(cfg.model, device=device, dtype=dtype)
+    apply_image_settings(model, cfg.image)
+    settings = EvalSettings(batch_size=cfg.batch_size, limit=cfg.limit,
+                            max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+    summary = run_eval(model, tokenizer, pairs, cfg.out, settings)
+    out = Path(cfg.out)
     print((out / "summary.md").read_text(), end="")
     print(f"wrote {out / 'items.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}, "
           f"{out / 'summary.png'}")  # fmt: skip

@@ -43,7 +43,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mm15.config import FormatConfig
 from mm15.data.chat import format_sample, materialize_pixels
 from mm15.data.schema import Media, Message, Part, Sample
 from mm15.inference import GenerationSettings, generate_for_samples
@@ -125,8 +124,7 @@ def continuation_loglikelihood(model: Any, tokenizer: Any, sample: Sample,
                                continuation: str) -> tuple[float, bool]:  # fmt: skip
     """(Σ log p(token), every token the argmax) of ``continuation`` right after the assistant
     marker of ``sample``'s prompt."""
-    ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg, fmt=FormatConfig(),
-                       for_generation=True)  # fmt: skip
+    ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg, for_generation=True)
     cont = tokenizer.encode(continuation)
     if not cont:
         raise ValueError(f"continuation {continuation!r} encodes to no tokens")

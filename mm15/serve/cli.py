@@ -1,33 +1,71 @@
 """``mm15 serve --model DIR``: the OpenAI-compatible server (docs/serving.md).
 
-:func:`register` adds the verb to ``mm15``'s subparsers; :func:`main` runs it alone.
+Its settings are one :class:`mm15.serve.config.ServeConfig`: every flag is a shorthand for one
+of its fields and ``--set`` reaches them all (``--set limits.max_images=8``, ``--set
+image.n_max=16``; :mod:`mm15.cli_config`).  :func:`register` adds the verb to ``mm15``'s subparsers; :func:`main` runs it alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 import socket
 import sys
 from pathlib import Path
 
+from mm15.cli_config import (
+    IMAGE_SHORTHANDS,
+    add_config_args,
+    add_image_flags,
+    config_overrides,
+    print_config,
+    set_by_overrides,
+    shorthand_epilog,
+)
 from mm15.serve.config import EngineConfig, HTTPConfig, LimitsConfig, MediaConfig, ServeConfig
 
-_D_LIM, _D_MEDIA, _D_ENG, _D_HTTP = LimitsConfig(), MediaConfig(), EngineConfig(), HTTPConfig()
+_D, _D_LIM, _D_MEDIA = ServeConfig(), LimitsConfig(), MediaConfig()
+_D_ENG, _D_HTTP = EngineConfig(), HTTPConfig()
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+# Every flag is a shorthand for a ServeConfig field (mm15.cli_config); --set reaches all of them.
+SHORTHANDS = {
+    "--model": "model", "--host": "host", "--port": "port", "--served-model-name": "model_name",
+    "--api-key": "api_key", "--device": "device", "--dtype": "dtype",
+    "--no-web-ui": ("web_ui", lambda off: False if off else None),
+    "--allowed-hosts": "http.allowed_hosts", "--header-timeout": "http.header_timeout_s",
+    "--allow-fetch": "media.allow_fetch_hosts", "--media-root": "media.media_root",
+    "--max-image-bytes": "media.max_image_bytes", "--max-image-pixels": "media.max_image_pixels",
+    "--fetch-timeout": "media.fetch_timeout_s",
+    "--max-pixels-in-flight": "media.max_pixels_in_flight",
+    "--max-images": "limits.max_images", "--max-body-bytes": "limits.max_body_bytes",
+    "--max-prompt-tokens": "limits.max_prompt_tokens",
+    "--max-prompt-bytes": "limits.max_prompt_bytes", "--max-messages": "limits.max_messages",
+    "--max-content-parts": "limits.max_content_parts", "--max-tokens-limit": "limits.max_tokens",
+    "--default-max-tokens": "limits.default_max_tokens", "--max-batch": "engine.max_batch",
+    "--max-queue": "engine.max_queue", "--batch-wait-ms": "engine.batch_wait_ms",
+    **IMAGE_SHORTHANDS,
+}  # fmt: skip
 
 
 def register(sub) -> None:
     """Add ``serve`` to the subparsers ``sub`` (from ``mm15.cli.build_parser``)."""
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web page",
-                       description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument("--model", required=True, help="mm15 checkpoint directory")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+                       description=__doc__.split("\n\n")[0],
+                       epilog=shorthand_epilog(SHORTHANDS, note="Unset: --served-model-name is "
+                       "the checkpoint directory's name, --api-key $MM15_API_KEY, "
+                       "--allowed-hosts follows --host, --default-max-tokens is at most "
+                       "--max-tokens-limit."),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--model", help="mm15 checkpoint directory (required)")
+    p.add_argument("--host", default=_D.host, help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=_D.port)
     p.add_argument("--served-model-name", help="model id of the API (default: the dir's name)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MM15_API_KEY)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--device", default=_D.device, help="torch device, e.g. cuda")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--no-web-ui", action="store_true", help="do not serve the page at /")
     p.add_argument("--allowed-hosts", nargs="+", metavar="HOST",
@@ -35,6 +73,7 @@ def register(sub) -> None:
                    "loopback names when bound to loopback, else any)")  # fmt: skip
     p.add_argument("--header-timeout", type=float, default=_D_HTTP.header_timeout_s,
                    metavar="S", help="close connections whose request head takes longer")  # fmt: skip
+    add_config_args(p, example="limits.max_images=8")
     g = p.add_argument_group("media (image_url)")
     g.add_argument("--allow-fetch", nargs="+", default=[], metavar="HOST",
                    help="allow http(s) image URLs from these hosts (public addresses only)")  # fmt: skip
@@ -54,50 +93,54 @@ def register(sub) -> None:
     g.add_argument("--max-content-parts", type=int, default=_D_LIM.max_content_parts)
     g.add_argument("--max-tokens-limit", type=int, default=_D_LIM.max_tokens,
                    help="largest max_tokens a request may ask for")  # fmt: skip
-    g.add_argument("--default-max-tokens", type=int, default=_D_LIM.default_max_tokens)
+    g.add_argument("--default-max-tokens", type=int,
+                   help=f"max_tokens of a request that names none (default: "
+                   f"{_D_LIM.default_max_tokens}, at most --max-tokens-limit)")  # fmt: skip
     g.add_argument("--max-batch", type=int, default=_D_ENG.max_batch,
                    help="requests batched into one generate call")  # fmt: skip
     g.add_argument("--max-queue", type=int, default=_D_ENG.max_queue,
                    help="requests waiting beyond the running batch; more get 429")  # fmt: skip
     g.add_argument("--batch-wait-ms", type=float, default=_D_ENG.batch_wait_ms,
                    help="how long an idle worker waits for requests still being prepared")  # fmt: skip
+    add_image_flags(p)
     p.set_defaults(func=cmd_serve)
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    key = args.api_key if args.api_key is not None else os.environ.get("MM15_API_KEY") or None
-    if args.media_root is not None and not Path(args.media_root).is_dir():
-        raise ValueError(f"--media-root {args.media_root} is not a directory")
-    return ServeConfig(
-        model_name=args.served_model_name or Path(args.model).resolve().name,
-        api_key=key,
-        web_ui=not args.no_web_ui,
-        media=MediaConfig(
-            max_image_bytes=args.max_image_bytes,
-            max_image_pixels=args.max_image_pixels,
-            allow_fetch_hosts=tuple(args.allow_fetch),
-            fetch_timeout_s=args.fetch_timeout,
-            media_root=args.media_root,
-            max_pixels_in_flight=args.max_pixels_in_flight,
-        ),
-        limits=LimitsConfig(
-            max_images=args.max_images,
-            max_body_bytes=args.max_body_bytes,
-            max_prompt_tokens=args.max_prompt_tokens,
-            max_prompt_bytes=args.max_prompt_bytes,
-            max_messages=args.max_messages,
-            max_content_parts=args.max_content_parts,
-            max_tokens=args.max_tokens_limit,
-            default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
-        ),
-        engine=EngineConfig(
-            max_batch=args.max_batch, max_queue=args.max_queue, batch_wait_ms=args.batch_wait_ms
-        ),
-        http=HTTPConfig(
-            allowed_hosts=tuple(args.allowed_hosts or _default_hosts(args.host)),
-            header_timeout_s=args.header_timeout,
-        ),
+    """The ServeConfig of ``args``: flags, then ``--set``, then what was left unset derived
+    (the model's name from its directory, the API key from $MM15_API_KEY, the allowed Host
+    names from the bind address, the default max_tokens within the limit)."""
+    from mm15.overrides import apply_overrides
+
+    if args.default_max_tokens is not None:  # as before: never above --max-tokens-limit
+        args = argparse.Namespace(**{**vars(args), "default_max_tokens": min(
+            args.default_max_tokens, args.max_tokens_limit)})  # fmt: skip
+    # default_max_tokens 1 fits any max_tokens until the unset one is derived below.
+    base = ServeConfig(limits=LimitsConfig(default_max_tokens=1))
+    cfg = apply_overrides(base, config_overrides(base, args, SHORTHANDS),
+                          context="invalid ServeConfig")  # fmt: skip
+    if cfg.model is None:
+        raise ValueError("no checkpoint: give --model DIR")
+    unset = {path: getattr(args, dest) is None and not set_by_overrides(args, path)
+             for dest, path in (("served_model_name", "model_name"), ("api_key", "api_key"),
+                                ("allowed_hosts", "http.allowed_hosts"),
+                                ("default_max_tokens", "limits.default_max_tokens"))}  # fmt: skip
+    limits, http = cfg.limits, cfg.http
+    if unset["limits.default_max_tokens"]:
+        default = min(_D_LIM.default_max_tokens, limits.max_tokens)
+        limits = dataclasses.replace(limits, default_max_tokens=default)
+    if unset["http.allowed_hosts"]:
+        http = dataclasses.replace(http, allowed_hosts=_default_hosts(cfg.host))
+    cfg = dataclasses.replace(
+        cfg,
+        model_name=Path(cfg.model).resolve().name if unset["model_name"] else cfg.model_name,
+        api_key=os.environ.get("MM15_API_KEY") or None if unset["api_key"] else cfg.api_key,
+        limits=limits,
+        http=http,
     )
+    if cfg.media.media_root is not None and not Path(cfg.media.media_root).is_dir():
+        raise ValueError(f"--media-root {cfg.media.media_root} is not a directory")
+    return cfg
 
 
 def _default_hosts(host: str) -> tuple[str, ...]:
@@ -136,20 +179,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mm15.checkpoint import load_checkpoint
+    from mm15.image_settings import apply_image_settings, checkpoint_image_settings
     from mm15.serve.app import create_app
     from mm15.serve.server import uvicorn_config
 
     cfg = config_from_args(args)
-    check_address(args.host, args.port)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tokenizer = load_checkpoint(args.model, device=args.device, dtype=dtype)
-    if cfg.api_key is None and not _is_loopback(args.host):
-        print(f"warning: serving on {args.host} without an API key (--api-key or "
+    if args.print_config:
+        return print_config(cfg)
+    check_address(cfg.host, cfg.port)
+    if cfg.image:  # bad image settings fail before the weights load
+        checkpoint_image_settings(cfg.model, cfg.image)
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
+    model, tokenizer = load_checkpoint(cfg.model, device=cfg.device, dtype=dtype)
+    apply_image_settings(model, cfg.image)
+    if cfg.api_key is None and not _is_loopback(cfg.host):
+        print(f"warning: serving on {cfg.host} without an API key (--api-key or "
               "MM15_API_KEY)", file=sys.stderr)  # fmt: skip
     app = create_app(model, tokenizer, cfg)
-    print(f"mm15 serve: model {cfg.model_name!r} on http://{args.host}:{args.port}/ "
+    print(f"mm15 serve: model {cfg.model_name!r} on http://{cfg.host}:{cfg.port}/ "
           f"(batch {cfg.engine.max_batch}, queue {cfg.engine.max_queue})", file=sys.stderr)  # fmt: skip
-    config = uvicorn_config(app, cfg, host=args.host, port=args.port, log_level="info")
+    config = uvicorn_config(app, cfg, host=cfg.host, port=cfg.port, log_level="info")
     uvicorn.Server(config).run()
     return 0
 

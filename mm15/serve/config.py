@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mm15.image_settings import check_image_settings
 
 
 def _need(ok: bool, what: str, value: object) -> None:
@@ -142,6 +145,17 @@ class HTTPConfig:
 
 @dataclass(kw_only=True)
 class ServeConfig:
+    """``mm15 serve``'s config: which checkpoint, where to listen and with which image settings
+    (read by the verb), then what the app enforces (read by :func:`mm15.serve.app.create_app`)."""
+
+    model: str | None = None  # the mm15 checkpoint directory (the verb needs one)
+    host: str = "127.0.0.1"  # bind address: loopback only unless changed
+    port: int = 8000
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: as saved
+    # Inference-time ImageConfig fields over the checkpoint's (Table 2), e.g. {"n_max": 16}:
+    # mm15.image_settings.with_image_settings.
+    image: dict[str, Any] = field(default_factory=dict)
     model_name: str = "mm15"  # the id /v1/models lists and requests must name
     api_key: str | None = None  # when set, every route but /health and the web page needs it
     web_ui: bool = True  # serve the upload page at /
@@ -152,6 +166,7 @@ class ServeConfig:
     http: HTTPConfig = field(default_factory=HTTPConfig)
 
     def __post_init__(self) -> None:
+        check_image_settings(self.image)
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key is empty; give a key or leave it unset")
         _need(

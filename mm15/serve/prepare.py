@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from mm15.config import FormatConfig
 from mm15.data.chat import format_sample
 from mm15.data.coord_parse import parse_regions
 from mm15.data.coords import Box
@@ -206,8 +205,8 @@ def prepare_prompt(
 def _prepare(req, params, cfg, model_cfg, tokenizer, loader: _Images) -> PreparedPrompt:
     sample, images = _sample(req, loader)
     try:
-        ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model_cfg, fmt=FormatConfig(),
-                           for_generation=True)  # fmt: skip
+        # The chat format the model was trained with (model_cfg.format, from its checkpoint).
+        ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model_cfg, for_generation=True)
     except SampleError as e:
         raise _bad(f"cannot build the prompt: {e}", "messages") from e
     n, context = len(ex.input_ids), model_cfg.lm.max_seq_len

@@ -12,9 +12,17 @@ batch is one clear error before anything starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from mm15.config import FormatConfig, ImageConfig, MixtureConfig, ModelConfig, PackingConfig
+from mm15.config import (
+    FormatConfig,
+    ImageConfig,
+    MixtureConfig,
+    ModelConfig,
+    PackingConfig,
+    load_model_config,
+)
 from mm15.data.registry import RegistryEntry
 from mm15.train.optim import OptimConfig
 from mm15.train.parallel import ParallelConfig
@@ -66,7 +74,10 @@ class StageConfig:
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     datasets: list[DatasetConfig] = field(default_factory=list)
     packing: PackingConfig = field(default_factory=PackingConfig)
-    format: FormatConfig = field(default_factory=FormatConfig)
+    # The chat format this stage trains with; None: the model's as it stands (the last earlier
+    # stage that set one, else ModelConfig.format of init_from's checkpoint or of ``model``).
+    # The exported model records the format it was trained with (stage_format).
+    format: FormatConfig | None = None
     freeze: list[Part] = field(default_factory=list)  # SPEC §1: nothing frozen by default
 
     def __post_init__(self) -> None:
@@ -140,6 +151,28 @@ class TrainConfig:
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
             raise ValueError(f"max_skipped_fraction must be in [0, 1], got "
                              f"{self.max_skipped_fraction}")  # fmt: skip
+
+
+def model_format(cfg: TrainConfig) -> FormatConfig:
+    """The format of the model the run starts from: init_from's checkpoint's (config.json),
+    else ``cfg.model``'s.  An unreadable init_from falls back to ``cfg.model`` (loading the
+    checkpoint is what reports it)."""
+    if cfg.init_from:
+        path = Path(cfg.init_from) / "config.json"  # mm15.checkpoint.CONFIG_FILE
+        try:
+            return load_model_config(str(path)).format
+        except (OSError, ValueError):
+            pass
+    return cfg.model.format
+
+
+def stage_format(cfg: TrainConfig, index: int, start: FormatConfig) -> FormatConfig:
+    """The chat format stage ``index`` trains with: its own ``format``, else that of the last
+    earlier stage that set one, else ``start`` (the model's, :func:`model_format`)."""
+    for stage in reversed(cfg.stages[: index + 1]):
+        if stage.format is not None:
+            return stage.format
+    return start
 
 
 def _at_least(where: str, **checks: tuple[int, int]) -> None:

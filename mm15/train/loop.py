@@ -5,7 +5,9 @@ of ``cfg.stages`` in order (SPEC §4).  Each stage gets a fresh optimiser with i
 and a warmup + cosine schedule; a checkpoint is written every ``ckpt_every`` steps and at the end
 of every stage, and a run that finds a checkpoint in its ``run_dir`` resumes from it exactly
 (model, optimiser, RNG, data position).  The final model is exported as an mm15 checkpoint
-directory under ``run_dir/final``.
+directory under ``run_dir/final``, its config.json carrying the chat format it was trained with
+(the last stage's, :func:`~mm15.train.config.stage_format`; training checkpoints record each
+stage's in trainer_state.json).
 
 A run that goes numerically wrong stops instead of exporting garbage: ``max_nonfinite_steps``
 consecutive skipped (non-finite) steps end it with :class:`NonFiniteTrainingError`, a model
@@ -35,7 +37,7 @@ from mm15.model.mm15 import MM15
 from mm15.model.params import recipe_peak_lr
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
 from mm15.train.checkpointing import latest_checkpoint, load_training_state, save_training_state
-from mm15.train.config import StageConfig, TrainConfig
+from mm15.train.config import StageConfig, TrainConfig, stage_format
 from mm15.train.data import (
     DataError,
     StageStream,
@@ -166,6 +168,11 @@ def _run_stage(
     cfg, index, model, inner, tokenizer, info, state, resume, logger, result, datasets
 ) -> None:
     stage = run_stage(cfg.stages[index], datasets)
+    # The chat format this stage trains with becomes the model's: checkpoints record it and
+    # the exported config.json carries it (chat, serve and eval prompt with it).
+    fmt = stage_format(cfg, index, inner.cfg.format)
+    stage = dataclasses.replace(stage, format=fmt)
+    inner.cfg = dataclasses.replace(inner.cfg, format=fmt)
     if stage.epochs is not None:
         steps = epoch_steps(stage, datasets, tokenizer=tokenizer, model_cfg=inner.cfg)
         if stage.warmup_steps > steps:
@@ -335,7 +342,9 @@ def _assert_finite_model(model: nn.Module, what: str) -> None:
 def _save(cfg, model, optimizer, state, stream, index) -> None:
     # A non-finite model must not replace (and, through keep_last, delete) good checkpoints.
     _assert_finite_model(model, f"save a checkpoint at step {state['step']}")
-    trainer_state = {**state, "stage": index, "data": stream.state_dict()}
+    # "format": the chat format the model is trained with (what the exported config.json gets).
+    trainer_state = {**state, "stage": index, "data": stream.state_dict(),
+                     "format": to_dict(stream.stage.format)}  # fmt: skip
     save_training_state(cfg.run_dir, step=state["step"], model=model, optimizer=optimizer,
                         trainer_state=trainer_state, config=to_dict(cfg), keep_last=cfg.keep_last)  # fmt: skip
 
