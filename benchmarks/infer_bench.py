@@ -230,7 +230,7 @@ def run_mm(model, encoded, new: int, mode: str, device: torch.device) -> tuple[f
 def part_mm(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     from PIL import Image
 
-    from mm15.data.prompt import encode_prompt
+    from mm15.data.pipeline import encode_prompt
 
     model, tok = build_mm(args.preset, device, dtype)
     r = model.cfg.image.resolution

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from mm15.data.synthetic_corpus import generate_corpus
-from mm15.demo import DemoConfig, _texts, corpus_sizes, demo_train_config
+from mm15.demo.config import CorpusSizes, DemoConfig, SftStage
+from mm15.demo.data.corpus import generate_corpus
+from mm15.demo.recipe import _texts, corpus_sizes, demo_train_config
 from mm15.tokenizer import train_bpe_tokenizer
 from mm15.train.loop import train
 
@@ -38,12 +39,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = DemoConfig(train_per_sft_task=args.per_task, test_per_task=0, sft_steps=args.steps)
+    cfg = DemoConfig(corpus=CorpusSizes(train_per_task=args.per_task, test_per_task=0),
+                     sft=SftStage(steps=args.steps))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = generate_corpus(root / "corpus", seed=0, sizes=corpus_sizes(cfg))
-        tok = train_bpe_tokenizer(_texts(corpus), vocab_size=cfg.vocab_size,
-                                  max_digits=cfg.max_digits)  # fmt: skip
+        tok = train_bpe_tokenizer(_texts(corpus), vocab_size=cfg.tokenizer.vocab_size,
+                                  max_digits=cfg.tokenizer.max_digits)  # fmt: skip
         tok.save(root / "tok")
         times: dict[bool, list[float]] = {False: [], True: []}
         walls: dict[bool, list[float]] = {False: [], True: []}

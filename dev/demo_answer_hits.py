@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from mm15.data.coords import Box
-from mm15.data.synthetic_corpus import CorpusIndex
-from mm15.data.synthetic_images import COLOURS
+from mm15.demo.data.corpus import CorpusIndex
+from mm15.demo.data.images import COLOURS
 from mm15.eval.metrics import box_iou50, first_region
 
 

@@ -3,7 +3,7 @@
     python dev/demo_encoder_heads.py [steps=1000] [heads=colour,shape,place,word] [lr=6e-3]
         [text_share=0.5] [threads=1]
 
-Trains a fresh ``tiny`` model's encoder and connector with :func:`mm15.demo_encoder.pretrain_encoder`
+Trains a fresh ``tiny`` model's encoder and connector with :func:`mm15.demo.encoder.pretrain_encoder`
 (seed 0) and prints the accuracies on the held-out scenes and the time taken.
 """
 
@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from mm15.demo_encoder import EncoderPretrainConfig, pretrain_encoder
+from mm15.demo.encoder import EncoderPretrainConfig, pretrain_encoder
 from mm15.model.mm15 import MM15
 from mm15.presets import tiny
 

@@ -1,15 +1,15 @@
 """Fast demo experiments: cache the early stages, vary SFT, score chosen tasks (docs/demo.md).
 
     python dev/demo_exp.py OUT [prefix=align,pretrain,cpt] [tasks=general/colour,...]
-        [sft_steps=N] [sft_lr=X] [freeze=vision,connector] [eval=task,...] [threads=N]
-        [init=CHECKPOINT] [corpus_tasks=task,...] [DemoConfig field=value ...]
+        [sft.steps=N] [sft_lr=X] [freeze=vision,connector] [eval=task,...] [threads=N]
+        [init=CHECKPOINT] [corpus_tasks=task,...] [DemoConfig path=value ...]
 
-``tasks`` and ``freeze`` are comma-list shorthands for ``sft_tasks`` and ``sft_freeze``; every
-other key=value is a DemoConfig override (validated as by ``mm15 demo --set``).
+``tasks`` and ``freeze`` are comma-list shorthands for ``sft.tasks`` and ``sft.freeze``; every
+other key=value is a DemoConfig override by dotted path (validated as by ``mm15 demo --set``).
 The corpus (every SFT task) and tokenizer are made once in OUT; the model after the
 ``prefix`` stages is cached per (prefix, config) so SFT variants start from the same weights.
 Training starts from ``init`` if given, else from the demo's pre-trained encoder
-(``encoder_steps``, cached per step count; ``encoder_steps=0``: a random model).
+(``encoder.steps``, cached per step count; ``encoder.steps=0``: a random model).
 """
 
 import dataclasses
@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from mm15.checkpoint import load_checkpoint
-from mm15.data.synthetic import SFT_TASKS
-from mm15.data.synthetic_corpus import CorpusIndex, generate_corpus
-from mm15.demo import DemoConfig, _pretrain_encoder, _texts, corpus_sizes, demo_train_config
+from mm15.demo.config import DemoConfig
+from mm15.demo.data.corpus import CorpusIndex, generate_corpus
+from mm15.demo.data.tasks import SFT_TASKS
+from mm15.demo.recipe import _pretrain_encoder, _texts, corpus_sizes, demo_train_config
 from mm15.eval.synthetic_suite import evaluate_synthetic
 from mm15.overrides import apply_overrides
 from mm15.tokenizer import MM15Tokenizer, train_bpe_tokenizer
@@ -40,39 +41,36 @@ sft_lr = float(kv.pop("sft_lr", "0"))
 init = kv.pop("init", None)
 evals_arg = kv.pop("eval", None)
 corpus_tasks = kv.pop("corpus_tasks", "")  # SFT tasks the corpus holds (default: all of them)
-shorthands = {"tasks": "sft_tasks", "freeze": "sft_freeze"}  # comma lists → DemoConfig lists
+shorthands = {"tasks": "sft.tasks", "freeze": "sft.freeze"}  # comma lists → DemoConfig lists
 sets = [f"{shorthands[k]}={json.dumps([x for x in v.split(',') if x])}" if k in shorthands
         else f"{k}={v}" for k, v in kv.items()]  # fmt: skip
 cfg = apply_overrides(DemoConfig(), sets)
-evals = evals_arg.split(",") if evals_arg else list(cfg.sft_tasks)
+evals = evals_arg.split(",") if evals_arg else list(cfg.sft.tasks)
 
 out.mkdir(parents=True, exist_ok=True)
 if (out / "corpus" / "index.json").exists():
     corpus = CorpusIndex.read(out / "corpus")
 else:
     listed = [t for t in corpus_tasks.split(",") if t]
-    every_task = dataclasses.replace(cfg, sft_tasks=listed or list(SFT_TASKS))  # reused later
+    every_task = dataclasses.replace(  # reused later
+        cfg, sft=dataclasses.replace(cfg.sft, tasks=listed or list(SFT_TASKS))
+    )
     corpus = generate_corpus(out / "corpus", seed=cfg.seed, sizes=corpus_sizes(every_task))
 tok_dir = out / "tokenizer"
 if not tok_dir.exists():
-    train_bpe_tokenizer(_texts(corpus), vocab_size=cfg.vocab_size, max_digits=cfg.max_digits).save(
-        tok_dir
-    )
+    train_bpe_tokenizer(
+        _texts(corpus), vocab_size=cfg.tokenizer.vocab_size, max_digits=cfg.tokenizer.max_digits
+    ).save(tok_dir)
 vocab = len(MM15Tokenizer.load(tok_dir))
 
 tc = demo_train_config(cfg, corpus, tok_dir, out / "run", vocab)
-if init is None and cfg.encoder_steps:  # the demo's encoder stage, cached per step count
-    init = str(out / f"encoder-{cfg.encoder_steps}-{'-'.join(cfg.encoder_heads)}-{cfg.encoder_lr}")
+if init is None and cfg.encoder.steps:  # the demo's encoder stage, cached per step count
+    enc = cfg.encoder
+    init = str(out / f"encoder-{enc.steps}-{'-'.join(enc.heads)}-{enc.lr}")
     if not Path(init).exists():
         _pretrain_encoder(cfg, tc, MM15Tokenizer.load(tok_dir), Path(init))
 by_name = {s.name: s for s in tc.stages}
-sft_only = {
-    "sft_tasks": [],
-    "sft_freeze": [],
-    "sft_steps": 0,
-    "sft_weights": {},
-}  # settings the prefix ignores
-key_cfg = repr({**dataclasses.asdict(cfg), **sft_only})
+key_cfg = repr({**dataclasses.asdict(cfg), "sft": None})  # settings the prefix ignores
 init_key = init and (Path(init).name if Path(init).parent == out else init)
 key = hashlib.sha1(json.dumps([prefix, key_cfg, init_key]).encode()).hexdigest()[:10]
 cache = out / f"prefix-{key}"

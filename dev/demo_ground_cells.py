@@ -14,7 +14,7 @@ import sys
 import torch
 
 from mm15.checkpoint import load_checkpoint
-from mm15.data.synthetic_corpus import CorpusIndex
+from mm15.demo.data.corpus import CorpusIndex
 from mm15.eval.synthetic_suite import evaluate_synthetic
 
 
@@ -30,8 +30,8 @@ def oracle(n: int = 2000) -> None:
 
     import numpy as np
 
-    from mm15.data import synthetic as syn
-    from mm15.data import synthetic_chance as synchance
+    from mm15.demo.data import chance as synchance
+    from mm15.demo.data import tasks as syn
 
     def draws(split: str) -> list[tuple[int, list[float]]]:
         out = []

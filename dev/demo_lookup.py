@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from mm15.data import synthetic_images as si
 from mm15.data.splitting import tile_image
+from mm15.demo.data import images as si
 from mm15.model.mm15 import MM15, next_token_loss_sum
 from mm15.presets import tiny
 

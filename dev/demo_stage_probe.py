@@ -6,7 +6,7 @@ teacher-forced accuracy on the colour and shape words of 60 fresh single-object 
 its corpus and tokenizer:
 
     python dev/demo_stage_probe.py out/demo 1 2 3               # after align, +pretrain, +cpt
-    python dev/demo_stage_probe.py out/demo 3 align_steps=200   # DemoConfig overrides: key=value
+    python dev/demo_stage_probe.py out/demo 3 align.steps=200   # DemoConfig overrides: key=value
 """
 
 import random
@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 
 from mm15.checkpoint import load_checkpoint
-from mm15.data import synthetic as syn
-from mm15.data import synthetic_images as si
-from mm15.data.chat import format_sample, materialize_pixels
-from mm15.data.synthetic_corpus import CorpusIndex
-from mm15.demo import DemoConfig, demo_train_config
+from mm15.data.pipeline import format_sample, materialize_pixels
+from mm15.demo.config import DemoConfig
+from mm15.demo.data import images as si
+from mm15.demo.data import tasks as syn
+from mm15.demo.data.corpus import CorpusIndex
+from mm15.demo.recipe import demo_train_config
+from mm15.overrides import apply_overrides
 from mm15.train.loop import train
 
 torch.set_num_threads(2)
@@ -49,12 +51,9 @@ def probe(model, tok, n=60):
     return hits / max(tot, 1)
 
 
-overrides = {
-    k: int(v) if v.isdigit() else float(v)
-    for k, v in (a.split("=") for a in sys.argv[2:] if "=" in a)
-}
+overrides = [a for a in sys.argv[2:] if "=" in a]  # dotted paths, as `mm15 demo --set`
 for k in [int(a) for a in sys.argv[2:] if "=" not in a]:
-    cfg = DemoConfig(**overrides)
+    cfg = apply_overrides(DemoConfig(), overrides)
     tc = demo_train_config(cfg, corpus, d / "tokenizer", out / f"run{k}", 1600)
     tc.stages = tc.stages[:k]
     shutil.rmtree(out / f"run{k}", ignore_errors=True)

@@ -5,16 +5,17 @@ formats a conversation sample: the user turns go through the conversation reader
 :func:`~mm15.data.sources.conversation.build_messages` (``<image>`` / ``<video>`` placeholders
 become media parts; with no placeholder the media are prepended to the first user turn, and text
 next to a media part loses its adjacent whitespace), earlier replies become assistant messages,
-and :func:`~mm15.data.chat.format_sample` with ``for_generation`` renders the chat template the
+and :func:`~mm15.data.pipeline.format_sample` with ``for_generation`` renders the chat template the
 model was trained with (``ModelConfig.format`` of its checkpoint, by default
-``User: …\\nAssistant: …[EOS]\\n…Assistant: ``).  Image tokens come from the one planner
-(:mod:`mm15.data.layout`); ``n_min`` / ``n_max`` may be raised at inference without retraining
+``User: …\\nAssistant: …[EOS]\\n…Assistant: ``).  Image tokens and tiles come from the one input
+pipeline (:mod:`mm15.data.pipeline`); ``n_min`` / ``n_max`` may be raised at inference without retraining
 (Table 2).
 
 **Media** are shown once, in the first user turn: images (numbered ``k`` = 0, 1, … in the order
 given) or the frames of one video (§5: sampled per ``VideoConfig``, one tile each, frame ``k`` is
-image ``k``).  Later turns may not hold placeholders (that would move the images).  The tiles are
-cut once per session and reused by every turn.
+image ``k``).  Later turns may not hold placeholders (that would move the images).  The decoded
+media travel in the sample (``Media.decoded``); their tiles are cut once per session and reused
+by every turn.
 
 **Visual prompts** (§3.1, Fig. 1): points and boxes in pixels of image ``k`` are rendered into the
 first user turn by :func:`~mm15.data.coords.format_point` / ``format_box`` (``<x,y>``,
@@ -39,15 +40,13 @@ import torch
 from PIL import Image
 
 from mm15.config import ModelConfig
-from mm15.data.chat import Example, format_sample
 from mm15.data.coord_parse import ParsedRegion, ParseIssue, parse_regions
 from mm15.data.coords import Box, CoordinateError, Point
 from mm15.data.draw import draw_on_images
 from mm15.data.image_io import open_image
-from mm15.data.prompt import EncodedPrompt
+from mm15.data.pipeline import EncodedPrompt, Example, format_sample, materialize_pixels
 from mm15.data.schema import Media, Message, Part, Region, Sample, SampleError
 from mm15.data.sources.conversation import ConversationFormat, build_messages
-from mm15.data.splitting import tile_image
 from mm15.data.video import load_video_frames
 from mm15.inference import GenerationSettings, generate_encoded
 from mm15.model.generate import GenerationResult
@@ -279,9 +278,9 @@ class ChatSession:
             if reply is not None:
                 messages.append(Message("assistant", [Part.t(reply)]))
         if video:
-            media = [Media(kind="video", path=self.media.names[0])]
+            media = [Media(kind="video", path=self.media.names[0], decoded=self.media.visuals)]
         else:
-            media = [Media(kind="image", path=name, size=im.size)
+            media = [Media(kind="image", path=name, decoded=im)
                      for name, im in zip(self.media.names, self.media.visuals, strict=True)]  # fmt: skip
         return Sample(id="chat", source="chat", category="eval", stage="eval", media=media,
                       messages=messages, regions=list(self.regions))  # fmt: skip
@@ -305,24 +304,7 @@ class ChatSession:
         key = tuple((r.media_index, r.frame, r.plan.n_tiles, r.allow_split) for r in ex.images)
         if self._pixels is not None and self._pixels[0] == key:
             return self._pixels[1]
-        tiles = []
-        for ref in ex.images:
-            if ref.frame is None:
-                tiled = tile_image(self.media.visuals[ref.media_index], self.cfg.image,
-                                   allow_split=ref.allow_split)  # fmt: skip
-                ok = tiled.geometry == ref.plan.geometry
-            else:
-                if ref.video_frames != len(self.media.visuals):
-                    raise ChatError(f"{self.media.names[0]}: the header gives {ref.video_frames} "
-                                    f"frames to plan but {len(self.media.visuals)} were "
-                                    "decoded")  # fmt: skip
-                tiled = tile_image(self.media.visuals[ref.frame], self.cfg.image, allow_split=False)
-                ok = tiled.geometry.n_tiles == ref.plan.n_tiles
-            if not ok:
-                raise RuntimeError(f"media {ref.media_index}: tiling {tiled.geometry} disagrees "
-                                   f"with the plan {ref.plan.geometry}")  # fmt: skip
-            tiles.append(tiled.tiles)
-        self._pixels = (key, torch.cat(tiles) if tiles else None)
+        self._pixels = (key, materialize_pixels(ex, self.cfg) if ex.images else None)
         return self._pixels[1]
 
     def generate(self, ex: Example) -> GenerationResult:
@@ -332,7 +314,8 @@ class ChatSession:
             raise ChatError(f"the prompt is {len(ex.input_ids)} tokens; with max_new_tokens="
                             f"{self.settings.max_new_tokens} it exceeds the model's max_seq_len="
                             f"{limit} (/reset, fewer images or a lower --n-max)")  # fmt: skip
-        encoded = EncodedPrompt(input_ids=ex.input_ids, pixels=self.pixels(ex), plans=[])
+        plans = [r.plan for r in ex.images]
+        encoded = EncodedPrompt(input_ids=ex.input_ids, pixels=self.pixels(ex), plans=plans)
         return generate_encoded(self.model, self.tokenizer, [encoded], self.settings)[0]
 
     def answer(self, user_text: str) -> ChatReply:

@@ -222,8 +222,10 @@ def _read_train_config(path: Path, cls: type):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from mm15.demo import DemoConfig, run_demo
+    from mm15.demo.config import check_renamed
     from mm15.overrides import apply_overrides
 
+    check_renamed(args.set)
     cfg = apply_overrides(DemoConfig(), args.set)
     if args.print_config:
         return print_config(cfg)
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the main job on built-in data")
     d.add_argument("--out", default="out/demo", help="where results go")
-    add_config_args(d, example="sft_steps=900")
+    add_config_args(d, example="sft.steps=900")
     d.set_defaults(func=cmd_demo)
 
     # Verbs that own their parser live beside their code (their imports stay light).

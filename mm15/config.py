@@ -173,7 +173,7 @@ RegionImageIndex = Literal["multi_image", "always", "auto"]
 
 @dataclass(kw_only=True)
 class FormatConfig:
-    """The chat template (mm15.data.chat): role markers are ordinary text, EOS ends each
+    """The chat template (mm15.data.pipeline): role markers are ordinary text, EOS ends each
     assistant turn.  A conversation renders as
     ``[BOS]System: …\\nUser: …\\nAssistant: …[EOS]\\nUser: …\\nAssistant: …[EOS]``.
 
@@ -352,7 +352,7 @@ def check_model_config(cfg: ModelConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data pipeline: formatting (mm15.data.chat), packing (mm15.data.packing) and mixtures
+# Data pipeline: formatting (mm15.data.pipeline), packing (mm15.data.packing) and mixtures
 # (mm15.data.mixture).  The paper's numbers are the defaults (§3.2.2, §4; SPEC §4).
 
 # The categories a mixture source may have; equal to mm15.data.schema.Category (a test checks).

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mm15.config import FormatConfig, ImageConfig
-from mm15.data.chat import IGNORE_INDEX, format_sample, materialize_pixels
 from mm15.data.image_io import open_image
 from mm15.data.media import load_image, media_size
+from mm15.data.pipeline import IGNORE_INDEX, format_sample, materialize_pixels
 from mm15.data.schema import Media, Message, Part, Region, Sample, SampleError
 from mm15.data.splitting import tile_image
 from mm15.presets import tiny

@@ -18,9 +18,9 @@ from mm15.chat_cli import main
 from mm15.chat_session import ChatError, ChatSession, load_media, parse_visual_prompt
 from mm15.checkpoint import load_checkpoint
 from mm15.config import FormatConfig
-from mm15.data.chat import format_sample
 from mm15.data.coords import Box, Point, format_box, format_point
 from mm15.data.layout import plan_image
+from mm15.data.pipeline import format_sample
 from mm15.data.schema import Media, Message, Part, Sample
 from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.generate import GenerationResult

@@ -2,7 +2,7 @@
 
 Every conversation shape is rendered (a) by transformers' ``PreTrainedTokenizerFast
 .from_pretrained(dir).apply_chat_template(messages, tokenize=True)`` and (b) by
-:func:`mm15.data.chat.format_sample`, and the token ids must be identical.  The template writes
+:func:`mm15.data.pipeline.format_sample`, and the token ids must be identical.  The template writes
 one ``<image>`` per image (per video frame) where mm15 expands the image into its tiles, so (b)
 is compared two ways: on a model config whose images are exactly one token (one tile, 1 token per
 tile, no indicators: the formatter's own output, nothing rewritten), and on the tiny preset with
@@ -21,9 +21,9 @@ from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
 from mm15.config import FormatConfig
-from mm15.data.chat import format_sample
 from mm15.data.chat_template import TOKENIZER_CONFIG, sample_messages, write_hf_tokenizer_config
 from mm15.data.layout import TextPiece
+from mm15.data.pipeline import format_sample
 from mm15.data.schema import Media, Message, Part, Region, Sample
 from mm15.presets import tiny
 from mm15.tokenizer import byte_tokenizer, train_bpe_tokenizer

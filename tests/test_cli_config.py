@@ -194,8 +194,8 @@ def test_print_config_shows_the_resolved_config(capsys, verb, cls, argv, expect)
 
 
 def test_demo_prints_its_config(capsys):
-    assert main(["demo", "--set", "sft_steps=7", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["sft_steps"] == 7
+    assert main(["demo", "--set", "sft.steps=7", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["sft"]["steps"] == 7
 
 
 @pytest.mark.parametrize(("argv", "needle"), [

@@ -10,11 +10,15 @@ import pytest
 
 from mm15.checkpoint import load_checkpoint
 from mm15.demo import DemoConfig, run_demo
+from mm15.demo.config import BindStage, CorpusSizes, DecoderKnobs, PretrainStage, SftStage
+from mm15.overrides import apply_overrides
 
 
 def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
-    cfg = DemoConfig(train_per_sft_task=20, test_per_task=4, encoder_steps=2, align_steps=2,
-                     pretrain_steps=3, cpt_steps=2, bind_steps=2, sft_steps=4, batch_rows=2, seq_len=384, vocab_size=1200)  # fmt: skip
+    cfg = apply_overrides(DemoConfig(), [
+        "corpus.train_per_task=20", "corpus.test_per_task=4", "encoder.steps=2", "align.steps=2",
+        "pretrain.steps=3", "cpt.steps=2", "bind.steps=2", "sft.steps=4", "batch_rows=2",
+        "seq_len=384", "tokenizer.vocab_size=1200"])  # fmt: skip
     run_demo(out=tmp_path, cfg=cfg)  # scores at this budget are near chance: no assertion on them
     report = json.loads((tmp_path / "report.json").read_text())
     cats = report["categories"]
@@ -27,7 +31,7 @@ def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
     assert (tmp_path / "loss_sft.png").stat().st_size > 0
     assert list((tmp_path / "grounded").glob("*.png"))
     model, tok = load_checkpoint(tmp_path / "model")
-    assert model.cfg.lm.vocab_size == len(tok) and model.cfg.lm.init_std == cfg.lm_init_std
+    assert model.cfg.lm.vocab_size == len(tok) and model.cfg.lm.init_std == cfg.lm.init_std
     assert "[demo 4/4]" in capsys.readouterr().out
 
 
@@ -36,28 +40,33 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
 
     for bad in (
         "nope=1",
-        "max_digits=4",
-        "lm_init_std=0",
-        'sft_freeze=["decoder"]',
-        "encoder_steps=-1",
-        'sft_tasks=["general/nope"]',
-        "sft_tasks=[]",
-        'sft_weights={"general/nope": 2}',
-        'sft_weights={"general/colour": 0}',
-        'encoder_heads=["colour", "depth"]',
-        "encoder_heads=[]",
-        "encoder_lr=0",
-        'pretrain_tasks=["general/colour"]',
-        "pretrain_tasks=[]",
-        'cpt_tasks=["caption/shapes"]',
-        "cpt_tasks=[]",
-        "lm_layers=0",
-        "bind_steps=-1",
-        'bind_tasks=["refer_ground/nope"]',
-        "bind_steps=10 bind_tasks=[]",
-        'bind_freeze=["projector"]',
-        "bind_rows=0",
-        "bind_at=middle",
+        "sft_steps=10",  # the flat names before issue 21 are gone (docs/demo.md maps them)
+        "tokenizer.max_digits=4",
+        "lm.init_std=0",
+        'sft.freeze=["decoder"]',
+        "encoder.steps=-1",
+        'sft.tasks=["general/nope"]',
+        "sft.tasks=[]",
+        'sft.weights={"general/nope": 2}',
+        'sft.weights={"general/colour": 0}',
+        "sft.lr=0",
+        "sft.steps=-1",
+        'encoder.heads=["colour", "depth"]',
+        "encoder.heads=[]",
+        "encoder.lr=0",
+        'pretrain.tasks=["general/colour"]',
+        "pretrain.tasks=[]",
+        'cpt.tasks=["caption/shapes"]',
+        "cpt.tasks=[]",
+        "align.steps=-1",
+        "lm.layers=0",
+        "bind.steps=-1",
+        'bind.tasks=["refer_ground/nope"]',
+        "bind.steps=10 bind.tasks=[]",
+        'bind.freeze=["projector"]',
+        "bind.rows=0",
+        "bind.at=middle",
+        "lr=0",
     ):
         sets = [a for kv in bad.split(" ") for a in ("--set", kv)]
         assert main(["demo", "--out", str(tmp_path / "d"), *sets]) == 2, bad
@@ -66,25 +75,26 @@ def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
 
 
 def test_sft_tasks_subset_sizes_the_corpus():
-    from mm15.data.synthetic import SFT_TASKS
-    from mm15.demo import corpus_sizes
+    from mm15.demo.data.tasks import SFT_TASKS
+    from mm15.demo.recipe import corpus_sizes
 
     pick = ["general/colour", "video/direction"]
-    sizes = corpus_sizes(DemoConfig(sft_tasks=pick, bind_steps=0))
+    sizes = corpus_sizes(DemoConfig(sft=SftStage(tasks=pick), bind=BindStage(steps=0)))
     on = {t for t in SFT_TASKS if sizes[t] and sizes[f"test/{t}"]}
     assert on == set(pick)
     assert all(sizes[t] == 0 == sizes[f"test/{t}"] for t in set(SFT_TASKS) - on)
     # With the default bind stage its region task is trained, never tested.
-    sizes = corpus_sizes(DemoConfig(sft_tasks=pick))
+    sizes = corpus_sizes(DemoConfig(sft=SftStage(tasks=pick)))
     assert (sizes["refer_ground/region"], sizes["test/refer_ground/region"]) == (3000, 0)
 
 
 def test_pretrain_tasks_are_the_pretraining_stage_sources(tmp_path):
-    from mm15.data.synthetic_corpus import generate_corpus
-    from mm15.demo import corpus_sizes, demo_train_config
+    from mm15.demo.data.corpus import generate_corpus
+    from mm15.demo.recipe import corpus_sizes, demo_train_config
 
-    cfg = DemoConfig(pretrain_tasks=["caption/grounded", "text/facts"], sft_tasks=["text_only/add"],
-                     train_per_sft_task=2, test_per_task=1)  # fmt: skip
+    cfg = DemoConfig(pretrain=PretrainStage(tasks=["caption/grounded", "text/facts"]),
+                     sft=SftStage(tasks=["text_only/add"]),
+                     corpus=CorpusSizes(train_per_task=2, test_per_task=1))  # fmt: skip
     sizes = corpus_sizes(cfg)
     assert sizes["caption/grounded"] and sizes["text/facts"] and not sizes["caption/shapes"]
     corpus = generate_corpus(tmp_path / "c", seed=0, sizes={k: min(v, 2) for k, v in sizes.items()})
@@ -99,12 +109,13 @@ def test_pretrain_tasks_are_the_pretraining_stage_sources(tmp_path):
 
 def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):
     from mm15.data.mixture import mixture_weights
-    from mm15.data.synthetic_corpus import generate_corpus
-    from mm15.demo import corpus_sizes, demo_train_config
+    from mm15.demo.data.corpus import generate_corpus
+    from mm15.demo.recipe import corpus_sizes, demo_train_config
 
     tasks = ["general/colour", "refer_ground/box", "text_only/add"]
-    cfg = DemoConfig(sft_tasks=tasks, train_per_sft_task=6, test_per_task=1,
-                     sft_weights={"refer_ground/box": 2.0, "text_only/add": 0.5})  # fmt: skip
+    cfg = DemoConfig(sft=SftStage(tasks=tasks, weights={"refer_ground/box": 2.0,
+                                                        "text_only/add": 0.5}),
+                     corpus=CorpusSizes(train_per_task=6, test_per_task=1))  # fmt: skip
     corpus = generate_corpus(tmp_path / "c", seed=0, sizes=corpus_sizes(cfg))
     sft = demo_train_config(cfg, corpus, tmp_path / "tok", tmp_path / "run", 300).stages[-1]
     weights = mixture_weights(sft.mixture, {t: 6 for t in tasks})
@@ -113,17 +124,18 @@ def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):
 
 
 def test_bind_stage_trains_its_tasks_first_or_before_sft_and_only_when_asked(tmp_path):
-    from mm15.data.synthetic_corpus import generate_corpus
-    from mm15.demo import corpus_sizes, demo_train_config
+    from mm15.demo.data.corpus import generate_corpus
+    from mm15.demo.recipe import corpus_sizes, demo_train_config
 
-    base = dict(sft_tasks=["text_only/add"], train_per_sft_task=2, test_per_task=1, lm_layers=2)
-    off = DemoConfig(**base, bind_steps=0)
-    on = DemoConfig(**base, bind_steps=7, bind_tasks=["refer_ground/region", "general/colour"],
-                    bind_at="before_sft")  # fmt: skip
+    base = dict(sft=SftStage(tasks=["text_only/add"]), lm=DecoderKnobs(layers=2),
+                corpus=CorpusSizes(train_per_task=2, test_per_task=1))  # fmt: skip
+    off = DemoConfig(**base, bind=BindStage(steps=0))
+    on = DemoConfig(**base, bind=BindStage(steps=7, at="before_sft",
+                                           tasks=["refer_ground/region", "general/colour"]))  # fmt: skip
     assert corpus_sizes(off)["refer_ground/region"] == 0
     sizes = corpus_sizes(on)
     assert sizes["refer_ground/region"] == 2 == sizes["general/colour"]
-    assert sizes["test/refer_ground/region"] == 0  # trained, not evaluated (not in sft_tasks)
+    assert sizes["test/refer_ground/region"] == 0  # trained, not evaluated (not in sft.tasks)
     corpus = generate_corpus(tmp_path / "c", seed=0, sizes=sizes)
     names = [
         s.name for s in demo_train_config(off, corpus, tmp_path / "t", tmp_path / "r", 300).stages
@@ -139,16 +151,34 @@ def test_bind_stage_trains_its_tasks_first_or_before_sft_and_only_when_asked(tmp
     assert (tc.stages[4].batch_rows, tc.stages[4].min_lr_ratio) == (8, 0.05)
     # The default: first, on the fresh decoder (the lookup is not learnt after pre-training).
     default = DemoConfig(**base)
-    assert (default.bind_at, default.bind_steps) == ("start", 1000)
+    assert (default.bind.at, default.bind.steps) == ("start", 1000)
     first = demo_train_config(default, corpus, tmp_path / "t", tmp_path / "r", 300)
     assert [s.name for s in first.stages] == ["bind", "align", "pretrain", "cpt", "sft"]
-    own = DemoConfig(**base, bind_steps=7, bind_freeze=[], bind_at="before_sft")
+    own = DemoConfig(**base, bind=BindStage(steps=7, freeze=[], at="before_sft"))
     assert (
         demo_train_config(own, corpus, tmp_path / "t", tmp_path / "r", 300).stages[3].freeze == []
     )
     assert [d.name for d in bind.datasets] == ["refer_ground/region", "general/colour"]
     assert tc.model.lm.n_layers == 2
     # Python callers get the same checks as --set (which also type-checks the Literal).
-    for bad in ({"bind_at": "middle"}, {"bind_rows": 0}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            DemoConfig(**bad)
+    for bad, key in (({"at": "middle"}, "bind.at"), ({"rows": 0}, "bind.rows")):
+        with pytest.raises(ValueError, match=key):
+            DemoConfig(bind=BindStage(**bad))
+
+
+def test_renamed_flat_fields_name_their_nested_paths(capsys):
+    """Issue 21: each flat field of before maps to a path `--set` takes, as docs/demo.md lists."""
+    from pathlib import Path
+
+    from mm15.cli import main
+    from mm15.demo.config import RENAMED
+    from mm15.overrides import declared_type
+
+    assert len(RENAMED) == 23  # every prefixed field of the flat DemoConfig
+    table = (Path(__file__).parents[1] / "docs" / "demo.md").read_text()
+    for old, new in RENAMED.items():
+        assert declared_type(DemoConfig, new.split(".")) is not None, new
+        row = next(line for line in table.splitlines() if f"`{old}`" in line and "|" in line)
+        assert f"`{new}`" in row, (old, new)
+    assert main(["demo", "--set", "bind_at=before_sft", "--print-config"]) == 2
+    assert "bind_at is now bind.at" in capsys.readouterr().err

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from mm15.data import synthetic_images as si
 from mm15.data.coords import Box
-from mm15.demo_encoder import (
+from mm15.demo.data import images as si
+from mm15.demo.encoder import (
     COLOURS,
     HEADS,
     IGNORE,

@@ -117,7 +117,7 @@ def test_batching_does_not_change_predictions(model_tok, bench_root, tmp_path):
 
 
 def test_synthetic_suite_is_a_task(model_tok, tmp_path):
-    from mm15.data.synthetic_corpus import DEFAULT_SIZES, generate_corpus
+    from mm15.demo.data.corpus import DEFAULT_SIZES, generate_corpus
     from mm15.eval.synthetic_suite import ANSWER_SLACK, evaluate_synthetic
 
     two = ["general/colour", "refer_ground/box"]

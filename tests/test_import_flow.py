@@ -1,4 +1,6 @@
-"""Imports flow one way (STYLE.md): model/ → torch + config; data/ never imports model/."""
+"""Imports flow one way (STYLE.md): model/ → torch + config; data/ never imports model/.  One
+input pipeline (mm15.data.pipeline): nothing else plans image tokens, cuts tiles or decodes media
+for the model, and every entry point goes through it."""
 
 import ast
 import sys
@@ -38,7 +40,57 @@ def test_data_never_imports_model(path):
     assert not bad, f"{path.name} imports {bad}"
 
 
+# The primitives of planning, tiling and decoding media for the model, by defining module.
+PIPELINE_ONLY = {
+    "mm15.data.layout": {"plan_image", "plan_sample", "plan_video", "sample_allows_split"},
+    "mm15.data.splitting": {"tile_image", "load_tiles"},
+    "mm15.data.media": {"load_image", "load_video", "media_size", "video_frame_count"},
+}
+# Modules that use a primitive for something other than feeding the model, and why.
+PIPELINE_EXCEPTIONS = {
+    "data/pipeline.py": "the pipeline itself",
+    "data/split_report.py": "`mm15 split`: reports what the planner does with an image",
+    "cli.py": "`mm15 split --save-tiles`: pictures of the tiles",
+    "data/chat_template.py": "the Hugging Face template's messages: region sizes, frame counts",
+    "data/check.py": "`mm15 data check` contact sheet: draws regions on the image",
+    "demo_encoder.py": "the demo's toy encoder: one tile per image (mm15/demo*, another owner)",
+    "demo/encoder.py": "the same, after the demo's move into a package",
+}
+ENTRY_POINTS = ["serve/prepare.py", "chat_session.py", "inference.py", "eval/lmms_plugin.py",
+                "train/data.py", "data/check.py"]  # fmt: skip
+
+
+def _imported_names(path: Path) -> set[tuple[str, str]]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.update((node.module, a.name) for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update((a.name, "*") for a in node.names)
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_only_the_pipeline_plans_tiles_and_decodes(path):
+    rel = str(path.relative_to(PKG))
+    if rel in PIPELINE_EXCEPTIONS or path.parent == PKG / "model":
+        return
+    for module, name in _imported_names(path):
+        assert name not in PIPELINE_ONLY.get(module, ()), (
+            f"{rel} imports {module}.{name}: go through mm15.data.pipeline"
+        )
+        assert module not in ("mm15.data.chat", "mm15.data.prompt"), f"{rel}: {module} is gone"
+
+
+@pytest.mark.parametrize("rel", ENTRY_POINTS)
+def test_entry_points_use_the_pipeline(rel):
+    assert any(m == "mm15.data.pipeline" for m, _ in _imported_names(PKG / rel)), rel
+
+
 def test_checker_sees_a_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("from mm15.model.lm import Decoder\nimport numpy\n")
     assert {"mm15.model.lm", "numpy"} <= _imports(f)
+    g = tmp_path / "y.py"
+    g.write_text("from mm15.data.splitting import tile_image\n")
+    assert ("mm15.data.splitting", "tile_image") in _imported_names(g)

@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 
 import mm15.model.generate as gen
 from mm15.config import LMConfig, MoEConfig
-from mm15.data.prompt import encode_prompt
+from mm15.data.pipeline import encode_prompt
 from mm15.inference import GenerationSettings, Prompt, generate_text, prompt_embeddings
 from mm15.model.generate import generate, static_decode_step
 from mm15.model.lm import Decoder, KVCache

@@ -14,7 +14,6 @@ from mm15.config import ImageConfig
 from mm15.data.layout import (
     ImageRun,
     TextPiece,
-    expand_placeholders,
     plan_image,
     plan_sample,
     plan_video,
@@ -135,24 +134,6 @@ def test_plan_video_is_one_tile_per_frame():
     assert all(p.grid == (1, 1) and not p.has_overview for p in plans)
     with pytest.raises(ValueError, match="at least one frame"):
         plan_video(0, ImageConfig(), tokens_per_tile=144)
-
-
-def test_expand_placeholders_order_and_errors():
-    plans = plan_sample([(10, 10), BIG_SQUARE], ImageConfig(n_min=4, n_max=4), tokens_per_tile=2)
-    out = expand_placeholders("A<image>B <image>", plans)
-    assert out[0] == TextPiece("A") and out[1] == _ind("(0,1,1)")
-    assert out[1 + 2 * plans[0].n_tiles] == TextPiece("B ")
-    assert out[-1] == ImageRun(image_index=1, tile_index=4, num_tokens=2)
-    assert sum(s.num_tokens for s in out if isinstance(s, ImageRun)) == total_image_tokens(plans)
-    with pytest.raises(
-        ValueError, match=r"^text has 3 <image> placeholders but 2 images were given$"
-    ):
-        expand_placeholders("<image><image><image>", plans)
-    with pytest.raises(ValueError, match="sample 12: text has 1 <img>"):
-        expand_placeholders("<img>", plans, placeholder="<img>", where="sample 12")
-    unnumbered = [plan_image((10, 10), ImageConfig(), tokens_per_tile=2)] * 2
-    with pytest.raises(ValueError, match="consecutively"):
-        expand_placeholders("<image><image>", unnumbered)
 
 
 def test_bad_arguments():

@@ -8,6 +8,7 @@ entry-point loader (skipped when lmms-eval is not installed: it is an optional d
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import string
 import sys
@@ -52,7 +53,7 @@ def model_tok(tiny_ckpt_dir):
 def test_request_sample_places_images():
     s = lp.request_sample("<image>\nWhat colour?", [image()])
     assert [p.type for p in s.messages[0].content] == ["media", "text"]
-    assert s.messages[0].content[1].text == "\nWhat colour?" and s.media[0].bytes[:4] == b"\x89PNG"
+    assert s.messages[0].content[1].text == "\nWhat colour?" and s.media[0].decoded.mode == "RGB"
     s = lp.request_sample("Left <image> right <image>", [image(), image()])
     assert [p.type for p in s.messages[0].content] == ["text", "media", "text", "media"]
     # no placeholders, or not one per image: images first, stray placeholders become text
@@ -255,13 +256,19 @@ def restore_rng():
     torch.set_rng_state(states[2])
 
 
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _write_task(root, docs: list[dict], answers: list[str]):
     """A Parquet table as lmms-lab ships them (images as {bytes, path} structs) and a task
     directory for ``--include_path``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    images = [{"bytes": lp._media(d["img"]).bytes, "path": None} for d in docs]
+    images = [{"bytes": _png(d["img"]), "path": None} for d in docs]
     table = pa.table({"image": images, "question": [d["q"] for d in docs], "answer": answers})
     pq.write_table(table, root / "data.parquet")
     tasks = root / "tasks"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mm15.data.prompt import encode_prompt
+from mm15.data.pipeline import encode_prompt
 from mm15.inference import GenerationSettings, Prompt, generate_text, prompt_embeddings
 from mm15.model.mm15 import IGNORE_INDEX, MM15, next_token_loss
 from mm15.presets import tiny

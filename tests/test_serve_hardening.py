@@ -16,8 +16,7 @@ import pytest
 
 import mm15.cli
 from mm15.checkpoint import load_checkpoint
-from mm15.data.chat import _Stream
-from mm15.data.prompt import EncodedPrompt
+from mm15.data.pipeline import EncodedPrompt, _Stream
 from mm15.serve.app import create_app
 from mm15.serve.config import EngineConfig, LimitsConfig, MediaConfig
 from mm15.serve.engine import Engine, SamplingParams

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mm15.config import FormatConfig
-from mm15.data.chat import format_sample
+from mm15.data.pipeline import format_sample
 from mm15.data.schema import SampleError
 from mm15.data.sources import open_source
 from mm15.data.sources.conversation import ConversationReader

@@ -16,12 +16,13 @@ import shutil
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+import mm15.data.pipeline as pipeline
 import mm15.inference as inference
 from mm15.chat_session import ChatSession, load_media
 from mm15.checkpoint import init_from_parts, load_checkpoint
 from mm15.config import FormatConfig, load_model_config, to_dict
-from mm15.data.chat import format_sample
 from mm15.data.chat_template import TOKENIZER_CONFIG, chat_template, sample_messages
+from mm15.data.pipeline import format_sample
 from mm15.data.schema import Media, Message, Part, Sample
 from mm15.eval.runner import EvalSettings, run_eval
 from mm15.presets import tiny
@@ -117,7 +118,7 @@ def test_eval_prompts_in_the_trained_format(trained, tmp_path, monkeypatch):
              "answer": "yes", "category": "random"} for i in range(2)]  # fmt: skip
     (tmp_path / "pope" / "pope.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     samples, prompts = [], []
-    real_format, real_generate = inference.format_sample, inference._generate
+    real_format, real_generate = pipeline.format_sample, inference._generate
 
     def spy_format(sample, **kw):
         samples.append(sample)
@@ -127,7 +128,7 @@ def test_eval_prompts_in_the_trained_format(trained, tmp_path, monkeypatch):
         prompts.extend(e.input_ids for e in encoded)
         return real_generate(model, tokenizer, encoded, settings, on_token)
 
-    monkeypatch.setattr(inference, "format_sample", spy_format)
+    monkeypatch.setattr(pipeline, "format_sample", spy_format)
     monkeypatch.setattr(inference, "_generate", spy_generate)
     run_eval(model, tok, [("pope", tmp_path / "pope")], tmp_path / "out",
              EvalSettings(batch_size=2, max_new_tokens=1), progress=io.StringIO())  # fmt: skip

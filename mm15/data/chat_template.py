@@ -2,7 +2,7 @@
 
 An mm15 checkpoint's ``config.json`` holds the chat format the model was trained with
 (``ModelConfig.format``, :class:`~mm15.config.FormatConfig`); :func:`chat_template` turns it into
-a Jinja template that renders exactly the text :func:`mm15.data.chat.format_sample` renders, so
+a Jinja template that renders exactly the text :func:`mm15.data.pipeline.format_sample` renders, so
 ``AutoTokenizer.from_pretrained(ckpt).apply_chat_template(messages)`` gives the token ids mm15
 trained on, with one image token per image where mm15 expands it into its tiles.  It is
 generated from the config (a non-default format gets its own template) and written by
@@ -106,7 +106,7 @@ def _literal(value: Any) -> str:
 
 
 def chat_template(cfg: ModelConfig) -> str:
-    """The Jinja chat template rendering ``cfg.format`` as :func:`~mm15.data.chat.format_sample`
+    """The Jinja chat template rendering ``cfg.format`` as :func:`~mm15.data.pipeline.format_sample`
     does (image placeholder ``cfg.image_token``, a video's default frame count from
     ``cfg.video``)."""
     fmt = cfg.format
@@ -142,7 +142,7 @@ def write_hf_tokenizer_config(directory: str | Path, tokenizer: MM15Tokenizer,
 
 def sample_messages(sample: Sample, cfg: ModelConfig) -> list[dict[str, Any]]:
     """``sample``'s chat as the messages :func:`chat_template` renders (media headers are read
-    for region sizes and video frame counts); :func:`~mm15.data.chat.format_sample` of the
+    for region sizes and video frame counts); :func:`~mm15.data.pipeline.format_sample` of the
     sample and the template of these messages give the same text up to image expansion."""
     frames, first, k = {}, {}, 0  # media index → frames shown, its first image number
     for part in (p for m in sample.messages for p in m.content if p.type == "media"):

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mm15.data.chat import Example, format_sample
 from mm15.data.mixture import mixture_weights
+from mm15.data.pipeline import Example, format_sample
 from mm15.data.registry import registry, resolve_dataset
 from mm15.data.schema import SampleError
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer

@@ -1,7 +1,8 @@
 """How many tokens an image becomes, and in what order (SPEC §2 "One place counts image tokens").
 
-Every part of mm15 (data pipeline, model, generation, servers, the ``mm15 split`` report) asks
-:func:`plan_image` / :func:`plan_video`; nobody else multiplies tiles by tokens.  A plan is
+Every part of mm15 (training, evaluation, generation, servers) gets its plans from the input
+pipeline (:mod:`mm15.data.pipeline`), which asks :func:`plan_image` / :func:`plan_video`, as does
+the ``mm15 split`` report; nobody else multiplies tiles by tokens.  A plan is
 computed from the image size alone, with the same :func:`~mm15.data.splitting.tile_geometry`
 that :func:`~mm15.data.splitting.tile_image` cuts pixels with, so the two cannot disagree.
 
@@ -205,34 +206,3 @@ def plan_video(
 def total_image_tokens(plans: Sequence[ImagePlan]) -> int:
     """Image tokens of all plans together."""
     return sum(p.image_tokens for p in plans)
-
-
-def expand_placeholders(
-    text: str, plans: Sequence[ImagePlan], *, placeholder: str = "<image>", where: str = ""
-) -> list[Segment]:
-    """``text`` with the n-th ``placeholder`` replaced by the segments of ``plans[n]``.
-
-    Empty text between placeholders is dropped.  Raises ``ValueError`` when the number of
-    placeholders and plans differ, or when the plans are not numbered ``k, k+1, …`` in order
-    (the index indicator would lie); ``where`` (e.g. ``"sample 12"``) prefixes the message.
-    """
-    if not placeholder:
-        raise ValueError("placeholder must be a non-empty string")
-    prefix = f"{where}: " if where else ""
-    chunks = text.split(placeholder)
-    if len(chunks) - 1 != len(plans):
-        raise ValueError(
-            f"{prefix}text has {len(chunks) - 1} {placeholder} placeholders but "
-            f"{len(plans)} images were given"
-        )
-    for n, p in enumerate(plans):
-        if p.image_index != plans[0].image_index + n:
-            got = [q.image_index for q in plans]
-            raise ValueError(f"{prefix}plans must be numbered consecutively, got image_index {got}")
-    out: list[Segment] = []
-    for n, chunk in enumerate(chunks):
-        if chunk:
-            out.append(TextPiece(chunk))
-        if n < len(plans):
-            out.extend(plans[n].segments)
-    return out

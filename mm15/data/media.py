@@ -1,8 +1,9 @@
 """Media of a :class:`~mm15.data.schema.Sample` → sizes, frame counts and pixels.
 
-The formatter (:mod:`mm15.data.chat`) plans image tokens from :func:`media_size` and
+The formatter (:mod:`mm15.data.pipeline`) plans image tokens from :func:`media_size` and
 :func:`video_frame_count` without decoding pixels; :func:`load_image` / :func:`load_video` decode
-later, when tiles are cut.  Every failure is a :class:`~mm15.data.schema.SampleError` with reason
+later, when tiles are cut.  A medium holding pixels already decoded (``Media.decoded``) answers
+from them: its size, its frames, its pixels.  Every failure is a :class:`~mm15.data.schema.SampleError` with reason
 ``missing`` (no file, no bytes) or ``corrupt`` (undecodable, refused format, too many pixels), so
 the pipeline can skip and count it.
 """
@@ -54,6 +55,8 @@ def media_size(media: Media, image_cfg: ImageConfig) -> tuple[int, int]:
     set it, else read from the file header (EXIF orientation applied, no pixels decoded)."""
     if media.kind != "image":
         raise SampleError("malformed", f"{_label(media)}: media_size needs an image, got a video")
+    if media.decoded is not None:
+        return media.decoded.size
     if media.size is not None:
         w, h = media.size
         if int(w) != w or int(h) != h or w < 1 or h < 1:
@@ -67,6 +70,8 @@ def load_image(media: Media, image_cfg: ImageConfig) -> Image.Image:
     """Decode an image medium to RGB (:func:`~mm15.data.image_io.open_image`)."""
     if media.kind != "image":
         raise SampleError("malformed", f"{_label(media)}: load_image needs an image, got a video")
+    if media.decoded is not None:
+        return media.decoded
     try:
         return open_image(_source(media), cfg=image_cfg, name=_label(media))
     except ImageDecodeError as e:
@@ -98,6 +103,10 @@ def video_frame_count(media: Media, video_cfg: VideoConfig, image_cfg: ImageConf
     """
     if media.kind != "video":
         raise SampleError("malformed", f"{_label(media)}: expected a video medium")
+    if media.decoded is not None:
+        if not media.decoded:
+            raise SampleError("corrupt", f"{_label(media)}: video has no frames")
+        return len(media.decoded)  # the frames themselves, already sampled
     if media.frames is not None:
         k = len(media.frames)
     elif media.path is None:
@@ -123,6 +132,8 @@ def load_video(media: Media, video_cfg: VideoConfig, image_cfg: ImageConfig) -> 
     """
     if media.kind != "video":
         raise SampleError("malformed", f"{_label(media)}: expected a video medium")
+    if media.decoded is not None:
+        return list(media.decoded)
     try:
         if media.frames is not None:
             if not media.frames:

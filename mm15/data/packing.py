@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mm15.config import PackingConfig
-from mm15.data.chat import IGNORE_INDEX, Example, ImageRef
+from mm15.data.pipeline import IGNORE_INDEX, Example, ImageRef
 
 MAX_SKIP_RECORDS = 100  # skipped (sample id, why) pairs kept for the report
 

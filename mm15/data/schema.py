@@ -3,8 +3,8 @@
 A :class:`Sample` is a list of :class:`Message` s whose content interleaves text, media and
 region references.  Regions are structured (pixel xyxy on the ORIGINAL media, converted once from
 the source's convention by :mod:`mm15.data.coords`) and rendered into the model's coordinate
-language only at tokenisation time (:mod:`mm15.data.chat`), so no reader bakes a convention into
-text.  Samples round-trip through JSON lines (:func:`sample_to_json` / :func:`sample_from_json`);
+language only at tokenisation time (:mod:`mm15.data.pipeline`), so no reader bakes a convention
+into text.  Samples round-trip through JSON lines (:func:`sample_to_json` / :func:`sample_from_json`);
 media bytes travel base64-encoded.
 """
 
@@ -53,6 +53,10 @@ class Media:
     bytes: bytes | None = None  # encoded image bytes (Parquet struct, tar member, PDF raster)
     size: tuple[int, int] | None = None  # (W, H) of the original; required when regions exist
     frames: list[str] | None = None  # explicit frame files of a video
+    # Pixels already decoded (a PIL RGB image; for a video its sampled frames, used as they
+    # are): they win over path/bytes/size, so a server or chat session that decoded an image
+    # hands it over instead of re-decoding it.  In memory only: never serialised.
+    decoded: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -138,11 +142,55 @@ class Sample:
                                  "whose size is unknown")  # fmt: skip
 
 
+def check_references(sample: Sample) -> None:
+    """Every part's media/region index and every region's media exist, and regions have 4 (box)
+    or 2 (point) numbers (``malformed``).  Unlike ``Sample.validate`` a region's media needs no
+    declared size: the formatter reads it from the header (:func:`~mm15.data.media.media_size`)."""
+
+    def bad(msg: str) -> SampleError:
+        return SampleError("malformed", f"sample {sample.id}: {msg}")
+
+    for mi, msg in enumerate(sample.messages):
+        for part in msg.content:
+            if part.type not in ("text", "media", "region"):
+                raise bad(f"message {mi} has a part of unknown type {part.type!r}")
+            if part.type == "text" and not isinstance(part.text, str):
+                raise bad(f"message {mi} has a text part with no text")
+            ref, n = {"media": (part.media, len(sample.media)),
+                      "region": (part.region, len(sample.regions))}.get(part.type, (0, 1))  # fmt: skip
+            if not isinstance(ref, int) or not 0 <= ref < n:
+                raise bad(f"message {mi} refers to {part.type} {ref} but the sample has {n}")
+    for ri, reg in enumerate(sample.regions):
+        if not isinstance(reg.media, int) or not 0 <= reg.media < len(sample.media):
+            raise bad(f"region {ri} is on media {reg.media} but the sample has {len(sample.media)}")
+        if (reg.box is None) == (reg.point is None):
+            raise bad(f"region {ri} needs exactly one of box, point")
+        shape = reg.box if reg.box is not None else reg.point
+        if len(shape) != (4 if reg.box is not None else 2):
+            raise bad(f"region {ri} has {len(shape)} coordinates: {shape}")
+
+
+def media_order(sample: Sample) -> list[int]:
+    """Media indices in order of appearance; each medium must appear exactly once."""
+    order = [p.media for m in sample.messages for p in m.content if p.type == "media"]
+    if len(set(order)) != len(order):
+        twice = sorted({i for i in order if order.count(i) > 1})
+        raise SampleError("malformed", f"sample {sample.id}: media {twice} shown more than once")
+    unused = sorted(set(range(len(sample.media))) - set(order))
+    if unused:
+        raise SampleError("malformed", f"sample {sample.id}: media {unused} never shown "
+                                       "(no media part refers to them)")  # fmt: skip
+    return order
+
+
 # ---------------------------------------------------------------------------------------------
 # JSON lines
 
 
 def sample_to_json(sample: Sample) -> str:
+    if any(m.decoded is not None for m in sample.media):
+        raise ValueError(f"sample {sample.id}: decoded pixels (Media.decoded) do not serialise")
+
     def enc(obj: Any) -> Any:
         if isinstance(obj, bytes):
             return {"__b64__": base64.b64encode(obj).decode("ascii")}

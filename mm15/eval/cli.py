@@ -151,7 +151,7 @@ def _check_data(name: str, path: Path) -> None:
         what = "is a directory" if index.is_dir() else "is missing"
         raise ValueError(f"--data {path} for task {name!r}: {index} {what}; expected the "
                          "corpus index file of `mm15 demo`")  # fmt: skip
-    from mm15.data.synthetic_corpus import CorpusIndex
+    from mm15.demo.data.corpus import CorpusIndex
 
     try:
         CorpusIndex.read(path)

@@ -13,8 +13,8 @@ gen_kwargs, doc_to_visual, doc_id, task, split)``).  pyproject::
 The module imports without lmms-eval (the harness is an optional dependency); the class then
 does not exist and asking for it raises ImportError saying what to install.
 
-Requests become chat samples with the template the model was trained with: images in order
-before the text, or at ``<image>`` placeholders when the context has one per image.  Generation
+Requests become chat samples (:mod:`mm15.data.pipeline`, PIL images handed over decoded) with
+the template the model was trained with: images in order before the text, or at ``<image>`` placeholders when the context has one per image.  Generation
 is batched (requests with equal ``gen_kwargs`` together), greedy unless the task asks for
 ``temperature > 0``; beam search is not supported (``num_beams`` is ignored).
 
@@ -34,7 +34,6 @@ a duplicate keyword for lmms-eval and fails).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mm15.data.chat import format_sample, materialize_pixels
+from mm15.data.pipeline import encode_sample, placeholder_parts
 from mm15.data.schema import Media, Message, Part, Sample
 from mm15.inference import GenerationSettings, generate_for_samples
 
@@ -79,10 +78,8 @@ def __getattr__(name: str) -> Any:
 
 
 def _media(visual: Any) -> Media:
-    if isinstance(visual, Image.Image):
-        buf = io.BytesIO()
-        visual.convert("RGB").save(buf, format="PNG")
-        return Media(bytes=buf.getvalue())
+    if isinstance(visual, Image.Image):  # already decoded: handed to the pipeline as it is
+        return Media(decoded=visual.convert("RGB"))
     if isinstance(visual, str | Path):
         kind = "video" if Path(visual).suffix.lower() in VIDEO_SUFFIXES else "image"
         return Media(kind=kind, path=str(visual))
@@ -94,11 +91,8 @@ def request_sample(context: str, visuals: Sequence[Any] | None, *, sample_id: st
     """One user turn: the visuals at the context's image placeholders when it has exactly one
     per visual, else all visuals first; other placeholders become plain text."""
     media = [_media(v) for v in visuals or [] if v is not None]
-    pieces = context.split(image_token)
-    if len(pieces) - 1 == len(media) and media:
-        parts = [p for k, text in enumerate(pieces) for p in
-                 ([Part.t(text)] if text else []) + ([Part.m(k)] if k < len(media) else [])]  # fmt: skip
-    else:
+    parts = placeholder_parts(context, len(media), image_token) if media else None
+    if parts is None:
         text = context.replace(image_token, "image")
         parts = [*(Part.m(k) for k in range(len(media))), Part.t(text)]
     return Sample(id=sample_id, source="lmms_eval", category="eval", stage="eval", media=media,
@@ -124,19 +118,17 @@ def continuation_loglikelihood(model: Any, tokenizer: Any, sample: Sample,
                                continuation: str) -> tuple[float, bool]:  # fmt: skip
     """(Σ log p(token), every token the argmax) of ``continuation`` right after the assistant
     marker of ``sample``'s prompt."""
-    ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg, for_generation=True)
+    enc = encode_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg)
     cont = tokenizer.encode(continuation)
     if not cont:
         raise ValueError(f"continuation {continuation!r} encodes to no tokens")
     device = next(model.parameters()).device
-    ids_1T = torch.tensor([ex.input_ids + cont], device=device)
-    pixels = (
-        materialize_pixels(ex, model.cfg).to(device, model.lm.embed.weight.dtype)
-        if ex.images
-        else None
-    )
+    ids_1T = torch.tensor([enc.input_ids + cont], device=device)
+    pixels = enc.pixels
+    if pixels is not None:
+        pixels = pixels.to(device, model.lm.embed.weight.dtype)
     logits_TV = model(ids_1T, pixels_NCHW=pixels).logits[0].float()
-    n = len(ex.input_ids)
+    n = len(enc.input_ids)
     logp_CV = torch.log_softmax(logits_TV[n - 1 : -1], dim=-1)  # position t predicts t + 1
     target_C = torch.tensor(cont, device=device)
     ll = logp_CV.gather(-1, target_C[:, None]).sum().item()

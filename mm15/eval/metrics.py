@@ -13,7 +13,7 @@ Every metric returns a float in [0, 1] for one prediction; datasets average them
 * :func:`category_scores`: mean per category, and **MMBase** = mean of the general, text-rich
   and knowledge category averages that are present (§3.1).
 * :func:`score_sample`: dispatch on ``sample.meta["metric"]`` (``exact | mc | iou50 |
-  point_in_box``), as the synthetic test sets (:mod:`mm15.data.synthetic`) set it.
+  point_in_box``), as the synthetic test sets (:mod:`mm15.demo.data.tasks`) set it.
 """
 
 from __future__ import annotations

@@ -120,8 +120,8 @@ def _benchmark(spec: TaskSpec, name: str, rows: list[dict], extra: dict[str, Any
 
 def _run_synthetic(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, data: Path, max_new: int | None,
                    settings: EvalSettings, bar: tqdm) -> tuple[list[dict], dict]:  # fmt: skip
-    from mm15.data.synthetic import SFT_TASKS
-    from mm15.data.synthetic_corpus import CorpusIndex
+    from mm15.demo.data.corpus import CorpusIndex
+    from mm15.demo.data.tasks import SFT_TASKS
     from mm15.eval.synthetic_suite import evaluate_synthetic
 
     corpus = CorpusIndex.read(data)

@@ -3,7 +3,7 @@
 Zero-shot greedy decoding (SPEC §5) with the chat template the model was trained with; each item
 is scored by its task's metric (exact match, multiple choice, Acc@IoU>0.5) and every category is
 reported beside its chance baseline, computed exactly from the task definitions
-(:func:`mm15.data.synthetic_chance.chance_baseline`).
+(:func:`mm15.demo.data.chance.chance_baseline`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mm15.data.synthetic import SFT_TASKS, TASKS
-from mm15.data.synthetic_chance import chance_baseline
-from mm15.data.synthetic_corpus import CorpusIndex
+from mm15.demo.data.chance import chance_baseline
+from mm15.demo.data.corpus import CorpusIndex
+from mm15.demo.data.tasks import SFT_TASKS, TASKS
 from mm15.eval.metrics import category_scores, score_sample
 from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.mm15 import MM15

@@ -4,7 +4,8 @@
 :func:`prepare_prompt` fetches and decodes images and tokenises, after admission, in a worker
 thread.  Text is bounded before it is tokenised (:func:`prompt_bytes_limit`), and decoded
 images server-wide (:class:`PixelBudget`).  The prompt is the chat template the model was trained with
-(:func:`mm15.data.chat.format_sample` with ``for_generation``): images are numbered ``k`` in
+(:mod:`mm15.data.pipeline`, ``for_generation``; the decoded images travel in the sample as
+``Media.decoded``, so they are neither decoded twice nor re-joined): images are numbered ``k`` in
 order of appearance over the whole conversation, which is the ``k`` of ``<k:x1,y1,x2,y2>`` and
 of the ``image`` field of returned regions.
 """
@@ -14,15 +15,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import torch
 from PIL import Image
 
-from mm15.data.chat import format_sample
 from mm15.data.coord_parse import parse_regions
 from mm15.data.coords import Box
-from mm15.data.prompt import EncodedPrompt
+from mm15.data.pipeline import EncodedPrompt, encode_example, format_sample
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
-from mm15.data.splitting import tile_image
 from mm15.serve.config import ServeConfig
 from mm15.serve.engine import SamplingParams
 from mm15.serve.media import Fetcher, load_image_url
@@ -167,8 +165,8 @@ class _Images:
             self.held = 0
 
 
-def _sample(req: ChatRequest, loader: _Images) -> tuple[Sample, list[Image.Image]]:
-    media, images, messages = [], [], []
+def _sample(req: ChatRequest, loader: _Images) -> Sample:
+    media, messages = [], []
     for i, msg in enumerate(req.messages):
         content = msg.content if msg.content is not None else ""
         parts: list[Part] = []
@@ -179,14 +177,12 @@ def _sample(req: ChatRequest, loader: _Images) -> tuple[Sample, list[Image.Image
                 where = f"messages[{i}].content[{j}].image_url"
                 image = loader.load(part.image_url.url, where)
                 parts.append(Part.m(len(media)))
-                media.append(Media(kind="image", size=image.size))
-                images.append(image)
+                media.append(Media(kind="image", decoded=image))
             else:
                 parts.append(Part.t(part.text))
         messages.append(Message(role=_ROLES[msg.role], content=parts))
-    sample = Sample(id="request", source="serve", category="eval", stage="eval", media=media,
-                    messages=messages)  # fmt: skip
-    return sample, images
+    return Sample(id="request", source="serve", category="eval", stage="eval", media=media,
+                  messages=messages)  # fmt: skip
 
 
 def prepare_prompt(
@@ -203,7 +199,7 @@ def prepare_prompt(
 
 
 def _prepare(req, params, cfg, model_cfg, tokenizer, loader: _Images) -> PreparedPrompt:
-    sample, images = _sample(req, loader)
+    sample = _sample(req, loader)
     try:
         # The chat format the model was trained with (model_cfg.format, from its checkpoint).
         ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model_cfg, for_generation=True)
@@ -217,18 +213,8 @@ def _prepare(req, params, cfg, model_cfg, tokenizer, loader: _Images) -> Prepare
     if n + params.max_tokens > context:
         raise _bad(f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
                    f"model's context of {context} tokens", "max_tokens", "context_length_exceeded")  # fmt: skip
-    tiles = []
-    for ref in ex.images:  # media index == order of appearance (built that way above)
-        tiled = tile_image(images[ref.media_index], model_cfg.image, allow_split=ref.allow_split)
-        if tiled.geometry != ref.plan.geometry:  # one place counts tokens: it must agree
-            raise RuntimeError(f"image {ref.media_index}: tiles {tiled.geometry} disagree with "
-                               f"the plan {ref.plan.geometry}")  # fmt: skip
-        tiles.append(tiled.tiles)
-    pixels = torch.cat(tiles) if tiles else None
-    encoded = EncodedPrompt(
-        input_ids=ex.input_ids, pixels=pixels, plans=[r.plan for r in ex.images]
-    )
-    return PreparedPrompt(encoded=encoded, sizes=[im.size for im in images])
+    # image k is media k (built in order of appearance above); tiles are cut once the limits pass
+    return PreparedPrompt(encode_example(ex, model_cfg), [m.decoded.size for m in sample.media])
 
 
 def regions_of(text: str, sizes: list[tuple[int, int]]) -> list[dict]:

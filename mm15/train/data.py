@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 
 from mm15.config import ModelConfig, SourceConfig
-from mm15.data.chat import IGNORE_INDEX, Example, format_sample, materialize_pixels
 from mm15.data.mixture import build_sampler
 from mm15.data.packing import PackedRow, Packer, collate
+from mm15.data.pipeline import IGNORE_INDEX, Example, format_sample, materialize_pixels
 from mm15.data.registry import RegistryEntry, resolve_dataset
 from mm15.data.registry import registry as registry_entries
 from mm15.data.schema import SampleError

@@ -2,7 +2,7 @@
 "Text-only pre-training"): FineWeb, DCLM, SlimPajama and the like, as Parquet, Arrow, JSONL or a
 JSON list with one document per row in a ``text`` column.
 
-Each row becomes one ``document`` message of one text part, so :func:`mm15.data.chat.format_sample`
+Each row becomes one ``document`` message of one text part, so :func:`mm15.data.pipeline.format_sample`
 puts loss on all of it and the EOS (read through the table reader's ``question`` layout it would
 be a user turn without loss).  ``max_chars`` cuts a longer document at the last whitespace
 before the limit (``meta["truncated"]``): the packer never truncates, it skips a sample longer

@@ -15,7 +15,7 @@ from PIL import Image
 from mm15.data.coord_parse import parse_regions
 from mm15.data.coords import Box
 from mm15.data.draw import draw_regions
-from mm15.data.synthetic_corpus import CorpusIndex
+from mm15.demo.data.corpus import CorpusIndex
 from mm15.model.params import count_params
 
 

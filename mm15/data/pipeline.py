@@ -1,4 +1,12 @@
-"""A :class:`~mm15.data.schema.Sample` → token ids, loss labels and the images they show.
+"""The one input pipeline: a :class:`~mm15.data.schema.Sample` → token ids, loss labels, the
+image plans and the tiles (SPEC §2).  Training, evaluation, the lmms-eval plugin, ``mm15 chat``,
+``mm15 serve`` and the inference API all come here; nothing else formats, plans or tiles.
+
+API: :func:`format_sample` (ids, labels, :class:`ImageRef` plans; no pixels decoded),
+:func:`materialize_pixels` (the tiles of those plans), :func:`encode_sample` (both, for a
+prompt to generate from: an :class:`EncodedPrompt`), :func:`encode_prompt` (plain text with
+``<image>`` placeholders + images, the same path).  A :class:`~mm15.data.schema.Media` may carry
+pixels already decoded (``Media.decoded``): a server or chat session hands them over as they are.
 
 **Pre-training** (every message has role ``document``; captions, interleaved documents, text,
 OCR pages): ``[BOS] text… [EOS]`` with loss on all text and the EOS (§4, MM1 §3).
@@ -15,7 +23,8 @@ the model's is ``ModelConfig.format``, saved in its checkpoint, and
 
 Loss on assistant content and its EOS only (SPEC §4 "loss on assistant turns"); role markers,
 system and user turns carry none.  ``Message.train`` overrides a message's default.  With
-``for_generation`` the text ends with the assistant marker, where the model takes over.
+``for_generation`` the text ends with the assistant marker, where the model takes over (a
+document then ends without EOS: the model continues it, :func:`encode_prompt`).
 
 Labels are aligned with ``input_ids`` (``labels[t]`` is ``input_ids[t]`` where the loss applies,
 else ``IGNORE_INDEX``); the model predicts ``t+1`` from ``t``.  Image tokens and the sub-image
@@ -32,6 +41,7 @@ that a region's image index ``k`` is well defined.  Regions render through
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,7 +59,15 @@ from mm15.data.layout import (
     sample_allows_split,
 )
 from mm15.data.media import load_image, load_video, media_size, video_frame_count
-from mm15.data.schema import Media, Message, Part, Sample, SampleError
+from mm15.data.schema import (
+    Media,
+    Message,
+    Part,
+    Sample,
+    SampleError,
+    check_references,
+    media_order,
+)
 from mm15.data.splitting import tile_image
 from mm15.tokenizer import MM15Tokenizer
 
@@ -100,22 +118,9 @@ class Example:
 # Planning the images
 
 
-def _media_order(sample: Sample) -> list[int]:
-    """Media indices in order of appearance; each medium must appear exactly once."""
-    order = [p.media for m in sample.messages for p in m.content if p.type == "media"]
-    if len(set(order)) != len(order):
-        twice = sorted({i for i in order if order.count(i) > 1})
-        raise SampleError("malformed", f"sample {sample.id}: media {twice} shown more than once")
-    unused = sorted(set(range(len(sample.media))) - set(order))
-    if unused:
-        raise SampleError("malformed", f"sample {sample.id}: media {unused} never shown "
-                                       "(no media part refers to them)")  # fmt: skip
-    return order
-
-
 def _plan_media(sample: Sample, cfg: ModelConfig) -> dict[int, list[ImageRef]]:
     """ImageRefs per media index: one for an image, one per frame for a video."""
-    order = _media_order(sample)
+    order = media_order(sample)
     counts = {
         i: video_frame_count(sample.media[i], cfg.video, cfg.image)
         if sample.media[i].kind == "video"
@@ -231,34 +236,6 @@ def _content(stream: _Stream, sample: Sample, msg: Message, train: bool,
             stream.text(_region_text(sample, part, refs, n_images, fmt), train)
 
 
-def _check_references(sample: Sample) -> None:
-    """Every part's media/region index and every region's media exist, and regions have 4 (box)
-    or 2 (point) numbers (``malformed``).  Unlike ``Sample.validate`` a region's media needs no
-    declared size: :func:`~mm15.data.media.media_size` reads it from the header."""
-
-    def bad(msg: str) -> SampleError:
-        return SampleError("malformed", f"sample {sample.id}: {msg}")
-
-    for mi, msg in enumerate(sample.messages):
-        for part in msg.content:
-            if part.type not in ("text", "media", "region"):
-                raise bad(f"message {mi} has a part of unknown type {part.type!r}")
-            if part.type == "text" and not isinstance(part.text, str):
-                raise bad(f"message {mi} has a text part with no text")
-            ref, n = {"media": (part.media, len(sample.media)),
-                      "region": (part.region, len(sample.regions))}.get(part.type, (0, 1))  # fmt: skip
-            if not isinstance(ref, int) or not 0 <= ref < n:
-                raise bad(f"message {mi} refers to {part.type} {ref} but the sample has {n}")
-    for ri, reg in enumerate(sample.regions):
-        if not isinstance(reg.media, int) or not 0 <= reg.media < len(sample.media):
-            raise bad(f"region {ri} is on media {reg.media} but the sample has {len(sample.media)}")
-        if (reg.box is None) == (reg.point is None):
-            raise bad(f"region {ri} needs exactly one of box, point")
-        shape = reg.box if reg.box is not None else reg.point
-        if len(shape) != (4 if reg.box is not None else 2):
-            raise bad(f"region {ri} has {len(shape)} coordinates: {shape}")
-
-
 def _check_roles(sample: Sample, for_generation: bool) -> bool:
     """True for a pre-training document sample, False for a chat; raises when mixed."""
     if not sample.messages:
@@ -266,8 +243,6 @@ def _check_roles(sample: Sample, for_generation: bool) -> bool:
     docs = [m.role == "document" for m in sample.messages]
     if any(docs) and not all(docs):
         raise SampleError("malformed", f"sample {sample.id} mixes document and chat messages")
-    if all(docs) and for_generation:
-        raise SampleError("malformed", f"sample {sample.id}: a document has no generation prompt")
     return all(docs)
 
 
@@ -292,7 +267,7 @@ def format_sample(
     if not tokenizer.eos_ids:
         raise ValueError("the tokenizer has no EOS token; the chat template needs one")
     fmt = model_cfg.format if fmt is None else fmt
-    _check_references(sample)
+    check_references(sample)
     is_doc = _check_roles(sample, for_generation)
     refs = _plan_media(sample, model_cfg)
     eos = tokenizer.eos_ids[0]
@@ -301,7 +276,8 @@ def format_sample(
     if is_doc:
         for msg in sample.messages:
             _content(stream, sample, msg, msg.train is not False, refs, fmt)
-        stream.token(eos, True)
+        if not for_generation:  # a document to continue ends where the text does
+            stream.token(eos, True)
     else:
         prefix = {"system": fmt.system_prefix, "user": fmt.user_prefix,
                   "assistant": fmt.assistant_prefix}  # fmt: skip
@@ -364,3 +340,77 @@ def materialize_pixels(
                                   f"{tiled.geometry.n_tiles} tiles, planned {ref.plan.n_tiles}")  # fmt: skip
         tiles.append(tiled.tiles)
     return torch.cat(tiles) if tiles else torch.zeros(0, 3, r, r)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts to generate from
+
+
+@dataclass
+class EncodedPrompt:
+    """What generation needs: token ids, the ``(N, 3, r, r)`` tiles in the order their runs
+    appear (None without images), and the plans of the images shown."""
+
+    input_ids: list[int]
+    pixels: torch.Tensor | None
+    plans: list[ImagePlan]
+
+
+def encode_example(ex: Example, model_cfg: ModelConfig) -> EncodedPrompt:
+    """The tiles of a formatted prompt (:func:`materialize_pixels`) next to its ids."""
+    pixels = materialize_pixels(ex, model_cfg) if ex.images else None
+    return EncodedPrompt(ex.input_ids, pixels, [r.plan for r in ex.images])
+
+
+def encode_sample(
+    sample: Sample,
+    *,
+    tokenizer: MM15Tokenizer,
+    model_cfg: ModelConfig,
+    fmt: FormatConfig | None = None,
+) -> EncodedPrompt:
+    """``sample`` as a prompt (:func:`format_sample` with ``for_generation``) and its tiles."""
+    ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model_cfg, fmt=fmt,
+                       for_generation=True)  # fmt: skip
+    return encode_example(ex, model_cfg)
+
+
+def placeholder_parts(text: str, n_media: int, placeholder: str) -> list[Part] | None:
+    """``text`` as parts with media ``n`` at its n-th ``placeholder``, empty text dropped; None
+    when the text does not hold exactly ``n_media`` placeholders."""
+    if not placeholder:
+        raise ValueError("placeholder must be a non-empty string")
+    chunks = text.split(placeholder)
+    if len(chunks) - 1 != n_media:
+        return None
+    parts = []
+    for n, chunk in enumerate(chunks):
+        parts += [Part.t(chunk)] if chunk else []
+        parts += [Part.m(n)] if n < n_media else []
+    return parts
+
+
+def encode_prompt(
+    text: str,
+    images: Sequence[Image.Image] = (),
+    *,
+    tokenizer: MM15Tokenizer,
+    cfg: ModelConfig,
+    video_frames: bool = False,
+    add_bos: bool = True,
+) -> EncodedPrompt:
+    """Plain text (no chat template) with its n-th ``<image>`` placeholder showing ``images[n]``:
+    a document to continue.  With ``video_frames`` the images are frames of one video (§5): one
+    tile each, never split.  Raises ``ValueError`` when placeholders and images differ in number.
+    """
+    placeholder = tokenizer.meta.image_token
+    parts = placeholder_parts(text, len(images), placeholder)
+    if parts is None:
+        raise ValueError(f"text has {text.count(placeholder)} {placeholder} placeholders but "
+                         f"{len(images)} images were given")  # fmt: skip
+    kind = "video" if video_frames else "image"  # a frame: a one-frame video, shown as it is
+    media = [Media(kind=kind, decoded=[im] if video_frames else im) for im in images]
+    sample = Sample(id="prompt", source="prompt", category="eval", stage="eval", media=media,
+                    messages=[Message("document", parts)])  # fmt: skip
+    fmt = dataclasses.replace(cfg.format, add_bos=add_bos)
+    return encode_sample(sample, tokenizer=tokenizer, model_cfg=cfg, fmt=fmt)

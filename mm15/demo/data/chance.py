@@ -1,4 +1,4 @@
-"""Chance baselines of the synthetic SFT tasks (:mod:`mm15.data.synthetic`).
+"""Chance baselines of the synthetic SFT tasks (:mod:`mm15.demo.data.tasks`).
 
 Exact and multiple-choice tasks draw their answer uniformly from ``Task.vocab``, so their chance
 is ``1 / |vocab|`` exactly; grounding (``iou50``) chance is estimated by Monte Carlo.
@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from mm15.data.synthetic import SFT_TASKS, TASKS
+from mm15.demo.data.tasks import SFT_TASKS, TASKS
 
 
 def _normalised_boxes(task: str, n: int, seed: str) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The synthetic corpus on disk: JSONL files per (task, split) plus ``index.json``.
 
-:func:`generate_corpus` writes what :mod:`mm15.data.synthetic` generates; :class:`CorpusIndex`
+:func:`generate_corpus` writes what :mod:`mm15.demo.data.tasks` generates; :class:`CorpusIndex`
 finds and loads it again.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mm15.data.schema import Category, Sample, Stage, sample_from_json, sample_to_json
-from mm15.data.synthetic import SFT_TASKS, TASKS, Metric, Split, make_samples
-from mm15.data.synthetic_chance import chance_baseline
+from mm15.demo.data.chance import chance_baseline
+from mm15.demo.data.tasks import SFT_TASKS, TASKS, Metric, Split, make_samples
 
 # ---- the corpus on disk ---------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Pictures for the synthetic corpus (:mod:`mm15.data.synthetic`): shapes, signs, pages, screens.
+"""Pictures for the synthetic corpus (:mod:`mm15.demo.data.tasks`): shapes, signs, pages, screens.
 
 Every function takes a ``random.Random`` and returns PIL RGB image(s) plus a list of
 :class:`Drawn` objects.  Each object is painted through its own mask, and its ``box`` is the

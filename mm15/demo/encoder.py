@@ -27,14 +27,15 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mm15.data import synthetic_images as si
 from mm15.data.coords import Box, intersection_area
 from mm15.data.splitting import tile_image
-from mm15.data.synthetic import SIGN_WORDS, UI_FONT, UI_LABELS, WORD_FONT
+from mm15.demo.config import ENCODER_HEADS
+from mm15.demo.data import images as si
+from mm15.demo.data.builders import SIGN_WORDS, UI_FONT, UI_LABELS, WORD_FONT
 from mm15.model.mm15 import MM15
 
 COLOURS, SHAPES = tuple(si.COLOURS), si.SHAPES
-HEADS = ("colour", "shape", "place", "box", "word")
+HEADS = ENCODER_HEADS  # colour, shape, place, box, word
 WORDS = tuple(dict.fromkeys((*UI_LABELS, *SIGN_WORDS)))  # what the "word" head reads
 IGNORE = -100  # cross-entropy's ignore index: background tokens have no box
 
@@ -79,7 +80,7 @@ def token_targets(drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int,
     is the leading digit of the coordinate the decoder writes, clipped to 0–9.
 
     Coloured objects are shapes and coloured buttons (a button has no shape or box target).
-    The word target of a cell is the text (:class:`~mm15.data.synthetic_images.Drawn` of kind
+    The word target of a cell is the text (:class:`~mm15.demo.data.images.Drawn` of kind
     "text") with the largest share of its ink box in the cell, among those with ``min_ink`` or
     more of their ink there or most of it (so every word labels at least one cell), else
     "no word"."""
@@ -120,7 +121,7 @@ def text_scene(rng: random.Random, size: int = 112) -> tuple[Image.Image, list[s
     """A tile of words as the demo's UI and text-rich tasks show them at tile resolution: 1–3
     labelled buttons (white or coloured, :data:`UI_FONT`) or 1–2 white signs with a word
     (:data:`WORD_FONT`), on a muted background.  Buttons give a "button" (its box and fill) and
-    a "text" (the label's ink) :class:`~mm15.data.synthetic_images.Drawn`; signs a "text"."""
+    a "text" (the label's ink) :class:`~mm15.demo.data.images.Drawn`; signs a "text"."""
     image = Image.new("RGB", (size, size), rng.choice(si.MUTED))
     drawn: list[si.Drawn] = []
     if rng.random() < 0.5:
