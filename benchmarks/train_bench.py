@@ -2,7 +2,7 @@
 
 Each step is a real :func:`mm15.train.step.train_step` (forward, backward, clip, AdaFactor as in
 the paper's SFT stage) on packed rows built from synthetic samples of the final SFT mixture
-(SPEC §4: text-rich 37.2, refer&ground 22.5, general 11.3, math 5.6, code 2.3, science 1.1,
+(MM1.5 §3–4: text-rich 37.2, refer&ground 22.5, general 11.3, math 5.6, code 2.3, science 1.1,
 multi-image 10, text-only 10 %), packed in order, next-fit, as :mod:`mm15.data.packing` does.
 Tiles per image come from the repo's own planner (:func:`mm15.data.layout.plan_sample`) under
 the final image recipe (dynamic (4, 9) at 672 px, overview, 144 tokens per tile, index

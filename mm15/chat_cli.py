@@ -1,4 +1,4 @@
-"""``mm15 chat``: talk to a checkpoint about images or a video (SPEC §2–§3).
+"""``mm15 chat``: talk to a checkpoint about images or a video (MM1.5 §3.1, §3.5, Fig. 1, Fig. 3).
 
 One-shot::
 

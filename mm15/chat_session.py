@@ -1,4 +1,4 @@
-"""A multi-turn conversation with an mm15 checkpoint (``mm15 chat``; SPEC §2–§3).
+"""A multi-turn conversation with an mm15 checkpoint (``mm15 chat``; MM1.5 §3.1, §3.5, Fig. 1, Fig. 3).
 
 **Prompt = the training format.**  Every turn re-renders the whole conversation the way training
 formats a conversation sample: the user turns go through the conversation reader's
@@ -329,7 +329,7 @@ class ChatSession:
         return self.parse(reply_text, finish_reason=finish_reason)
 
     def parse(self, reply_text: str, *, finish_reason: str = "stop") -> ChatReply:
-        """Regions of ``reply_text`` in pixels of the original images (SPEC §3)."""
+        """Regions of ``reply_text`` in pixels of the original images (MM1.5 §3.1, Fig. 1, Fig. 3)."""
         parsed = parse_regions(reply_text, self.media.sizes)
         return ChatReply(reply_text, parsed.regions, parsed.errors, finish_reason)
 

@@ -8,7 +8,7 @@ Verbs:
     mm15 train --preset NAME       train through a recipe's stages (one process or torchrun)
     mm15 chat --model DIR          talk to a checkpoint about images or a video
     mm15 serve --model DIR         an OpenAI-compatible HTTP server with a web page
-    mm15 eval --model DIR --task T --data PATH   zero-shot benchmark evaluation (SPEC §5)
+    mm15 eval --model DIR --task T --data PATH   zero-shot benchmark evaluation (MM1.5 §4.1, Tables 4–14)
 
 train, demo, eval, serve, chat and split each run from one typed dataclass config: ``--set
 KEY=VALUE`` sets any field, the everyday flags are shorthands for fields, ``--print-config``

@@ -3,7 +3,8 @@
 The dataclasses mirror the module tree (``ModelConfig.vision`` configures ``model.vision`` and so
 on); a sub-module's settings live in its own config, never flattened into the parent.  Presets in
 :mod:`mm15.presets` are functions that return complete configs.  Section numbers refer to the
-MM1.5 paper (``../shared/papers/mm1.5-paper.md``) unless marked MM1.
+MM1.5 paper (Zhang et al. 2024, arXiv:2409.20566) unless marked MM1 (McKinzie et al. 2024,
+arXiv:2403.09611).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(kw_only=True)
 class VisionConfig:
-    """A CLIP-style pre-norm ViT (MM1 §3.1; SPEC §1).
+    """A CLIP-style pre-norm ViT (MM1 §3.1; MM1.5 §3.1).
 
     ``image_size`` is the resolution the position embeddings were trained at (378 for
     DFN5B ViT-H/14-378); other resolutions interpolate them (672 → 48×48 = 2304 patches).
@@ -54,7 +55,7 @@ class VisionConfig:
 
 @dataclass(kw_only=True)
 class ConnectorConfig:
-    """C-Abstractor exactly as Honeybee lays it out (MM1 §3.2; notes/peer-systems.md B3)."""
+    """C-Abstractor exactly as Honeybee lays it out (MM1 §3.2; Honeybee, Cha et al., CVPR 2024)."""
 
     num_tokens: int = 144  # must be a perfect square: AdaptiveAvgPool2d(sqrt × sqrt)
     hidden: int = 1024
@@ -107,7 +108,7 @@ class RopeScalingConfig:
 
 @dataclass(kw_only=True)
 class LMConfig:
-    """A Llama-style decoder: RMSNorm, RoPE, SwiGLU, GQA (MM1 §3.3; SPEC §1)."""
+    """A Llama-style decoder: RMSNorm, RoPE, SwiGLU, GQA (MM1 §3.3; MM1.5 §4)."""
 
     vocab_size: int = 32000
     dim: int = 2048
@@ -135,7 +136,7 @@ class LMConfig:
 
 @dataclass(kw_only=True)
 class ImageConfig:
-    """How images become tiles (§3.5, Eq. 1, Fig. 11; Table 3; SPEC §2).
+    """How images become tiles (MM1.5 §3.5, Eq. 1, Fig. 11; Table 3).
 
     The defaults are the final recipe: dynamic splitting with (n_min, n_max) = (4, 9) at
     r = 672, overview after the sub-images, index position indicators.
@@ -166,7 +167,7 @@ class VideoConfig:
 
 
 # When region coordinates name their image (``<k:x1,y1,x2,y2>``, mm15.data.coords):
-# "multi_image": exactly when the sample shows more than one image (SPEC §3); "always"; "auto"
+# "multi_image": exactly when the sample shows more than one image (MM1.5 §3.1, Fig. 1, Fig. 3); "always"; "auto"
 # (only regions on images k > 0, see mm15.data.coords.format_box).
 RegionImageIndex = Literal["multi_image", "always", "auto"]
 
@@ -353,7 +354,7 @@ def check_model_config(cfg: ModelConfig) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Data pipeline: formatting (mm15.data.pipeline), packing (mm15.data.packing) and mixtures
-# (mm15.data.mixture).  The paper's numbers are the defaults (§3.2.2, §4; SPEC §4).
+# (mm15.data.mixture).  The paper's numbers are the defaults (MM1.5 §3.2.2, §4).
 
 # The categories a mixture source may have; equal to mm15.data.schema.Category (a test checks).
 MixCategory = Literal[
@@ -368,10 +369,10 @@ Within = Literal["equal", "by_size"]
 
 @dataclass(kw_only=True)
 class PackingConfig:
-    """Fixed-length packed rows (mm15.data.packing; SPEC §4: sequence length 4096)."""
+    """Fixed-length packed rows (mm15.data.packing; MM1.5 §3–4: sequence length 4096)."""
 
     seq_len: int = 4096
-    # Stage 1 packs at most 16 images per sequence (SPEC §4); None = no cap (video SFT shows 24
+    # Stage 1 packs at most 16 images per sequence (MM1.5 §3–4); None = no cap (video SFT shows 24
     # frames per sample, so its recipe must raise or drop the cap).
     max_images_per_sequence: int | None = 16
 

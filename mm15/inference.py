@@ -31,7 +31,7 @@ class Prompt:
 @dataclass
 class GenerationSettings:
     max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy, the evaluation setting (SPEC §5)
+    temperature: float = 0.0  # 0 = greedy, the evaluation setting (MM1.5 §4.1, Tables 4–14)
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None

@@ -208,7 +208,7 @@ def test_visual_prompts_render_in_the_coordinate_language(ckpt, imgs, capsys, fa
                         "--box", "20,10,100,50", "What is at <region> and in <region>?")  # fmt: skip
     assert code == 0, err
     assert "]What is at <250,250> and in <100,100,499,499>?\nAssistant: " in fake.calls[0].text
-    # Without markers they are appended; with two images every tag names its image (SPEC §3).
+    # Without markers they are appended; with two images every tag names its image (MM1.5 §3.1, Fig. 1, Fig. 3).
     code, _, err = _run(capsys, ckpt, "--image", imgs.a, "--image", imgs.b,
                         "--box", "1:30,20,60,40", "--point", "50,25", "Describe")  # fmt: skip
     assert code == 0, err

@@ -1,4 +1,4 @@
-"""C-Abstractor (Honeybee c-abs, MM1 §3.2; notes/peer-systems.md B3) on tiny widths."""
+"""C-Abstractor (Honeybee c-abs, MM1 §3.2; Honeybee, Cha et al., CVPR 2024) on tiny widths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for mm15.data.coords: the coordinate language of referring and grounding (SPEC §3)."""
+"""Tests for mm15.data.coords: the coordinate language of referring and grounding (MM1.5 §3.1, Fig. 1, Fig. 3)."""
 
 from __future__ import annotations
 

@@ -220,3 +220,34 @@ def test_flickr_any_box_jsonl_and_seed_filter(tmp_path):
     ]
     res = read_items(TASKS["seed"], write_parquet(tmp_path / "s.parquet", table))
     assert len(res.items) == 2 and res.filtered == 1
+
+
+def test_rows_come_through_the_training_row_store(tmp_path, monkeypatch):
+    """Row access is RowStore's (mm15.data.sources.table): a JSON list's rows count from 0 like
+    Parquet rows and item keys, a JSONL row names its line, an unreadable row group gives one
+    error item per row, and an undecodable .json file is a ValueError."""
+    (tmp_path / "a.png").write_bytes(png())
+    row = {"question_id": 7, "question": "Is there a cat?", "image": "a.png", "answer": "yes"}
+    data = tmp_path / "pope.json"
+    data.write_text(json.dumps([row, [1], {**row, "image": "gone.png"}]))
+    items = read_items(TASKS["pope"], data).items
+    assert items[0].error is None and items[1].id == "pope.json:1"
+    assert items[1].error.startswith("malformed") and "pope.json row 1" in items[1].error
+    assert items[2].error.startswith("missing") and "pope.json row 2" in items[2].error
+    jsonl = write_jsonl(tmp_path / "pope.jsonl", [row, "", "{oops"])
+    assert "pope.jsonl row 1 (line 3)" in read_items(TASKS["pope"], jsonl).items[1].error
+    (tmp_path / "bad.json").write_text("[{")
+    with pytest.raises(ValueError, match=r"bad\.json: undecodable JSON"):
+        read_items(TASKS["pope"], tmp_path / "bad.json")
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist([{**row, "image": png()}] * 3), path, row_group_size=2)
+
+    def read(self, rg, **kw):
+        raise pa.ArrowInvalid("bad page")
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", read)
+    items = read_items(TASKS["pope"], path).items
+    assert [i.id for i in items] == ["t.parquet:0", "t.parquet:1", "t.parquet:2"]
+    assert all(
+        i.error.startswith(f"corrupt: {path} row {k}: row group") for k, i in enumerate(items)
+    )

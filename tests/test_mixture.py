@@ -27,7 +27,7 @@ from mm15.data.mixture import (
 )
 from mm15.data.schema import Category
 
-# §4 / SPEC §4: the final SFT shares (%) the paper reports.
+# §4 / MM1.5 §3–4: the final SFT shares (%) the paper reports.
 PAPER_SFT_SHARES = {"text_rich": 37.2, "refer_ground": 22.5, "general": 11.3, "math": 5.6,
                     "code": 2.3, "science": 1.1, "multi_image": 10.0, "text_only": 10.0}  # fmt: skip
 

@@ -47,7 +47,7 @@ def test_registry_entries_are_complete_and_consistent():
         assert e.category in categories, e.name
         assert e.coords in conventions, e.name
         assert e.files and e.source and e.paper, e.name
-    # SPEC §4: the stage-1 groups, the four OCR sets, the video sets and every SFT category.
+    # MM1.5 §3–4: the stage-1 groups, the four OCR sets, the video sets and every SFT category.
     by_stage = {s: {e.category for e in entries if e.stage == s} for s in PRESET_STAGE["paper"]}
     assert by_stage["pretrain"] == {"caption", "interleaved", "text"}
     assert {e.name for e in entries if e.stage == "cpt"} == {"pdfa", "idl", "renderedtext",

@@ -1,5 +1,5 @@
 """COCO captions JSON (``coco_captions``) and RefCOCO-family Parquet copies (``refcoco``) on
-fixtures in the real layouts (notes/dataset-formats.md §3.4c, §3.9, §5, §8.9)."""
+fixtures in the real layouts (on-disk layouts: mm15/data/registry.toml)."""
 
 from __future__ import annotations
 

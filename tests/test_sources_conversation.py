@@ -1,6 +1,6 @@
 """Conversation JSON/JSONL reader (LLaVA, DocStruct4M, Mantis, Ferret GRIT, video), canonical
 JSONL round trips, header sizes and the ``open_source`` factory, on fixtures in the real layouts
-(notes/dataset-formats.md §3.1, §3.3, §3.4, §4)."""
+(on-disk layouts: mm15/data/registry.toml)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """OBELICS interleaved reader: aligned ``images``/``texts`` lists, URL → local file lookups
 (dict, JSON, img2dataset-style Parquet), dropped images and documents, on Parquet the tests
-write in the real layout (notes/dataset-formats.md §1.2, §8.4)."""
+write in the real layout (on-disk layouts: mm15/data/registry.toml)."""
 
 from __future__ import annotations
 

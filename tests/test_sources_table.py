@@ -1,6 +1,6 @@
 """Table reader with a column map: the Cauldron, Mantis-Instruct, benchmarks, text-only
 instruction sets; Parquet (several row groups), Arrow IPC, JSON and JSONL, on fixtures in the
-real layouts (notes/dataset-formats.md §3.2, §3.3, §3.6, §5)."""
+real layouts (on-disk layouts: mm15/data/registry.toml)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from mm15.data.schema import SampleError, sample_to_json
 from mm15.data.sources import open_source
-from mm15.data.sources.table import COLUMN_MAPS, ColumnMap, TableReader
+from mm15.data.sources.table import COLUMN_MAPS, ColumnMap, RowStore, TableReader
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Image
 TEXTS = pa.list_(pa.struct([("user", pa.string()), ("assistant", pa.string()),
@@ -245,3 +245,34 @@ def test_open_source_table_with_named_or_inline_columns(fx):
     assert named[1].messages[1].content[0].text == inline[1].messages[1].content[0].text == "Paris"
     with pytest.raises(ValueError, match="unknown column map"):
         open_source({**base, "columns": "nope"})
+
+
+def test_row_store_optional_columns_lines_and_bad_row_groups(tmp_path, monkeypatch):
+    """The row access the eval reader shares: optional columns are read where a file has them,
+    a JSONL row names its line (blank lines counted), and an unreadable row group makes each of
+    its rows a ``corrupt`` SampleError naming the row, read once, the other groups intact."""
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"q": list("abcde"), "extra": [1] * 5}), path, row_group_size=2)
+    rows = RowStore([path], ["q"], optional=["id", "extra", "q"])
+    assert rows.row(4) == ({"q": "e", "extra": 1}, f"{path} row 4", "t.parquet:4")
+    calls = []
+    real = pq.ParquetFile.read_row_group
+
+    def read(self, rg, **kw):
+        calls.append(rg)
+        if rg == 1:
+            raise pa.ArrowInvalid("bad page")
+        return real(self, rg, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", read)
+    rows = RowStore([path], ["q"])
+    for i in (2, 3):
+        with pytest.raises(SampleError, match=rf"row {i}: row group 1 unreadable: bad page"):
+            rows.row(i)
+    assert rows.row(0)[0] == {"q": "a"} and calls == [1, 0]
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"q": 1}\n\n\n{oops\n{"q": 3}\n')
+    rows = RowStore([jsonl], ["q"])
+    assert rows.row(2)[1:] == (f"{jsonl} row 2 (line 5)", "t.jsonl:2")
+    with pytest.raises(SampleError, match=r"t\.jsonl row 1 \(line 4\): undecodable JSON"):
+        rows.row(1)

@@ -1,5 +1,5 @@
 """Plain-text corpora (``text``) and Synthdog (``synthdog``) readers on fixtures in the real
-layouts (notes/dataset-formats.md §1.3, §3.7), and that a text document gets loss when
+layouts (on-disk layouts: mm15/data/registry.toml), and that a text document gets loss when
 formatted."""
 
 from __future__ import annotations

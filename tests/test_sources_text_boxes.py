@@ -1,6 +1,6 @@
 """Boxes written inside conversation text (DocOwl ``<bbox>`` 0..999, LLaVA-665k floats on the
 padded square) become regions at the right pixels, rendered in mm15's one coordinate language
-(notes/dataset-formats.md §2.4, §3.1, §8.1, §8.7)."""
+(on-disk layouts: mm15/data/registry.toml)."""
 
 from __future__ import annotations
 

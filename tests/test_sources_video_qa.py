@@ -1,5 +1,5 @@
 """VideoChat2-IT (``videochat2``) and ActivityNet-QA (``activitynet_qa``) readers on fixtures in
-the real layouts (notes/dataset-formats.md §4, §6 R5, §8.11)."""
+the real layouts (on-disk layouts: mm15/data/registry.toml)."""
 
 from __future__ import annotations
 

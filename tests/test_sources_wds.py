@@ -1,6 +1,6 @@
 """WebDataset tar readers: img2dataset caption shards, PDFA / IDL PDF pages (rasterised with
 pypdfium2) and RenderedText, on shards the tests write in the real layouts
-(notes/dataset-formats.md §1.1, §2.1-2.3)."""
+(on-disk layouts: mm15/data/registry.toml)."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def test_grounding_reference_is_the_drawn_shape(test_sets):
         mask = colour_mask(pixels(s), colour)
         assert ink_box(mask) == reg.box, s.id  # the only pixels of that colour
         assert classify(mask) == kind, s.id
-        # The answer names the object and its cell, then boxes it (SPEC §3's grounded answers):
+        # The answer names the object and its cell, then boxes it (MM1.5 §3.1, Fig. 1, Fig. 3's grounded answers):
         # "the yellow star, top left <x1,y1,x2,y2>".
         lead = f"the {colour} {kind}, {cell_words(reg.box, s.media[0].size)} "
         if s.stage == "eval":

@@ -1,4 +1,4 @@
-"""The coordinate language of referring and grounding (SPEC §3; paper §3.1, Fig. 1, Fig. 3).
+"""The coordinate language of referring and grounding (MM1.5 §3.1, Fig. 1, Fig. 3).
 
 Three layers, used by every reader, the prompt builder, the output parser, drawing and eval:
 
@@ -6,7 +6,7 @@ Three layers, used by every reader, the prompt builder, the output parser, drawi
    (unresized, unpadded) image number ``image`` of a sample (0-based, the ``k`` of the paper's
    ``(k, i, j)`` sub-image indicator).  Coordinates are continuous: pixel column ``i`` spans
    ``[i, i + 1)``, the whole image is ``Box(0, 0, W, H)``.  Sizes are always ``(W, H)``.
-2. **Source conventions** (notes/dataset-formats.md §0) → internal, :func:`to_box` /
+2. **Source conventions** (on-disk layouts: mm15/data/registry.toml) → internal, :func:`to_box` /
    :func:`from_box`, :func:`to_point` / :func:`from_point`.
 3. **Model text.** Integers in ``[0, 1000)`` normalised by the original image's W and H, never
    by the split grid (Table 2 row 7 lost 49.5 refer&ground points to grid-dependent

@@ -1,4 +1,4 @@
-"""Safe image decoding (SPEC §2; reliability anchor T7): bounded in formats and pixels.
+"""Safe image decoding (MM1.5 §3.1, §3.5; reliability anchor T7): bounded in formats and pixels.
 
 Order of checks in :func:`open_image`, each failing with an :class:`ImageDecodeError` that names
 the file and carries a typed ``reason``:

@@ -1,4 +1,4 @@
-"""How many tokens an image becomes, and in what order (SPEC §2 "One place counts image tokens").
+"""How many tokens an image becomes, and in what order (MM1.5 §3.1, §3.5); the one place that counts image tokens.
 
 Every part of mm15 (training, evaluation, generation, servers) gets its plans from the input
 pipeline (:mod:`mm15.data.pipeline`), which asks :func:`plan_image` / :func:`plan_video`, as does

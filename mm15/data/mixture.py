@@ -1,6 +1,6 @@
 """Data mixtures: per-source sampling weights from the recipe, and a resumable, audited sampler.
 
-**Weights** (:func:`mixture_weights`, SPEC §4), by ``MixtureConfig.rule``:
+**Weights** (:func:`mixture_weights`, MM1.5 §3–4), by ``MixtureConfig.rule``:
 
 * ``pretrain`` (stage 1): groups caption : interleaved : text = 50 : 10 : 40;
 * ``cpt`` (stage 2): the OCR sets "sampled equally" (§3.3), synthetic captions optional;
@@ -16,8 +16,8 @@ source drop out and the rest are renormalised.
 (``u ~ U[0, 1)`` against the cumulative weights), then takes the next index of that source's
 own permutation, seeded by ``(seed, crc32(name), epoch)`` and redrawn each epoch.  The state
 (stream, per-source epoch and position, counts) resumes bit-identically; :meth:`audit` reports
-what was drawn per source and category beside the configured shares (SPEC §4: "mixtures must
-write out what they actually sampled").
+what was drawn per source and category beside the configured shares (MM1.5 §3–4), so a run can be
+audited and reproduced.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Greedy packing of formatted examples into fixed-length rows (SPEC §4: sequence length 4096).
+"""Greedy packing of formatted examples into fixed-length rows (MM1.5 §3–4: sequence length 4096).
 
 Rules:
 

@@ -1,5 +1,5 @@
 """The one input pipeline: a :class:`~mm15.data.schema.Sample` → token ids, loss labels, the
-image plans and the tiles (SPEC §2).  Training, evaluation, the lmms-eval plugin, ``mm15 chat``,
+image plans and the tiles (MM1.5 §3.1, §3.5).  Training, evaluation, the lmms-eval plugin, ``mm15 chat``,
 ``mm15 serve`` and the inference API all come here; nothing else formats, plans or tiles.
 
 API: :func:`format_sample` (ids, labels, :class:`ImageRef` plans; no pixels decoded),
@@ -21,7 +21,7 @@ the model's is ``ModelConfig.format``, saved in its checkpoint, and
     User: {user}\\n
     Assistant: {answer}[EOS]
 
-Loss on assistant content and its EOS only (SPEC §4 "loss on assistant turns"); role markers,
+Loss on assistant content and its EOS only (MM1.5 §4: loss on assistant turns); role markers,
 system and user turns carry none.  ``Message.train`` overrides a message's default.  With
 ``for_generation`` the text ends with the assistant marker, where the model takes over (a
 document then ends without EOS: the model continues it, :func:`encode_prompt`).

@@ -1,4 +1,4 @@
-"""The one internal sample schema every reader emits (notes/dataset-formats.md §7).
+"""The one internal sample schema every reader emits.
 
 A :class:`Sample` is a list of :class:`Message` s whose content interleaves text, media and
 region references.  Regions are structured (pixel xyxy on the ORIGINAL media, converted once from
@@ -29,7 +29,7 @@ class SampleError(ValueError):
 
 
 Category = Literal[
-    # stage 1 pre-training (§4, SPEC §4)
+    # stage 1 pre-training (MM1.5 §4)
     "caption", "interleaved", "text",
     # stage 2 continual pre-training
     "ocr", "synthetic_caption",

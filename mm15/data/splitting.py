@@ -1,4 +1,4 @@
-"""Dynamic image splitting (§3.5, Eq. 1, Fig. 11; SPEC §2): grid choice, geometry and tiles.
+"""Dynamic image splitting (§3.5, Eq. 1, Fig. 11; MM1.5 §3.1, §3.5): grid choice, geometry and tiles.
 
 Legend: ``r`` tile side (``ImageConfig.resolution``); a grid is ``(rows, cols)`` = ``(n_h, n_w)``;
 its canvas is ``rows·r × cols·r`` (height × width).  Sizes follow PIL where they are called

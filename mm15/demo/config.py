@@ -86,7 +86,7 @@ class AlignStage(Stage):
 
 @dataclass(kw_only=True)
 class PretrainStage(Stage):
-    """The pre-training stage's sources (SPEC §4: captions, interleaved, text at 50:10:40 by
+    """The pre-training stage's sources (MM1.5 §3–4: captions, interleaved, text at 50:10:40 by
     category; sources of one category share its weight).  "caption/grounded" adds GRIT-style
     captions with each object's box (measured in docs/demo.md; not a default)."""
 
@@ -103,7 +103,7 @@ class PretrainStage(Stage):
 
 @dataclass(kw_only=True)
 class CptStage(Stage):
-    """Continual pre-training on OCR sources, sampled equally (SPEC §4): rendered pages
+    """Continual pre-training on OCR sources, sampled equally (MM1.5 §3–4): rendered pages
     (PDFA/IDL-like) and rendered words on signs and buttons (RenderedText-like)."""
 
     steps: int = 120

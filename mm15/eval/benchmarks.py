@@ -1,4 +1,4 @@
-"""Benchmark metrics with their official answer normalisations (SPEC §5; MM1.5 Table 4 and the
+"""Benchmark metrics with their official answer normalisations (MM1.5 §4.1, Tables 4–14; MM1.5 Table 4 and the
 slides "Evaluation Benchmarks and Metrics").
 
 Per prediction (each returns a float in [0, 1]):
@@ -198,7 +198,7 @@ def _binary_stats(pairs: Sequence[tuple[str, str | None]]) -> dict[str, float]:
 
 def pope_summary(items: Iterable[tuple[str, str, str | None]]) -> dict[str, Any]:
     """``items``: (split, reference yes/no, predicted label or None).  Per split stats, and the
-    means over splits (SPEC §5: POPE is the mean of random / popular / adversarial)."""
+    means over splits (MM1.5 §4.1, Tables 4–14: POPE is the mean of random / popular / adversarial)."""
     by_split: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for split, gt, pred in items:
         by_split[split].append((gt, pred))

@@ -1,4 +1,4 @@
-"""``mm15 eval``: zero-shot greedy benchmark evaluation (SPEC §5; :mod:`mm15.eval.runner`).
+"""``mm15 eval``: zero-shot greedy benchmark evaluation (MM1.5 §4.1, Tables 4–14; :mod:`mm15.eval.runner`).
 
     mm15 eval --model CKPT --task textvqa --data ~/data/textvqa --out out/eval
     mm15 eval --model CKPT --task pope,mme --data ~/data/lmms-lab      # ROOT/pope, ROOT/mme
@@ -68,7 +68,7 @@ _D = EvalConfig()
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` verb to the subparsers of :func:`mm15.cli.build_parser`."""
-    e = sub.add_parser("eval", help="zero-shot greedy evaluation on benchmarks (SPEC §5)",
+    e = sub.add_parser("eval", help="zero-shot greedy evaluation on benchmarks (MM1.5 §4.1, Tables 4–14)",
                        description=__doc__, epilog=shorthand_epilog(SHORTHANDS),
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     e.add_argument("--model", help="mm15 checkpoint directory (required)")

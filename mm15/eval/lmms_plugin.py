@@ -1,4 +1,4 @@
-"""An lmms-eval model plugin, so the standard harness runs mm15 checkpoints (SPEC §5)::
+"""An lmms-eval model plugin, so the standard harness runs mm15 checkpoints (MM1.5 §4.1, Tables 4–14)::
 
     lmms-eval --model mm15 --model_args pretrained=CKPT --batch_size 8 --tasks textvqa_val
 

@@ -1,4 +1,4 @@
-"""Scoring one prediction against its references, and averaging per category (SPEC §5).
+"""Scoring one prediction against its references, and averaging per category (MM1.5 §4.1, Tables 4–14).
 
 Every metric returns a float in [0, 1] for one prediction; datasets average them.
 
@@ -168,7 +168,7 @@ def category_scores(items: Iterable[tuple[str, float] | Mapping]) -> dict[str, f
 
     ``items``: ``(category, score)`` pairs or mappings with ``"category"`` and ``"score"``.
     MMBase (§3.1) is the mean of the general, text-rich and knowledge category averages, over
-    those present (SPEC §5).
+    those present (MM1.5 §4.1, Tables 4–14).
     """
     scores: dict[str, list[float]] = defaultdict(list)
     for item in items:

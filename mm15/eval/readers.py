@@ -1,6 +1,6 @@
-"""Benchmark rows from local copies → :class:`~mm15.eval.tasks.EvalItem` s (SPEC §5).
+"""Benchmark rows from local copies → :class:`~mm15.eval.tasks.EvalItem` s (MM1.5 §4.1).
 
-Layouts users have (notes/dataset-formats.md §5):
+Layouts users have:
 
 * **lmms-eval Parquet**: an HF dataset snapshot (``data/validation-00000-of-00003.parquet``,
   ``DocVQA/test-….parquet``) or single files; images are ``{"bytes", "path"}`` structs (a
@@ -25,20 +25,16 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from mm15.data.coords import Box, CoordinateError, to_box
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
 from mm15.data.sources.canonical import header_size
-from mm15.data.sources.table import image_media
+from mm15.data.sources.table import RowStore, image_media
 from mm15.eval.tasks import EvalItem, TaskSpec
 
 SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
@@ -87,67 +83,27 @@ def _has_split(rel: Path, split: str) -> bool:
             or f"-{split}-" in stem or stem.endswith(f"-{split}"))  # fmt: skip
 
 
-RowOrError = tuple[dict[str, Any] | str, str]  # (row, or the reason it is unreadable; where)
+RowOrError = tuple[dict[str, Any] | SampleError, str, str]  # (row, or why not; where; key)
 
 
 def iter_rows(path: Path, required: Sequence[str], optional: Sequence[str]) -> Iterator[RowOrError]:
-    """Rows of one file with the wanted columns; an unreadable row is yielded as a string."""
-    if path.suffix in (".jsonl", ".json"):
-        yield from _json_rows(path)
-        return
+    """Rows of one file through the training tables' :class:`~mm15.data.sources.table.RowStore`
+    (the same row access, errors and ``where`` / key naming); an unreadable row (undecodable
+    JSON line, not an object, unreadable row group) is yielded as its ``SampleError``.  A file
+    that cannot be read at all, or lacks a ``required`` column, is a ``ValueError``."""
+    rows = _store(path, required, optional)
+    for i in range(len(rows)):
+        try:
+            yield rows.row(i)
+        except SampleError as e:
+            yield e, str(path), f"{path.name}:{i}"
+
+
+def _store(path: Path, required: Sequence[str] = (), optional: Sequence[str] = ()) -> RowStore:
     try:
-        handle = pq.ParquetFile(path) if path.suffix == ".parquet" else _arrow(path)
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path}: not a readable Parquet/Arrow file: {e}") from None
-    names = handle.schema_arrow.names if path.suffix == ".parquet" else handle.schema.names
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise ValueError(f"{path}: no column(s) {missing} for this task; it has {names}")
-    cols = [c for c in dict.fromkeys([*required, *optional]) if c in names]
-    if path.suffix == ".arrow":
-        for r, row in enumerate(handle.select(cols).to_pylist()):
-            yield row, f"{path} row {r}"
-        return
-    first = 0
-    for rg in range(handle.metadata.num_row_groups):
-        n, done = handle.metadata.row_group(rg).num_rows, 0
-        try:
-            for batch in handle.iter_batches(batch_size=32, row_groups=[rg], columns=cols):
-                for row in batch.to_pylist():
-                    yield row, f"{path} row {first + done}"
-                    done += 1
-        except (pa.ArrowException, OSError) as e:
-            for r in range(done, n):
-                yield f"corrupt: row group {rg} unreadable: {e}", f"{path} row {first + r}"
-        first += n
-
-
-def _arrow(path: Path) -> pa.Table:
-    try:
-        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    except pa.ArrowInvalid:
-        return pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
-
-
-def _json_rows(path: Path) -> Iterator[RowOrError]:
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: undecodable JSON: {e}") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: a benchmark .json file must hold a list of rows")
-        lines: Iterator[tuple[int, Any]] = enumerate(rows)
-    else:
-        lines = ((i, raw) for i, raw in enumerate(path.read_bytes().splitlines()) if raw.strip())
-    for i, raw in lines:
-        where = f"{path} {'row' if path.suffix == '.json' else 'line'} {i + 1}"
-        try:
-            row = json.loads(raw) if isinstance(raw, bytes) else raw
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            yield f"corrupt: undecodable JSON: {e}", where
-            continue
-        yield (row, where) if isinstance(row, dict) else ("malformed: row is not an object", where)
+        return RowStore([path], list(dict.fromkeys(required)), optional=optional)
+    except SampleError as e:  # a .json file that does not decode: the file, not a row
+        raise ValueError(e.detail) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,25 +298,16 @@ class ItemReader:
     def row_count(self) -> int:
         """Rows in the files (Parquet footers, non-blank JSONL lines; capped at ``limit``): the
         progress bar's estimate, before exploded rows and filters."""
-        n = 0
-        for path in self.files:
-            if path.suffix == ".parquet":
-                n += pq.ParquetFile(path).metadata.num_rows
-            elif path.suffix == ".jsonl":
-                n += sum(1 for line in path.read_bytes().splitlines() if line.strip())
-            else:
-                n += len(list(iter_rows(path, [], [])))
+        n = sum(len(_store(path)) for path in self.files)
         return n if self.limit is None else min(n, self.limit)
 
     def __iter__(self) -> Iterator[EvalItem]:
         spec, done = self.spec, 0
         required, optional = _wanted(spec)
         for path in self.files:
-            for r, (row, where) in enumerate(iter_rows(path, required, optional)):
-                key = f"{path.name}:{r}"
-                if isinstance(row, str):
-                    reason, _, detail = row.partition(": ")
-                    items = [EvalItem(spec.name, key, None, error=f"{reason}: {where}: {detail}")]
+            for row, where, key in iter_rows(path, required, optional):
+                if isinstance(row, SampleError):
+                    items = [EvalItem(spec.name, key, None, error=str(row))]
                 elif spec.columns.where and row.get(spec.columns.where[0]) not in (
                     None, spec.columns.where[1]
                 ):  # fmt: skip

@@ -1,4 +1,4 @@
-"""Benchmark evaluation: read, generate in batches, score, summarise (SPEC §5).
+"""Benchmark evaluation: read, generate in batches, score, summarise (MM1.5 §4.1, Tables 4–14).
 
 Zero-shot greedy decoding with the chat template the model was trained with
 (:func:`mm15.inference.generate_for_samples`), ``batch_size`` prompts at a time, streamed from
@@ -82,7 +82,7 @@ def _one(model: MM15, tok: MM15Tokenizer, item: EvalItem, settings: GenerationSe
 
 def _run_task(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, name: str, reader: ItemReader,
               max_new: int, batch_size: int, bar: tqdm) -> list[dict]:  # fmt: skip
-    """Stream ``reader`` through the model a batch at a time (SPEC §5: greedy)."""
+    """Stream ``reader`` through the model a batch at a time (MM1.5 §4.1, Tables 4–14: greedy)."""
     settings = GenerationSettings(max_new_tokens=max_new)  # temperature 0
     rows: list[dict] = []
     batch: list[EvalItem] = []

@@ -1,6 +1,6 @@
 """The built-in synthetic evaluation suite: held-out test sets of the demo corpus, per category.
 
-Zero-shot greedy decoding (SPEC §5) with the chat template the model was trained with; each item
+Zero-shot greedy decoding (MM1.5 §4.1, Tables 4–14) with the chat template the model was trained with; each item
 is scored by its task's metric (exact match, multiple choice, Acc@IoU>0.5) and every category is
 reported beside its chance baseline, computed exactly from the task definitions
 (:func:`mm15.demo.data.chance.chance_baseline`).

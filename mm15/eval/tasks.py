@@ -1,7 +1,7 @@
 """The benchmark registry: for each task, which columns to read, the prompt, the metric, and the
-MMBase category (SPEC §5; MM1.5 Table 4).
+MMBase category (MM1.5 §4.1, Tables 4–14; MM1.5 Table 4).
 
-Column names are those of the lmms-eval Parquet tables (notes/dataset-formats.md §5); a plain
+Column names are those of the lmms-eval Parquet tables (on-disk layouts: mm15/data/registry.toml); a plain
 JSONL copy uses the same field names, with image fields holding paths relative to the JSONL
 file.  Prompts follow lmms-eval's default ``doc_to_text`` (short answer: "Answer the question
 using a single word or phrase."; multiple choice: lettered options, then "Answer with the

@@ -1,4 +1,4 @@
-"""The vision–language connector: Honeybee's C-Abstractor (MM1 §3.2; notes/peer-systems.md B3).
+"""The vision–language connector: Honeybee's C-Abstractor (MM1 §3.2; Honeybee, Cha et al., CVPR 2024).
 
 Layer by layer (Honeybee ``c-abs`` with timm's RegNet blocks, re-written here without timm):
 drop CLS → + learned position embedding → RegStage(depth, C_enc → hidden) →

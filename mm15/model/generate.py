@@ -1,4 +1,4 @@
-"""Autoregressive generation with a static KV cache (evaluation decodes greedily, SPEC §5).
+"""Autoregressive generation with a static KV cache (evaluation decodes greedily, MM1.5 §4.1, Tables 4–14).
 
 Batched prompts are left-padded: padding carries document id -1 (so real tokens never attend
 to it, see :mod:`mm15.model.lm`) and position ids start at 0 at each prompt's first real token,

@@ -1,4 +1,4 @@
-"""Hugging Face Llama / Qwen2 decoders from a local directory (SPEC §1: the LM loads
+"""Hugging Face Llama / Qwen2 decoders from a local directory (MM1.5 §3.1, §4; MM1 §3: the LM loads
 Llama- and Qwen2-family checkpoints in the HF layout; no hub access).
 
 A directory holds ``config.json`` and ``model.safetensors`` or a sharded

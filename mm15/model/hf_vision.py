@@ -1,6 +1,6 @@
 """Loading public CLIP vision encoders from local directories into :class:`VisionTransformer`.
 
-Two layouts (SPEC §1: "loads the public DFN5B-CLIP-ViT-H-14-378 checkpoint, open_clip and HF"):
+Two layouts of the public DFN5B-CLIP-ViT-H-14-378 checkpoint (MM1 §3.1; MM1.5 §3.1), open_clip and HF:
 
 * **HF** — ``config.json`` with ``model_type`` ``clip`` (``CLIPModel``: the vision tower sits under
   ``vision_model.`` beside a text tower and projections, which are dropped) or

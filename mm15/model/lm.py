@@ -1,4 +1,4 @@
-"""The language model: a Llama-style decoder (MM1 §3.3; SPEC §1).
+"""The language model: a Llama-style decoder (MM1 §3.3; MM1.5 §4).
 
 RMSNorm, rotary position embeddings (optionally with Llama-3 frequency scaling), SwiGLU
 feed-forward, grouped-query attention, optional QKV bias (Qwen2) and tied embeddings.  Every

@@ -1,4 +1,4 @@
-"""The image encoder: a CLIP-style pre-norm ViT (MM1 §3.1; SPEC §1).
+"""The image encoder: a CLIP-style pre-norm ViT (MM1 §3.1; MM1.5 §3.1).
 
 Numerically the same network as HF ``CLIPVisionModel`` and open_clip's ``VisionTransformer``
 (checkpoints in both layouts load through :mod:`mm15.model.hf_vision`).  MM1.5 feeds 672×672

@@ -159,7 +159,7 @@ class ServeConfig:
     model_name: str = "mm15"  # the id /v1/models lists and requests must name
     api_key: str | None = None  # when set, every route but /health and the web page needs it
     web_ui: bool = True  # serve the upload page at /
-    default_temperature: float = 0.0  # greedy when a request says nothing (SPEC §5), not 1.0
+    default_temperature: float = 0.0  # greedy if a request says nothing (MM1.5 §4.1), not 1.0
     media: MediaConfig = field(default_factory=MediaConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -2,7 +2,7 @@
 
 Each stage says what it trains on (a mixture over named datasets), at which image settings, for
 how many steps, with which optimiser and peak learning rate, and which parts are frozen
-(SPEC §4; prismatic-vlms tells its stages as a story, we keep them as plain configs).
+(MM1.5 §3–4; prismatic-vlms tells its stages as a story, we keep them as plain configs).
 
 Sizes, counts and rates are checked when a config is built (``__post_init__``, which pydantic
 also runs for ``--set`` overrides and ``--config`` files), so a negative step count or a zero
@@ -78,7 +78,7 @@ class StageConfig:
     # stage that set one, else ModelConfig.format of init_from's checkpoint or of ``model``).
     # The exported model records the format it was trained with (stage_format).
     format: FormatConfig | None = None
-    freeze: list[Part] = field(default_factory=list)  # SPEC §1: nothing frozen by default
+    freeze: list[Part] = field(default_factory=list)  # MM1.5 §4: nothing frozen by default
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}"

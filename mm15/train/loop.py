@@ -1,7 +1,7 @@
 """The training entry point: one code path for one process or many under ``torchrun``.
 
 ``train(cfg)`` builds (or loads) the model, wraps it for the process group, and runs the stages
-of ``cfg.stages`` in order (SPEC §4).  Each stage gets a fresh optimiser with its own peak LR
+of ``cfg.stages`` in order (MM1.5 §3–4).  Each stage gets a fresh optimiser with its own peak LR
 and a warmup + cosine schedule; a checkpoint is written every ``ckpt_every`` steps and at the end
 of every stage, and a run that finds a checkpoint in its ``run_dir`` resumes from it exactly
 (model, optimiser, RNG, data position).  The final model is exported as an mm15 checkpoint

@@ -1,11 +1,11 @@
 """Optimisers: AdaFactor that is correct on FSDP2-sharded parameters, AdamW, gradient clipping.
 
-MM1.5 trains with AdaFactor (SPEC §4: continual pre-training and SFT, "AdaFactor, peak LR 1e-5 /
+MM1.5 trains with AdaFactor (MM1.5 §3–4: continual pre-training and SFT, "AdaFactor, peak LR 1e-5 /
 2e-5").  :class:`AdaFactor` computes exactly the update ``torch.optim.Adafactor`` documents
 (torch 2.13 ``torch/optim/_adafactor.py``: β̂₂ₜ = 1 − t^τ, ρₜ = min(lr, 1/√t),
 αₜ = max(ε₂, RMS(θ))·ρₜ, decoupled weight decay θ ← θ(1 − lr·λ), factored second moments over the
 last two dims, V̂ = R·C / max(mean(R), ε₁), U = G / max(√V̂, ε₁), Û = U / max(1, RMS(U)/d)) but
-keeps working when the parameters are FSDP2 DTensors.  torch's own raises there (SPEC §6;
+keeps working when the parameters are FSDP2 DTensors.  torch's own raises there (MM1.5 §4;
 on 2.13 ``aten.pow_`` on a ``_NormPartial`` column norm, ``aten.add_`` on a 3-D shard).
 
 FSDP2 shards every parameter on dim 0 (``Shard(0)`` over a 1-D mesh, ``torch.chunk`` sizes, so

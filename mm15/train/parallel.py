@@ -1,5 +1,5 @@
 """PyTorch's own distributed stack, applied to an :class:`~mm15.model.mm15.MM15` from outside
-(SPEC §6; STYLE: the model stays single-device, parallelism wraps it, as torchtitan does).
+(MM1.5 §4; the model stays single-device and parallelism wraps it, as torchtitan does).
 
 - :func:`init_distributed`: torchrun's environment → process group (gloo on CPU, NCCL on CUDA);
   a plain ``python`` run stays a single process with no process group.

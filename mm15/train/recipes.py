@@ -1,4 +1,4 @@
-"""Training presets: the paper's recipe (SPEC §4) at every size, its variants, and the demo.
+"""Training presets: the paper's recipe (MM1.5 §3–4) at every size, its variants, and the demo.
 
 Each preset is a function returning a full :class:`TrainConfig`; its datasets are names in the
 dataset registry (mm15/data/registry.toml), found under the run's ``data_root``::

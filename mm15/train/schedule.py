@@ -1,6 +1,6 @@
 """Learning-rate schedule: linear warmup from 0, then cosine decay to ``min_lr_ratio``·peak.
 
-MM1.5 §3.1 and §4 (SPEC §4): continual pre-training (peak 1e-5) and SFT (peak 2e-5) use a
+MM1.5 §3.1 and §4 (MM1.5 §3–4): continual pre-training (peak 1e-5) and SFT (peak 2e-5) use a
 cosine decay to 0; pre-training follows MM1's schedule, whose peak is MM1 §4 Eq. 1,
 η = exp(−0.4214·ln N − 0.5535) (:func:`mm15.model.params.recipe_peak_lr`).
 

@@ -1,5 +1,5 @@
-"""Readers from real on-disk dataset formats to :class:`mm15.data.schema.Sample` (SPEC §4;
-notes/dataset-formats.md §6-§8).
+"""Readers from real on-disk dataset formats to :class:`mm15.data.schema.Sample` (MM1.5 §3–4;
+on-disk layouts: mm15/data/registry.toml).
 
 Every reader is a map-style dataset (``len(reader)``, ``reader[i] -> Sample``, random access for
 deterministic, resumable mixture sampling) with ``name`` / ``source`` and the ``category`` /

@@ -1,4 +1,4 @@
-"""Canonical JSONL (notes/dataset-formats.md §6 "offline converters → canonical JSONL") and the
+"""Canonical JSONL (on-disk layouts: mm15/data/registry.toml "offline converters → canonical JSONL") and the
 small pieces every reader shares.
 
 A canonical file holds one :func:`~mm15.data.schema.sample_to_json` line per sample; offline
@@ -27,7 +27,9 @@ Every reader is map-style: ``len(reader)`` and ``reader[i] -> Sample``; bad samp
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -93,15 +95,28 @@ def media_under_root(root: Path, rel: str, where: str, *, allow_absolute: bool) 
     return check_file(root / rel, where)
 
 
-def line_offsets(path: Path) -> list[int]:
-    """Byte offsets of the non-blank lines of a JSONL file (blank lines are not rows)."""
-    offsets, pos = [], 0
+def line_offsets(path: Path, skips: list[tuple[int, int]] | None = None) -> list[int]:
+    """Byte offsets of the non-blank lines of a JSONL file (blank lines are not rows).
+
+    ``skips``, when given, receives ``(row, blank lines before it)`` wherever that count grows,
+    so :func:`line_number` can name a row's line in the file without a list per line."""
+    offsets, pos, skipped = [], 0, 0
     with open(path, "rb") as f:
-        for line in f:
+        for n, line in enumerate(f):
             if line.strip():
+                if skips is not None and n - len(offsets) != skipped:
+                    skipped = n - len(offsets)
+                    skips.append((len(offsets), skipped))
                 offsets.append(pos)
             pos += len(line)
     return offsets
+
+
+def line_number(row: int, skips: list[tuple[int, int]]) -> int:
+    """The 1-based line of JSONL row ``row`` (0-based, blank lines not counted), from the
+    ``skips`` that :func:`line_offsets` recorded."""
+    k = bisect.bisect_right(skips, (row, math.inf)) - 1
+    return row + 1 + (skips[k][1] if k >= 0 else 0)
 
 
 def read_line(path: Path, offset: int) -> bytes:

@@ -1,5 +1,4 @@
-"""COCO captions JSON and RefCOCO-family Parquet copies (notes/dataset-formats.md §3.4c, §3.9,
-§5, §8.9).
+"""COCO captions JSON and RefCOCO-family Parquet copies (on-disk layouts: mm15/data/registry.toml).
 
 * :class:`CocoCaptionsReader`: ``annotations/captions_{train,val}2017.json`` (``images[{id,
   file_name}]``, ``annotations[{id, image_id, caption}]``) + the image folder ``root``.  **One

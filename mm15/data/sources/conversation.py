@@ -1,4 +1,4 @@
-"""Conversation JSON / JSONL reader (notes/dataset-formats.md §3.1, §3.3, §3.4a-b, §4; reader R1).
+"""Conversation JSON / JSONL reader (on-disk layouts: mm15/data/registry.toml).
 
 One record per sample, from a JSON list file (parsed once, kept in memory: LLaVA's 665k mix is a
 single list) or a JSONL file (indexed by byte offsets, read on access).  Dialects, detected per

@@ -1,4 +1,4 @@
-"""OBELICS-style interleaved documents (notes/dataset-formats.md §1.2, §8.4; reader R4).
+"""OBELICS-style interleaved documents (on-disk layouts: mm15/data/registry.toml).
 
 Each row holds two aligned lists: ``images`` (URLs, None at text positions) and ``texts``
 (strings, None at image positions); exactly one of the two is set at every position.  Images

@@ -1,5 +1,4 @@
-"""Synthdog (``naver-clova-ix/synthdog-en`` and its language siblings; notes/dataset-formats.md
-§3.7): Parquet shards with an ``image`` column (HF ``Image`` struct ``{bytes, path}``) and a
+"""Synthdog (``naver-clova-ix/synthdog-en`` and its language siblings; on-disk layouts: mm15/data/registry.toml): Parquet shards with an ``image`` column (HF ``Image`` struct ``{bytes, path}``) and a
 ``ground_truth`` column holding a JSON string in Donut's convention,
 ``{"gt_parse": {"text_sequence": "..."}}`` (``gt_parses``, a list, is accepted too: the first
 entry is used).

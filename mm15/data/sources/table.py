@@ -1,5 +1,4 @@
-"""Tables with a column map: Parquet, Arrow, JSON / JSONL rows (notes/dataset-formats.md §3.2,
-§3.3, §3.6, §5; reader R2).
+"""Tables with a column map: Parquet, Arrow, JSON / JSONL rows (on-disk layouts: mm15/data/registry.toml).
 
 A :class:`ColumnMap` names which columns hold what; one of three text layouts per table:
 
@@ -44,6 +43,7 @@ from mm15.data.sources.canonical import (
     coord_error,
     finish,
     header_size,
+    line_number,
     line_offsets,
     media_under_root,
     parse_json,
@@ -105,12 +105,20 @@ class RowStore:
     """Random access to the rows of Parquet, Arrow IPC, JSONL or JSON-list files.
 
     ``row(i)`` returns ``(row dict, "path row r", "name:r")``: the row, where it is for error
-    messages, and a short key for sample ids (``r`` counts rows within the file).  A wanted column missing
-    from a Parquet/Arrow schema is a ``ValueError`` at construction, naming file and column.
+    messages (a JSONL row adds its line: ``"path row r (line n)"``), and a short key for sample
+    ids (``r`` counts rows within the file).  A wanted column missing from a Parquet/Arrow
+    schema is a ``ValueError`` at construction, naming file and column; ``optional`` columns
+    are read where a file has them.  An unreadable row (undecodable JSON, a row group that
+    does not read) raises ``SampleError`` from ``row``, the others stay readable.
     """
 
-    def __init__(self, paths: Sequence[Path], columns: Sequence[str]):
+    def __init__(self, paths: Sequence[Path], columns: Sequence[str], *,
+                 optional: Sequence[str] = ()):  # fmt: skip
         self.paths, self.columns = list(paths), list(columns)
+        self.optional = [c for c in dict.fromkeys(optional) if c not in self.columns]
+        self._cols: dict[int, list[str]] = {}  # Parquet/Arrow: the columns read from each file
+        self._skips: dict[int, list[tuple[int, int]]] = {}  # JSONL: blank lines (line_number)
+        self._failed: dict[tuple[int, int], str] = {}  # unreadable row groups: why
         self._parts: list[tuple[int, int, int]] = []  # (file, row group or -1, first row in file)
         self._starts: list[int] = []  # global index of each part's first row
         self._jsonl: dict[int, list[int]] = {}
@@ -172,7 +180,7 @@ class RowStore:
     def _scan(self, fi: int, path: Path) -> list[tuple[int, int, int]]:
         """(row group, first row in file, rows) of each part of ``path``."""
         if path.suffix == ".jsonl":
-            self._jsonl[fi] = line_offsets(path)
+            self._jsonl[fi] = line_offsets(path, self._skips.setdefault(fi, []))
             return [(-1, 0, len(self._jsonl[fi]))]
         if path.suffix == ".json":
             rows = parse_json(path.read_bytes(), str(path))
@@ -185,6 +193,7 @@ class RowStore:
         missing = [c for c in self.columns if c not in schema.names]
         if missing:
             raise ValueError(f"{path}: no column(s) {missing}; it has {schema.names}")
+        self._cols[fi] = self.columns + [c for c in self.optional if c in schema.names]
         if not isinstance(handle, pq.ParquetFile):
             return [(-1, 0, handle.num_rows)]
         meta, first, parts = handle.metadata, 0, []
@@ -226,26 +235,31 @@ class RowStore:
         path = self.paths[fi]
         where = f"{path} row {first + j}"
         if fi in self._jsonl:
+            where += f" (line {line_number(j, self._skips[fi])})"
             row = parse_json(read_line(path, self._jsonl[fi][j]), where)
         elif fi in self._json:
             row = self._json[fi][j]
         else:
-            row = self._table(fi, rg).slice(j, 1).to_pylist()[0]
+            row = self._table(fi, rg, where).slice(j, 1).to_pylist()[0]
         if not isinstance(row, dict):
             raise SampleError("malformed", f"{where}: row is {type(row).__name__}, not an object")
         return row, where, f"{path.name}:{first + j}"
 
-    def _table(self, fi: int, rg: int) -> pa.Table:
+    def _table(self, fi: int, rg: int, where: str) -> pa.Table:
         handle = self._open(fi)
         if rg < 0:
             return handle
         if (fi, rg) not in self._cache:
-            if len(self._cache) >= 2:
-                self._cache.pop(next(iter(self._cache)))
-            try:
-                self._cache[(fi, rg)] = handle.read_row_group(rg, columns=self.columns)
-            except (pa.ArrowException, OSError) as e:
-                raise SampleError("corrupt", f"{self.paths[fi]} row group {rg}: {e}") from None
+            if (fi, rg) not in self._failed:  # a bad row group is read once, not once a row
+                if len(self._cache) >= 2:
+                    self._cache.pop(next(iter(self._cache)))
+                try:
+                    self._cache[(fi, rg)] = handle.read_row_group(rg, columns=self._cols[fi])
+                except (pa.ArrowException, OSError) as e:
+                    self._failed[(fi, rg)] = str(e)
+            if (fi, rg) in self._failed:
+                why = self._failed[(fi, rg)]
+                raise SampleError("corrupt", f"{where}: row group {rg} unreadable: {why}")
         return self._cache[(fi, rg)]
 
 

@@ -1,4 +1,4 @@
-"""Plain-text corpora for language-model pre-training (notes/dataset-formats.md §1.3, §7
+"""Plain-text corpora for language-model pre-training (on-disk layouts: mm15/data/registry.toml
 "Text-only pre-training"): FineWeb, DCLM, SlimPajama and the like, as Parquet, Arrow, JSONL or a
 JSON list with one document per row in a ``text`` column.
 

@@ -1,5 +1,5 @@
 """Boxes written inside the text of source data → :class:`~mm15.data.schema.Region` s
-(notes/dataset-formats.md §0, §2.4, §3.1, §8.1, §8.7).
+(on-disk layouts: mm15/data/registry.toml).
 
 Some datasets write their boxes into the conversation text in their own coordinate language.
 Passed through, the model would learn a second coordinate language next to mm15's one

@@ -1,4 +1,4 @@
-"""Video QA annotations (notes/dataset-formats.md §4, §6 R5, §8.11): VideoChat2-IT and
+"""Video QA annotations (on-disk layouts: mm15/data/registry.toml): VideoChat2-IT and
 ActivityNet-QA.  Videos are ``Media(kind="video")`` paths (a file or a folder of frames), as the
 conversation reader gives them; frames are sampled at formatting time, never here.
 

@@ -1,4 +1,4 @@
-"""WebDataset tar shards with random access (notes/dataset-formats.md §1.1, §2.1-2.3; reader R3).
+"""WebDataset tar shards with random access (on-disk layouts: mm15/data/registry.toml).
 
 :class:`TarIndex` walks each (uncompressed) shard's headers once with :mod:`tarfile`, groups the
 members by WebDataset's ``__key__`` rule (the member name up to the first dot of its base name;

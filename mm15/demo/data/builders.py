@@ -54,7 +54,7 @@ class Draft:
     regions: list[Region] = field(default_factory=list)
     answer_region: int | None = None  # the assistant's answer is this region (a box)
     # Words the assistant writes before its answer (text or box): the object named again, as
-    # the paper's grounded answers read ("the flour <112,26,316,239>", SPEC §3).  Copied from
+    # the paper's grounded answers read ("the flour <112,26,316,239>", MM1.5 §3.1, Fig. 1, Fig. 3).  Copied from
     # the question, they carry no information (chance is unchanged), but writing the name
     # first is what lets the demo's decoder learn which object the answer is about
     # (docs/demo.md, ninth session).  Test samples keep it in ``meta["answer_lead"]``.

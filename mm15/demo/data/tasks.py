@@ -1,4 +1,4 @@
-"""Synthetic corpus for ``mm15 demo``: every training stage and SFT category (SPEC §4–§5).
+"""Synthetic corpus for ``mm15 demo``: every training stage and SFT category (MM1.5 §3–5).
 
 The tasks are small enough for a CPU-sized model to learn in minutes, yet honest: answers come
 from what was drawn, text-rich codes are legible only at tile resolution, grounding references
