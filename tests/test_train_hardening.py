@@ -26,7 +26,6 @@ from mm15.model.mm15 import MM15
 from mm15.presets import tiny
 from mm15.tokenizer import byte_tokenizer
 from mm15.train import loop
-from mm15.train.checkpointing import latest_checkpoint, load_training_state, save_training_state
 from mm15.train.config import DatasetConfig, StageConfig
 from mm15.train.data import StageStream, open_datasets
 from mm15.train.integrity import (
@@ -39,6 +38,7 @@ from mm15.train.integrity import (
 from mm15.train.loop import NonFiniteTrainingError, export_model, train
 from mm15.train.optim import OptimConfig, build_optimizer
 from mm15.train.parallel import DistInfo
+from mm15.train.resume import latest_checkpoint, load_training_state, save_training_state
 
 ONE_PROCESS = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"),
                        backend="none")  # fmt: skip
@@ -163,7 +163,7 @@ def test_metadata_storage_path_outside_the_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("kind", ["adamw", "adafactor"])
 def test_metadata_allow_list_admits_real_checkpoints(tmp_path, moe, kind):
     """The restricted unpickler reads what our trainer writes (the 2-process FSDP2 case runs in
-    tests/test_train_checkpointing.py) and the resume is exact."""
+    tests/test_train_resume.py) and the resume is exact."""
     ckpt = _checkpoint(tmp_path / "run", moe=moe, kind=kind)
     model, opt = _trained(moe=moe, kind=kind)
     other, opt_b = _trained(moe=moe, kind=kind, seed=1)

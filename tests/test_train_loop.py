@@ -118,7 +118,7 @@ def test_resume_needs_data_position_and_rng(corpus, tmp_path, monkeypatch, broke
     if broken == "data":
         monkeypatch.setattr(StageStream, "load_state_dict", lambda self, state: None)
     else:
-        monkeypatch.setattr("mm15.train.checkpointing.restore_rng", lambda state: None)
+        monkeypatch.setattr("mm15.train.resume.restore_rng", lambda state: None)
     logged, *_ = _resumed(corpus, tmp_path, monkeypatch, stop_after=3)
     assert logged != full
 

@@ -36,7 +36,6 @@ from mm15.data.registry import registry
 from mm15.model.mm15 import MM15
 from mm15.model.params import recipe_peak_lr
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
-from mm15.train.checkpointing import latest_checkpoint, load_training_state, save_training_state
 from mm15.train.config import StageConfig, TrainConfig, stage_format
 from mm15.train.data import (
     DataError,
@@ -48,9 +47,10 @@ from mm15.train.data import (
 )
 from mm15.train.flops import batch_flops, mfu_line, peak_flops, utilisation
 from mm15.train.integrity import verify_checkpoint
-from mm15.train.metrics import MetricsLogger, Progress, plot_stage
+from mm15.train.monitor import MetricsLogger, Progress, plot_stage
 from mm15.train.optim import build_optimizer
 from mm15.train.parallel import DistInfo, autocast_context, init_distributed, parallelize
+from mm15.train.resume import latest_checkpoint, load_training_state, save_training_state
 from mm15.train.schedule import lr_at
 from mm15.train.step import train_step
 

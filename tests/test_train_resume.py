@@ -20,8 +20,8 @@ from torch import nn
 
 from mm15.model.mm15 import MM15
 from mm15.presets import tiny
-from mm15.train import checkpointing as ck
-from mm15.train.checkpointing import (
+from mm15.train import resume as ck
+from mm15.train.resume import (
     capture_rng,
     latest_checkpoint,
     load_training_state,

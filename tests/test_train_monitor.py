@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mm15.train.metrics import METRICS_FILE, MetricsLogger, Progress, plot_stage
+from mm15.train.monitor import METRICS_FILE, MetricsLogger, Progress, plot_stage
 
 
 def _records(run_dir) -> list[dict]:
@@ -90,7 +90,7 @@ def test_tensorboard_is_used_when_installed_else_one_info_line(tmp_path, caplog)
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
-        with caplog.at_level(logging.INFO, logger="mm15.train.metrics"):
+        with caplog.at_level(logging.INFO, logger="mm15.train.monitor"):
             MetricsLogger(tmp_path, rank=0).close()
         assert [r.message for r in caplog.records if "tensorboard" in r.message] == [
             "tensorboard is not installed; metrics go to metrics.jsonl only"

@@ -18,7 +18,7 @@ Model and optimiser state go through ``torch.distributed.checkpoint`` (DCP) with
 ``get_state_dict``/``set_state_dict`` helpers, so one code path serves a plain module, DDP and
 FSDP2-sharded models (each rank writes its own shards; resharding on load is DCP's job).  DCP
 also works in a single process without a process group (``no_dist=True``): verified by
-``tests/test_train_checkpointing.py``.  With several ranks, ``run_dir`` must be on a file system
+``tests/test_train_resume.py``.  With several ranks, ``run_dir`` must be on a file system
 every rank sees.
 
 Atomicity: everything is written to ``step_000123.tmp-<nonce>``; after every rank has finished,
