@@ -71,23 +71,19 @@ def main() -> None:
         names = root / "datasets.json"
         names.write_text(json.dumps([{"name": e.name} for e in entries]))
         timings = {"open": 0.0, "format": 0.0}
-        opened, read = check_mod.open_datasets, check_mod._read
 
-        def timed_open(*a, **k):
-            t = time.perf_counter()
-            try:
-                return opened(*a, **k)
-            finally:
-                timings["open"] += time.perf_counter() - t
+        def timed(fn, key):
+            def wrapper(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    timings[key] += time.perf_counter() - t
 
-        def timed_read(*a, **k):
-            t = time.perf_counter()
-            try:
-                return read(*a, **k)
-            finally:
-                timings["format"] += time.perf_counter() - t
+            return wrapper
 
-        check_mod.open_datasets, check_mod._read = timed_open, timed_read
+        check_mod.open_datasets = timed(check_mod.open_datasets, "open")
+        check_mod._read = timed(check_mod._read, "format")
         argv = ["data", "check", "--preset", "finetune", "--set", f"data_root={root}",
                 "--set", f"registry=@{spec}", "--set", f"stages.0.datasets=@{names}",
                 "--set", "allow_random_init=true", "--samples", str(args.check_samples),

@@ -144,3 +144,25 @@ def test_set_accepts_a_json_file_and_a_new_reader_option(tmp_path):
         apply_overrides(cfg, ["stages.0.datasets.0.optionz.root=/x"])
     with pytest.raises(ValueError, match="cannot read"):
         apply_overrides(cfg, [f"registry=@{tmp_path / 'nope.json'}"])
+
+
+def test_missing_datasets_skip_trains_without_them_and_names_them(capsys, tmp_path):
+    """Holding part of the data: with missing_datasets=skip a dataset without files is left
+    out (named at the stage's start and under `missing` in the audit); by default it stops."""
+    photos = tmp_path / "photos"
+    rows = []
+    for k in range(6):
+        save_png(photos / f"{k}.png", k=k)
+        rows.append({"id": str(k), "image": f"{k}.png",
+                     "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                       {"from": "gpt", "value": "A square."}]})  # fmt: skip
+    (photos / "train.json").write_text(json.dumps(rows))
+    datasets = [{"name": "photos", "kind": "conversation", "category": "general",
+                 "paths": [str(photos / "train.json")], "options": {"root": str(photos)}},
+                {"name": "gone", "kind": "conversation", "category": "general",
+                 "paths": [str(tmp_path / "nowhere/*.json")]}]  # fmt: skip
+    _one_error(capsys, _finetune(tmp_path, datasets), "dataset gone", "no files match")
+    assert main([*_finetune(tmp_path, datasets), "--set", "missing_datasets=skip"]) == 0
+    assert "training without datasets that have no files" in capsys.readouterr().out
+    audit = json.loads((tmp_path / "run/audit_sft.json").read_text())
+    assert audit["missing"] == ["gone"] and list(audit["mixture"]["sources"]) == ["photos"]

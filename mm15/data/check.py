@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from mm15.data.mixture import mixture_weights
-from mm15.data.pipeline import Example, format_sample
+from mm15.data.pipeline import format_sample
 from mm15.data.registry import registry, resolve_dataset
 from mm15.data.schema import SampleError
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
 from mm15.train.config import StageConfig, TrainConfig, model_format, stage_format
-from mm15.train.data import expand_paths, open_datasets, run_stage
+from mm15.train.data import evenly_spaced, expand_paths, open_datasets, run_stage
 
 
 @dataclass
@@ -43,8 +43,7 @@ class DatasetReport:
     images: int = 0
     tiles: int = 0
     missing: bool = False  # no files, left out (missing_datasets=skip)
-    examples: list[Example] = field(default_factory=list, repr=False)
-    samples: list[Any] = field(default_factory=list, repr=False)
+    samples: list[Any] = field(default_factory=list, repr=False)  # two, for the contact sheet
 
     @property
     def ok(self) -> int:
@@ -99,13 +98,10 @@ def check_config(
                                "(set init_from=DIR, or allow_random_init=true)")  # fmt: skip
     entries = registry(cfg.registry)
     start = model_format(cfg)
-    for index, stage in enumerate(cfg.stages):
-        stage = dataclasses.replace(stage, format=stage_format(cfg, index, start))
+    for index in range(len(cfg.stages)):
+        stage, model_cfg = _as_run(cfg, index, start, tok)
         sr = StageReport(stage.name)
         report.stages.append(sr)
-        model_cfg = dataclasses.replace(cfg.model, image_token_id=tok.image_token_id)
-        if stage.image is not None:
-            model_cfg = dataclasses.replace(model_cfg, image=stage.image)
         readers: dict[str, Any] = {}
         if not stage.datasets:
             report.problems.append(f"stage {stage.name}: no datasets; name them in "
@@ -144,15 +140,22 @@ def preflight(
     than ``max_skipped_fraction`` of them, or holds no sample, is a problem line."""
     problems, start = [], model_format(cfg)
     for index, readers in opened.items():
-        stage = dataclasses.replace(cfg.stages[index], format=stage_format(cfg, index, start))
-        model_cfg = dataclasses.replace(cfg.model, image_token_id=tokenizer.image_token_id)
-        if stage.image is not None:
-            model_cfg = dataclasses.replace(model_cfg, image=stage.image)
+        stage, model_cfg = _as_run(cfg, index, start, tokenizer)
         for name, reader in readers.items():
             dr = DatasetReport(stage.name, name, None, None)
             _read(dr, reader, stage, tokenizer, model_cfg, samples)
             problems += _problems(dr, cfg.max_skipped_fraction)
     return problems
+
+
+def _as_run(cfg: TrainConfig, index: int, start, tok: MM15Tokenizer):
+    """Stage ``index`` with its resolved chat format, and the model config its samples are
+    formatted with (the stage's image settings, the tokenizer's image token)."""
+    stage = dataclasses.replace(cfg.stages[index], format=stage_format(cfg, index, start))
+    model_cfg = dataclasses.replace(cfg.model, image_token_id=tok.image_token_id)
+    if stage.image is not None:
+        model_cfg = dataclasses.replace(model_cfg, image=stage.image)
+    return stage, model_cfg
 
 
 def _problems(dr: DatasetReport, limit: float) -> list[str]:
@@ -167,8 +170,7 @@ def _problems(dr: DatasetReport, limit: float) -> list[str]:
 
 def _read(dr: DatasetReport, reader: Any, stage: StageConfig, tok, model_cfg, n: int) -> None:
     dr.size = len(reader)
-    picks = sorted({i * dr.size // n for i in range(n)}) if dr.size else []
-    for index in picks:
+    for index in evenly_spaced(dr.size, n):
         dr.read += 1
         try:
             sample = reader[index]
@@ -185,8 +187,7 @@ def _read(dr: DatasetReport, reader: Any, stage: StageConfig, tok, model_cfg, n:
         dr.trainable += ex.num_trainable
         dr.images += len(ex.images)
         dr.tiles += ex.num_tiles
-        if len(dr.examples) < 2:
-            dr.examples.append(ex)
+        if len(dr.samples) < 2:
             dr.samples.append(sample)
 
 

@@ -101,6 +101,11 @@ def run_stage(stage: StageConfig, opened: Mapping[str, Any]) -> StageConfig:
     return dataclasses.replace(stage, mixture=dataclasses.replace(stage.mixture, sources=sources))
 
 
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """Up to ``k`` distinct indices spread evenly over ``range(n)``, in order."""
+    return sorted({i * n // k for i in range(k)}) if n > 0 else []
+
+
 def epoch_steps(
     stage: StageConfig, datasets: Mapping[str, Any], *, tokenizer: MM15Tokenizer,
     model_cfg: ModelConfig, samples: int = 64,
@@ -116,7 +121,7 @@ def epoch_steps(
         n = len(reader)
         packer = Packer.from_config(stage.packing, pad_id=tokenizer.pad_id)
         packed = built = 0
-        for index in sorted({i * n // samples for i in range(min(n, samples))}):
+        for index in evenly_spaced(n, samples):
             try:
                 ex = format_sample(reader[index], tokenizer=tokenizer, model_cfg=model_cfg,
                                    fmt=stage.format)  # fmt: skip

@@ -293,13 +293,16 @@ class ConversationReader:
         regions = lookup.regions if lookup else []
         convert_text_boxes(messages, media, regions, self.text_boxes, where,
                            tolerance_px=self.text_box_tolerance_px)  # fmt: skip
-        rid = rec.get("id")
         sample = Sample(
-            id=str(rid) if rid is not None else f"{self.paths[self._index[i][0]].name}:{row}",
-            source=self.source, category=self.category, stage=self.stage, media=media,
-            messages=messages, regions=regions,
+            id=self._sample_id(rec, i, row), source=self.source, category=self.category,
+            stage=self.stage, media=media, messages=messages, regions=regions,
         )  # fmt: skip
         return finish(sample, where)
+
+    def _sample_id(self, rec: dict, i: int, row: int) -> str:
+        """The record's ``id``, else ``file:row``."""
+        rid = rec.get("id")
+        return str(rid) if rid is not None else f"{self.paths[self._index[i][0]].name}:{row}"
 
     def _size(self, rec: dict, image: Path, where: str) -> tuple[int, int]:
         """The image header's (W, H), checked against Ferret's ``image_w`` / ``image_h`` when the

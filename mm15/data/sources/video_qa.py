@@ -60,11 +60,9 @@ class VideoChat2Reader(ConversationReader):
         meta: dict[str, Any] = {}
         if rec.get("start") is not None or rec.get("end") is not None:
             meta["clip"] = _clip(rec.get("start"), rec.get("end"), where)
-        rid = rec.get("id")
         sample = Sample(
-            id=str(rid) if rid is not None else f"{self.paths[self._index[i][0]].name}:{row}",
-            source=self.source, category=self.category, stage=self.stage, media=media,
-            messages=messages, meta=meta,
+            id=self._sample_id(rec, i, row), source=self.source, category=self.category,
+            stage=self.stage, media=media, messages=messages, meta=meta,
         )  # fmt: skip
         return finish(sample, where)
 
