@@ -36,8 +36,20 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-WORDS = ["the", "of", "and", "model", "image", "tokens", "table", "figure", "results", "splitting",
-         "resolution", "encoder"]  # fmt: skip
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "model",
+    "image",
+    "tokens",
+    "table",
+    "figure",
+    "results",
+    "splitting",
+    "resolution",
+    "encoder",
+]
 
 
 def text_page(w: int, h: int, seed: int) -> Image.Image:
@@ -54,7 +66,9 @@ def text_page(w: int, h: int, seed: int) -> Image.Image:
     for k in range(6):  # a ruled table below the text
         yk = int(h * 0.72) + k * int(size * 2)
         draw.line((w // 20, yk, w - w // 20, yk), fill=(0, 0, 0), width=2)
-        draw.text((w // 20 + 4, yk + 4), f"{rng.integers(1000)}  {rng.integers(1000)}", fill=0, font=font)  # fmt: skip
+        draw.text(
+            (w // 20 + 4, yk + 4), f"{rng.integers(1000)}  {rng.integers(1000)}", fill=0, font=font
+        )
     return im
 
 
@@ -196,19 +210,25 @@ def table1(images: dict[str, bytes], args: argparse.Namespace, ctx) -> None:
     with ctx.Pool(1, initializer=_init_worker, initargs=(args.thp,)) as pool:
         each = pool.map(time_each, [(images, list(PIPELINES), args.repeats)])[0]
     print(f"\nTable 1. One image at a time, one core (best of {args.repeats} runs)")
-    print("| image | tiles (ours / hf) | exact ms | fast ms | hf ms | tiles/s/core exact | fast | hf | fast ÷ hf | exact ÷ hf |")  # fmt: skip
+    print(
+        "| image | tiles (ours / hf) | exact ms | fast ms | hf ms | tiles/s/core exact | fast | hf | fast ÷ hf | exact ÷ hf |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for img in images:
         (te, n), (tf, _), (th, nh) = (each[(img, k)] for k in PIPELINES)
         rates = [n / te, n / tf, nh / th]
-        print(f"| {img} | {n} / {nh} | {te * 1e3:.0f} | {tf * 1e3:.0f} | {th * 1e3:.0f} | "
-              f"{rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} | {rates[1] / rates[2]:.2f} | "
-              f"{rates[0] / rates[2]:.2f} |")  # fmt: skip
+        print(
+            f"| {img} | {n} / {nh} | {te * 1e3:.0f} | {tf * 1e3:.0f} | {th * 1e3:.0f} | "
+            f"{rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} | {rates[1] / rates[2]:.2f} | "
+            f"{rates[0] / rates[2]:.2f} |"
+        )
 
 
 def table2(images: dict[str, bytes], workers: list[int], args: argparse.Namespace, ctx) -> dict:
     """{(pipeline, workers): total tiles/s}, best of ``--trials``."""
-    print(f"\nTable 2. The {len(images)}-image set × {args.rounds} rounds in N worker processes at once")  # fmt: skip
+    print(
+        f"\nTable 2. The {len(images)}-image set × {args.rounds} rounds in N worker processes at once"
+    )
     print("| pipeline | workers | tiles/s total | tiles/s per worker |")
     print("|---|---|---|---|")
     best: dict[tuple[str, int], float] = {}
@@ -233,10 +253,12 @@ def gpu_need(args: argparse.Namespace) -> tuple[float, str]:
     need, flops, counts, enc, dec = gpu_tiles_per_s(
         args.preset, args.gpu_peak_tflops, args.mfu, args.text_tokens_per_tile
     )
-    how = (f"estimate: preset {args.preset} (vision+connector {(counts.vision + counts.connector) / 1e9:.2f} B "
-           f"params × {enc} encoder tokens, decoder {counts.lm_active_per_token / 1e9:.2f} B × {dec} "
-           f"tokens) = {flops / 1e12:.1f} TFLOP per tile at 6·N·tokens; "
-           f"{args.gpu_peak_tflops:.0f} TFLOP/s × MFU {args.mfu}")  # fmt: skip
+    how = (
+        f"estimate: preset {args.preset} (vision+connector {(counts.vision + counts.connector) / 1e9:.2f} B "
+        f"params × {enc} encoder tokens, decoder {counts.lm_active_per_token / 1e9:.2f} B × {dec} "
+        f"tokens) = {flops / 1e12:.1f} TFLOP per tile at 6·N·tokens; "
+        f"{args.gpu_peak_tflops:.0f} TFLOP/s × MFU {args.mfu}"
+    )
     return need, how
 
 
@@ -257,17 +279,21 @@ def main() -> int:
     workers = [int(w) for w in args.workers.split(",")]
     images = make_images(args.quick)
     ctx = mp.get_context("spawn")
-    print(f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at start); 1 torch "
-          f"thread per worker; THP alloc {'on' if args.thp else 'off'}; ImageConfig() = dynamic "
-          f"(4, 9), r = 672, overview after; hf = transformers {hf_processor()[1]} (5.23.0)"
-          f"{'; QUICK (1/4-side images)' if args.quick else ''}")  # fmt: skip
+    print(
+        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at start); 1 torch "
+        f"thread per worker; THP alloc {'on' if args.thp else 'off'}; ImageConfig() = dynamic "
+        f"(4, 9), r = 672, overview after; hf = transformers {hf_processor()[1]} (5.23.0)"
+        f"{'; QUICK (1/4-side images)' if args.quick else ''}"
+    )
     table1(images, args, ctx)
     best = table2(images, workers, args, ctx)
     need, how = gpu_need(args)
     n_max = max(workers)
     print(f"\nOne GPU consumes {need:.1f} tiles/s ({how}).")
-    print(f"| pipeline | tiles/s per core, 1 worker | cores to feed one GPU | tiles/s per core, "
-          f"{n_max} workers | cores to feed one GPU |")  # fmt: skip
+    print(
+        f"| pipeline | tiles/s per core, 1 worker | cores to feed one GPU | tiles/s per core, "
+        f"{n_max} workers | cores to feed one GPU |"
+    )
     print("|---|---|---|---|---|")
     for name in PIPELINES:
         one, many = best[(name, 1)] if 1 in workers else float("nan"), best[(name, n_max)] / n_max

@@ -32,11 +32,22 @@ from mm15.data.registry import builtin_entries  # noqa: E402
 
 TARGET_S = 60.0
 PICKS = [  # 15 registry entries of different layouts
-    "cauldron/chartqa", "cauldron/docvqa", "cauldron/ai2d", "cauldron/raven",
-    "mantis/nlvr2", "mantis/coinstruct", "llava_v1_5_mix665k", "docdownstream",
-    "grit_flickr30k", "openorca", "dolly", "fineweb-edu", "coco_captions", "cc12m",
+    "cauldron/chartqa",
+    "cauldron/docvqa",
+    "cauldron/ai2d",
+    "cauldron/raven",
+    "mantis/nlvr2",
+    "mantis/coinstruct",
+    "llava_v1_5_mix665k",
+    "docdownstream",
+    "grit_flickr30k",
+    "openorca",
+    "dolly",
+    "fineweb-edu",
+    "coco_captions",
+    "cc12m",
     "synthdog_en",
-]  # fmt: skip
+]
 
 
 def write_data(root: Path, per_source: int) -> list:
@@ -84,19 +95,37 @@ def main() -> None:
 
         check_mod.open_datasets = timed(check_mod.open_datasets, "open")
         check_mod._read = timed(check_mod._read, "format")
-        argv = ["data", "check", "--preset", "finetune", "--set", f"data_root={root}",
-                "--set", f"registry=@{spec}", "--set", f"stages.0.datasets=@{names}",
-                "--set", "allow_random_init=true", "--samples", str(args.check_samples),
-                "--json"]  # fmt: skip
+        argv = [
+            "data",
+            "check",
+            "--preset",
+            "finetune",
+            "--set",
+            f"data_root={root}",
+            "--set",
+            f"registry=@{spec}",
+            "--set",
+            f"stages.0.datasets=@{names}",
+            "--set",
+            "allow_random_init=true",
+            "--samples",
+            str(args.check_samples),
+            "--json",
+        ]
         t0 = time.perf_counter()
         code = mm15_main(argv)
         total = time.perf_counter() - t0
     n = len(entries) * args.samples_per_source
-    print(f"wrote {len(entries)} sources × {args.samples_per_source:,} samples ({n:,}) in "
-          f"{written:.1f} s", file=sys.stderr)  # fmt: skip
-    print(f"mm15 data check: {total:.2f} s (exit {code}); opening readers {timings['open']:.2f} s, "
-          f"formatting {len(entries)} × {args.check_samples} samples {timings['format']:.2f} s",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"wrote {len(entries)} sources × {args.samples_per_source:,} samples ({n:,}) in "
+        f"{written:.1f} s",
+        file=sys.stderr,
+    )
+    print(
+        f"mm15 data check: {total:.2f} s (exit {code}); opening readers {timings['open']:.2f} s, "
+        f"formatting {len(entries)} × {args.check_samples} samples {timings['format']:.2f} s",
+        file=sys.stderr,
+    )
     print(f"ratio to the {TARGET_S:.0f} s target: {total / TARGET_S:.3f}", file=sys.stderr)
     if code != 0:
         raise SystemExit(code)

@@ -34,11 +34,23 @@ from collections.abc import Callable
 import torch
 
 LMS = {  # HF LlamaConfig kwargs
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2),
-    "mid": dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                num_attention_heads=8, num_key_value_heads=4),
-}  # fmt: skip
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "mid": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    ),
+}
 BANDWIDTH_TBS = {"H100 SXM": 3.35, "H200": 4.8}
 
 
@@ -74,8 +86,9 @@ def load_pair(lm: str):
     from mm15.model.lm import Decoder
 
     torch.manual_seed(0)
-    hf = LlamaForCausalLM(LlamaConfig(**LMS[lm], max_position_embeddings=4096,
-                                      initializer_range=0.05)).eval()  # fmt: skip
+    hf = LlamaForCausalLM(
+        LlamaConfig(**LMS[lm], max_position_embeddings=4096, initializer_range=0.05)
+    ).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         cfg, sd = load_hf_decoder(tmp)
@@ -130,9 +143,15 @@ def generate_ours(ours, ids, new: int, mode: str) -> list[list[int]]:
 
 def generate_hf(hf, ids, new: int) -> list[list[int]]:
     with torch.inference_mode():
-        out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                          max_new_tokens=new, min_new_tokens=new, eos_token_id=None,
-                          pad_token_id=0)  # fmt: skip
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     return out[:, ids.shape[1] :].tolist()
 
 
@@ -142,8 +161,10 @@ def part_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     hf, ours = hf.to(device, dtype), ours.to(device, dtype)
     hf.generation_config.eos_token_id = None
     n = sum(p.numel() for p in ours.parameters())
-    print(f"LM {args.lm}: {n / 1e6:.1f} M params, {LMS[args.lm]}; {device} {dtype}, "
-          f"{torch.get_num_threads()} threads; logits max |Δ| vs transformers (fp32, CPU) = {diff:.2g}")  # fmt: skip
+    print(
+        f"LM {args.lm}: {n / 1e6:.1f} M params, {LMS[args.lm]}; {device} {dtype}, "
+        f"{torch.get_num_threads()} threads; logits max |Δ| vs transformers (fp32, CPU) = {diff:.2g}"
+    )
     g = torch.Generator().manual_seed(1)
     V, T, Tg, K = hf.config.vocab_size, args.prompt_len, args.gen_prompt_len, args.steps
     print("| measurement | ours ms | transformers ms | ours ÷ transformers speed |")
@@ -152,17 +173,25 @@ def part_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     with torch.inference_mode():
         t_ours = timed(lambda: ours(ids), device, args.repeats)
         t_hf = timed(lambda: hf(input_ids=ids, use_cache=False), device, args.repeats)
-    print(f"| forward (all logits) B=1 T={T} | {t_ours * 1e3:.1f} | {t_hf * 1e3:.1f} | {t_hf / t_ours:.2f} |")  # fmt: skip
+    print(
+        f"| forward (all logits) B=1 T={T} | {t_ours * 1e3:.1f} | {t_hf * 1e3:.1f} | {t_hf / t_ours:.2f} |"
+    )
     for B in (1, args.batch):
         ids = torch.randint(0, V, (B, Tg), generator=g).to(device)
         per_step = []
         for model, steps_fn in ((ours, decode_steps_ours), (hf, decode_steps_hf)):
-            t0, tk = (timed(lambda ids=ids, m=model, f=steps_fn, k=k: f(m, ids, k), device,
-                            args.repeats) for k in (0, K))  # fmt: skip
+            t0, tk = (
+                timed(lambda ids=ids, m=model, f=steps_fn, k=k: f(m, ids, k), device, args.repeats)
+                for k in (0, K)
+            )
             per_step.append((tk - t0) / K)
-        print(f"| decode step B={B}, cache {Tg}..{Tg + K} | {per_step[0] * 1e3:.2f} | "
-              f"{per_step[1] * 1e3:.2f} | {per_step[1] / per_step[0]:.2f} |")  # fmt: skip
-    print(f"\n| greedy generation ({Tg}-token prompts) | tokens equal | ours tok/s | transformers tok/s | ours ÷ transformers |")  # fmt: skip
+        print(
+            f"| decode step B={B}, cache {Tg}..{Tg + K} | {per_step[0] * 1e3:.2f} | "
+            f"{per_step[1] * 1e3:.2f} | {per_step[1] / per_step[0]:.2f} |"
+        )
+    print(
+        f"\n| greedy generation ({Tg}-token prompts) | tokens equal | ours tok/s | transformers tok/s | ours ÷ transformers |"
+    )
     print("|---|---|---|---|---|")
     for B in (1, args.batch):
         ids = torch.randint(0, V, (B, Tg), generator=g).to(device)
@@ -171,10 +200,16 @@ def part_hf(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         for mode in args.decode_modes.split(","):
             got = generate_ours(ours, ids, args.new_tokens, mode)
             same = sum(a == b for a, b in zip(got, ref, strict=True))
-            t = timed(lambda ids=ids, m=mode: generate_ours(ours, ids, args.new_tokens, m), device, args.repeats)  # fmt: skip
+            t = timed(
+                lambda ids=ids, m=mode: generate_ours(ours, ids, args.new_tokens, m),
+                device,
+                args.repeats,
+            )
             tok = B * args.new_tokens
-            print(f"| B={B}, {args.new_tokens} new, ours {mode} | {same}/{B} rows | "
-                  f"{tok / t:.0f} | {tok / t_hf:.0f} | {t_hf / t:.2f} |")  # fmt: skip
+            print(
+                f"| B={B}, {args.new_tokens} new, ours {mode} | {same}/{B} rows | "
+                f"{tok / t:.0f} | {tok / t_hf:.0f} | {t_hf / t:.2f} |"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,9 +256,14 @@ def run_mm(model, encoded, new: int, mode: str, device: torch.device) -> tuple[f
     t0 = time.perf_counter()
     with torch.inference_mode():
         embeds = prompt_embeddings(model, encoded)
-        generate(model.lm, [e.input_ids for e in encoded], prompt_embeds=embeds,
-                 max_new_tokens=new, decode_mode=mode,
-                 on_token=lambda row, tok: stamps.append(time.perf_counter()) if row == 0 else None)  # fmt: skip
+        generate(
+            model.lm,
+            [e.input_ids for e in encoded],
+            prompt_embeds=embeds,
+            max_new_tokens=new,
+            decode_mode=mode,
+            on_token=lambda row, tok: stamps.append(time.perf_counter()) if row == 0 else None,
+        )
     return stamps[0] - t0, (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
 
 
@@ -243,27 +283,39 @@ def part_mm(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     n_tiles, T = enc.pixels.shape[0], len(enc.input_ids)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lm_params = sum(p.numel() for p in model.lm.parameters())
-    print(f"preset {args.preset} ({lm_params / 1e9:.2f} B decoder params) on {name}, {dtype}; "
-          f"prompt: {n_tiles} tiles of {r} px, {T} tokens; tiling on the host took "
-          f"{t_pre * 1e3:.0f} ms (not in TTFT)")  # fmt: skip
+    print(
+        f"preset {args.preset} ({lm_params / 1e9:.2f} B decoder params) on {name}, {dtype}; "
+        f"prompt: {n_tiles} tiles of {r} px, {T} tokens; tiling on the host took "
+        f"{t_pre * 1e3:.0f} ms (not in TTFT)"
+    )
     ctx = T + args.new_tokens
     f1, fb = floors(model, 1, ctx), floors(model, args.batch, ctx)
-    print(f"\nBandwidth floor per decode step (decoder weights {weight_gb(model):.2f} GB; KV cache "
-          f"at {ctx} tokens):")  # fmt: skip
-    print(f"| HBM | B=1 weights ms/token | B=1 weights+KV ms/token | B={args.batch} weights+KV tok/s |")  # fmt: skip
+    print(
+        f"\nBandwidth floor per decode step (decoder weights {weight_gb(model):.2f} GB; KV cache "
+        f"at {ctx} tokens):"
+    )
+    print(
+        f"| HBM | B=1 weights ms/token | B=1 weights+KV ms/token | B={args.batch} weights+KV tok/s |"
+    )
     print("|---|---|---|---|")
     for dev, tbs in BANDWIDTH_TBS.items():
-        print(f"| {dev} {tbs} TB/s | {f1[dev][0]:.3f} | {f1[dev][1]:.3f} | "
-              f"{args.batch / fb[dev][1] * 1e3:.0f} |")  # fmt: skip
+        print(
+            f"| {dev} {tbs} TB/s | {f1[dev][0]:.3f} | {f1[dev][1]:.3f} | "
+            f"{args.batch / fb[dev][1] * 1e3:.0f} |"
+        )
     ref = "H200" if "H200" in name else "H100 SXM"
-    print(f"\n| decode_mode | TTFT ms | B=1 ms/token | B=1 ÷ {ref} weights floor | "
-          f"B={args.batch} tok/s | B={args.batch} ÷ {ref} floor | B={args.batch} TTFT ms |")  # fmt: skip
+    print(
+        f"\n| decode_mode | TTFT ms | B=1 ms/token | B=1 ÷ {ref} weights floor | "
+        f"B={args.batch} tok/s | B={args.batch} ÷ {ref} floor | B={args.batch} TTFT ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for mode in args.decode_modes.split(","):
         ttft, step_ms, tok_s, tb1 = measure_mm(model, enc, mode, args, device)
         floor_tok_s = args.batch / fb[ref][1] * 1e3
-        print(f"| {mode} | {ttft * 1e3:.1f} | {step_ms:.2f} | {step_ms / f1[ref][0]:.1f} | "
-              f"{tok_s:.0f} | {tok_s / floor_tok_s:.2f} | {tb1 * 1e3:.0f} |")  # fmt: skip
+        print(
+            f"| {mode} | {ttft * 1e3:.1f} | {step_ms:.2f} | {step_ms / f1[ref][0]:.1f} | "
+            f"{tok_s:.0f} | {tok_s / floor_tok_s:.2f} | {tb1 * 1e3:.0f} |"
+        )
 
 
 def weight_gb(model) -> float:
@@ -298,8 +350,13 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode-modes", default="eager,static", help="eager, static, compile")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: a shared CPU "
-                   "hurts multi-threaded kernels most, each waits for its slowest thread)")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: a shared CPU "
+        "hurts multi-threaded kernels most, each waits for its slowest thread)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

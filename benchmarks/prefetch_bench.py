@@ -39,13 +39,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = DemoConfig(corpus=CorpusSizes(train_per_task=args.per_task, test_per_task=0),
-                     sft=SftStage(steps=args.steps))  # fmt: skip
+    cfg = DemoConfig(
+        corpus=CorpusSizes(train_per_task=args.per_task, test_per_task=0),
+        sft=SftStage(steps=args.steps),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = generate_corpus(root / "corpus", seed=0, sizes=corpus_sizes(cfg))
-        tok = train_bpe_tokenizer(_texts(corpus), vocab_size=cfg.tokenizer.vocab_size,
-                                  max_digits=cfg.tokenizer.max_digits)  # fmt: skip
+        tok = train_bpe_tokenizer(
+            _texts(corpus), vocab_size=cfg.tokenizer.vocab_size, max_digits=cfg.tokenizer.max_digits
+        )
         tok.save(root / "tok")
         times: dict[bool, list[float]] = {False: [], True: []}
         walls: dict[bool, list[float]] = {False: [], True: []}
@@ -71,8 +74,10 @@ def main() -> None:
                 print(f"repeat {r} prefetch={prefetch}: {walls[prefetch][-1]:.1f} s", flush=True)
     base, new = statistics.median(times[False]), statistics.median(times[True])
     same = losses[False] == losses[True]
-    print(f"\n{args.steps} SFT steps of {cfg.batch_rows}×{cfg.seq_len} tokens, "
-          f"{args.threads} threads, {args.repeats} repeats; identical losses: {same}")  # fmt: skip
+    print(
+        f"\n{args.steps} SFT steps of {cfg.batch_rows}×{cfg.seq_len} tokens, "
+        f"{args.threads} threads, {args.repeats} repeats; identical losses: {same}"
+    )
     print("| variant | median step (s) | median run (s) |\n|---|---|---|")
     for name, k in (("decode in the step (baseline)", False), ("prefetch", True)):
         print(f"| {name} | {statistics.median(times[k]):.3f} | {statistics.median(walls[k]):.1f} |")

@@ -51,21 +51,45 @@ def tiny_checkpoint(out: Path) -> Path:
 
 def request_body(model: str, size: tuple[int, int], max_tokens: int) -> bytes:
     image = Image.new("RGB", size, (235, 235, 235))
-    ImageDraw.Draw(image).rectangle((size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2), fill=(220, 30, 30))  # fmt: skip
+    ImageDraw.Draw(image).rectangle(
+        (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2), fill=(220, 30, 30)
+    )
     buf = io.BytesIO()
     image.save(buf, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    content = [{"type": "image_url", "image_url": {"url": url}},
-               {"type": "text", "text": "Where is the red square?"}]  # fmt: skip
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": content}],
-                       "max_tokens": max_tokens, "temperature": 0}).encode()  # fmt: skip
+    content = [
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "text", "text": "Where is the red square?"},
+    ]
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+    ).encode()
 
 
 def start_subprocess(model_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mm15.serve.cli", "--model", str(model_dir), "--port", str(port),
-           "--served-model-name", "bench", "--max-batch", str(args.max_batch),
-           "--max-queue", str(args.max_queue), "--batch-wait-ms", str(args.batch_wait_ms),
-           "--no-web-ui"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mm15.serve.cli",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--served-model-name",
+        "bench",
+        "--max-batch",
+        str(args.max_batch),
+        "--max-queue",
+        str(args.max_queue),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--no-web-ui",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -121,16 +145,24 @@ def run_level(port: int, body: bytes, concurrency: int, total: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99  # fmt: skip
+    q = (
+        statistics.quantiles(latencies, n=100, method="inclusive")
+        if len(latencies) > 1
+        else latencies * 99
+    )
     return {
-        "concurrency": concurrency, "requests": len(latencies), "errors": len(errors),
-        "wall_s": round(wall, 2), "req_per_s": round(len(latencies) / wall, 2),
-        "p50_ms": round(q[49] * 1000, 1), "p90_ms": round(q[89] * 1000, 1),
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "wall_s": round(wall, 2),
+        "req_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(q[49] * 1000, 1),
+        "p90_ms": round(q[89] * 1000, 1),
         "p99_ms": round(q[98] * 1000, 1),
         "mean_completion_tokens": round(statistics.mean(tokens), 1) if tokens else 0,
         "completion_tok_per_s": round(sum(tokens) / wall, 1),
         "first_error": errors[0] if errors else None,
-    }  # fmt: skip
+    }
 
 
 def main() -> int:
@@ -165,8 +197,11 @@ def main() -> int:
                 before = dict(engine.batch_sizes) if engine else {}
                 row = run_level(port, body, c, max(args.requests, c))
                 if engine:
-                    row["batch_sizes"] = {k: v - before.get(k, 0) for k, v in sorted(engine.batch_sizes.items())
-                                          if v - before.get(k, 0)}  # fmt: skip
+                    row["batch_sizes"] = {
+                        k: v - before.get(k, 0)
+                        for k, v in sorted(engine.batch_sizes.items())
+                        if v - before.get(k, 0)
+                    }
                 rows.append(row)
         finally:
             stop()
@@ -181,9 +216,13 @@ def _in_process(model_dir: Path, args: argparse.Namespace):
     from mm15.serve.server import BackgroundServer
 
     model, tok = load_checkpoint(model_dir)
-    cfg = ServeConfig(model_name="bench", web_ui=False,
-                      engine=EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
-                                          batch_wait_ms=args.batch_wait_ms))  # fmt: skip
+    cfg = ServeConfig(
+        model_name="bench",
+        web_ui=False,
+        engine=EngineConfig(
+            max_batch=args.max_batch, max_queue=args.max_queue, batch_wait_ms=args.batch_wait_ms
+        ),
+    )
     app = create_app(model, tok, cfg)
     return BackgroundServer(app).start(), app.state.engine
 
@@ -192,17 +231,21 @@ def _report(rows: list[dict], args: argparse.Namespace, model_dir: Path, size) -
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"model {args.model or 'random tiny preset'}; image {size[0]}x{size[1]}; "
-          f"max_tokens {args.max_tokens}; max_batch {args.max_batch}; "
-          f"batch_wait_ms {args.batch_wait_ms}; "
-          f"server {'in-process' if args.in_process else 'subprocess'}; "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"model {args.model or 'random tiny preset'}; image {size[0]}x{size[1]}; "
+        f"max_tokens {args.max_tokens}; max_batch {args.max_batch}; "
+        f"batch_wait_ms {args.batch_wait_ms}; "
+        f"server {'in-process' if args.in_process else 'subprocess'}; "
+        f"{os.cpu_count()} CPUs"
+    )
     print("| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | tokens/req | tokens/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['concurrency']} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | "
-              f"{r['p90_ms']} | {r['p99_ms']} | {r['mean_completion_tokens']} | "
-              f"{r['completion_tok_per_s']} |")  # fmt: skip
+        print(
+            f"| {r['concurrency']} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | "
+            f"{r['p90_ms']} | {r['p99_ms']} | {r['mean_completion_tokens']} | "
+            f"{r['completion_tok_per_s']} |"
+        )
     for r in rows:
         if r["errors"]:
             print(

@@ -34,8 +34,10 @@ def best_of(fn, repeat: int) -> float:
 
 
 def body_of(n_messages: int) -> bytes:
-    return json.dumps({"model": "m", "messages": [{"role": "user", "content": ""}] * n_messages},
-                      separators=(",", ":")).encode()  # fmt: skip
+    return json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": ""}] * n_messages},
+        separators=(",", ":"),
+    ).encode()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     both = best_of(lambda: ChatRequest.model_validate_json(body), args.repeat)
     print(f"{args.messages:,} empty messages, {len(body) / 2**20:.1f} MiB")
     print(f"  parse JSON only          {parse:7.3f} s  (1.0x)")
-    print(f"  build the request model  {build:7.3f} s  ({build / parse:.1f}x), "
-          f"{build / args.messages * 1e6:.1f} us per message")  # fmt: skip
+    print(
+        f"  build the request model  {build:7.3f} s  ({build / parse:.1f}x), "
+        f"{build / args.messages * 1e6:.1f} us per message"
+    )
     print(f"  model_validate_json      {both:7.3f} s  ({both / parse:.1f}x)")
 
     lim = LimitsConfig()
@@ -60,15 +64,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def refused() -> None:
         try:
-            parse_request(largest, max_messages=lim.max_messages,
-                          max_content_parts=lim.max_content_parts)  # fmt: skip
+            parse_request(
+                largest, max_messages=lim.max_messages, max_content_parts=lim.max_content_parts
+            )
         except APIError:
             return
         raise AssertionError("the largest body was not refused")
 
     worst = best_of(refused, args.repeat)
-    print(f"largest body under max_body_bytes ({len(largest) / 2**20:.1f} MiB of tiny messages), "
-          f"parsed then refused: {worst:.3f} s")  # fmt: skip
+    print(
+        f"largest body under max_body_bytes ({len(largest) / 2**20:.1f} MiB of tiny messages), "
+        f"parsed then refused: {worst:.3f} s"
+    )
     return 0
 
 

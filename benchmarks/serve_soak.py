@@ -47,11 +47,24 @@ MODEL, PATH, HOST = "soak", "/v1/chat/completions", "127.0.0.1"
 MAX_BODY = 2**20  # the server's --max-body-bytes: oversized bodies stay cheap to send
 TIMEOUT_S = 30.0  # every client call
 # scenario -> weight; "good_*" are the requests whose latency is reported
-SCENARIOS = {"good_text": 3, "good_image": 3, "good_stream": 3, "good_odd_sampling": 1,
-             "malformed_json": 1, "schema_invalid": 1, "oversized_body": 1, "huge_prompt": 1,
-             "many_messages": 1, "bad_seed": 1, "too_many_images": 1, "bad_image": 1,
-             "foreign_origin": 1, "disconnect": 1, "disconnect_stream": 1,
-             "slow_header": 1}  # fmt: skip
+SCENARIOS = {
+    "good_text": 3,
+    "good_image": 3,
+    "good_stream": 3,
+    "good_odd_sampling": 1,
+    "malformed_json": 1,
+    "schema_invalid": 1,
+    "oversized_body": 1,
+    "huge_prompt": 1,
+    "many_messages": 1,
+    "bad_seed": 1,
+    "too_many_images": 1,
+    "bad_image": 1,
+    "foreign_origin": 1,
+    "disconnect": 1,
+    "disconnect_stream": 1,
+    "slow_header": 1,
+}
 
 
 class Clients:
@@ -62,8 +75,9 @@ class Clients:
         from openai import OpenAI
 
         self.port, self.stop = port, stop
-        self.api = OpenAI(base_url=f"http://{HOST}:{port}/v1", api_key="x", timeout=TIMEOUT_S,
-                          max_retries=0)  # fmt: skip
+        self.api = OpenAI(
+            base_url=f"http://{HOST}:{port}/v1", api_key="x", timeout=TIMEOUT_S, max_retries=0
+        )
         image = json.loads(request_body(MODEL, (64, 48), 8))["messages"][0]["content"]
         self.image_msgs = [{"role": "user", "content": image}]
         self.text_msgs = [{"role": "user", "content": "Say something short."}]
@@ -81,8 +95,9 @@ class Clients:
         import openai
 
         try:
-            r = self.api.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
-                                                 stream=stream)  # fmt: skip
+            r = self.api.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=8, stream=stream
+            )
             if stream:
                 for _ in r:  # the stream ends with [DONE]; the client's timeout bounds each read
                     pass
@@ -98,8 +113,13 @@ class Clients:
 
     def good_odd_sampling(self, rng: random.Random):
         """Schema-valid extremes: a tiny temperature or top_p, a seed at the int64 bounds."""
-        extra = rng.choice([{"temperature": 1e-40}, {"temperature": 0.7, "top_p": 1e-300},
-                            {"temperature": 0.7, "seed": rng.choice([-(2**63), 2**63 - 1])}])  # fmt: skip
+        extra = rng.choice(
+            [
+                {"temperature": 1e-40},
+                {"temperature": 0.7, "top_p": 1e-300},
+                {"temperature": 0.7, "seed": rng.choice([-(2**63), 2**63 - 1])},
+            ]
+        )
         body = {"model": MODEL, "messages": self.text_msgs, "max_tokens": 8, **extra}
         return self._post(json.dumps(body).encode())
 
@@ -121,9 +141,12 @@ class Clients:
     def foreign_origin(self, rng: random.Random):
         """What a web page on another site would send to a server on this machine."""
         body = json.dumps({"model": MODEL, "messages": self.text_msgs, "max_tokens": 8})
-        headers = rng.choice([{"Content-Type": "text/plain", "Origin": "null"},
-                              {"Content-Type": "application/json",
-                               "Origin": "http://evil.example"}])  # fmt: skip
+        headers = rng.choice(
+            [
+                {"Content-Type": "text/plain", "Origin": "null"},
+                {"Content-Type": "application/json", "Origin": "http://evil.example"},
+            ]
+        )
         return self._post(body.encode(), headers)
 
     def malformed_json(self, rng: random.Random):
@@ -145,8 +168,10 @@ class Clients:
 
     def oversized_body(self, rng: random.Random):
         """Content-Length above the limit, then part of the body: the answer may come early."""
-        head = (f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {MAX_BODY + 1}\r\n\r\n").encode()  # fmt: skip
+        head = (
+            f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {MAX_BODY + 1}\r\n\r\n"
+        ).encode()
         return self._socket(head + b"[" * 65536, read_status=True)
 
     def disconnect(self, rng: random.Random):
@@ -174,10 +199,13 @@ class Clients:
             return "aborted"  # the server closed it first: what a header timeout does
 
     def _raw_request(self, stream: bool) -> bytes:
-        body = json.dumps({"model": MODEL, "messages": self.image_msgs, "max_tokens": 8,
-                           "stream": stream}).encode()  # fmt: skip
-        return (f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+        body = json.dumps(
+            {"model": MODEL, "messages": self.image_msgs, "max_tokens": 8, "stream": stream}
+        ).encode()
+        return (
+            f"POST {PATH} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     def _post(self, body: bytes, headers: dict | None = None):
         conn = http.client.HTTPConnection(HOST, self.port, timeout=TIMEOUT_S)
@@ -284,14 +312,33 @@ def start_server(
         from mm15.serve.server import BackgroundServer
 
         model, tok = load_checkpoint(model_dir)
-        cfg = ServeConfig(model_name=MODEL, web_ui=False, limits=LimitsConfig(max_body_bytes=MAX_BODY),
-                          engine=EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue))  # fmt: skip
+        cfg = ServeConfig(
+            model_name=MODEL,
+            web_ui=False,
+            limits=LimitsConfig(max_body_bytes=MAX_BODY),
+            engine=EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue),
+        )
         server = BackgroundServer(create_app(model, tok, cfg)).start()
         return server.port, os.getpid(), server.stop
     port = free_port()
-    cmd = [sys.executable, "-m", "mm15.serve.cli", "--model", str(model_dir), "--port", str(port),
-           "--served-model-name", MODEL, "--max-batch", str(args.max_batch),
-           "--max-queue", str(args.max_queue), "--max-body-bytes", str(MAX_BODY), "--no-web-ui"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mm15.serve.cli",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--served-model-name",
+        MODEL,
+        "--max-batch",
+        str(args.max_batch),
+        "--max-queue",
+        str(args.max_queue),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--no-web-ui",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
     for _ in range(600):  # up to 120 s while the server imports torch and loads the model
         if proc.poll() is not None or health(port, timeout=1.0):
@@ -328,12 +375,22 @@ def summarize(results: list[tuple], poller: HealthPoller, rss: tuple, wall_s: fl
     good = sorted(dt for name, o, dt in results if name.startswith("good") and o == 200)
     q = statistics.quantiles(good, n=100, method="inclusive") if len(good) > 1 else good * 99
     lines = [f"requests: {len(results)} in {wall_s:.1f} s ({len(good)} good answered)"]
-    lines.append("status: " + ", ".join(f"{k} {classes.get(k, 0)}" for k in
-                 ("2xx", "4xx", "429", "5xx", "aborted", "timeout", "error")))  # fmt: skip
-    lines.append(f"good latency: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms"
-                 if good else "good latency: no good request answered")  # fmt: skip
-    lines.append(f"health: worst {poller.worst_s * 1000:.0f} ms over {poller.polls} polls, "
-                 f"{poller.failures} failed")  # fmt: skip
+    lines.append(
+        "status: "
+        + ", ".join(
+            f"{k} {classes.get(k, 0)}"
+            for k in ("2xx", "4xx", "429", "5xx", "aborted", "timeout", "error")
+        )
+    )
+    lines.append(
+        f"good latency: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms"
+        if good
+        else "good latency: no good request answered"
+    )
+    lines.append(
+        f"health: worst {poller.worst_s * 1000:.0f} ms over {poller.polls} polls, "
+        f"{poller.failures} failed"
+    )
     before, after = rss
     growth = f" ({(after / before - 1) * 100:+.1f} %)" if before and after else ""
     lines.append(f"server RSS: {before or 0:.0f} MiB before, {after or 0:.0f} MiB after{growth}")
@@ -349,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=180.0, help="total soak time")
     p.add_argument("--quick", action="store_true", help="20 s (overrides --seconds)")
-    p.add_argument("--concurrency", default="1,4,16,48",
-                   help="client threads per level (above max_batch + max_queue: 429s)")  # fmt: skip
+    p.add_argument(
+        "--concurrency",
+        default="1,4,16,48",
+        help="client threads per level (above max_batch + max_queue: 429s)",
+    )
     p.add_argument("--model", help="mm15 checkpoint dir (default: a random tiny model)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-queue", type=int, default=16)
@@ -379,13 +439,17 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
             stop_server()
         server = "in-process" if args.in_process else f"subprocess pid {pid}"
-        print(f"soak: {seconds:.0f} s at concurrency {args.concurrency}; server {server}; "
-              f"model {args.model or 'random tiny preset'}; {os.cpu_count()} CPUs")  # fmt: skip
+        print(
+            f"soak: {seconds:.0f} s at concurrency {args.concurrency}; server {server}; "
+            f"model {args.model or 'random tiny preset'}; {os.cpu_count()} CPUs"
+        )
         print("\n".join(lines))
         n5xx = sum(isinstance(o, int) and o >= 500 for _, o, _ in results)
         ok = n5xx == 0 and alive
-        print(f"RESULT: {'PASS' if ok else 'FAIL'} ({n5xx} 5xx; /health at the end "
-              f"{'ok' if alive else 'FAILED'})")  # fmt: skip
+        print(
+            f"RESULT: {'PASS' if ok else 'FAIL'} ({n5xx} 5xx; /health at the end "
+            f"{'ok' if alive else 'FAILED'})"
+        )
         if not ok and not args.in_process:
             print(f"server log tail:\n{_tail(log)}")
     return 0 if ok else 1

@@ -47,9 +47,12 @@ def keep_tail_labels(batch: dict, share: float) -> dict:
 
 def full_logits_step(model: MM15, batch: dict, optimizer: torch.optim.Optimizer) -> float:
     """The baseline: logits at all B×T positions, then the same summed-and-normalised loss."""
-    out = model(batch["input_ids_BT"], pixels_NCHW=batch.get("pixels_NCHW"),
-                position_ids_BT=batch["position_ids_BT"],
-                document_ids_BT=batch["document_ids_BT"])  # fmt: skip
+    out = model(
+        batch["input_ids_BT"],
+        pixels_NCHW=batch.get("pixels_NCHW"),
+        position_ids_BT=batch["position_ids_BT"],
+        document_ids_BT=batch["document_ids_BT"],
+    )
     total, n = next_token_loss_sum(out.logits, batch["labels_BT"], batch["document_ids_BT"])
     (total / n.clamp(min=1)).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -85,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("targets", "baseline") if step % 2 else ("baseline", "targets"):
             t0 = time.perf_counter()
             if name == "targets":
-                loss = train_step(targets, [batch], optimizer=opt_t, grad_clip=1.0,
-                                  world_size=1).loss  # fmt: skip
+                loss = train_step(
+                    targets, [batch], optimizer=opt_t, grad_clip=1.0, world_size=1
+                ).loss
             else:
                 ref = full_logits_step(baseline, batch, opt_b)
             if step >= args.warmup:
@@ -94,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         if step == 0 and abs(loss - ref) > 1e-4:
             raise SystemExit(f"the two variants disagree on the first loss: {loss} vs {ref}")
     med = {n: statistics.median(t) for n, t in times.items()}
-    print(f"preset {args.preset}, {args.rows} rows × {args.seq}, vocab {cfg.lm.vocab_size}, "
-          f"targets {100 * statistics.mean(share):.1f} % of positions, {args.steps} steps each")  # fmt: skip
+    print(
+        f"preset {args.preset}, {args.rows} rows × {args.seq}, vocab {cfg.lm.vocab_size}, "
+        f"targets {100 * statistics.mean(share):.1f} % of positions, {args.steps} steps each"
+    )
     print(f"baseline (logits at every position): {1000 * med['baseline']:.1f} ms/step")
     print(f"train_step (logits at targets only):  {1000 * med['targets']:.1f} ms/step")
     print(f"speed-up: {med['baseline'] / med['targets']:.2f}×")

@@ -141,10 +141,16 @@ def parallel_config(args: argparse.Namespace, cuda: bool) -> ParallelConfig:
         )
         for b in BLOCK_TYPES
     }
-    return ParallelConfig(strategy="fsdp2", attention=args.attention, param_dtype=args.param_dtype,
-                          forward_prefetch=args.prefetch, backward_prefetch=args.prefetch,
-                          autocast="bfloat16" if cuda else "none",
-                          peak_tflops=args.peak_tflops, **policies)  # fmt: skip
+    return ParallelConfig(
+        strategy="fsdp2",
+        attention=args.attention,
+        param_dtype=args.param_dtype,
+        forward_prefetch=args.prefetch,
+        backward_prefetch=args.prefetch,
+        autocast="bfloat16" if cuda else "none",
+        peak_tflops=args.peak_tflops,
+        **policies,
+    )
 
 
 def peak_memory_gib(device: torch.device) -> tuple[float, str]:
@@ -162,8 +168,9 @@ def timed_steps(model, batches: list[dict], *, warmup: int, device, world: int, 
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        train_step(model, [batch], optimizer=optimizer, grad_clip=1.0, world_size=world,
-                   autocast=autocast)  # fmt: skip
+        train_step(
+            model, [batch], optimizer=optimizer, grad_clip=1.0, world_size=world, autocast=autocast
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= warmup:
@@ -187,8 +194,14 @@ def run(args: argparse.Namespace) -> dict:
     seeds = [1000 * info.rank + s for s in range(args.warmup + args.steps)]
     batches = [make_batch(cfg, synthetic_rows(args.rows, seq, k, seed=s), seq, s) for s in seeds]
     autocast = autocast_context(info.device, pcfg.autocast_dtype)
-    times = timed_steps(model, batches, warmup=args.warmup, device=info.device,
-                        world=info.world_size, autocast=autocast)  # fmt: skip
+    times = timed_steps(
+        model,
+        batches,
+        warmup=args.warmup,
+        device=info.device,
+        world=info.world_size,
+        autocast=autocast,
+    )
     seconds, timed = sum(times), batches[args.warmup :]
     flops = batch_flops(cfg, timed)
     util = utilisation(flops, seconds, peak_flops(info.device, args.peak_tflops))
@@ -197,23 +210,38 @@ def run(args: argparse.Namespace) -> dict:
     docs = torch.cat([b["document_ids_BT"] for b in timed])
     tiles = sum(b["pixels_NCHW"].shape[0] for b in timed if "pixels_NCHW" in b)
     return dict(
-        preset=args.preset, device=str(info.device), rank=info.rank, world=info.world_size,
-        attention=args.attention, compile=",".join(args.compile) or "none",
-        ac=",".join(args.ac) or "none", rows=args.rows, seq=seq, steps=len(timed),
+        preset=args.preset,
+        device=str(info.device),
+        rank=info.rank,
+        world=info.world_size,
+        attention=args.attention,
+        compile=",".join(args.compile) or "none",
+        ac=",".join(args.ac) or "none",
+        rows=args.rows,
+        seq=seq,
+        steps=len(timed),
         tiles=tiles / len(timed),
         image_token_share=float((ids == cfg.image_token_id).float().mean()),
-        padding_share=float((docs < 0).float().mean()), step_s=seconds / len(timed),
-        tokens_per_s=ids.numel() / seconds, peak_mem_gib=mem, mem_kind=mem_kind,
-        flops_per_step=flops.total / len(timed), **util,
-    )  # fmt: skip
+        padding_share=float((docs < 0).float().mean()),
+        step_s=seconds / len(timed),
+        tokens_per_s=ids.numel() / seconds,
+        peak_mem_gib=mem,
+        mem_kind=mem_kind,
+        flops_per_step=flops.total / len(timed),
+        **util,
+    )
 
 
 def table(r: dict) -> str:
     mfu = "n/a (no peak)" if "mfu_total" not in r else None
     cells = [
-        ("preset", r["preset"]), ("device", f"{r['device']} ×{r['world']}"),
-        ("attention", r["attention"]), ("compile", r["compile"]), ("AC", r["ac"]),
-        ("rows × seq", f"{r['rows']} × {r['seq']}"), ("timed steps", r["steps"]),
+        ("preset", r["preset"]),
+        ("device", f"{r['device']} ×{r['world']}"),
+        ("attention", r["attention"]),
+        ("compile", r["compile"]),
+        ("AC", r["ac"]),
+        ("rows × seq", f"{r['rows']} × {r['seq']}"),
+        ("timed steps", r["steps"]),
         ("tiles / step (mean)", f"{r['tiles']:.1f}"),
         ("image tokens / padding", f"{r['image_token_share']:.1%} / {r['padding_share']:.1%}"),
         ("step (mean)", f"{r['step_s']:.3f} s"),
@@ -222,7 +250,7 @@ def table(r: dict) -> str:
         ("TFLOP/s decoder / total", f"{r['tflops_decoder']:.3g} / {r['tflops_total']:.3g}"),
         ("MFU decoder", mfu or f"{r['mfu_decoder']:.1%}"),
         ("MFU total", mfu or f"{r['mfu_total']:.1%}"),
-    ]  # fmt: skip
+    ]
     width = max(len(k) for k, _ in cells)
     lines = [f"| {'metric'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     return "\n".join([*lines, *(f"| {k.ljust(width)} | {v} |" for k, v in cells)])
@@ -278,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model config override, e.g. lm.moe.num_experts=8",
     )
     p.add_argument("--json", type=Path, help="also write the result here")
-    return p  # fmt: skip
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,8 +42,12 @@ init = kv.pop("init", None)
 evals_arg = kv.pop("eval", None)
 corpus_tasks = kv.pop("corpus_tasks", "")  # SFT tasks the corpus holds (default: all of them)
 shorthands = {"tasks": "sft.tasks", "freeze": "sft.freeze"}  # comma lists → DemoConfig lists
-sets = [f"{shorthands[k]}={json.dumps([x for x in v.split(',') if x])}" if k in shorthands
-        else f"{k}={v}" for k, v in kv.items()]  # fmt: skip
+sets = [
+    f"{shorthands[k]}={json.dumps([x for x in v.split(',') if x])}"
+    if k in shorthands
+    else f"{k}={v}"
+    for k, v in kv.items()
+]
 cfg = apply_overrides(DemoConfig(), sets)
 evals = evals_arg.split(",") if evals_arg else list(cfg.sft.tasks)
 

@@ -46,8 +46,12 @@ from mm15.model.mm15 import MM15, next_token_loss_sum
 
 torch.set_num_threads(1)
 enc, steps, flags = sys.argv[1], int(sys.argv[2]), set(sys.argv[3].split("_"))
-value = {k: f.removeprefix(k) for f in flags for k in ("L", "seed", "recall", "warm")
-         if f.startswith(k) and f.removeprefix(k).isdigit()}  # fmt: skip
+value = {
+    k: f.removeprefix(k)
+    for f in flags
+    for k in ("L", "seed", "recall", "warm")
+    if f.startswith(k) and f.removeprefix(k).isdigit()
+}
 model, tok = load_checkpoint(enc)
 cfg = model.cfg
 torch.manual_seed(int(value.get("seed", 0)))
@@ -129,8 +133,9 @@ def batch_of(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
 
 for p in model.vision.parameters():
     p.requires_grad_(False)
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3,
-                        betas=(0.9, 0.95), weight_decay=0.0)  # fmt: skip
+opt = torch.optim.AdamW(
+    [p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0
+)
 B, t0 = 32, time.time()
 
 
@@ -138,8 +143,11 @@ def run(name: str, steps: int, draw, images: bool) -> None:
     hits = []
     for step in range(1, steps + 1):
         items = [draw() for _ in range(B)]
-        tiles = torch.cat([tile_image(im, cfg.image, allow_split=False).tiles[:1]
-                           for im, *_ in items]) if images else None  # fmt: skip
+        tiles = (
+            torch.cat([tile_image(im, cfg.image, allow_split=False).tiles[:1] for im, *_ in items])
+            if images
+            else None
+        )
         ids, labels = batch_of(items)
         out = model(ids, pixels_NCHW=tiles)
         total, n = next_token_loss_sum(out.logits, labels)
@@ -149,14 +157,23 @@ def run(name: str, steps: int, draw, images: bool) -> None:
         pred = out.logits.argmax(-1)
         hits.append(sum(int(pred[i, j] == ids[i, j + 1]) for i, (*_, j) in enumerate(items)) / B)
         if step % 50 == 0:
-            print(f"{name} step {step} loss {(total / n).item():.3f} "
-                  f"acc {sum(hits[-50:]) / 50:.2f} ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"{name} step {step} loss {(total / n).item():.3f} "
+                f"acc {sum(hits[-50:]) / 50:.2f} ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
 
 
 run("recall", int(value.get("recall", 0)), recall_sample, images=False)
 run("warm", int(value.get("warm", 0)), lambda: sample({"say", "cell"}), images=True)
-run(sys.argv[3], steps, (lambda: sample({"say", "cell"}) if rng.random() < 0.5 else sample())
-    if "mix" in flags else sample, images=True)  # fmt: skip
+run(
+    sys.argv[3],
+    steps,
+    (lambda: sample({"say", "cell"}) if rng.random() < 0.5 else sample())
+    if "mix" in flags
+    else sample,
+    images=True,
+)
 
 
 @torch.no_grad()

@@ -39,8 +39,12 @@ def oracle(n: int = 2000) -> None:
             d = syn.TASKS["refer_ground/box"].build(random.Random(f"oracle/{split}/{i}"))
             x1, y1, x2, y2 = d.regions[0].box
             w, h = d.images[0].size
-            out.append((cell([x1 * 1000 / w, y1 * 1000 / h, x2 * 1000 / w, y2 * 1000 / h]),
-                        [x1 / w, y1 / h, x2 / w, y2 / h]))  # fmt: skip
+            out.append(
+                (
+                    cell([x1 * 1000 / w, y1 * 1000 / h, x2 * 1000 / w, y2 * 1000 / h]),
+                    [x1 / w, y1 / h, x2 / w, y2 / h],
+                )
+            )
         return out
 
     train, test = draws("train"), draws("test")
@@ -57,8 +61,9 @@ if sys.argv[1:] == ["--oracle"]:
     sys.exit()
 torch.set_num_threads(1)
 model, tok = load_checkpoint(sys.argv[1])
-suite = evaluate_synthetic(model, tok, CorpusIndex.read(sys.argv[2]), tasks=["refer_ground/box"],
-                           max_new_tokens=24)  # fmt: skip
+suite = evaluate_synthetic(
+    model, tok, CorpusIndex.read(sys.argv[2]), tasks=["refer_ground/box"], max_new_tokens=24
+)
 rows = cols = n = 0
 for item in suite.items:
     pred = [int(v) for v in re.findall(r"\d+", item["prediction"])]
@@ -67,5 +72,7 @@ for item in suite.items:
         (pr, pc), (rr, rc) = cell(pred), cell(ref)
         rows, cols, n = rows + (pr == rr), cols + (pc == rc), n + 1
 score = sum(i["score"] for i in suite.items) / len(suite.items)
-print(f"Acc@0.5 {score:.2f}; {n} boxes parsed; row accuracy {rows / max(n, 1):.2f}, "
-      f"column accuracy {cols / max(n, 1):.2f}")  # fmt: skip
+print(
+    f"Acc@0.5 {score:.2f}; {n} boxes parsed; row accuracy {rows / max(n, 1):.2f}, "
+    f"column accuracy {cols / max(n, 1):.2f}"
+)

@@ -19,5 +19,7 @@ for r in rows:
 for name, rs in stages.items():
     seconds = sum(r["step_seconds"] for r in rs)
     last = statistics.mean(r["loss"] for r in rs[-50:])
-    print(f"{name}: {len(rs)} steps, {seconds:.1f} s ({seconds / len(rs):.3f} s a step), "
-          f"loss over the last 50 steps {last:.3f}")  # fmt: skip
+    print(
+        f"{name}: {len(rs)} steps, {seconds:.1f} s ({seconds / len(rs):.3f} s a step), "
+        f"loss over the last 50 steps {last:.3f}"
+    )

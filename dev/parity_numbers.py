@@ -78,9 +78,11 @@ def kernel_gap(which: str) -> None:
     with torch.no_grad():
         ha, hb = a(x), b(x)
     d = (ha - hb).abs()
-    print(f"pos_interp gap at 672 px ({which} ViT, width {cfg.width}, depth {cfg.depth}): "
-          f"last hidden state max {d.max().item():.3g}, mean {d.mean().item():.3g}, "
-          f"std of the state {ha.std().item():.3g}")  # fmt: skip
+    print(
+        f"pos_interp gap at 672 px ({which} ViT, width {cfg.width}, depth {cfg.depth}): "
+        f"last hidden state max {d.max().item():.3g}, mean {d.mean().item():.3g}, "
+        f"std of the state {ha.std().item():.3g}"
+    )
 
 
 def main() -> None:

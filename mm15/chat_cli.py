@@ -56,8 +56,10 @@ class ChatConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.top_k < 0:
-            raise ValueError(f"need max_new_tokens >= 1 and top_k >= 0, got "
-                             f"{self.max_new_tokens} and {self.top_k}")  # fmt: skip
+            raise ValueError(
+                f"need max_new_tokens >= 1 and top_k >= 0, got "
+                f"{self.max_new_tokens} and {self.top_k}"
+            )
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -66,13 +68,20 @@ class ChatConfig:
 
 
 SHORTHANDS = {
-    "--model": "model", "--device": "device", "--dtype": "dtype",
-    "--max-new-tokens": "max_new_tokens", "--temperature": "temperature", "--seed": "seed",
+    "--model": "model",
+    "--device": "device",
+    "--dtype": "dtype",
+    "--max-new-tokens": "max_new_tokens",
+    "--temperature": "temperature",
+    "--seed": "seed",
     **IMAGE_SHORTHANDS,
-}  # fmt: skip
+}
 _D = ChatConfig()
-_EPILOG = shorthand_epilog(SHORTHANDS, note="The settings are one ChatConfig (--print-config "
-                           "shows it); any ImageConfig field is --set image.FIELD=VALUE.")  # fmt: skip
+_EPILOG = shorthand_epilog(
+    SHORTHANDS,
+    note="The settings are one ChatConfig (--print-config "
+    "shows it); any ImageConfig field is --set image.FIELD=VALUE.",
+)
 
 HELP = "commands: /reset (forget the conversation), /quit (or end of input), /help"
 
@@ -104,23 +113,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", nargs="?", help="one-shot prompt; omit for an interactive session")
     p.add_argument("--model", help="mm15 checkpoint directory (required)")
     media = p.add_mutually_exclusive_group()
-    media.add_argument("--image", action="append", default=[], metavar="PATH",
-                       help="an image (repeatable; image k = the k-th, 0-based)")  # fmt: skip
+    media.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an image (repeatable; image k = the k-th, 0-based)",
+    )
     media.add_argument("--video", metavar="PATH", help="a video file or folder of frames (§5)")
     size = number(int, minimum=1)
     p.add_argument("--max-new-tokens", type=size, default=_D.max_new_tokens)
-    p.add_argument("--temperature", type=number(float, minimum=0.0), default=_D.temperature,
-                   help="0 = greedy (default)")  # fmt: skip
+    p.add_argument(
+        "--temperature",
+        type=number(float, minimum=0.0),
+        default=_D.temperature,
+        help="0 = greedy (default)",
+    )
     p.add_argument("--seed", type=int, help="sampling seed (with --temperature > 0)")
-    p.add_argument("--point", dest="visual", action="append", default=[], type=_visual("point"),
-                   metavar="[k:]X,Y", help="a point on image k, in pixels (repeatable)")  # fmt: skip
-    p.add_argument("--box", dest="visual", action="append", type=_visual("box"),
-                   metavar="[k:]X1,Y1,X2,Y2", help="a box on image k, in pixels (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--point",
+        dest="visual",
+        action="append",
+        default=[],
+        type=_visual("point"),
+        metavar="[k:]X,Y",
+        help="a point on image k, in pixels (repeatable)",
+    )
+    p.add_argument(
+        "--box",
+        dest="visual",
+        action="append",
+        type=_visual("box"),
+        metavar="[k:]X1,Y1,X2,Y2",
+        help="a box on image k, in pixels (repeatable)",
+    )
     p.add_argument("--draw", metavar="OUT.png", help="draw the answer's regions with labels")
     p.add_argument("--json", action="store_true", help='print {"text", "regions", "issues"}')
     p.add_argument("--device", default=_D.device, help="cpu, cuda, cuda:1 … (auto: cuda if any)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=_D.dtype,
-                   help="weights dtype (auto: bfloat16 on cuda, float32 on cpu)")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default=_D.dtype,
+        help="weights dtype (auto: bfloat16 on cuda, float32 on cpu)",
+    )
     add_config_args(p, example="top_p=0.9")
     add_image_flags(p)
     p.set_defaults(func=cmd_chat)
@@ -149,8 +184,13 @@ def _load(args: argparse.Namespace, cfg: ChatConfig):
         dtype = "bfloat16" if device.type == "cuda" else "float32"
     model, tok = load_checkpoint(cfg.model, device=device, dtype=getattr(torch, dtype))
     apply_image_settings(model, cfg.image)
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)  # fmt: skip
+    settings = GenerationSettings(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        seed=cfg.seed,
+    )
     return ChatSession(model, tok, media, visual_prompts=args.visual, settings=settings)
 
 
@@ -187,8 +227,10 @@ def _read_line(stdin: TextIO, lineno: int) -> str | None:
         return data.decode(stdin.encoding or "utf-8")
     except UnicodeDecodeError as e:
         byte = f"byte 0x{data[e.start]:02x} at offset {e.start}"
-        print(f"error: input line {lineno} is not valid {e.encoding} ({byte}); line skipped",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: input line {lineno} is not valid {e.encoding} ({byte}); line skipped",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -231,8 +273,9 @@ def _check_utf8(prompt: str) -> None:
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"the prompt is not valid UTF-8 (an undecodable byte at character "
-                         f"{e.start})") from None  # fmt: skip
+        raise ValueError(
+            f"the prompt is not valid UTF-8 (an undecodable byte at character {e.start})"
+        ) from None
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

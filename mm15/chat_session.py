@@ -110,8 +110,10 @@ def parse_visual_prompt(spec: str, kind: Literal["point", "box"]) -> VisualPromp
         k = int(head) if sep else 0
         values = [float(v) for v in body.split(",")]
     except ValueError:
-        raise ChatError(f"{where}: want {'X,Y' if kind == 'point' else 'X1,Y1,X2,Y2'} in "
-                        "pixels, optionally prefixed by the image index 'k:'") from None  # fmt: skip
+        raise ChatError(
+            f"{where}: want {'X,Y' if kind == 'point' else 'X1,Y1,X2,Y2'} in "
+            "pixels, optionally prefixed by the image index 'k:'"
+        ) from None
     want = 2 if kind == "point" else 4
     if len(values) != want or k < 0:
         raise ChatError(f"{where}: want {want} pixel values and an image index k >= 0")
@@ -130,8 +132,10 @@ def _check_visual_prompt(vp: VisualPrompt, media: ChatMedia) -> Region:
         raise ChatError(f"{where}: visual prompts point into images (--image), not a video")
     k = vp.shape.image
     if k >= len(media.visuals):
-        raise ChatError(f"{where} is on image {k} but {len(media.visuals)} image(s) were given "
-                        "(image indices are 0-based)")  # fmt: skip
+        raise ChatError(
+            f"{where} is on image {k} but {len(media.visuals)} image(s) were given "
+            "(image indices are 0-based)"
+        )
     w, h = media.sizes[k]
     s = vp.shape
     xs, ys = ((s.x,), (s.y,)) if isinstance(s, Point) else ((s.x1, s.x2), (s.y1, s.y2))
@@ -183,8 +187,10 @@ def inference_config(cfg: ModelConfig, n_min: int | None, n_max: int | None) -> 
         n_max=cfg.image.n_max if n_max is None else n_max,
     )
     if not 1 <= image.n_min <= image.n_max:
-        raise ChatError(f"need 1 <= n_min <= n_max, got ({image.n_min}, {image.n_max}) "
-                        f"(the model's are ({cfg.image.n_min}, {cfg.image.n_max}))")  # fmt: skip
+        raise ChatError(
+            f"need 1 <= n_min <= n_max, got ({image.n_min}, {image.n_max}) "
+            f"(the model's are ({cfg.image.n_min}, {cfg.image.n_max}))"
+        )
     return dataclasses.replace(cfg, image=image)
 
 
@@ -232,16 +238,20 @@ class ChatSession:
         if markers == 0:
             return " ".join([text, *(_REGION_SLOT.format(i) for i in range(n))])
         if markers != n:
-            raise ChatError(f"the prompt has {markers} {REGION_MARKER} marker(s) but {n} visual "
-                            "prompt(s) (--point/--box) were given")  # fmt: skip
+            raise ChatError(
+                f"the prompt has {markers} {REGION_MARKER} marker(s) but {n} visual "
+                "prompt(s) (--point/--box) were given"
+            )
         for i in range(n):
             text = text.replace(REGION_MARKER, _REGION_SLOT.format(i), 1)
         return text
 
     def _region(self, turn: int, n: int) -> int:
         if turn != 0 or not 0 <= n < len(self.regions):
-            raise ChatError(f"user turn {turn + 1}: {_REGION_SLOT.format(n)} names no visual "
-                            "prompt of the first turn")  # fmt: skip
+            raise ChatError(
+                f"user turn {turn + 1}: {_REGION_SLOT.format(n)} names no visual "
+                "prompt of the first turn"
+            )
         return n
 
     def _check_placeholders(self, users: Sequence[str]) -> None:
@@ -249,16 +259,21 @@ class ChatSession:
         found = [len(_MEDIA_TOKENS.findall(u)) for u in users]
         for t, count in enumerate(found[1:], start=2):
             if count:
-                raise ChatError(f"user turn {t} has an image/video placeholder; media are shown "
-                                "in the first turn only (/reset to start over)")  # fmt: skip
+                raise ChatError(
+                    f"user turn {t} has an image/video placeholder; media are shown "
+                    "in the first turn only (/reset to start over)"
+                )
         videos = users[0].count(_CONV.video_token)
         images = found[0] - videos
         if images not in (0, n_img):
-            raise ChatError(f"the prompt has {images} <image> placeholder(s) but {n_img} "
-                            "image(s) were given")  # fmt: skip
+            raise ChatError(
+                f"the prompt has {images} <image> placeholder(s) but {n_img} image(s) were given"
+            )
         if videos not in (0, int(self.media.video)):
-            raise ChatError(f"the prompt has {videos} {_CONV.video_token} placeholder(s) but "
-                            f"{int(self.media.video)} video(s) were given")  # fmt: skip
+            raise ChatError(
+                f"the prompt has {videos} {_CONV.video_token} placeholder(s) but "
+                f"{int(self.media.video)} video(s) were given"
+            )
 
     def sample(self, user_text: str) -> Sample:
         """The conversation so far plus ``user_text`` as a schema Sample (training's format)."""
@@ -267,9 +282,14 @@ class ChatSession:
         turns = [{"from": "human", "value": u} for u in users]
         turns[0]["value"] = self._first_turn_text(users[0])
         video = self.media.video
-        msgs = build_messages(turns, num_images=0 if video else len(self.media.visuals),
-                              num_videos=int(video), fmt=_CONV, where="chat",
-                              regions=self._region)  # fmt: skip
+        msgs = build_messages(
+            turns,
+            num_images=0 if video else len(self.media.visuals),
+            num_videos=int(video),
+            fmt=_CONV,
+            where="chat",
+            regions=self._region,
+        )
         if len(msgs) != len(turns):
             raise ChatError("empty message: a user turn needs text (or the images)")
         messages: list[Message] = []
@@ -280,16 +300,30 @@ class ChatSession:
         if video:
             media = [Media(kind="video", path=self.media.names[0], decoded=self.media.visuals)]
         else:
-            media = [Media(kind="image", path=name, decoded=im)
-                     for name, im in zip(self.media.names, self.media.visuals, strict=True)]  # fmt: skip
-        return Sample(id="chat", source="chat", category="eval", stage="eval", media=media,
-                      messages=messages, regions=list(self.regions))  # fmt: skip
+            media = [
+                Media(kind="image", path=name, decoded=im)
+                for name, im in zip(self.media.names, self.media.visuals, strict=True)
+            ]
+        return Sample(
+            id="chat",
+            source="chat",
+            category="eval",
+            stage="eval",
+            media=media,
+            messages=messages,
+            regions=list(self.regions),
+        )
 
     def example(self, user_text: str) -> Example:
         """Token ids of the prompt for ``user_text``, ending with the assistant marker."""
         try:
-            return format_sample(self.sample(user_text), tokenizer=self.tokenizer,
-                                 model_cfg=self.cfg, fmt=self.fmt, for_generation=True)  # fmt: skip
+            return format_sample(
+                self.sample(user_text),
+                tokenizer=self.tokenizer,
+                model_cfg=self.cfg,
+                fmt=self.fmt,
+                for_generation=True,
+            )
         except SampleError as e:
             raise ChatError(e.detail) from None
 
@@ -311,9 +345,11 @@ class ChatSession:
         """One continuation of the prompt ``ex`` (the model call; tests replace it)."""
         limit = self.cfg.lm.max_seq_len
         if len(ex.input_ids) + self.settings.max_new_tokens > limit:
-            raise ChatError(f"the prompt is {len(ex.input_ids)} tokens; with max_new_tokens="
-                            f"{self.settings.max_new_tokens} it exceeds the model's max_seq_len="
-                            f"{limit} (/reset, fewer images or a lower --n-max)")  # fmt: skip
+            raise ChatError(
+                f"the prompt is {len(ex.input_ids)} tokens; with max_new_tokens="
+                f"{self.settings.max_new_tokens} it exceeds the model's max_seq_len="
+                f"{limit} (/reset, fewer images or a lower --n-max)"
+            )
         plans = [r.plan for r in ex.images]
         encoded = EncodedPrompt(input_ids=ex.input_ids, pixels=self.pixels(ex), plans=plans)
         return generate_encoded(self.model, self.tokenizer, [encoded], self.settings)[0]

@@ -73,11 +73,14 @@ def _check_replaceable(out_dir: Path) -> None:
         return
     if out_dir.is_symlink() or not out_dir.is_dir():
         what = "a symbolic link" if out_dir.is_symlink() else "not a directory"
-        raise FileExistsError(f"{out_dir} exists and is {what}; refusing to replace it with a "
-                              "checkpoint")  # fmt: skip
+        raise FileExistsError(
+            f"{out_dir} exists and is {what}; refusing to replace it with a checkpoint"
+        )
     if any(out_dir.iterdir()) and not (out_dir / CONFIG_FILE).is_file():
-        raise FileExistsError(f"{out_dir} holds files but no {CONFIG_FILE} (not an mm15 "
-                              "checkpoint); refusing to replace it")  # fmt: skip
+        raise FileExistsError(
+            f"{out_dir} holds files but no {CONFIG_FILE} (not an mm15 "
+            "checkpoint); refusing to replace it"
+        )
 
 
 def load_checkpoint(
@@ -126,8 +129,11 @@ def _check_keys(model: torch.nn.Module, state: dict, *, where: str) -> None:
 def _check_shapes(model: torch.nn.Module, state: dict, path: Path) -> None:
     """Every tensor's shape against the model ``config.json`` describes (meta tensors, so no
     memory), before load_state_dict would fail with one line per tensor."""
-    bad = [(k, tuple(v.shape), tuple(state[k].shape)) for k, v in model.state_dict().items()
-           if tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+    bad = [
+        (k, tuple(v.shape), tuple(state[k].shape))
+        for k, v in model.state_dict().items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
     if bad:
         key, want, got = bad[0]
         more = f" (and {len(bad) - 1} more tensor(s) of other shapes)" if len(bad) > 1 else ""
@@ -173,8 +179,13 @@ def init_from_parts(
         conn_cfg, conn_sd = honeybee_connector(
             connector, conn_cfg, enc_width=vision_cfg.width, out_dim=lm_cfg.dim
         )
-    cfg = dataclasses.replace(preset, vision=vision_cfg, lm=lm_cfg, connector=conn_cfg,
-                              image_token_id=tokenizer.image_token_id)  # fmt: skip
+    cfg = dataclasses.replace(
+        preset,
+        vision=vision_cfg,
+        lm=lm_cfg,
+        connector=conn_cfg,
+        image_token_id=tokenizer.image_token_id,
+    )
     torch.manual_seed(seed)
     model = MM15(cfg)
     model.init_weights()

@@ -57,8 +57,11 @@ class SplitConfig:
         check_image_settings(self.image)
 
 
-SPLIT_SHORTHANDS = {"--preset": "preset", **SPLIT_IMAGE_SHORTHANDS,
-                    "--tokens-per-tile": "tokens_per_tile"}  # fmt: skip
+SPLIT_SHORTHANDS = {
+    "--preset": "preset",
+    **SPLIT_IMAGE_SHORTHANDS,
+    "--tokens-per-tile": "tokens_per_tile",
+}
 
 
 def _image_settings(cfg: SplitConfig):
@@ -205,8 +208,9 @@ def _read_train_config(path: Path, cls: type):
     from pydantic import TypeAdapter, ValidationError
 
     if path.is_dir():
-        raise ValueError(f"--config {path} is a directory; give the JSON file --print-config "
-                         "writes")  # fmt: skip
+        raise ValueError(
+            f"--config {path} is a directory; give the JSON file --print-config writes"
+        )
     if not path.exists():
         raise FileNotFoundError(f"--config {path}: no such file")
     try:
@@ -216,8 +220,9 @@ def _read_train_config(path: Path, cls: type):
     try:
         return TypeAdapter(cls).validate_python(data)
     except ValidationError as e:
-        raise ValueError(f"--config {path} is not a valid training config: "
-                         f"{validation_summary(e)}") from None  # fmt: skip
+        raise ValueError(
+            f"--config {path} is not a valid training config: {validation_summary(e)}"
+        ) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -243,15 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm15", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True)
 
-    s = sub.add_parser("split", help="show how images are split into tiles and tokens",
-                       epilog=shorthand_epilog(SPLIT_SHORTHANDS, note="The settings are one "
-                       "SplitConfig; any ImageConfig field is --set image.FIELD=VALUE."))  # fmt: skip
+    s = sub.add_parser(
+        "split",
+        help="show how images are split into tiles and tokens",
+        epilog=shorthand_epilog(
+            SPLIT_SHORTHANDS,
+            note="The settings are one "
+            "SplitConfig; any ImageConfig field is --set image.FIELD=VALUE.",
+        ),
+    )
     s.add_argument("images", nargs="*", metavar="IMAGE", help="image files (at least one)")
-    s.add_argument("--preset", default=SplitConfig().preset,
-                   help="take image settings and tokens per tile from this preset")  # fmt: skip
+    s.add_argument(
+        "--preset",
+        default=SplitConfig().preset,
+        help="take image settings and tokens per tile from this preset",
+    )
     add_image_flags(s, everything=True)
-    s.add_argument("--tokens-per-tile", type=number(int, minimum=1),
-                   help="connector tokens per tile (144, 81, 64; default: the preset's)")  # fmt: skip
+    s.add_argument(
+        "--tokens-per-tile",
+        type=number(int, minimum=1),
+        help="connector tokens per tile (144, 81, 64; default: the preset's)",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--save-tiles", metavar="DIR", help="save a picture of each image's tiles")
     add_config_args(s, example="image.static_grid=[3,3]")

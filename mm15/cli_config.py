@@ -36,19 +36,28 @@ Shorthands = Mapping[str, "str | tuple[str, Callable[[Any], Any]]"]
 # The image settings every inference verb takes as shorthands (split takes them all).
 IMAGE_SHORTHANDS: dict[str, str] = {"--n-min": "image.n_min", "--n-max": "image.n_max"}
 SPLIT_IMAGE_SHORTHANDS: dict[str, str] = {
-    "--split": "image.split", **IMAGE_SHORTHANDS, "--resolution": "image.resolution",
-    "--overview": "image.overview", "--indicator": "image.indicator",
-}  # fmt: skip
+    "--split": "image.split",
+    **IMAGE_SHORTHANDS,
+    "--resolution": "image.resolution",
+    "--overview": "image.overview",
+    "--indicator": "image.indicator",
+}
 
 
 def add_config_args(p: argparse.ArgumentParser, *, example: str, print_config: bool = True) -> None:
     """``--set KEY=VALUE`` (repeatable) and ``--print-config`` on verb parser ``p``."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"set a config field by dotted path (repeatable; JSON values, KEY=@FILE "
-                   f"reads JSON), e.g. --set {example}")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"set a config field by dotted path (repeatable; JSON values, KEY=@FILE "
+        f"reads JSON), e.g. --set {example}",
+    )
     if print_config:
-        p.add_argument("--print-config", action="store_true",
-                       help="print the resolved config (JSON) and exit")  # fmt: skip
+        p.add_argument(
+            "--print-config", action="store_true", help="print the resolved config (JSON) and exit"
+        )
 
 
 def add_image_flags(p: argparse.ArgumentParser, *, everything: bool = False) -> None:
@@ -62,8 +71,9 @@ def add_image_flags(p: argparse.ArgumentParser, *, everything: bool = False) -> 
     if everything:
         g.add_argument("--split", choices=["dynamic", "static", "none"])
     g.add_argument("--n-min", type=size, help="fewest sub-images of a dynamic grid")
-    g.add_argument("--n-max", type=size, help="most sub-images of a dynamic grid (may be raised "
-                   "at inference)")  # fmt: skip
+    g.add_argument(
+        "--n-max", type=size, help="most sub-images of a dynamic grid (may be raised at inference)"
+    )
     if everything:
         g.add_argument("--resolution", type=size, help="tile side r in pixels")
         g.add_argument("--overview", choices=["after", "before", "none"])

@@ -226,8 +226,12 @@ def from_dict(cls: type, data: dict[str, Any], *, path: str = "") -> Any:
     if unknown:
         at = f" at {path}" if path else ""
         raise ValueError(f"unknown {cls.__name__} keys{at}: {unknown} (known: {sorted(names)})")
-    return cls(**{k: _coerce(hints[k], v, _Where(f"{cls.__name__}.{k}", _join(path, k)))
-                  for k, v in data.items()})  # fmt: skip
+    return cls(
+        **{
+            k: _coerce(hints[k], v, _Where(f"{cls.__name__}.{k}", _join(path, k)))
+            for k, v in data.items()
+        }
+    )
 
 
 def _join(path: str, key: str) -> str:
@@ -317,12 +321,20 @@ def load_model_config(path: str) -> ModelConfig:
 _POSITIVE = {
     "vision": ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim"),
     "connector": ("num_tokens", "hidden", "depth", "mlp_depth"),
-    "lm": ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden",
-           "max_seq_len"),
+    "lm": (
+        "vocab_size",
+        "dim",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "head_dim",
+        "ffn_hidden",
+        "max_seq_len",
+    ),
     "lm.moe": ("num_experts", "top_k", "every", "expert_hidden"),
     "image": ("resolution", "n_min", "n_max", "max_pixels"),
     "video": ("num_frames", "max_frame_pixels"),
-}  # fmt: skip
+}
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -337,17 +349,23 @@ def check_model_config(cfg: ModelConfig) -> None:
                 raise ValueError(f"{part}.{name} must be a positive integer, got {value!r}")
     lm, image = cfg.lm, cfg.image
     if lm.n_heads % lm.n_kv_heads:
-        raise ValueError(f"lm.n_heads ({lm.n_heads}) must be a multiple of lm.n_kv_heads "
-                         f"({lm.n_kv_heads})")  # fmt: skip
+        raise ValueError(
+            f"lm.n_heads ({lm.n_heads}) must be a multiple of lm.n_kv_heads ({lm.n_kv_heads})"
+        )
     if lm.head_dim is None and lm.dim % lm.n_heads:
-        raise ValueError(f"lm.dim ({lm.dim}) must be a multiple of lm.n_heads ({lm.n_heads}) "
-                         "when lm.head_dim is null")  # fmt: skip
+        raise ValueError(
+            f"lm.dim ({lm.dim}) must be a multiple of lm.n_heads ({lm.n_heads}) "
+            "when lm.head_dim is null"
+        )
     if cfg.vision.width % cfg.vision.heads:
-        raise ValueError(f"vision.width ({cfg.vision.width}) must be a multiple of vision.heads "
-                         f"({cfg.vision.heads})")  # fmt: skip
+        raise ValueError(
+            f"vision.width ({cfg.vision.width}) must be a multiple of vision.heads "
+            f"({cfg.vision.heads})"
+        )
     if lm.moe is not None and lm.moe.top_k > lm.moe.num_experts:
-        raise ValueError(f"lm.moe.top_k ({lm.moe.top_k}) exceeds lm.moe.num_experts "
-                         f"({lm.moe.num_experts})")  # fmt: skip
+        raise ValueError(
+            f"lm.moe.top_k ({lm.moe.top_k}) exceeds lm.moe.num_experts ({lm.moe.num_experts})"
+        )
     if image.n_max < image.n_min:
         raise ValueError(f"image.n_max ({image.n_max}) is below image.n_min ({image.n_min})")
 
@@ -358,10 +376,23 @@ def check_model_config(cfg: ModelConfig) -> None:
 
 # The categories a mixture source may have; equal to mm15.data.schema.Category (a test checks).
 MixCategory = Literal[
-    "caption", "interleaved", "text", "ocr", "synthetic_caption",
-    "general", "text_rich", "refer_ground", "science", "math", "code",
-    "multi_image", "text_only", "video", "ui", "eval",
-]  # fmt: skip
+    "caption",
+    "interleaved",
+    "text",
+    "ocr",
+    "synthetic_caption",
+    "general",
+    "text_rich",
+    "refer_ground",
+    "science",
+    "math",
+    "code",
+    "multi_image",
+    "text_only",
+    "video",
+    "ui",
+    "eval",
+]
 # How sources of one group share the group's weight: "equal" (stage 2: the four OCR sets are
 # "sampled equally", §3.3) or in proportion to their sizes ("by_size").
 Within = Literal["equal", "by_size"]

@@ -24,8 +24,9 @@ def check_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device {str(name)!r} is not a device name; use cpu, cuda, cuda:N "
-                         "or mps") from None  # fmt: skip
+        raise ValueError(
+            f"device {str(name)!r} is not a device name; use cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type not in SUPPORTED:
         raise ValueError(f"device {str(name)!r} is not supported; use cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
@@ -37,12 +38,18 @@ def check_device(name: str | torch.device) -> torch.device:
 
 def _check_cuda(device: torch.device, name: str) -> None:
     if torch.version.cuda is None and torch.version.hip is None:
-        raise ValueError(f"{name} was asked for but this torch build has no CUDA "
-                         f"(torch {torch.__version__}); use --device cpu")  # fmt: skip
+        raise ValueError(
+            f"{name} was asked for but this torch build has no CUDA "
+            f"(torch {torch.__version__}); use --device cpu"
+        )
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise ValueError(f"{name} was asked for but no CUDA device is visible "
-                         f"(torch {torch.__version__}); use --device cpu")  # fmt: skip
+        raise ValueError(
+            f"{name} was asked for but no CUDA device is visible "
+            f"(torch {torch.__version__}); use --device cpu"
+        )
     if device.index is not None and device.index >= count:
-        raise ValueError(f"{name} was asked for but only {count} CUDA device(s) are visible "
-                         f"(cuda:0 … cuda:{count - 1})")  # fmt: skip
+        raise ValueError(
+            f"{name} was asked for but only {count} CUDA device(s) are visible "
+            f"(cuda:0 … cuda:{count - 1})"
+        )

@@ -81,9 +81,12 @@ def validation_summary(err: Any) -> str:
 
 
 def number(
-    kind: type[int] | type[float], *, minimum: float | None = None, above: float | None = None,
+    kind: type[int] | type[float],
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
     maximum: float | None = None,
-) -> Callable[[str], Any]:  # fmt: skip
+) -> Callable[[str], Any]:
     """An argparse ``type=`` for a finite ``kind`` (int or float) in a range.
 
     ``minimum`` and ``maximum`` are inclusive bounds, ``above`` an exclusive lower bound.

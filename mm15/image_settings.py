@@ -24,8 +24,9 @@ def check_image_settings(settings: Mapping[str, Any]) -> None:
     _image(to_dict(ImageConfig()), settings)
 
 
-def with_image_settings(cfg: ModelConfig, settings: Mapping[str, Any], *,
-                        whose: str = "the model's") -> ModelConfig:  # fmt: skip
+def with_image_settings(
+    cfg: ModelConfig, settings: Mapping[str, Any], *, whose: str = "the model's"
+) -> ModelConfig:
     """``cfg`` with ``settings`` (ImageConfig fields by name) over its image settings; ``cfg``
     itself is left alone.  Bad names, types, choices and sizes are a ValueError naming the
     field; ``whose`` names ``cfg`` in the message about ``n_min`` / ``n_max``."""
@@ -33,9 +34,11 @@ def with_image_settings(cfg: ModelConfig, settings: Mapping[str, Any], *,
         return cfg
     image = _image(to_dict(cfg.image), settings)
     if not 1 <= image.n_min <= image.n_max:
-        raise ValueError(f"image settings: need 1 <= n_min <= n_max, got ({image.n_min}, "
-                         f"{image.n_max}) ({whose} are ({cfg.image.n_min}, "
-                         f"{cfg.image.n_max}))")  # fmt: skip
+        raise ValueError(
+            f"image settings: need 1 <= n_min <= n_max, got ({image.n_min}, "
+            f"{image.n_max}) ({whose} are ({cfg.image.n_min}, "
+            f"{cfg.image.n_max}))"
+        )
     out = dataclasses.replace(cfg, image=image)
     try:
         check_model_config(out)
@@ -43,8 +46,10 @@ def with_image_settings(cfg: ModelConfig, settings: Mapping[str, Any], *,
         raise ValueError(f"image settings: {e}") from None
     patch = cfg.vision.patch_size
     if image.resolution < patch:
-        raise ValueError(f"image settings: image.resolution ({image.resolution}) is smaller "
-                         f"than one {patch}px patch of the encoder")  # fmt: skip
+        raise ValueError(
+            f"image settings: image.resolution ({image.resolution}) is smaller "
+            f"than one {patch}px patch of the encoder"
+        )
     return out
 
 
@@ -68,8 +73,9 @@ def apply_image_settings(model: Any, settings: Mapping[str, Any]) -> None:
 
 def _image(base: dict[str, Any], settings: Mapping[str, Any]) -> ImageConfig:
     if not isinstance(settings, Mapping):
-        raise ValueError(f"image settings must be an object of ImageConfig fields, got "
-                         f"{settings!r}")  # fmt: skip
+        raise ValueError(
+            f"image settings must be an object of ImageConfig fields, got {settings!r}"
+        )
     try:
         return from_dict(ImageConfig, {**base, **settings}, path="image")
     except (ValueError, TypeError) as e:

@@ -85,9 +85,12 @@ def generate_encoded(
 
 
 def _generate(
-    model: MM15, tokenizer: MM15Tokenizer, encoded: Sequence[EncodedPrompt],
-    settings: GenerationSettings, on_token: TokenCallback | None = None,
-) -> list[GenerationResult]:  # fmt: skip
+    model: MM15,
+    tokenizer: MM15Tokenizer,
+    encoded: Sequence[EncodedPrompt],
+    settings: GenerationSettings,
+    on_token: TokenCallback | None = None,
+) -> list[GenerationResult]:
     embeds = prompt_embeddings(model, encoded)
     generator = None
     if settings.seed is not None:

@@ -102,8 +102,10 @@ def set_path(data: Any, path: str, value: Any, *, cls: Any = None) -> None:
                 node = node[key]
         else:
             parent = ".".join(keys[:depth])
-            raise KeyError(f"{where}: {parent} is {node!r}, which has no settings; set it whole "
-                           f"with {parent}='{{...}}'")  # fmt: skip
+            raise KeyError(
+                f"{where}: {parent} is {node!r}, which has no settings; set it whole "
+                f"with {parent}='{{...}}'"
+            )
 
 
 def apply_overrides(cfg: T, overrides: Sequence[str], *, context: str | None = None) -> T:

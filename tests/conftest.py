@@ -10,8 +10,15 @@ import torch
 
 from mm15.tokenizer import byte_tokenizer
 
-TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 image_size=28, patch_size=14, hidden_act="quick_gelu")  # fmt: skip
+TINY_CLIP = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=28,
+    patch_size=14,
+    hidden_act="quick_gelu",
+)
 
 
 def _perturb(model: torch.nn.Module, seed: int) -> None:
@@ -42,9 +49,16 @@ def hf_llama_dir(tmp_path_factory) -> Path:
 
     tok = byte_tokenizer(special=("<|bos|>", "<|eos|>"))
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, initializer_range=0.1)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+    )
     model = LlamaForCausalLM(cfg).eval()
     path = tmp_path_factory.mktemp("llama")
     model.save_pretrained(path)

@@ -12,8 +12,15 @@ NEW = 12
 
 
 def lm_config(max_seq_len: int = 64) -> LMConfig:
-    return LMConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48,
-                    max_seq_len=max_seq_len)  # fmt: skip
+    return LMConfig(
+        vocab_size=50,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_hidden=48,
+        max_seq_len=max_seq_len,
+    )
 
 
 def sharp_decoder(cfg: LMConfig, seed: int = 0) -> Decoder:

@@ -92,8 +92,10 @@ def pdf_ocr(e: RegistryEntry, folder: Path) -> None:
             "bbox": [[0.1, 0.1, 0.5, 0.2]],
             "score": [1.0],
         }
-        members += [(f"doc{k}.pdf", buf.getvalue()),
-                    (f"doc{k}.json", json.dumps({"pages": [{"lines": lines}]}).encode())]  # fmt: skip
+        members += [
+            (f"doc{k}.pdf", buf.getvalue()),
+            (f"doc{k}.json", json.dumps({"pages": [{"lines": lines}]}).encode()),
+        ]
     _tar(folder / concrete(e.files[0]), members)
 
 
@@ -114,17 +116,24 @@ def obelics(e: RegistryEntry, folder: Path) -> None:
     url = "https://example.org/{}.jpg".format
     for k in range(GOOD):
         save_png(folder / f"images/{k}.png", k=k)
-    table = pa.table({
-        "images": pa.array([[url(k), None] for k in range(GOOD)], pa.list_(pa.string())),
-        "texts": pa.array([[None, f"A page about a {WORDS[k % len(WORDS)]}."] for k in range(GOOD)],
-                          pa.list_(pa.string())),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "images": pa.array([[url(k), None] for k in range(GOOD)], pa.list_(pa.string())),
+            "texts": pa.array(
+                [[None, f"A page about a {WORDS[k % len(WORDS)]}."] for k in range(GOOD)],
+                pa.list_(pa.string()),
+            ),
+        }
+    )
     path = folder / concrete(e.files[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
-    pq.write_table(pa.table({"url": [url(k) for k in range(GOOD)],
-                             "path": [f"images/{k}.png" for k in range(GOOD)]}),
-                   folder / "urls.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {"url": [url(k) for k in range(GOOD)], "path": [f"images/{k}.png" for k in range(GOOD)]}
+        ),
+        folder / "urls.parquet",
+    )
 
 
 # ---- conversation JSON ------------------------------------------------------------------------
@@ -140,40 +149,86 @@ def conversation(e: RegistryEntry, folder: Path) -> None:
         for k in range(GOOD):
             for f in range(3):
                 save_png(folder / f"train_300k/v{k}/{f:03d}.jpg", (32, 32), f)
-            rows.append({"id": f"v{k}", "video": f"v{k}",
-                         "conversations": _turns(("human", "<video>\nWhat happens?"),
-                                                 ("gpt", f"A {WORDS[k % len(WORDS)]} moves."))})  # fmt: skip
-        rows.append({"id": "lost", "video": "nowhere",
-                     "conversations": _turns(("human", "<video>\n?"), ("gpt", "?"))})  # fmt: skip
+            rows.append(
+                {
+                    "id": f"v{k}",
+                    "video": f"v{k}",
+                    "conversations": _turns(
+                        ("human", "<video>\nWhat happens?"),
+                        ("gpt", f"A {WORDS[k % len(WORDS)]} moves."),
+                    ),
+                }
+            )
+        rows.append(
+            {
+                "id": "lost",
+                "video": "nowhere",
+                "conversations": _turns(("human", "<video>\n?"), ("gpt", "?")),
+            }
+        )
     elif opts.get("text_boxes") == "docowl_bbox":
         for k in range(GOOD):
             save_png(folder / f"imgs/d{k}.png", (100, 80), k)
-            rows.append({"image": [f"./imgs/d{k}.png"], "task_name": "t", "dataset_name": "d",
-                         "messages": [
-                             {"role": "user", "content": "<|image|>Read the text in "
-                                                         "<bbox>100,200,500,600</bbox>"},
-                             {"role": "assistant", "content": f"<ocr>{WORDS[k % len(WORDS)]}</ocr>"}]})  # fmt: skip
+            rows.append(
+                {
+                    "image": [f"./imgs/d{k}.png"],
+                    "task_name": "t",
+                    "dataset_name": "d",
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": "<|image|>Read the text in <bbox>100,200,500,600</bbox>",
+                        },
+                        {"role": "assistant", "content": f"<ocr>{WORDS[k % len(WORDS)]}</ocr>"},
+                    ],
+                }
+            )
         rows.append({"image": ["./imgs/gone.png"], "messages": rows[0]["messages"]})
     elif e.coords == "px_xyxy":  # Ferret GRIT / Ferret-UI
         for k in range(GOOD):
             save_png(folder / f"images/f{k}.png", (200, 100), k)
-            rows.append({"id": k, "image": f"images/f{k}.png", "image_w": 200, "image_h": 100,
-                         "conversations": _turns(("human", "<image>\nWhat is <bbox_location0>?"),
-                                                 ("gpt", f"A {WORDS[k % len(WORDS)]}.")),
-                         "box_x1y1x2y2": [[[20, 10, 60, 50]], []]})  # fmt: skip
-        rows.append({"id": 99, "image": "images/gone.png",
-                     "conversations": _turns(("human", "<image>\nWhat?"), ("gpt", "?"))})  # fmt: skip
+            rows.append(
+                {
+                    "id": k,
+                    "image": f"images/f{k}.png",
+                    "image_w": 200,
+                    "image_h": 100,
+                    "conversations": _turns(
+                        ("human", "<image>\nWhat is <bbox_location0>?"),
+                        ("gpt", f"A {WORDS[k % len(WORDS)]}."),
+                    ),
+                    "box_x1y1x2y2": [[[20, 10, 60, 50]], []],
+                }
+            )
+        rows.append(
+            {
+                "id": 99,
+                "image": "images/gone.png",
+                "conversations": _turns(("human", "<image>\nWhat?"), ("gpt", "?")),
+            }
+        )
     else:  # LLaVA JSON list (665k with boxes on the padded square)
         boxes = opts.get("text_boxes") == "llava_square"
         for k in range(GOOD):
             save_png(folder / f"coco/train2017/{k:012d}.jpg", (64, 48), k)
             q = "Where is the object? [0.2, 0.3, 0.6, 0.7]" if boxes and k == 0 else "What is it?"
-            rows.append({"id": str(k), "image": f"coco/train2017/{k:012d}.jpg",
-                         "conversations": _turns(("human", f"<image>\n{q}"),
-                                                 ("gpt", f"A {WORDS[k % len(WORDS)]}."))})  # fmt: skip
+            rows.append(
+                {
+                    "id": str(k),
+                    "image": f"coco/train2017/{k:012d}.jpg",
+                    "conversations": _turns(
+                        ("human", f"<image>\n{q}"), ("gpt", f"A {WORDS[k % len(WORDS)]}.")
+                    ),
+                }
+            )
         rows.append({"id": "text", "conversations": _turns(("human", "Hi?"), ("gpt", "Hello."))})
-        rows.append({"id": "gone", "image": "coco/nope.jpg",
-                     "conversations": _turns(("human", "<image>\n?"), ("gpt", "?"))})  # fmt: skip
+        rows.append(
+            {
+                "id": "gone",
+                "image": "coco/nope.jpg",
+                "conversations": _turns(("human", "<image>\n?"), ("gpt", "?")),
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -210,13 +265,20 @@ def _row(cm: ColumnMap, k: int, folder: Path, root_relative: bool, json_file: bo
         ]
     if cm.messages:
         holder = "<image>\n" if cm.images else ""
-        row[cm.messages] = [{"role": "user", "content": f"{holder}What is shown?"},
-                            {"role": "assistant", "content": f"A {WORDS[k % len(WORDS)]}."}]  # fmt: skip
+        row[cm.messages] = [
+            {"role": "user", "content": f"{holder}What is shown?"},
+            {"role": "assistant", "content": f"A {WORDS[k % len(WORDS)]}."},
+        ]
     for col in cm.question:
         row[col] = f"Question {k} about a {WORDS[k % len(WORDS)]}?"
-    for col, value in ((cm.system, "Be brief."), (cm.answer, f"A {WORDS[k % len(WORDS)]}."),
-                       (cm.answers, [f"A {WORDS[k % len(WORDS)]}."]), (cm.options, ["A", "B"]),
-                       (cm.id, str(k)), (cm.row_source, "sub")):  # fmt: skip
+    for col, value in (
+        (cm.system, "Be brief."),
+        (cm.answer, f"A {WORDS[k % len(WORDS)]}."),
+        (cm.answers, [f"A {WORDS[k % len(WORDS)]}."]),
+        (cm.options, ["A", "B"]),
+        (cm.id, str(k)),
+        (cm.row_source, "sub"),
+    ):
         if col is not None:
             row[col] = value
     return row
@@ -255,9 +317,16 @@ def text(e: RegistryEntry, folder: Path) -> None:
     docs = [f"A document about a {WORDS[k % len(WORDS)]}. " * (k % 5 + 1) for k in range(GOOD)] + [
         ""
     ]
-    _parquet(folder / concrete(e.files[0]),
-             pa.table({"text": docs, "id": [f"<urn:{k}>" for k in range(len(docs))],
-                       "url": ["https://example.org"] * len(docs)}))  # fmt: skip
+    _parquet(
+        folder / concrete(e.files[0]),
+        pa.table(
+            {
+                "text": docs,
+                "id": [f"<urn:{k}>" for k in range(len(docs))],
+                "url": ["https://example.org"] * len(docs),
+            }
+        ),
+    )
 
 
 def synthdog(e: RegistryEntry, folder: Path) -> None:
@@ -267,19 +336,23 @@ def synthdog(e: RegistryEntry, folder: Path) -> None:
         for k in range(GOOD)
     ]
     images = [{"bytes": png((96, 64), k), "path": None} for k in range(GOOD)]
-    _parquet(folder / concrete(e.files[0]),
-             pa.table({"image": pa.array(images, IMAGE), "ground_truth": gt}))  # fmt: skip
+    _parquet(
+        folder / concrete(e.files[0]),
+        pa.table({"image": pa.array(images, IMAGE), "ground_truth": gt}),
+    )
 
 
 def coco_captions(e: RegistryEntry, folder: Path) -> None:
     """``annotations/captions_train2017.json`` + ``train2017/`` images; one caption of an image
     that was not downloaded (a skip)."""
-    images = [{"id": k, "file_name": f"{k:012d}.jpg", "width": 64, "height": 48}
-              for k in range(GOOD + 1)]  # fmt: skip
+    images = [
+        {"id": k, "file_name": f"{k:012d}.jpg", "width": 64, "height": 48} for k in range(GOOD + 1)
+    ]
     for k in range(GOOD):
         save_png(folder / f"train2017/{k:012d}.jpg", k=k)
-    notes = [{"id": k, "image_id": k, "caption": f"A {WORDS[k % len(WORDS)]}."}
-             for k in range(GOOD + 1)]  # fmt: skip
+    notes = [
+        {"id": k, "image_id": k, "caption": f"A {WORDS[k % len(WORDS)]}."} for k in range(GOOD + 1)
+    ]
     path = folder / concrete(e.files[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images": images, "annotations": notes}))
@@ -291,11 +364,18 @@ def refcoco(e: RegistryEntry, folder: Path) -> None:
     for k in range(GOOD):
         save_png(folder / f"coco/train2014/COCO_train2014_{k:012d}.jpg", (100, 200), k)
         paths.append(f"coco/train2014/COCO_train2014_{k:012d}.jpg")
-    _parquet(folder / concrete(e.files[0]), pa.table({
-        "ref_id": list(range(GOOD)), "image_path": paths,
-        "bbox": [[10.0, 20.0, 60.0, 120.0]] * GOOD,
-        "captions": [[f"the {WORDS[k % len(WORDS)]}"] for k in range(GOOD)], "split": ["train"] * GOOD,
-    }))  # fmt: skip
+    _parquet(
+        folder / concrete(e.files[0]),
+        pa.table(
+            {
+                "ref_id": list(range(GOOD)),
+                "image_path": paths,
+                "bbox": [[10.0, 20.0, 60.0, 120.0]] * GOOD,
+                "captions": [[f"the {WORDS[k % len(WORDS)]}"] for k in range(GOOD)],
+                "split": ["train"] * GOOD,
+            }
+        ),
+    )
 
 
 def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (32, 32)) -> None:
@@ -320,9 +400,19 @@ def videochat2(e: RegistryEntry, folder: Path) -> None:
     rows = []
     for k in range(GOOD):
         write_video(folder / f"videos/clips/c{k}.mp4")
-        rows.append({"video": f"clips/c{k}.mp4", "QA": [
-            {"i": "Watch the video and answer.", "q": "What moves?", "a": f"A {WORDS[k % len(WORDS)]}."},
-            {"i": "", "q": "Where?", "a": "Left."}]})  # fmt: skip
+        rows.append(
+            {
+                "video": f"clips/c{k}.mp4",
+                "QA": [
+                    {
+                        "i": "Watch the video and answer.",
+                        "q": "What moves?",
+                        "a": f"A {WORDS[k % len(WORDS)]}.",
+                    },
+                    {"i": "", "q": "Where?", "a": "Left."},
+                ],
+            }
+        )
     path = folder / concrete(e.files[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows))
@@ -335,8 +425,13 @@ def activitynet_qa(e: RegistryEntry, folder: Path) -> None:
     for k in range(GOOD + 1):
         if k < GOOD:
             write_video(folder / f"videos/v_vid{k}.mp4")
-        qs.append({"question": f"what is shown {k}", "question_id": f"v_vid{k}_0",
-                   "video_name": f"vid{k}"})  # fmt: skip
+        qs.append(
+            {
+                "question": f"what is shown {k}",
+                "question_id": f"v_vid{k}_0",
+                "video_name": f"vid{k}",
+            }
+        )
         ans.append({"answer": WORDS[k % len(WORDS)], "question_id": f"v_vid{k}_0", "type": 0})
     (folder / "train_q.json").write_text(json.dumps(qs))
     (folder / "train_a.json").write_text(json.dumps(ans))

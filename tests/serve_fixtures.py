@@ -79,8 +79,9 @@ def post(url: str, body: bytes | dict, headers: dict | None = None, timeout: flo
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        conn.request("POST", path, body=data, headers={"Content-Type": "application/json",
-                                                       **(headers or {})})  # fmt: skip
+        conn.request(
+            "POST", path, body=data, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         resp = conn.getresponse()
         raw = resp.read().decode()
         try:

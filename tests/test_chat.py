@@ -42,13 +42,22 @@ def _fmt(sample: Sample, **kw):
 
 
 def _chat(*messages: Message, media=(), regions=(), sid="s") -> Sample:
-    return Sample(id=sid, source="test", category="general", stage="sft", media=list(media),
-                  messages=list(messages), regions=list(regions))  # fmt: skip
+    return Sample(
+        id=sid,
+        source="test",
+        category="general",
+        stage="sft",
+        media=list(media),
+        messages=list(messages),
+        regions=list(regions),
+    )
 
 
 def _trained(ex) -> str:
-    return TOK.decode([i for i, lab in zip(ex.input_ids, ex.labels, strict=True)
-                       if lab != IGNORE_INDEX], skip_special=False)  # fmt: skip
+    return TOK.decode(
+        [i for i, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE_INDEX],
+        skip_special=False,
+    )
 
 
 def _text(ex) -> str:
@@ -57,15 +66,19 @@ def _text(ex) -> str:
 
 
 def test_chat_template_and_loss_on_assistant_turns_only():
-    s = _chat(Message("system", [Part.t("Be brief.")]),
-              Message("user", [Part.m(0), Part.t("What is it?")]),
-              Message("assistant", [Part.t("A cat.")]),
-              Message("user", [Part.t("Sure?")]),
-              Message("assistant", [Part.t("Yes.")]),
-              media=[Media(bytes=_png(64, 64))])  # fmt: skip
+    s = _chat(
+        Message("system", [Part.t("Be brief.")]),
+        Message("user", [Part.m(0), Part.t("What is it?")]),
+        Message("assistant", [Part.t("A cat.")]),
+        Message("user", [Part.t("Sure?")]),
+        Message("assistant", [Part.t("Yes.")]),
+        media=[Media(bytes=_png(64, 64))],
+    )
     ex = _fmt(s)
-    assert _text(ex) == ("<|bos|>System: Be brief.\nUser: (0,1,1)[T]What is it?\n"
-                         "Assistant: A cat.<|eos|>\nUser: Sure?\nAssistant: Yes.<|eos|>")  # fmt: skip
+    assert _text(ex) == (
+        "<|bos|>System: Be brief.\nUser: (0,1,1)[T]What is it?\n"
+        "Assistant: A cat.<|eos|>\nUser: Sure?\nAssistant: Yes.<|eos|>"
+    )
     assert _trained(ex) == "A cat.<|eos|>Yes.<|eos|>"
     assert len(ex.input_ids) == len(ex.labels)
     assert all(lab in (IGNORE_INDEX, i) for i, lab in zip(ex.input_ids, ex.labels, strict=True))
@@ -79,17 +92,28 @@ def test_ignore_index_is_the_models():
 
 
 def test_message_train_overrides_the_role_default():
-    s = _chat(Message("user", [Part.t("quote me")], train=True),
-              Message("assistant", [Part.t("no")], train=False),
-              Message("assistant", [Part.t("yes")]))  # fmt: skip
+    s = _chat(
+        Message("user", [Part.t("quote me")], train=True),
+        Message("assistant", [Part.t("no")], train=False),
+        Message("assistant", [Part.t("yes")]),
+    )
     assert _trained(_fmt(s)) == "quote meyes<|eos|>"
 
 
 def test_pretraining_document_has_loss_on_all_text_but_not_on_images():
-    doc = Sample(id="d", source="obelics", category="interleaved", stage="pretrain",
-                 media=[Media(bytes=_png(200, 100)), Media(bytes=_png(50, 50, 1))],
-                 messages=[Message("document", [Part.t("Look: "), Part.m(0), Part.t(" and "),
-                                                Part.m(1), Part.t(" end.")])])  # fmt: skip
+    doc = Sample(
+        id="d",
+        source="obelics",
+        category="interleaved",
+        stage="pretrain",
+        media=[Media(bytes=_png(200, 100)), Media(bytes=_png(50, 50, 1))],
+        messages=[
+            Message(
+                "document",
+                [Part.t("Look: "), Part.m(0), Part.t(" and "), Part.m(1), Part.t(" end.")],
+            )
+        ],
+    )
     ex = _fmt(doc)
     assert ex.input_ids[0] == TOK.bos_id and ex.labels[0] == IGNORE_INDEX
     assert ex.input_ids[-1] == TOK.eos_ids[0] and ex.labels[-1] == TOK.eos_ids[0]
@@ -101,11 +125,19 @@ def test_pretraining_document_has_loss_on_all_text_but_not_on_images():
 
 def test_split_only_below_three_images_and_videos_count_as_frames(tmp_path: Path):
     wide = Media(bytes=_png(400, 100))
-    two = _fmt(_chat(Message("user", [Part.m(0), Part.m(1)]), Message("assistant", [Part.t("a")]),
-                     media=[wide, Media(bytes=_png(30, 30))]))  # fmt: skip
+    two = _fmt(
+        _chat(
+            Message("user", [Part.m(0), Part.m(1)]),
+            Message("assistant", [Part.t("a")]),
+            media=[wide, Media(bytes=_png(30, 30))],
+        )
+    )
     assert two.images[0].allow_split and two.images[0].plan.grid == (1, 4)
-    three = _chat(Message("user", [Part.m(0), Part.m(1), Part.m(2)]),
-                  Message("assistant", [Part.t("a")]), media=[wide] * 3)  # fmt: skip
+    three = _chat(
+        Message("user", [Part.m(0), Part.m(1), Part.m(2)]),
+        Message("assistant", [Part.t("a")]),
+        media=[wide] * 3,
+    )
     assert [r.plan.grid for r in _fmt(three).images] == [(1, 1)] * 3
     frames = []
     for i in range(2):
@@ -113,15 +145,25 @@ def test_split_only_below_three_images_and_videos_count_as_frames(tmp_path: Path
         p.write_bytes(_png(80, 60, i))
         frames.append(str(p))
     video = Media(kind="video", frames=frames)
-    ex = _fmt(_chat(Message("user", [Part.m(0), Part.m(1)]), Message("assistant", [Part.t("a")]),
-                    media=[video, wide]))  # fmt: skip
+    ex = _fmt(
+        _chat(
+            Message("user", [Part.m(0), Part.m(1)]),
+            Message("assistant", [Part.t("a")]),
+            media=[video, wide],
+        )
+    )
     # 2 frames + 1 image = 3 images shown: nothing is split, the image is image k = 2.
     assert [(r.frame, r.plan.grid, r.plan.image_index) for r in ex.images] == [
-        (0, (1, 1), 0), (1, (1, 1), 1), (None, (1, 1), 2)]  # fmt: skip
+        (0, (1, 1), 0),
+        (1, (1, 1), 1),
+        (None, (1, 1), 2),
+    ]
     px = materialize_pixels(ex, CFG)
     assert px.shape == (3, 3, 112, 112)
-    assert torch.equal(px[0], tile_image(open_image(frames[0], cfg=CFG.image), CFG.image,
-                                         allow_split=False).tiles[0])  # fmt: skip
+    assert torch.equal(
+        px[0],
+        tile_image(open_image(frames[0], cfg=CFG.image), CFG.image, allow_split=False).tiles[0],
+    )
 
 
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])  # mkv: no frame count in the header
@@ -137,9 +179,13 @@ def test_video_file_plans_as_many_frames_as_it_decodes(ext, tmp_path: Path):
                 out.mux(pkt)
         for pkt in stream.encode():
             out.mux(pkt)
-    ex = _fmt(_chat(Message("user", [Part.m(0), Part.t("what happens?")]),
-                    Message("assistant", [Part.t("fade")]),
-                    media=[Media(kind="video", path=str(path))]))  # fmt: skip
+    ex = _fmt(
+        _chat(
+            Message("user", [Part.m(0), Part.t("what happens?")]),
+            Message("assistant", [Part.t("fade")]),
+            media=[Media(kind="video", path=str(path))],
+        )
+    )
     n = CFG.video.num_frames
     assert [r.frame for r in ex.images] == list(range(n))
     assert [r.plan.image_index for r in ex.images] == list(range(n))
@@ -150,12 +196,19 @@ def test_video_file_plans_as_many_frames_as_it_decodes(ext, tmp_path: Path):
 def test_regions_render_on_the_original_size_with_the_image_index_when_multi_image():
     m0, m1 = Media(bytes=_png(200, 100), size=(200, 100)), Media(bytes=_png(50, 80, 1))
     regions = [Region(media=0, box=(20, 10, 100, 50)), Region(media=1, point=(25, 40))]
-    single = _chat(Message("user", [Part.m(0), Part.t("find")]),
-                   Message("assistant", [Part.t("at "), Part.r(0)]),
-                   media=[m0], regions=regions[:1])  # fmt: skip
+    single = _chat(
+        Message("user", [Part.m(0), Part.t("find")]),
+        Message("assistant", [Part.t("at "), Part.r(0)]),
+        media=[m0],
+        regions=regions[:1],
+    )
     assert _trained(_fmt(single)) == "at <100,100,499,499><|eos|>"
-    multi = _chat(Message("user", [Part.m(0), Part.m(1), Part.t("point "), Part.r(1)]),
-                  Message("assistant", [Part.r(0)]), media=[m0, m1], regions=regions)  # fmt: skip
+    multi = _chat(
+        Message("user", [Part.m(0), Part.m(1), Part.t("point "), Part.r(1)]),
+        Message("assistant", [Part.r(0)]),
+        media=[m0, m1],
+        regions=regions,
+    )
     ex = _fmt(multi)
     assert "point <1:500,500>\n" in _text(ex)
     assert _trained(ex) == "<0:100,100,499,499><|eos|>"
@@ -176,25 +229,66 @@ def test_generation_prompt_is_a_prefix_of_the_training_example():
     [
         (_chat(Message("user", [Part.t("hi")])), "empty", "no token with loss"),
         (_chat(Message("assistant", [Part.m(3)])), "malformed", "refers to media 3"),
-        (_chat(Message("assistant", [Part.t("x")]), media=[Media(bytes=b"")]), "malformed",
-         r"media \[0\] never shown"),
-        (_chat(Message("user", [Part.m(0), Part.m(0)]), Message("assistant", [Part.t("x")]),
-               media=[Media(bytes=_png(8, 8))]), "malformed", "more than once"),
+        (
+            _chat(Message("assistant", [Part.t("x")]), media=[Media(bytes=b"")]),
+            "malformed",
+            r"media \[0\] never shown",
+        ),
+        (
+            _chat(
+                Message("user", [Part.m(0), Part.m(0)]),
+                Message("assistant", [Part.t("x")]),
+                media=[Media(bytes=_png(8, 8))],
+            ),
+            "malformed",
+            "more than once",
+        ),
         (_chat(Message("assistant", [Part.t("an <image> here")])), "malformed", "image token"),
-        (_chat(Message("document", [Part.t("x")]), Message("assistant", [Part.t("y")])),
-         "malformed", "mixes document and chat"),
-        (_chat(Message("user", [Part.m(0)]), Message("assistant", [Part.t("x")]),
-               media=[Media(path="/nonexistent/a.png")]), "missing", "not found"),
-        (_chat(Message("user", [Part.m(0)]), Message("assistant", [Part.t("x")]),
-               media=[Media(bytes=b"not an image")]), "corrupt", "allowed format"),
-        (_chat(Message("user", [Part.m(0)]), Message("assistant", [Part.r(0)]),
-               media=[Media(bytes=_png(10, 10))], regions=[Region(media=0, box=(0, 0, 50, 5))]),
-         "malformed", "outside"),
-        (_chat(Message("user", [Part.m(0)]), Message("assistant", [Part.r(0)]),
-               media=[Media(bytes=_png(10, 10))], regions=[Region(media=0, box=(0, 0, 5))]),
-         "malformed", "3 coordinates"),
+        (
+            _chat(Message("document", [Part.t("x")]), Message("assistant", [Part.t("y")])),
+            "malformed",
+            "mixes document and chat",
+        ),
+        (
+            _chat(
+                Message("user", [Part.m(0)]),
+                Message("assistant", [Part.t("x")]),
+                media=[Media(path="/nonexistent/a.png")],
+            ),
+            "missing",
+            "not found",
+        ),
+        (
+            _chat(
+                Message("user", [Part.m(0)]),
+                Message("assistant", [Part.t("x")]),
+                media=[Media(bytes=b"not an image")],
+            ),
+            "corrupt",
+            "allowed format",
+        ),
+        (
+            _chat(
+                Message("user", [Part.m(0)]),
+                Message("assistant", [Part.r(0)]),
+                media=[Media(bytes=_png(10, 10))],
+                regions=[Region(media=0, box=(0, 0, 50, 5))],
+            ),
+            "malformed",
+            "outside",
+        ),
+        (
+            _chat(
+                Message("user", [Part.m(0)]),
+                Message("assistant", [Part.r(0)]),
+                media=[Media(bytes=_png(10, 10))],
+                regions=[Region(media=0, box=(0, 0, 5))],
+            ),
+            "malformed",
+            "3 coordinates",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_samples_raise_sample_errors_with_a_reason(sample, reason, match):
     with pytest.raises(SampleError, match=match) as err:
         _fmt(sample)
@@ -204,8 +298,9 @@ def test_bad_samples_raise_sample_errors_with_a_reason(sample, reason, match):
 def test_image_token_id_mismatch_is_a_config_error():
     cfg = dataclasses.replace(CFG, image_token_id=IMG + 1)
     with pytest.raises(ValueError, match="image_token_id"):
-        format_sample(_chat(Message("assistant", [Part.t("x")])), tokenizer=TOK,
-                      model_cfg=cfg, fmt=FMT)  # fmt: skip
+        format_sample(
+            _chat(Message("assistant", [Part.t("x")])), tokenizer=TOK, model_cfg=cfg, fmt=FMT
+        )
 
 
 def test_media_size_reads_the_header_with_exif_orientation(tmp_path: Path):
@@ -227,14 +322,24 @@ def test_media_size_reads_the_header_with_exif_orientation(tmp_path: Path):
 
 def test_pixels_follow_the_plan_and_a_wrong_declared_size_is_caught():
     data = _png(300, 120)
-    ex = _fmt(_chat(Message("user", [Part.m(0)]), Message("assistant", [Part.t("x")]),
-                    media=[Media(bytes=data)]))  # fmt: skip
+    ex = _fmt(
+        _chat(
+            Message("user", [Part.m(0)]),
+            Message("assistant", [Part.t("x")]),
+            media=[Media(bytes=data)],
+        )
+    )
     px = materialize_pixels(ex.images, CFG)
     expected = tile_image(Image.open(io.BytesIO(data)).convert("RGB"), CFG.image).tiles
     assert px.shape[0] == ex.num_tiles == ex.input_ids.count(IMG) // CFG.connector.num_tokens
     assert torch.equal(px, expected)
-    lying = _fmt(_chat(Message("user", [Part.m(0)]), Message("assistant", [Part.t("x")]),
-                       media=[Media(bytes=data, size=(120, 300))]))  # fmt: skip
+    lying = _fmt(
+        _chat(
+            Message("user", [Part.m(0)]),
+            Message("assistant", [Part.t("x")]),
+            media=[Media(bytes=data, size=(120, 300))],
+        )
+    )
     with pytest.raises(SampleError, match="planned") as err:
         materialize_pixels(lying, CFG)
     assert err.value.reason == "malformed"
@@ -247,8 +352,16 @@ _part = st.one_of(
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["user", "assistant", "system"]),
-                          st.lists(_part, min_size=1, max_size=4)), min_size=1, max_size=4))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["user", "assistant", "system"]),
+            st.lists(_part, min_size=1, max_size=4),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_random_chats_keep_labels_aligned_and_count_image_tokens_once(turns):
     media, messages = [], []
     for role, parts in turns:

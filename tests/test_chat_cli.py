@@ -98,12 +98,18 @@ def _image_tokens(ex, ckpt) -> int:
 
 def test_one_shot_single_image_matches_the_training_formatter_and_generation(ckpt, imgs, capsys):
     # The conversation reader prepends images with no placeholder to the first user turn.
-    sample = Sample(id="s", source="t", category="eval", stage="eval",
-                    media=[Media(path=imgs.a)],
-                    messages=[Message("user", [Part.m(0), Part.t("What is this?")])])  # fmt: skip
+    sample = Sample(
+        id="s",
+        source="t",
+        category="eval",
+        stage="eval",
+        media=[Media(path=imgs.a)],
+        messages=[Message("user", [Part.m(0), Part.t("What is this?")])],
+    )
     fmt = FormatConfig()
-    want = format_sample(sample, tokenizer=ckpt.tok, model_cfg=ckpt.model.cfg, fmt=fmt,
-                         for_generation=True)  # fmt: skip
+    want = format_sample(
+        sample, tokenizer=ckpt.tok, model_cfg=ckpt.model.cfg, fmt=fmt, for_generation=True
+    )
     session = ChatSession(ckpt.model, ckpt.tok, load_media([imgs.a], cfg=ckpt.model.cfg))
     assert session.example("What is this?").input_ids == want.input_ids
     assert _collapse(session.prompt_text("What is this?")).startswith("<|bos|>User: (0,")
@@ -119,8 +125,9 @@ def test_one_shot_single_image_matches_the_training_formatter_and_generation(ckp
 
 
 def test_two_images_at_their_placeholders(ckpt, imgs, capsys, fake):
-    code, _, err = _run(capsys, ckpt, "--image", imgs.a, "--image", imgs.b,
-                        "Compare <image> with <image> please")  # fmt: skip
+    code, _, err = _run(
+        capsys, ckpt, "--image", imgs.a, "--image", imgs.b, "Compare <image> with <image> please"
+    )
     assert code == 0, err
     (call,) = fake.calls
     ks = [ref.plan.image_index for ref in call.ex.images]
@@ -190,8 +197,12 @@ def test_interactive_eof_exits_cleanly_and_bad_turns_are_skipped(
 
 
 def test_interactive_real_model_two_turns(ckpt, imgs):
-    session = ChatSession(ckpt.model, ckpt.tok, load_media([imgs.a], cfg=ckpt.model.cfg),
-                          settings=GenerationSettings(max_new_tokens=4))  # fmt: skip
+    session = ChatSession(
+        ckpt.model,
+        ckpt.tok,
+        load_media([imgs.a], cfg=ckpt.model.cfg),
+        settings=GenerationSettings(max_new_tokens=4),
+    )
     r1 = session.answer("Hi")
     n1 = len(session.example("Next").input_ids)
     session.answer("Next")
@@ -204,13 +215,33 @@ def test_interactive_real_model_two_turns(ckpt, imgs):
 
 
 def test_visual_prompts_render_in_the_coordinate_language(ckpt, imgs, capsys, fake):
-    code, _, err = _run(capsys, ckpt, "--image", imgs.a, "--point", "50,25",
-                        "--box", "20,10,100,50", "What is at <region> and in <region>?")  # fmt: skip
+    code, _, err = _run(
+        capsys,
+        ckpt,
+        "--image",
+        imgs.a,
+        "--point",
+        "50,25",
+        "--box",
+        "20,10,100,50",
+        "What is at <region> and in <region>?",
+    )
     assert code == 0, err
     assert "]What is at <250,250> and in <100,100,499,499>?\nAssistant: " in fake.calls[0].text
     # Without markers they are appended; with two images every tag names its image (MM1.5 §3.1, Fig. 1, Fig. 3).
-    code, _, err = _run(capsys, ckpt, "--image", imgs.a, "--image", imgs.b,
-                        "--box", "1:30,20,60,40", "--point", "50,25", "Describe")  # fmt: skip
+    code, _, err = _run(
+        capsys,
+        ckpt,
+        "--image",
+        imgs.a,
+        "--image",
+        imgs.b,
+        "--box",
+        "1:30,20,60,40",
+        "--point",
+        "50,25",
+        "Describe",
+    )
     assert code == 0, err
     assert "]Describe <1:250,250,499,499> <0:250,250>\nAssistant: " in fake.calls[1].text
     # The same text the coordinate library renders.
@@ -228,8 +259,9 @@ def test_parse_visual_prompt_forms():
 def test_grounded_reply_is_parsed_and_drawn(ckpt, imgs, capsys, fake):
     fake.replies.append("the cat <120,40,560,300>.")
     out_png = imgs.dir / "out" / "drawn.png"
-    code, out, err = _run(capsys, ckpt, "--image", imgs.a, "--json", "--draw", str(out_png),
-                          "Where is the cat?")  # fmt: skip
+    code, out, err = _run(
+        capsys, ckpt, "--image", imgs.a, "--json", "--draw", str(out_png), "Where is the cat?"
+    )
     assert code == 0, err
     (region,) = json.loads(out)["regions"]
     # Bins → pixels of the original 200x100 image: x1 = 120·200/1000, x2 = 561·200/1000 …
@@ -245,8 +277,17 @@ def test_grounded_reply_is_parsed_and_drawn(ckpt, imgs, capsys, fake):
 
 def test_grounded_text_mode_and_multi_image_drawing(ckpt, imgs, capsys, fake):
     fake.replies.append("a dog <1:0,0,499,499> and <5,5>")
-    code, out, err = _run(capsys, ckpt, "--image", imgs.a, "--image", imgs.b, "--draw",
-                          str(imgs.dir / "o.png"), "Where?")  # fmt: skip
+    code, out, err = _run(
+        capsys,
+        ckpt,
+        "--image",
+        imgs.a,
+        "--image",
+        imgs.b,
+        "--draw",
+        str(imgs.dir / "o.png"),
+        "Where?",
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "a dog <1:0,0,499,499> and <5,5>"
@@ -275,8 +316,9 @@ def test_n_max_override_changes_image_tokens(ckpt, imgs, capsys, fake):
     default, raised = (_image_tokens(c.ex, ckpt) for c in fake.calls)
     assert default == 5 * tpt and raised == 10 * tpt  # 2x2 + overview vs 3x3 + overview
     image_cfg = ckpt.model.cfg.image
-    plan = plan_image((336, 336), type(image_cfg)(**{**vars(image_cfg), "n_max": 9}),
-                      tokens_per_tile=tpt)  # fmt: skip
+    plan = plan_image(
+        (336, 336), type(image_cfg)(**{**vars(image_cfg), "n_max": 9}), tokens_per_tile=tpt
+    )
     assert raised == plan.image_tokens
     assert ckpt.model.cfg.image.n_max == 4  # the model's own config is untouched
 
@@ -294,20 +336,25 @@ def test_raised_n_max_real_generation_runs(ckpt, imgs, capsys):
     "argv, message",
     [
         (["--image", "{dir}/missing.png", "Hi"], "missing.png: file not found"),
-        (["--image", "{a}", "<image> and <image>?"],
-         "the prompt has 2 <image> placeholder(s) but 1 image(s) were given"),
-        (["--image", "{a}", "--point", "250,10", "Hi"],
-         "--point '250,10' lies outside image 0 ({a}, 200x100 pixels)"),
-        (["--image", "{a}", "--box", "1:0,0,5,5", "Hi"],
-         "is on image 1 but 1 image(s) were given"),
-        (["--image", "{a}", "--point", "1,1", "<region> <region>"],
-         "2 <region> marker(s) but 1 visual prompt(s)"),
+        (
+            ["--image", "{a}", "<image> and <image>?"],
+            "the prompt has 2 <image> placeholder(s) but 1 image(s) were given",
+        ),
+        (
+            ["--image", "{a}", "--point", "250,10", "Hi"],
+            "--point '250,10' lies outside image 0 ({a}, 200x100 pixels)",
+        ),
+        (["--image", "{a}", "--box", "1:0,0,5,5", "Hi"], "is on image 1 but 1 image(s) were given"),
+        (
+            ["--image", "{a}", "--point", "1,1", "<region> <region>"],
+            "2 <region> marker(s) but 1 visual prompt(s)",
+        ),
         (["--video", "{dir}/bad.mp4", "Hi"], "bad.mp4: cannot decode video"),
         (["--video", "{dir}/none.mp4", "Hi"], "none.mp4: file not found"),
         (["--video", "{dir}/clip.mp4", "--point", "1,1", "Hi"], "not a video"),
         (["--image", "{a}", "--n-min", "3", "--n-max", "2", "Hi"], "need 1 <= n_min <= n_max"),
     ],
-)  # fmt: skip
+)
 def test_bad_inputs_exit_2_with_a_clear_message(ckpt, imgs, capsys, argv, message):
     (imgs.dir / "bad.mp4").write_bytes(b"not a video at all")
     _write_video(imgs.dir / "clip.mp4", 3)

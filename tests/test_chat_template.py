@@ -31,17 +31,27 @@ from mm15.tokenizer import byte_tokenizer, train_bpe_tokenizer
 TOK = byte_tokenizer()
 BASE = dataclasses.replace(tiny(vocab_size=len(TOK)), image_token_id=TOK.image_token_id)
 ONE_TOKEN = dataclasses.replace(
-    BASE, connector=dataclasses.replace(BASE.connector, num_tokens=1),
+    BASE,
+    connector=dataclasses.replace(BASE.connector, num_tokens=1),
     image=dataclasses.replace(BASE.image, split="none", indicator="none"),
-)  # fmt: skip
+)
 FORMATS = {
     "default": FormatConfig(),
-    "custom": FormatConfig(system_prefix="<<SYS>> ", user_prefix="### Human:\n",
-                           assistant_prefix="### Assistant:\n", turn_end="\n\n", add_bos=False,
-                           region_image_index="always"),
-    "odd": FormatConfig(user_prefix='Üser "q" {% raw %} %} {{ x }}: ', assistant_prefix="Bot> ",
-                        turn_end="<|end|>\n", region_image_index="auto"),
-}  # fmt: skip
+    "custom": FormatConfig(
+        system_prefix="<<SYS>> ",
+        user_prefix="### Human:\n",
+        assistant_prefix="### Assistant:\n",
+        turn_end="\n\n",
+        add_bos=False,
+        region_image_index="always",
+    ),
+    "odd": FormatConfig(
+        user_prefix='Üser "q" {% raw %} %} {{ x }}: ',
+        assistant_prefix="Bot> ",
+        turn_end="<|end|>\n",
+        region_image_index="auto",
+    ),
+}
 
 
 def _png(w: int, h: int, seed: int = 0) -> bytes:
@@ -57,7 +67,11 @@ def _shapes(root) -> dict[str, tuple[Sample, bool]]:
     for i in range(3):
         (root / f"f{i}.png").write_bytes(_png(40, 30, i))
         frames.append(str(root / f"f{i}.png"))
-    wide, small, tall = Media(bytes=_png(300, 100)), Media(bytes=_png(50, 40, 1)), Media(bytes=_png(60, 200, 2))  # fmt: skip
+    wide, small, tall = (
+        Media(bytes=_png(300, 100)),
+        Media(bytes=_png(50, 40, 1)),
+        Media(bytes=_png(60, 200, 2)),
+    )
     video = Media(kind="video", frames=frames)
     U = lambda *p: Message("user", list(p))  # noqa: E731
     A = lambda *p: Message("assistant", list(p))  # noqa: E731
@@ -65,8 +79,15 @@ def _shapes(root) -> dict[str, tuple[Sample, bool]]:
     t, m, r = Part.t, Part.m, Part.r
 
     def s(*msgs, media=(), regions=()):
-        return Sample(id="x", source="t", category="general", stage="sft", media=list(media),
-                      messages=list(msgs), regions=list(regions))  # fmt: skip
+        return Sample(
+            id="x",
+            source="t",
+            category="general",
+            stage="sft",
+            media=list(media),
+            messages=list(msgs),
+            regions=list(regions),
+        )
 
     box0, pt0 = Region(media=0, box=(10.0, 5.0, 150.5, 80.0)), Region(media=0, point=(299.0, 0.0))
     box1, pt1 = Region(media=1, box=(0.0, 0.0, 50.0, 40.0)), Region(media=1, point=(3.3, 7.7))
@@ -84,24 +105,51 @@ def _shapes(root) -> dict[str, tuple[Sample, bool]]:
         "image_middle": (s(U(t("before "), m(0), t(" after")), A(t("ok"))), False, [small]),
         "image_only_turn": (s(U(m(0)), A(t("ok"))), True, [small]),
         "two_images": (s(U(m(0), m(1), t("Same?")), A(t("No."))), False, [wide, small]),
-        "images_across_turns": (s(U(m(0), t("a")), A(t("b")), U(t("and"), m(1), m(2))), True,
-                                [wide, small, tall]),
+        "images_across_turns": (
+            s(U(m(0), t("a")), A(t("b")), U(t("and"), m(1), m(2))),
+            True,
+            [wide, small, tall],
+        ),
         "image_in_answer": (s(U(t("Show me.")), A(t("Here: "), m(0))), False, [small]),
         "video": (s(U(m(0), t("What happens?")), A(t("It moves."))), False, [video]),
         "video_and_image": (s(U(m(0), t("and"), m(1))), True, [video, small]),
-        "box_single": (s(U(m(0), t("What is in "), r(0), t("?")), A(t("A cat."))), False,
-                       [wide], [box0]),
-        "point_answer_single": (s(U(m(0), t("Where?")), A(t("At "), r(0), t("."))), False,
-                                [wide], [pt0]),
-        "box_second_image": (s(U(m(0), m(1), t("Find it.")), A(r(0))), False, [wide, small],
-                             [box1]),
-        "point_and_box_multi": (s(U(m(0), m(1), t("Compare "), r(0), t(" and "), r(1))), True,
-                                [wide, small], [box0, pt1]),
-        "region_after_video": (s(U(m(0), m(1), t("Where in the image?")), A(r(0))), False,
-                               [video, small], [box1]),
-        "region_gen_system": (s(S(t("Ground.")), U(m(0), t("this "), r(0))), True, [tall],
-                              [Region(media=0, box=(1.0, 2.0, 59.0, 199.0))]),
-    }  # fmt: skip
+        "box_single": (
+            s(U(m(0), t("What is in "), r(0), t("?")), A(t("A cat."))),
+            False,
+            [wide],
+            [box0],
+        ),
+        "point_answer_single": (
+            s(U(m(0), t("Where?")), A(t("At "), r(0), t("."))),
+            False,
+            [wide],
+            [pt0],
+        ),
+        "box_second_image": (
+            s(U(m(0), m(1), t("Find it.")), A(r(0))),
+            False,
+            [wide, small],
+            [box1],
+        ),
+        "point_and_box_multi": (
+            s(U(m(0), m(1), t("Compare "), r(0), t(" and "), r(1))),
+            True,
+            [wide, small],
+            [box0, pt1],
+        ),
+        "region_after_video": (
+            s(U(m(0), m(1), t("Where in the image?")), A(r(0))),
+            False,
+            [video, small],
+            [box1],
+        ),
+        "region_gen_system": (
+            s(S(t("Ground.")), U(m(0), t("this "), r(0))),
+            True,
+            [tall],
+            [Region(media=0, box=(1.0, 2.0, 59.0, 199.0))],
+        ),
+    }
 
 
 def _sample(shape) -> tuple[Sample, bool]:
@@ -184,14 +232,19 @@ def test_messages_written_by_hand(tmp_path):
     def render(messages, **kw):
         return hf.apply_chat_template(messages, tokenize=False, **kw)
 
-    regions = [{"type": "region", "box": [1, 2, 3, 4]}, {"type": "text", "text": " and "},
-               {"type": "region", "point": [500, 999], "image": 1}]  # fmt: skip
+    regions = [
+        {"type": "region", "box": [1, 2, 3, 4]},
+        {"type": "text", "text": " and "},
+        {"type": "region", "point": [500, 999], "image": 1},
+    ]
     two = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, *regions]}]
     assert render(two) == "<|bos|>User: <image><image><0:1,2,3,4> and <1:500,999>\n"
     one = [{"role": "user", "content": [{"type": "image"}, regions[0]]}]
     assert render(one, add_generation_prompt=True) == "<|bos|>User: <image><1,2,3,4>\nAssistant: "
-    video = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]},
-             {"role": "assistant", "content": "Left."}]  # fmt: skip
+    video = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]},
+        {"role": "assistant", "content": "Left."},
+    ]
     n = BASE.video.num_frames
     assert render(video) == f"<|bos|>User: {'<image>' * n}?\nAssistant: Left.<|eos|>"
     strings = [{"role": "system", "content": "S"}, {"role": "user", "content": "<image>hi"}]

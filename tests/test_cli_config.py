@@ -69,8 +69,19 @@ def _eval_argv(ckpt, tmp_path) -> list[str]:
     corpus = tmp_path / "corpus"
     corpus.mkdir(exist_ok=True)
     (corpus / "index.json").write_text('{"seed": 0, "files": []}')
-    return ["eval", "--model", str(ckpt), "--task", "synthetic", "--data", str(corpus),
-            "--out", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
+    return [
+        "eval",
+        "--model",
+        str(ckpt),
+        "--task",
+        "synthetic",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,12 +96,17 @@ def test_with_image_settings_replaces_fields_and_leaves_the_original():
     assert with_image_settings(cfg, {}) is cfg
 
 
-@pytest.mark.parametrize(("settings", "needle"), [
-    ({"n_maxx": 3}, "unknown ImageConfig keys"), ({"n_max": "many"}, "n_max must be an integer"),
-    ({"overview": "middle"}, "overview must be one of"), ({"n_min": 5}, "need 1 <= n_min <= n_max"),
-    ({"resolution": 0}, "image.resolution must be a positive integer"),
-    ({"resolution": 8}, "smaller than one 14px patch"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"n_maxx": 3}, "unknown ImageConfig keys"),
+        ({"n_max": "many"}, "n_max must be an integer"),
+        ({"overview": "middle"}, "overview must be one of"),
+        ({"n_min": 5}, "need 1 <= n_min <= n_max"),
+        ({"resolution": 0}, "image.resolution must be a positive integer"),
+        ({"resolution": 8}, "smaller than one 14px patch"),
+    ],
+)
 def test_with_image_settings_refuses_bad_values(settings, needle):
     with pytest.raises(ValueError, match=needle):
         with_image_settings(tiny(), settings)
@@ -100,8 +116,9 @@ def test_with_image_settings_refuses_bad_values(settings, needle):
 # eval and serve: --set image.n_max=16 reaches the model they run
 
 
-@pytest.mark.parametrize("how", [["--set", "image.n_max=16"], ["--n-max", "16"],
-                                 ["--set", 'image={"n_max": 16}']])  # fmt: skip
+@pytest.mark.parametrize(
+    "how", [["--set", "image.n_max=16"], ["--n-max", "16"], ["--set", 'image={"n_max": 16}']]
+)
 def test_eval_plans_images_with_the_image_settings(tiny_ckpt_dir, tmp_path, captured, how):
     with pytest.raises(SystemExit):
         main([*_eval_argv(tiny_ckpt_dir, tmp_path), *how])
@@ -122,13 +139,14 @@ BAD_IMAGE = [
     (["--set", "image.n_maxx=16"], "unknown ImageConfig keys"),
     (["--set", "image.indicator=stars"], "indicator must be one of"),
     (["--set", "image=16"], "image"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("flags", "needle"), BAD_IMAGE, ids=lambda x: str(x))
 @pytest.mark.parametrize("verb", ["eval", "serve", "chat", "split"])
-def test_bad_image_settings_are_one_error_line(tiny_ckpt_dir, tmp_path, capsys, monkeypatch,
-                                               captured, verb, flags, needle):  # fmt: skip
+def test_bad_image_settings_are_one_error_line(
+    tiny_ckpt_dir, tmp_path, capsys, monkeypatch, captured, verb, flags, needle
+):
     import mm15.checkpoint
 
     def never(*a, **kw):
@@ -136,9 +154,12 @@ def test_bad_image_settings_are_one_error_line(tiny_ckpt_dir, tmp_path, capsys, 
 
     monkeypatch.setattr(mm15.checkpoint, "load_checkpoint", never)
     ckpt = str(tiny_ckpt_dir)
-    argv = {"eval": _eval_argv(ckpt, tmp_path), "serve": ["serve", "--model", ckpt, "--port", _free_port()],
-            "chat": ["chat", "--model", ckpt, "--device", "cpu", "Hi"],
-            "split": ["split", "--preset", "tiny", str(tmp_path / "x.png")]}[verb]  # fmt: skip
+    argv = {
+        "eval": _eval_argv(ckpt, tmp_path),
+        "serve": ["serve", "--model", ckpt, "--port", _free_port()],
+        "chat": ["chat", "--model", ckpt, "--device", "cpu", "Hi"],
+        "split": ["split", "--preset", "tiny", str(tmp_path / "x.png")],
+    }[verb]
     try:
         code = main([*argv, *flags])
     except SystemExit as e:  # split refuses bad n_min/n_max like a usage error, as it always did
@@ -154,9 +175,24 @@ def test_bad_image_settings_are_one_error_line(tiny_ckpt_dir, tmp_path, capsys, 
 def test_serve_shorthands_and_set_resolve_one_config(tiny_ckpt_dir, monkeypatch):
     monkeypatch.delenv("MM15_API_KEY", raising=False)
     parse = build_parser().parse_args
-    cfg = config_from_args(parse(["serve", "--model", str(tiny_ckpt_dir), "--port", "9001",
-                                  "--set", "port=9002", "--max-batch", "3",
-                                  "--set", "limits.max_images=2", "--no-web-ui"]))  # fmt: skip
+    cfg = config_from_args(
+        parse(
+            [
+                "serve",
+                "--model",
+                str(tiny_ckpt_dir),
+                "--port",
+                "9001",
+                "--set",
+                "port=9002",
+                "--max-batch",
+                "3",
+                "--set",
+                "limits.max_images=2",
+                "--no-web-ui",
+            ]
+        )
+    )
     assert (cfg.port, cfg.engine.max_batch, cfg.limits.max_images, cfg.web_ui) == (
         9002,
         3,
@@ -166,26 +202,58 @@ def test_serve_shorthands_and_set_resolve_one_config(tiny_ckpt_dir, monkeypatch)
     assert cfg.model_name == tiny_ckpt_dir.name and cfg.api_key is None
     # What is left unset is derived as before: the default max_tokens within the limit, the
     # allowed Host names from the bind address (also when --set moved it).
-    cfg = config_from_args(parse(["serve", "--model", "m", "--set", "limits.max_tokens=100",
-                                  "--set", "host=0.0.0.0"]))  # fmt: skip
+    cfg = config_from_args(
+        parse(["serve", "--model", "m", "--set", "limits.max_tokens=100", "--set", "host=0.0.0.0"])
+    )
     assert (cfg.limits.default_max_tokens, cfg.http.allowed_hosts) == (100, ("*",))
-    cfg = config_from_args(parse(["serve", "--model", "m", "--max-tokens-limit", "100",
-                                  "--default-max-tokens", "500"]))  # fmt: skip
+    cfg = config_from_args(
+        parse(["serve", "--model", "m", "--max-tokens-limit", "100", "--default-max-tokens", "500"])
+    )
     assert cfg.limits.default_max_tokens == 100  # clamped, as the flags always were
 
 
-@pytest.mark.parametrize(("verb", "cls", "argv", "expect"), [
-    ("eval", EvalConfig, ["--model", "m", "--task", "pope", "--data", "d", "--batch-size", "2",
-                          "--set", "limit=5", "--n-max", "16"],
-     {"tasks": ["pope"], "batch_size": 2, "limit": 5, "image": {"n_max": 16}}),
-    ("serve", ServeConfig, ["--model", "m", "--port", "9000", "--set", "engine.max_queue=3"],
-     {"port": 9000, "model_name": "m"}),
-    ("chat", ChatConfig, ["--model", "m", "--temperature", "0.5", "--set", "top_p=0.9"],
-     {"temperature": 0.5, "top_p": 0.9, "max_new_tokens": 256}),
-    ("split", SplitConfig, ["--preset", "tiny", "--overview", "none", "--set",
-                            "image.static_grid=[3,3]"],
-     {"preset": "tiny", "image": {"overview": "none", "static_grid": [3, 3]}}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("verb", "cls", "argv", "expect"),
+    [
+        (
+            "eval",
+            EvalConfig,
+            [
+                "--model",
+                "m",
+                "--task",
+                "pope",
+                "--data",
+                "d",
+                "--batch-size",
+                "2",
+                "--set",
+                "limit=5",
+                "--n-max",
+                "16",
+            ],
+            {"tasks": ["pope"], "batch_size": 2, "limit": 5, "image": {"n_max": 16}},
+        ),
+        (
+            "serve",
+            ServeConfig,
+            ["--model", "m", "--port", "9000", "--set", "engine.max_queue=3"],
+            {"port": 9000, "model_name": "m"},
+        ),
+        (
+            "chat",
+            ChatConfig,
+            ["--model", "m", "--temperature", "0.5", "--set", "top_p=0.9"],
+            {"temperature": 0.5, "top_p": 0.9, "max_new_tokens": 256},
+        ),
+        (
+            "split",
+            SplitConfig,
+            ["--preset", "tiny", "--overview", "none", "--set", "image.static_grid=[3,3]"],
+            {"preset": "tiny", "image": {"overview": "none", "static_grid": [3, 3]}},
+        ),
+    ],
+)
 def test_print_config_shows_the_resolved_config(capsys, verb, cls, argv, expect):
     assert main([verb, *argv, "--print-config"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -198,15 +266,20 @@ def test_demo_prints_its_config(capsys):
     assert json.loads(capsys.readouterr().out)["sft"]["steps"] == 7
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["eval", "--model", "m", "--task", "pope", "--data", "d", "--set", "batch_size=0"],
-     "batch_size must be >= 1"),
-    (["eval", "--model", "m", "--data", "d"], "give --task NAME"),
-    (["chat", "--model", "m", "--set", "top_p=2", "Hi"], "top_p must be in (0, 1]"),
-    (["chat", "--model", "m", "--set", "temperatur=1", "Hi"], "no such setting"),
-    (["serve", "--model", "m", "--set", "engine.max_batch=0"], "max_batch >= 1"),
-    (["serve", "--set", "port=1"], "give --model DIR"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (
+            ["eval", "--model", "m", "--task", "pope", "--data", "d", "--set", "batch_size=0"],
+            "batch_size must be >= 1",
+        ),
+        (["eval", "--model", "m", "--data", "d"], "give --task NAME"),
+        (["chat", "--model", "m", "--set", "top_p=2", "Hi"], "top_p must be in (0, 1]"),
+        (["chat", "--model", "m", "--set", "temperatur=1", "Hi"], "no such setting"),
+        (["serve", "--model", "m", "--set", "engine.max_batch=0"], "max_batch >= 1"),
+        (["serve", "--set", "port=1"], "give --model DIR"),
+    ],
+)
 def test_bad_settings_are_one_error_line(capsys, argv, needle):
     assert needle in _one_error(capsys, argv)
 

@@ -71,8 +71,19 @@ def verbs(tmp_path):
     def argv(verb: str, ckpt: Path) -> list[str]:
         if verb == "chat":
             return ["chat", "--model", str(ckpt), "--device", "cpu", "Hi"]
-        return ["eval", "--model", str(ckpt), "--task", "synthetic", "--data", str(corpus),
-                "--out", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
+        return [
+            "eval",
+            "--model",
+            str(ckpt),
+            "--task",
+            "synthetic",
+            "--data",
+            str(corpus),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
 
     return argv
 
@@ -93,9 +104,13 @@ def test_garbage_safetensors_header_names_the_file(broken, verbs, capsys):
 def test_tensor_shapes_checked_against_config_json(broken, verbs, capsys, verb):
     cfg = _edit_config(broken, "lm", "ffn_hidden", 96)  # the weights were saved at 128
     dim = cfg["lm"]["dim"]
-    _refused(capsys, verbs(verb, broken), str(broken / "model.safetensors"),
-             f"tensor lm.layers.0.ffn.w1.weight has shape [128, {dim}]",
-             f"{broken / 'config.json'} implies [96, {dim}]")  # fmt: skip
+    _refused(
+        capsys,
+        verbs(verb, broken),
+        str(broken / "model.safetensors"),
+        f"tensor lm.layers.0.ffn.w1.weight has shape [128, {dim}]",
+        f"{broken / 'config.json'} implies [96, {dim}]",
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,9 +153,15 @@ def test_pickle_with_objects_is_refused_without_unsafe_advice(broken, verbs, cap
     (broken / "model.safetensors").unlink()
     state = {"w": torch.zeros(2), "extra": argparse.Namespace(a=1)}
     torch.save(state, broken / "model.pt")
-    line = _refused(capsys, verbs("chat", broken), str(broken / "model.pt"),
-                    "pickled objects other than tensors", "argparse.Namespace",
-                    "refused for safety", "safetensors")  # fmt: skip
+    line = _refused(
+        capsys,
+        verbs("chat", broken),
+        str(broken / "model.pt"),
+        "pickled objects other than tensors",
+        "argparse.Namespace",
+        "refused for safety",
+        "safetensors",
+    )
     assert "weights_only" not in line
 
 
@@ -174,9 +195,14 @@ def test_unknown_device_name(tiny_ckpt_dir, verbs, capsys, verb):
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "-1"),
-     ("--max-new-tokens", "0"), ("--n-max", "0")],
-)  # fmt: skip
+    [
+        ("--temperature", "nan"),
+        ("--temperature", "inf"),
+        ("--temperature", "-1"),
+        ("--max-new-tokens", "0"),
+        ("--n-max", "0"),
+    ],
+)
 def test_chat_numeric_flags(tiny_ckpt_dir, capsys, flag, value):
     _refused(capsys, ["chat", "--model", str(tiny_ckpt_dir), flag, value, "Hi"], flag, value)
 
@@ -191,10 +217,14 @@ def test_eval_numeric_flags(tiny_ckpt_dir, tmp_path, capsys, flag, value):
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--resolution", "0"], "--resolution"), (["--resolution", "-5"], "--resolution"),
-     (["--tokens-per-tile", "0"], "--tokens-per-tile"), (["--n-min", "0"], "--n-min"),
-     (["--n-min", "5", "--n-max", "4"], "need 1 <= n_min <= n_max")],
-)  # fmt: skip
+    [
+        (["--resolution", "0"], "--resolution"),
+        (["--resolution", "-5"], "--resolution"),
+        (["--tokens-per-tile", "0"], "--tokens-per-tile"),
+        (["--n-min", "0"], "--n-min"),
+        (["--n-min", "5", "--n-max", "4"], "need 1 <= n_min <= n_max"),
+    ],
+)
 def test_split_sizes(capsys, args, needle):
     _refused(capsys, ["split", SHEET, *args], needle)
 
@@ -294,8 +324,17 @@ def _as_json(cfg):
 def test_eval_synthetic_data_path(tiny_ckpt_dir, tmp_path, capsys, make, needle):
     data = tmp_path / "corpus"
     make(data)
-    argv = ["eval", "--model", str(tiny_ckpt_dir), "--task", "synthetic", "--data", str(data),
-            "--out", str(tmp_path / "out")]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_ckpt_dir),
+        "--task",
+        "synthetic",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     _refused(capsys, argv, f"--data {data}", needle)
 
 
@@ -304,8 +343,19 @@ def test_eval_out_that_is_a_file_is_refused_before_running(tiny_ckpt_dir, tmp_pa
     rows.write_text(json.dumps({"question": "q", "answers": ["a"], "image": "none.png"}) + "\n")
     out = tmp_path / "results"
     out.write_text("earlier results")
-    argv = ["eval", "--model", str(tiny_ckpt_dir), "--task", "textvqa", "--data", str(rows),
-            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_ckpt_dir),
+        "--task",
+        "textvqa",
+        "--data",
+        str(rows),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     _refused(capsys, argv, f"--out {out}", "is a file, not a directory")
     assert out.read_text() == "earlier results"
 
@@ -315,16 +365,26 @@ def test_eval_out_that_is_a_file_is_refused_before_running(tiny_ckpt_dir, tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])
-def test_init_never_replaces_what_is_not_a_checkpoint(hf_clip_dir, hf_llama_dir, tmp_path, capsys,
-                                                      kind):  # fmt: skip
+def test_init_never_replaces_what_is_not_a_checkpoint(
+    hf_clip_dir, hf_llama_dir, tmp_path, capsys, kind
+):
     out = tmp_path / "out"
     if kind == "file":
         out.write_text("notes")
     else:
         out.mkdir()
         (out / "notes.txt").write_text("notes")
-    argv = ["init", "--vision", str(hf_clip_dir), "--llm", str(hf_llama_dir), "--preset", "tiny",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "init",
+        "--vision",
+        str(hf_clip_dir),
+        "--llm",
+        str(hf_llama_dir),
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+    ]
     _refused(capsys, argv, str(out), "refusing to replace it")
     assert (out if kind == "file" else out / "notes.txt").read_text() == "notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind

@@ -27,9 +27,16 @@ TOL = 1e-5
 
 def _reference(enc, hidden, out, depth, mlp_depth, tokens, grid, se=None, perturb=False):
     torch.manual_seed(0)
-    ref = HoneybeeCAbstractor(encoder_hidden_size=enc, hidden_size=hidden, output_hidden_size=out,
-                              depth=depth, mlp_depth=mlp_depth, num_query_tokens=tokens,
-                              num_input_tokens=grid * grid, se_ratio=se)  # fmt: skip
+    ref = HoneybeeCAbstractor(
+        encoder_hidden_size=enc,
+        hidden_size=hidden,
+        output_hidden_size=out,
+        depth=depth,
+        mlp_depth=mlp_depth,
+        num_query_tokens=tokens,
+        num_input_tokens=grid * grid,
+        se_ratio=se,
+    )
     honeybee_init_(ref)
     if perturb:  # away from the init, so that LN affines, biases and SE gates all matter
         g = torch.Generator().manual_seed(1)
@@ -40,8 +47,14 @@ def _reference(enc, hidden, out, depth, mlp_depth, tokens, grid, se=None, pertur
 
 
 def _ours(ref, enc, hidden, out, depth, mlp_depth, tokens, grid, se=None, **cfg_kw):
-    cfg = ConnectorConfig(num_tokens=tokens, hidden=hidden, depth=depth, mlp_depth=mlp_depth,
-                          se_ratio=0.25 if se is None else se, **cfg_kw)  # fmt: skip
+    cfg = ConnectorConfig(
+        num_tokens=tokens,
+        hidden=hidden,
+        depth=depth,
+        mlp_depth=mlp_depth,
+        se_ratio=0.25 if se is None else se,
+        **cfg_kw,
+    )
     m = CAbstractor(cfg, enc_width=enc, enc_grid=grid, out_dim=out)
     m.load_state_dict({connector_key(k): v for k, v in ref.state_dict().items()}, strict=True)
     return m.eval()
@@ -63,7 +76,9 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("perturb", [False, True], ids=["honeybee_init", "perturbed"])
-@pytest.mark.parametrize("arch", CONFIGS, ids=lambda a: "enc{}-hid{}-out{}-d{}-mlp{}-t{}-g{}-se{}".format(*a))  # fmt: skip
+@pytest.mark.parametrize(
+    "arch", CONFIGS, ids=lambda a: "enc{}-hid{}-out{}-d{}-mlp{}-t{}-g{}-se{}".format(*a)
+)
 def test_matches_honeybee_on_timm(arch, perturb):
     ref = _reference(*arch, perturb=perturb)
     m = _ours(ref, *arch)
@@ -100,11 +115,18 @@ def test_every_norm_is_timm_layernormact2d_with_eps_1e5():
 def test_key_mapping_is_a_bijection():
     ref = _reference(40, 24, 10, 3, 2, 9, 7)
     hb_keys = set(ref.state_dict())
-    assert {"net.0.b1.conv1.bn.weight", "net.0.b1.se.fc1.bias", "net.0.b1.downsample.conv.weight",
-            "net.2.b3.conv3.bn.bias", "readout.2.weight", "pos_emb"} <= hb_keys  # fmt: skip
+    assert {
+        "net.0.b1.conv1.bn.weight",
+        "net.0.b1.se.fc1.bias",
+        "net.0.b1.downsample.conv.weight",
+        "net.2.b3.conv3.bn.bias",
+        "readout.2.weight",
+        "pos_emb",
+    } <= hb_keys
     ours = {connector_key(k) for k in hb_keys}
-    m = CAbstractor(ConnectorConfig(num_tokens=9, hidden=24, depth=3), enc_width=40, enc_grid=7,
-                    out_dim=10)  # fmt: skip
+    m = CAbstractor(
+        ConnectorConfig(num_tokens=9, hidden=24, depth=3), enc_width=40, enc_grid=7, out_dim=10
+    )
     assert ours == set(m.state_dict())
     assert {honeybee_key(k) for k in ours} == hb_keys
     for bad in ("net.1.b1.conv1.conv.weight", "net.0.b0.conv1.conv.weight", "query_tokens"):
@@ -139,8 +161,9 @@ def test_honeybee_checkpoint_loads_at_its_grid_and_resizes_off_it(tmp_path, cls_
         twin = _reference(ENC, HID, OUT, 1, 2, TOK, TRAINED)
         twin.load_state_dict({k[11:]: v for k, v in torch.load(path).items() if "abstractor" in k})
         assert torch.equal(twin.pos_emb, ref.pos_emb)
-    cfg, state = honeybee_connector(path, ConnectorConfig(num_tokens=TOK), enc_width=ENC,
-                                    out_dim=OUT)  # fmt: skip
+    cfg, state = honeybee_connector(
+        path, ConnectorConfig(num_tokens=TOK), enc_width=ENC, out_dim=OUT
+    )
     assert (cfg.pos_grid, cfg.hidden, cfg.depth, cfg.mlp_depth) == (TRAINED, HID, 1, 2)
     m = CAbstractor(cfg, enc_width=ENC, enc_grid=2, out_dim=OUT).eval()  # native grid 2
     m.load_state_dict(state, strict=True)
@@ -164,8 +187,9 @@ def test_sharded_checkpoint_reads_only_abstractor_shards(tmp_path):
     weight_map["language_model.y"] = "pytorch_model-00002-of-00002.bin"  # absent: never read
     d = tmp_path
     (d / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    (d / "config.json").write_text(json.dumps({"projector_config": {"projector_type": "c-abs",
-                                                                     "num_query_tokens": TOK}}))  # fmt: skip
+    (d / "config.json").write_text(
+        json.dumps({"projector_config": {"projector_type": "c-abs", "num_query_tokens": TOK}})
+    )
     cfg, _ = honeybee_connector(d, ConnectorConfig(num_tokens=TOK), enc_width=ENC, out_dim=OUT)
     assert cfg.pos_grid == TRAINED
     with pytest.raises(ValueError, match="num_query_tokens 16, the preset 9"):
@@ -208,15 +232,20 @@ def _set(key, value):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (_drop("abstractor.net.2.b1.se.fc2.bias"), r"do not fit: missing \['net.2.b1.se.fc2.bias'\]"),
-        (_set("abstractor.net.0.b1.conv1.conv.weight", torch.zeros(HID, 48, 1, 1)),
-         r"net.0.b1.conv1.conv.weight has shape \[24, 48, 1, 1\], expected \[24, 32, 1, 1\]"),
+        (
+            _drop("abstractor.net.2.b1.se.fc2.bias"),
+            r"do not fit: missing \['net.2.b1.se.fc2.bias'\]",
+        ),
+        (
+            _set("abstractor.net.0.b1.conv1.conv.weight", torch.zeros(HID, 48, 1, 1)),
+            r"net.0.b1.conv1.conv.weight has shape \[24, 48, 1, 1\], expected \[24, 32, 1, 1\]",
+        ),
         (_set("abstractor.pos_emb", torch.zeros(1, 48, ENC)), "48 rows: neither a square grid"),
         (_set("abstractor.prenorm.weight", torch.ones(ENC)), "prenorm / num_eos_tokens"),
         (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("abstractor.")], "no Honeybee"),
     ],
     ids=["missing", "shape", "non_square", "prenorm", "no_abstractor"],
-)  # fmt: skip
+)
 def test_bad_honeybee_checkpoints_are_one_error_line(
     hf_clip_dir, hf_llama_dir, tmp_path, capsys, edit, message
 ):

@@ -14,8 +14,16 @@ from mm15.cli import main
 from mm15.overrides import apply_overrides
 from mm15.train.recipes import get_train_preset
 
-TINY = ["--set", "allow_random_init=true", "--set", "stages.0.steps=1",
-        "--set", "stages.0.batch_rows=1", "--set", "stages.0.packing.seq_len=400"]  # fmt: skip
+TINY = [
+    "--set",
+    "allow_random_init=true",
+    "--set",
+    "stages.0.steps=1",
+    "--set",
+    "stages.0.batch_rows=1",
+    "--set",
+    "stages.0.packing.seq_len=400",
+]
 
 
 def _one_error(capsys, argv: list[str], *fragments: str) -> str:
@@ -31,9 +39,21 @@ def _one_error(capsys, argv: list[str], *fragments: str) -> str:
 def _finetune(tmp_path, datasets: list[dict], *extra: str) -> list[str]:
     spec = tmp_path / "datasets.json"
     spec.write_text(json.dumps(datasets))
-    return ["train", "--preset", "finetune", "--set", f"stages.0.datasets=@{spec}",
-            "--set", f"run_dir={tmp_path / 'run'}", "--set", "model=@" + str(_tiny(tmp_path)),
-            "--set", "stages.0.epochs=null", *TINY, *extra]  # fmt: skip
+    return [
+        "train",
+        "--preset",
+        "finetune",
+        "--set",
+        f"stages.0.datasets=@{spec}",
+        "--set",
+        f"run_dir={tmp_path / 'run'}",
+        "--set",
+        "model=@" + str(_tiny(tmp_path)),
+        "--set",
+        "stages.0.epochs=null",
+        *TINY,
+        *extra,
+    ]
 
 
 def _tiny(tmp_path):
@@ -47,35 +67,62 @@ def _tiny(tmp_path):
 
 
 def test_a_paper_preset_without_init_from_refuses_to_start(capsys, tmp_path):
-    _one_error(capsys, ["train", "--preset", "paper-1b", "--set", f"run_dir={tmp_path}"],
-               "init_from", "allow_random_init=true")  # fmt: skip
+    _one_error(
+        capsys,
+        ["train", "--preset", "paper-1b", "--set", f"run_dir={tmp_path}"],
+        "init_from",
+        "allow_random_init=true",
+    )
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_obelics_without_its_url_index_is_one_line(capsys, tmp_path):
     pq.write_table(pa.table({"images": [[None]], "texts": [["x"]]}), tmp_path / "d.parquet")
-    bad = {"name": "docs", "kind": "obelics", "category": "interleaved",
-           "paths": [str(tmp_path / "d.parquet")]}  # fmt: skip
-    _one_error(capsys, _finetune(tmp_path, [bad]), "stage sft", "dataset docs (obelics)",
-               "options", "'urls'")  # fmt: skip
+    bad = {
+        "name": "docs",
+        "kind": "obelics",
+        "category": "interleaved",
+        "paths": [str(tmp_path / "d.parquet")],
+    }
+    _one_error(
+        capsys,
+        _finetune(tmp_path, [bad]),
+        "stage sft",
+        "dataset docs (obelics)",
+        "options",
+        "'urls'",
+    )
 
 
 def test_a_table_without_columns_is_one_line(capsys, tmp_path):
     pq.write_table(pa.table({"prompt": ["q"], "response": ["a"]}), tmp_path / "t.parquet")
-    bad = {"name": "mine", "kind": "table", "category": "text_only",
-           "paths": [str(tmp_path / "t.parquet")]}  # fmt: skip
+    bad = {
+        "name": "mine",
+        "kind": "table",
+        "category": "text_only",
+        "paths": [str(tmp_path / "t.parquet")],
+    }
     _one_error(capsys, _finetune(tmp_path, [bad]), "dataset mine (table)", "'columns'")
     bad["options"] = {"columns": {"question": ["question"], "answer": "response"}}
     _one_error(capsys, _finetune(tmp_path, [bad]), "dataset mine (table)", "question")
 
 
 def test_unknown_dataset_and_unmatched_files_are_one_line(capsys, tmp_path):
-    _one_error(capsys, _finetune(tmp_path, [{"name": "my_set"}]), "my_set",
-               "not in the registry", "kind, category, paths")  # fmt: skip
-    _one_error(capsys, _finetune(tmp_path, [{"name": "cauldron/chartqa"}],
-                                 "--set", f"data_root={tmp_path}"),
-               "stage sft", "dataset cauldron/chartqa (table)", "paths",
-               "the_cauldron/chartqa/train-*.parquet")  # fmt: skip
+    _one_error(
+        capsys,
+        _finetune(tmp_path, [{"name": "my_set"}]),
+        "my_set",
+        "not in the registry",
+        "kind, category, paths",
+    )
+    _one_error(
+        capsys,
+        _finetune(tmp_path, [{"name": "cauldron/chartqa"}], "--set", f"data_root={tmp_path}"),
+        "stage sft",
+        "dataset cauldron/chartqa (table)",
+        "paths",
+        "the_cauldron/chartqa/train-*.parquet",
+    )
     _one_error(capsys, _finetune(tmp_path, []), "stage sft: no datasets")
 
 
@@ -86,10 +133,20 @@ def test_a_later_stage_misconfigured_fails_before_anything_is_built(capsys, tmp_
 
     from mm15.data.registry import builtin_entries
 
-    write_registry_fixtures(tmp_path, tuple(e for e in builtin_entries()
-                                            if e.stage in ("pretrain", "cpt")))  # fmt: skip
-    argv = ["train", "--preset", "paper-1b", "--set", f"data_root={tmp_path}",
-            "--set", "allow_random_init=true", "--set", f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    write_registry_fixtures(
+        tmp_path, tuple(e for e in builtin_entries() if e.stage in ("pretrain", "cpt"))
+    )
+    argv = [
+        "train",
+        "--preset",
+        "paper-1b",
+        "--set",
+        f"data_root={tmp_path}",
+        "--set",
+        "allow_random_init=true",
+        "--set",
+        f"run_dir={tmp_path / 'run'}",
+    ]
     _one_error(capsys, argv, "stage sft", "dataset cauldron/vqav2")
     assert not (tmp_path / "run").exists()
 
@@ -101,23 +158,43 @@ def test_a_dataset_that_mostly_fails_stops_the_run_naming_it(capsys, tmp_path):
     rows = []
     for k in range(40):
         save_png(good / f"images/{k}.png", k=k)
-        rows.append({"id": str(k), "image": f"{k}.png",
-                     "conversations": [{"from": "human", "value": "<image>\nWhat?"},
-                                       {"from": "gpt", "value": "A square."}]})  # fmt: skip
+        rows.append(
+            {
+                "id": str(k),
+                "image": f"{k}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat?"},
+                    {"from": "gpt", "value": "A square."},
+                ],
+            }
+        )
     (good / "train.json").write_text(json.dumps(rows))
     broken.mkdir()
     (broken / "train.json").write_text(json.dumps(rows))  # no images/ folder here
-    datasets = [{"name": n, "kind": "conversation", "category": "general",
-                 "paths": [str(d / "train.json")], "options": {"root": str(d / "images")}}
-                for n, d in (("good", good), ("broken", broken))]  # fmt: skip
-    argv = _finetune(tmp_path, datasets, "--set", "stages.0.steps=30",
-                     "--set", "max_skipped_fraction=0.6")  # fmt: skip
+    datasets = [
+        {
+            "name": n,
+            "kind": "conversation",
+            "category": "general",
+            "paths": [str(d / "train.json")],
+            "options": {"root": str(d / "images")},
+        }
+        for n, d in (("good", good), ("broken", broken))
+    ]
+    argv = _finetune(
+        tmp_path, datasets, "--set", "stages.0.steps=30", "--set", "max_skipped_fraction=0.6"
+    )
     line = _one_error(capsys, argv, "before step 1", "dataset broken", "'missing': 16")
     assert "broken/images" in line and "dataset good" not in line
     assert not (tmp_path / "run").exists()
     # Without the check before step 1, the run itself stops once the set's skips pile up.
-    line = _one_error(capsys, [*argv, "--set", "preflight_samples=0"], "dataset broken",
-                      "samples skipped", "missing")  # fmt: skip
+    line = _one_error(
+        capsys,
+        [*argv, "--set", "preflight_samples=0"],
+        "dataset broken",
+        "samples skipped",
+        "missing",
+    )
     assert "broken/images" in line
 
 
@@ -136,9 +213,13 @@ def test_data_check_lists_every_problem_and_exits_2(capsys, tmp_path):
 def test_set_accepts_a_json_file_and_a_new_reader_option(tmp_path):
     spec = tmp_path / "ds.json"
     spec.write_text(json.dumps([{"name": "dolly"}]))
-    cfg = apply_overrides(get_train_preset("finetune"), [
-        f"stages.0.datasets=@{spec}", "stages.0.datasets.0.options.root=/mnt/img",
-    ])  # fmt: skip
+    cfg = apply_overrides(
+        get_train_preset("finetune"),
+        [
+            f"stages.0.datasets=@{spec}",
+            "stages.0.datasets.0.options.root=/mnt/img",
+        ],
+    )
     assert cfg.stages[0].datasets[0].options == {"root": "/mnt/img"}
     with pytest.raises(ValueError, match="no such setting"):
         apply_overrides(cfg, ["stages.0.datasets.0.optionz.root=/x"])
@@ -153,14 +234,32 @@ def test_missing_datasets_skip_trains_without_them_and_names_them(capsys, tmp_pa
     rows = []
     for k in range(6):
         save_png(photos / f"{k}.png", k=k)
-        rows.append({"id": str(k), "image": f"{k}.png",
-                     "conversations": [{"from": "human", "value": "<image>\nWhat?"},
-                                       {"from": "gpt", "value": "A square."}]})  # fmt: skip
+        rows.append(
+            {
+                "id": str(k),
+                "image": f"{k}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat?"},
+                    {"from": "gpt", "value": "A square."},
+                ],
+            }
+        )
     (photos / "train.json").write_text(json.dumps(rows))
-    datasets = [{"name": "photos", "kind": "conversation", "category": "general",
-                 "paths": [str(photos / "train.json")], "options": {"root": str(photos)}},
-                {"name": "gone", "kind": "conversation", "category": "general",
-                 "paths": [str(tmp_path / "nowhere/*.json")]}]  # fmt: skip
+    datasets = [
+        {
+            "name": "photos",
+            "kind": "conversation",
+            "category": "general",
+            "paths": [str(photos / "train.json")],
+            "options": {"root": str(photos)},
+        },
+        {
+            "name": "gone",
+            "kind": "conversation",
+            "category": "general",
+            "paths": [str(tmp_path / "nowhere/*.json")],
+        },
+    ]
     _one_error(capsys, _finetune(tmp_path, datasets), "dataset gone", "no files match")
     assert main([*_finetune(tmp_path, datasets), "--set", "missing_datasets=skip"]) == 0
     assert "training without datasets that have no files" in capsys.readouterr().out

@@ -139,8 +139,13 @@ def test_reduced_jpeg_decode_keeps_full_size_geometry_and_tolerance():
 
 def test_reduced_decode_never_goes_below_the_target():
     data = _jpeg(_photo(800, 600, seed=2))
-    for target, expected in [((100, 75), (100, 75)), ((101, 75), (200, 150)), ((400, 1), (400, 300)),
-                             ((401, 300), (800, 600)), ((5000, 5000), (800, 600))]:  # fmt: skip
+    for target, expected in [
+        ((100, 75), (100, 75)),
+        ((101, 75), (200, 150)),
+        ((400, 1), (400, 300)),
+        ((401, 300), (800, 600)),
+        ((5000, 5000), (800, 600)),
+    ]:
         red = open_image_reduced(data, cfg=ImageConfig(), target_wh=lambda s, t=target: t)
         assert red.image.size == expected, (target, red.image.size)
 

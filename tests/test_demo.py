@@ -15,15 +15,35 @@ from mm15.overrides import apply_overrides
 
 
 def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
-    cfg = apply_overrides(DemoConfig(), [
-        "corpus.train_per_task=20", "corpus.test_per_task=4", "encoder.steps=2", "align.steps=2",
-        "pretrain.steps=3", "cpt.steps=2", "bind.steps=2", "sft.steps=4", "batch_rows=2",
-        "seq_len=384", "tokenizer.vocab_size=1200"])  # fmt: skip
+    cfg = apply_overrides(
+        DemoConfig(),
+        [
+            "corpus.train_per_task=20",
+            "corpus.test_per_task=4",
+            "encoder.steps=2",
+            "align.steps=2",
+            "pretrain.steps=3",
+            "cpt.steps=2",
+            "bind.steps=2",
+            "sft.steps=4",
+            "batch_rows=2",
+            "seq_len=384",
+            "tokenizer.vocab_size=1200",
+        ],
+    )
     run_demo(out=tmp_path, cfg=cfg)  # scores at this budget are near chance: no assertion on them
     report = json.loads((tmp_path / "report.json").read_text())
     cats = report["categories"]
-    assert set(cats) == {"general", "text_rich", "refer_ground", "math", "multi_image", "video",
-                         "ui", "text_only"}  # fmt: skip
+    assert set(cats) == {
+        "general",
+        "text_rich",
+        "refer_ground",
+        "math",
+        "multi_image",
+        "video",
+        "ui",
+        "text_only",
+    }
     for c in cats.values():
         assert 0.0 <= c["score"] <= 1.0 and 0.0 < c["chance"] < 1.0 and c["n"] > 0
     assert (tmp_path / "report.md").read_text().startswith("# mm15 demo report")
@@ -92,9 +112,11 @@ def test_pretrain_tasks_are_the_pretraining_stage_sources(tmp_path):
     from mm15.demo.data.corpus import generate_corpus
     from mm15.demo.recipe import corpus_sizes, demo_train_config
 
-    cfg = DemoConfig(pretrain=PretrainStage(tasks=["caption/grounded", "text/facts"]),
-                     sft=SftStage(tasks=["text_only/add"]),
-                     corpus=CorpusSizes(train_per_task=2, test_per_task=1))  # fmt: skip
+    cfg = DemoConfig(
+        pretrain=PretrainStage(tasks=["caption/grounded", "text/facts"]),
+        sft=SftStage(tasks=["text_only/add"]),
+        corpus=CorpusSizes(train_per_task=2, test_per_task=1),
+    )
     sizes = corpus_sizes(cfg)
     assert sizes["caption/grounded"] and sizes["text/facts"] and not sizes["caption/shapes"]
     corpus = generate_corpus(tmp_path / "c", seed=0, sizes={k: min(v, 2) for k, v in sizes.items()})
@@ -113,25 +135,32 @@ def test_sft_weights_scale_each_tasks_share_of_the_sft_mixture(tmp_path):
     from mm15.demo.recipe import corpus_sizes, demo_train_config
 
     tasks = ["general/colour", "refer_ground/box", "text_only/add"]
-    cfg = DemoConfig(sft=SftStage(tasks=tasks, weights={"refer_ground/box": 2.0,
-                                                        "text_only/add": 0.5}),
-                     corpus=CorpusSizes(train_per_task=6, test_per_task=1))  # fmt: skip
+    cfg = DemoConfig(
+        sft=SftStage(tasks=tasks, weights={"refer_ground/box": 2.0, "text_only/add": 0.5}),
+        corpus=CorpusSizes(train_per_task=6, test_per_task=1),
+    )
     corpus = generate_corpus(tmp_path / "c", seed=0, sizes=corpus_sizes(cfg))
     sft = demo_train_config(cfg, corpus, tmp_path / "tok", tmp_path / "run", 300).stages[-1]
     weights = mixture_weights(sft.mixture, {t: 6 for t in tasks})
-    assert weights == pytest.approx({"general/colour": 1 / 3.5, "refer_ground/box": 2 / 3.5,
-                                     "text_only/add": 0.5 / 3.5})  # fmt: skip
+    assert weights == pytest.approx(
+        {"general/colour": 1 / 3.5, "refer_ground/box": 2 / 3.5, "text_only/add": 0.5 / 3.5}
+    )
 
 
 def test_bind_stage_trains_its_tasks_first_or_before_sft_and_only_when_asked(tmp_path):
     from mm15.demo.data.corpus import generate_corpus
     from mm15.demo.recipe import corpus_sizes, demo_train_config
 
-    base = dict(sft=SftStage(tasks=["text_only/add"]), lm=DecoderKnobs(layers=2),
-                corpus=CorpusSizes(train_per_task=2, test_per_task=1))  # fmt: skip
+    base = dict(
+        sft=SftStage(tasks=["text_only/add"]),
+        lm=DecoderKnobs(layers=2),
+        corpus=CorpusSizes(train_per_task=2, test_per_task=1),
+    )
     off = DemoConfig(**base, bind=BindStage(steps=0))
-    on = DemoConfig(**base, bind=BindStage(steps=7, at="before_sft",
-                                           tasks=["refer_ground/region", "general/colour"]))  # fmt: skip
+    on = DemoConfig(
+        **base,
+        bind=BindStage(steps=7, at="before_sft", tasks=["refer_ground/region", "general/colour"]),
+    )
     assert corpus_sizes(off)["refer_ground/region"] == 0
     sizes = corpus_sizes(on)
     assert sizes["refer_ground/region"] == 2 == sizes["general/colour"]

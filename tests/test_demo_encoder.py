@@ -36,13 +36,18 @@ def test_token_targets_label_the_object_covering_most_of_each_cell():
     # 100×100 image, 2×2 cells of 50 px: a red circle fills the top-left cell, a green square
     # covers 20% of the top-right cell (above the 15% threshold), a blue star covers 80% of the
     # bottom-right cell and 8% of the bottom-left one (below it).
-    drawn = [_drawn("circle", "red", (0, 0, 50, 50)), _drawn("square", "green", (50, 0, 100, 10)),
-             _drawn("star", "blue", (45, 50, 100, 90))]  # fmt: skip
+    drawn = [
+        _drawn("circle", "red", (0, 0, 50, 50)),
+        _drawn("square", "green", (50, 0, 100, 10)),
+        _drawn("star", "blue", (45, 50, 100, 90)),
+    ]
     colour, shape, _, _ = token_targets(drawn, (100, 100), grid=2)
     red, green, blue = (COLOURS.index(c) for c in ("red", "green", "blue"))
     assert colour.tolist() == [red, green, BG_C, blue]
     assert shape.tolist() == [SHAPES.index(k) for k in ("circle", "square")] + [
-        BG_S, SHAPES.index("star")]  # fmt: skip
+        BG_S,
+        SHAPES.index("star"),
+    ]
 
 
 def test_token_targets_pick_the_larger_of_two_overlapping_objects():
@@ -106,8 +111,10 @@ def test_token_targets_words_go_to_cells_holding_enough_of_their_ink():
     # A word whose ink is 70% in the top-left cell and 30% in the top-right one labels both
     # (min_ink 0.3); one with 25% of its ink in the bottom-right cell does not label it.
     save, ok = WORDS.index("Save"), WORDS.index("OK")
-    drawn = [si.Drawn("text", Box(15, 10, 65, 20), text="Save"),
-             si.Drawn("text", Box(10, 60, 60, 70), text="OK")]  # fmt: skip
+    drawn = [
+        si.Drawn("text", Box(15, 10, 65, 20), text="Save"),
+        si.Drawn("text", Box(10, 60, 60, 70), text="OK"),
+    ]
     colour, shape, _, word = token_targets(drawn, (100, 100), grid=2)
     assert word.tolist() == [save, save, ok, len(WORDS)]
     assert (colour == BG_C).all() and (shape == BG_S).all()  # text has no colour or shape

@@ -21,10 +21,19 @@ from tests.snapshot_util import SNAPSHOTS
 # align_steps=3, pretrain_steps=3, cpt_steps=3, bind_steps=5, sft_steps=60, batch_rows=4,
 # seq_len=384, vocab_size=1200, lr=3e-3), which wrote tests/snapshots/demo_short.json.
 SHORT = [
-    "corpus.train_per_task=40", "corpus.test_per_task=6", "encoder.steps=5", "align.steps=3",
-    "pretrain.steps=3", "cpt.steps=3", "bind.steps=5", "sft.steps=60", "batch_rows=4",
-    "seq_len=384", "tokenizer.vocab_size=1200", "lr=3e-3",
-]  # fmt: skip
+    "corpus.train_per_task=40",
+    "corpus.test_per_task=6",
+    "encoder.steps=5",
+    "align.steps=3",
+    "pretrain.steps=3",
+    "cpt.steps=3",
+    "bind.steps=5",
+    "sft.steps=60",
+    "batch_rows=4",
+    "seq_len=384",
+    "tokenizer.vocab_size=1200",
+    "lr=3e-3",
+]
 
 
 def short_config() -> DemoConfig:
@@ -36,8 +45,11 @@ def comparable(out) -> dict:
     report = json.loads((out / "report.json").read_text())
     items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     keep = ("categories", "mmbase", "tasks", "train", "skipped_steps", "model_params")
-    return {**{k: report[k] for k in keep}, "items": items,
-            "report_md": _md_without_times((out / "report.md").read_text())}  # fmt: skip
+    return {
+        **{k: report[k] for k in keep},
+        "items": items,
+        "report_md": _md_without_times((out / "report.md").read_text()),
+    }
 
 
 def _md_without_times(md: str) -> list[str]:

@@ -50,9 +50,13 @@ def test_labels_inside_image_even_at_top_edge():
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.integers(1, 300), st.integers(1, 300), st.integers(-5, 305), st.integers(-5, 305),
-    st.integers(1, 80), st.integers(1, 40),
-)  # fmt: skip
+    st.integers(1, 300),
+    st.integers(1, 300),
+    st.integers(-5, 305),
+    st.integers(-5, 305),
+    st.integers(1, 80),
+    st.integers(1, 40),
+)
 def test_place_label_always_within_image(iw, ih, ax, ay, tw, th):
     x0, y0, x1, y1 = place_label((ax, ay, ax + 3, ay + 3), (tw, th), (iw, ih))
     assert x1 - x0 == tw and y1 - y0 == th

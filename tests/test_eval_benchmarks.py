@@ -117,17 +117,30 @@ def test_ocrbench_match():
 
 @pytest.mark.parametrize(
     ("pred", "label"),
-    [("Yes", "yes"), ("No.", "no"), ("There is not a cat.", "no"), ("no, there isn't", "no"),
-     ("Yes. No", "yes"), ("NO", "yes"), ("nope", "yes")],
-)  # fmt: skip
+    [
+        ("Yes", "yes"),
+        ("No.", "no"),
+        ("There is not a cat.", "no"),
+        ("no, there isn't", "no"),
+        ("Yes. No", "yes"),
+        ("NO", "yes"),
+        ("nope", "yes"),
+    ],
+)
 def test_pope_label(pred, label):
     assert bm.pope_label(pred) == label
 
 
 def test_pope_summary_by_hand():
     # random: TP=2 FP=1 FN=1 TN=0 → acc 1/2, P 2/3, R 2/3, F1 2/3;  popular: all right → 1.
-    items = [("random", "yes", "yes"), ("random", "yes", "yes"), ("random", "no", "yes"),
-             ("random", "yes", "no"), ("popular", "yes", "yes"), ("popular", "no", "no")]  # fmt: skip
+    items = [
+        ("random", "yes", "yes"),
+        ("random", "yes", "yes"),
+        ("random", "no", "yes"),
+        ("random", "yes", "no"),
+        ("popular", "yes", "yes"),
+        ("popular", "no", "no"),
+    ]
     s = bm.pope_summary(items)
     r = s["splits"]["random"]
     assert (r["acc"], r["precision"], r["recall"]) == (0.5, 2 / 3, 2 / 3)
@@ -152,8 +165,14 @@ def test_mme_label(pred, label):
 def test_mme_summary_acc_plus_by_hand():
     # existence: image a both right, image b one right → acc 75, acc+ 50 → 125
     # code_reasoning: image c both wrong → 0
-    items = [("existence", "a", 1.0), ("existence", "a", 1.0), ("existence", "b", 1.0),
-             ("existence", "b", 0.0), ("code_reasoning", "c", 0.0), ("code_reasoning", "c", 0.0)]  # fmt: skip
+    items = [
+        ("existence", "a", 1.0),
+        ("existence", "a", 1.0),
+        ("existence", "b", 1.0),
+        ("existence", "b", 0.0),
+        ("code_reasoning", "c", 0.0),
+        ("code_reasoning", "c", 0.0),
+    ]
     s = bm.mme_summary(items)
     assert s["subtasks"]["existence"] == {"acc": 75.0, "acc_plus": 50.0, "score": 125.0}
     assert (s["perception"], s["cognition"], s["total"]) == (125.0, 0.0, 125.0)
@@ -214,17 +233,23 @@ def _row(score, pred, ref, **meta):
 
 
 def test_aggregate_pope_and_mme():
-    rows = [_row(1.0, "yes", "yes", category="random"), _row(0.0, "yes", "no", category="random"),
-            _row(0.0, None, "yes", category="popular"), _row(0.0, None, None)]  # fmt: skip
+    rows = [
+        _row(1.0, "yes", "yes", category="random"),
+        _row(0.0, "yes", "no", category="random"),
+        _row(0.0, None, "yes", category="popular"),
+        _row(0.0, None, None),
+    ]
     score, d = aggregate(TASKS["pope"], rows)
     assert d["splits"]["random"]["f1"] == pytest.approx(2 / 3)
     assert d["splits"]["popular"]["f1"] == 0.0  # the error item is a false negative
     assert score == pytest.approx(1 / 3)
     assert d["item_accuracy"] == 0.25 and d["n_unplaced"] == 1
-    mme = [_row(1.0, "yes", "yes", category="OCR", question_id="i1"),
-           _row(1.0, "no", "no", category="OCR", question_id="i1"),
-           _row(0.0, "no", "yes", category="count", question_id="i2"),
-           _row(1.0, "no", "no", category="count", question_id="i2")]  # fmt: skip
+    mme = [
+        _row(1.0, "yes", "yes", category="OCR", question_id="i1"),
+        _row(1.0, "no", "no", category="OCR", question_id="i1"),
+        _row(0.0, "no", "yes", category="count", question_id="i2"),
+        _row(1.0, "no", "no", category="count", question_id="i2"),
+    ]
     score, d = aggregate(TASKS["mme"], mme)
     assert (d["subtasks"]["OCR"]["score"], d["subtasks"]["count"]["score"]) == (200.0, 50.0)
     assert d["perception"] == 250.0 and score == pytest.approx(250 / 400)

@@ -177,8 +177,16 @@ def test_category_scores_and_mmbase():
 def _eval_sample(metric: str, **kw) -> Sample:
     media = [Media(kind="image", path="x.png", size=(200, 100))]
     msgs = [Message("user", [Part.m(0), Part.t("q")])]
-    return Sample(id="s", source="t", category="general", stage="eval", media=media,
-                  messages=msgs, meta={"metric": metric, **kw.pop("meta", {})}, **kw)  # fmt: skip
+    return Sample(
+        id="s",
+        source="t",
+        category="general",
+        stage="eval",
+        media=media,
+        messages=msgs,
+        meta={"metric": metric, **kw.pop("meta", {})},
+        **kw,
+    )
 
 
 def test_score_sample_dispatch():

@@ -56,7 +56,12 @@ def test_lmms_eval_parquet_snapshot_with_error_items(tmp_path):
     res = read_items(TASKS["textvqa"], tmp_path)  # default split: validation
     assert [i.id for i in res.items] == ["0", "1", "2", "3", "4"]
     assert [i.error.split(":")[0] if i.error else None for i in res.items] == [
-        None, None, "missing", "corrupt", "empty"]  # fmt: skip
+        None,
+        None,
+        "missing",
+        "corrupt",
+        "empty",
+    ]
     assert "gone.png" in res.items[2].error and "row 2" in res.items[2].error
     ok = res.items[0]
     assert ok.references == ["a"] * 10 and ok.sizes == [(40, 30)]
@@ -104,17 +109,26 @@ def test_jsonl_relative_paths_lists_and_bad_lines(tmp_path):
     (tmp_path / "img").mkdir()
     for k in range(2):
         (tmp_path / "img" / f"{k}.png").write_bytes(png((k * 100, 0, 0)))
-    row = {"idx": "q0", "question": "Which?", "image_list": ["img/0.png", "img/1.png"],
-           "options": ["left", "right"], "answer": "B", "task": "t"}  # fmt: skip
-    path = write_jsonl(tmp_path / "muir.jsonl", [row, "{oops", "[1, 2]", {**row, "idx": "q3",
-                                                                            "answer": "E"}])  # fmt: skip
+    row = {
+        "idx": "q0",
+        "question": "Which?",
+        "image_list": ["img/0.png", "img/1.png"],
+        "options": ["left", "right"],
+        "answer": "B",
+        "task": "t",
+    }
+    path = write_jsonl(
+        tmp_path / "muir.jsonl", [row, "{oops", "[1, 2]", {**row, "idx": "q3", "answer": "E"}]
+    )
     items = read_items(TASKS["muirbench"], path).items
     assert len(items) == 4
     ok = items[0]
     assert ok.error is None and ok.references == ["B"] and ok.options == ["left", "right"]
     assert [Path(m.path).name for m in ok.sample.media] == ["0.png", "1.png"]
-    assert texts(ok) == ("Which?\nA. left\nB. right\nAnswer with the option's letter from the "
-                         "given choices directly.")  # fmt: skip
+    assert texts(ok) == (
+        "Which?\nA. left\nB. right\nAnswer with the option's letter from the "
+        "given choices directly."
+    )
     assert ok.meta == {"task": "t"}
     assert items[1].error.startswith("corrupt") and "line 2" in items[1].error
     assert items[2].error.startswith("malformed: ") and "not an object" in items[2].error
@@ -125,27 +139,82 @@ def test_jsonl_relative_paths_lists_and_bad_lines(tmp_path):
     ("task", "row", "refs", "options", "prompt_has"),
     [
         # AI2D: answers are indices, even when options are numbers themselves
-        ("ai2d", {"question": "How many?", "options": ["1", "2", "3"], "answer": "1"}, ["B"],
-         ["1", "2", "3"], "A. 1\nB. 2\nC. 3"),
-        ("scienceqa_img", {"question": "Q?", "choices": ["a", "b"], "answer": 0,
-                           "hint": "It is cold."}, ["A"], ["a", "b"], "Context: It is cold.\nQ?"),
-        ("qbench2", {"question": "Q?", "option0": "x", "option1": "y", "option2": "N/A",
-                     "option3": "N/A", "correct_choice": "B", "image1": None, "image2": None},
-         ["B"], ["x", "y"], "A. x\nB. y\n"),
-        ("realworldqa", {"question": "Which?\nA. up\nB. down\nPlease answer directly.",
-                         "answer": "B"}, ["B"], ["up", "down"], "Which?"),
+        (
+            "ai2d",
+            {"question": "How many?", "options": ["1", "2", "3"], "answer": "1"},
+            ["B"],
+            ["1", "2", "3"],
+            "A. 1\nB. 2\nC. 3",
+        ),
+        (
+            "scienceqa_img",
+            {"question": "Q?", "choices": ["a", "b"], "answer": 0, "hint": "It is cold."},
+            ["A"],
+            ["a", "b"],
+            "Context: It is cold.\nQ?",
+        ),
+        (
+            "qbench2",
+            {
+                "question": "Q?",
+                "option0": "x",
+                "option1": "y",
+                "option2": "N/A",
+                "option3": "N/A",
+                "correct_choice": "B",
+                "image1": None,
+                "image2": None,
+            },
+            ["B"],
+            ["x", "y"],
+            "A. x\nB. y\n",
+        ),
+        (
+            "realworldqa",
+            {"question": "Which?\nA. up\nB. down\nPlease answer directly.", "answer": "B"},
+            ["B"],
+            ["up", "down"],
+            "Which?",
+        ),
         ("realworldqa", {"question": "How many cars?", "answer": "3"}, ["3"], None, "cars"),
-        ("nlvr2", {"sentence": "Two dogs.", "images": None, "label": True}, ["A"],
-         ["True", "False"], "Two dogs.\nIs this statement true or false"),
+        (
+            "nlvr2",
+            {"sentence": "Two dogs.", "images": None, "label": True},
+            ["A"],
+            ["True", "False"],
+            "Two dogs.\nIs this statement true or false",
+        ),
         # Mantis: short-answer rows are scored by exact match even when options are listed
-        ("mantis", {"question": "Colour? (A) red (B) blue", "options": ["red", "blue"],
-                    "answer": "red", "question_type": "short-answer", "id": "m"}, ["red"], None,
-         "Colour? (A) red (B) blue\nAnswer the question using a single word"),
-        ("seed", {"question": "Q?", "choice_a": "a", "choice_b": "b", "choice_c": "c",
-                  "choice_d": "d", "answer": "C", "data_type": "image"}, ["C"],
-         ["a", "b", "c", "d"], "D. d"),
+        (
+            "mantis",
+            {
+                "question": "Colour? (A) red (B) blue",
+                "options": ["red", "blue"],
+                "answer": "red",
+                "question_type": "short-answer",
+                "id": "m",
+            },
+            ["red"],
+            None,
+            "Colour? (A) red (B) blue\nAnswer the question using a single word",
+        ),
+        (
+            "seed",
+            {
+                "question": "Q?",
+                "choice_a": "a",
+                "choice_b": "b",
+                "choice_c": "c",
+                "choice_d": "d",
+                "answer": "C",
+                "data_type": "image",
+            },
+            ["C"],
+            ["a", "b", "c", "d"],
+            "D. d",
+        ),
     ],
-)  # fmt: skip
+)
 def test_multiple_choice_rows(tmp_path, task, row, refs, options, prompt_has):
     cols = TASKS[task].columns
     for c in cols.images:  # fill every image column (qbench2 image1/image2, nlvr2's list)
@@ -157,19 +226,34 @@ def test_multiple_choice_rows(tmp_path, task, row, refs, options, prompt_has):
 
 
 def test_blink_optional_images_and_parenthesised_answer(tmp_path):
-    row = {"idx": "b1", "prompt": "Which is closer?\n(A) left\n(B) right", "choices": ["l", "r"],
-           "answer": "(B)", "sub_task": "depth", "image_1": png(), "image_2": png(),
-           "image_3": None, "image_4": None}  # fmt: skip
+    row = {
+        "idx": "b1",
+        "prompt": "Which is closer?\n(A) left\n(B) right",
+        "choices": ["l", "r"],
+        "answer": "(B)",
+        "sub_task": "depth",
+        "image_1": png(),
+        "image_2": png(),
+        "image_3": None,
+        "image_4": None,
+    }
     item = read_items(TASKS["blink"], write_parquet(tmp_path / "b.parquet", [row])).items[0]
     assert item.error is None and item.references == ["B"] and len(item.sample.media) == 2
     assert texts(item).startswith("Note: You only need to respond with A, B without")
 
 
 def test_mmmu_interleaves_images_at_markers(tmp_path):
-    row = {"id": "m1", "question": "Compare <image 2> with <image 1>. Is <image 2> bigger?",
-           "options": "['yes', 'no']", "answer": "A", "question_type": "multiple-choice",
-           "image_1": png((1, 0, 0)), "image_2": png((2, 0, 0), (50, 20)), "image_3": png(),
-           **{f"image_{k}": None for k in range(4, 8)}}  # fmt: skip
+    row = {
+        "id": "m1",
+        "question": "Compare <image 2> with <image 1>. Is <image 2> bigger?",
+        "options": "['yes', 'no']",
+        "answer": "A",
+        "question_type": "multiple-choice",
+        "image_1": png((1, 0, 0)),
+        "image_2": png((2, 0, 0), (50, 20)),
+        "image_3": png(),
+        **{f"image_{k}": None for k in range(4, 8)},
+    }
     bad = {**row, "id": "m2", "question": "What is in <image 4>?"}
     items = read_items(TASKS["mmmu"], write_parquet(tmp_path / "m.parquet", [row, bad])).items
     item = items[0]
@@ -179,15 +263,26 @@ def test_mmmu_interleaves_images_at_markers(tmp_path):
     assert item.sizes == [(50, 20), (40, 30)]  # image 2 first; image 3 unreferenced: not shown
     assert item.options == ["yes", "no"] and item.references == ["A"]
     assert items[1].error.startswith("missing") and "<image 4>" in items[1].error
-    open_row = {**row, "id": "m3", "question": "Value of <image 1>?", "options": "[]",
-                "question_type": "open", "answer": "['1.5', '1.50']"}  # fmt: skip
+    open_row = {
+        **row,
+        "id": "m3",
+        "question": "Value of <image 1>?",
+        "options": "[]",
+        "question_type": "open",
+        "answer": "['1.5', '1.50']",
+    }
     item = read_items(TASKS["mmmu"], write_parquet(tmp_path / "o.parquet", [open_row])).items[0]
     assert item.options is None and item.references == ["1.5", "1.50"]
 
 
 def test_refcoco_explodes_expressions_and_converts_boxes(tmp_path):
-    row = {"question_id": "r1", "question": "caption this", "answer": ["left dog", "brown dog"],
-           "bbox": [4.0, 3.0, 20.0, 15.0], "image": {"bytes": png(size=(40, 30))}}  # fmt: skip
+    row = {
+        "question_id": "r1",
+        "question": "caption this",
+        "answer": ["left dog", "brown dog"],
+        "bbox": [4.0, 3.0, 20.0, 15.0],
+        "image": {"bytes": png(size=(40, 30))},
+    }
     outside = {**row, "question_id": "r2", "bbox": [30.0, 3.0, 20.0, 15.0]}
     path = write_parquet(tmp_path / "r.parquet", [row, outside])
     items = read_items(TASKS["refcoco"], path).items
@@ -202,8 +297,14 @@ def test_refcoco_explodes_expressions_and_converts_boxes(tmp_path):
 
 def test_flickr_any_box_jsonl_and_seed_filter(tmp_path):
     (tmp_path / "a.png").write_bytes(png(size=(100, 50)))
-    rows = [{"image": "a.png", "caption": "A man rides a horse.", "phrase": "a horse",
-             "boxes": [[10, 10, 50, 40], [60, 5, 90, 45]]}]  # fmt: skip
+    rows = [
+        {
+            "image": "a.png",
+            "caption": "A man rides a horse.",
+            "phrase": "a horse",
+            "boxes": [[10, 10, 50, 40], [60, 5, 90, 45]],
+        }
+    ]
     item = read_items(TASKS["flickr30k"], write_jsonl(tmp_path / "f.jsonl", rows)).items[0]
     assert (
         len(item.boxes) == 2
@@ -211,8 +312,16 @@ def test_flickr_any_box_jsonl_and_seed_filter(tmp_path):
         and item.meta == {"caption": rows[0]["caption"]}
     )
     assert 'In the sentence "A man rides a horse.", where is "a horse"?' in texts(item)
-    seed = {"question_id": 1, "question": "Q?", "choice_a": "a", "choice_b": "b",
-            "choice_c": "c", "choice_d": "d", "answer": "A", "image": [png()]}  # fmt: skip
+    seed = {
+        "question_id": 1,
+        "question": "Q?",
+        "choice_a": "a",
+        "choice_b": "b",
+        "choice_c": "c",
+        "choice_d": "d",
+        "answer": "A",
+        "image": [png()],
+    }
     table = [
         {**seed, "data_type": "image"},
         {**seed, "data_type": "video"},

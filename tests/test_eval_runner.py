@@ -44,8 +44,15 @@ def bench_root(tmp_path_factory):
     time, one missing image file), pope (JSONL, 6 rows + an undecodable line), refcoco."""
     root = tmp_path_factory.mktemp("bench")
     good = png((200, 10, 10))
-    rows = [{"question_id": i, "question": f"what is {i}?", "answers": ["red"] * 10,
-             "image": {"bytes": png((40 * i, 80, 0)), "path": None}} for i in range(5)]  # fmt: skip
+    rows = [
+        {
+            "question_id": i,
+            "question": f"what is {i}?",
+            "answers": ["red"] * 10,
+            "image": {"bytes": png((40 * i, 80, 0)), "path": None},
+        }
+        for i in range(5)
+    ]
     rows[1]["image"] = {"bytes": truncated_jpeg(), "path": None}
     rows[3]["image"] = {"bytes": None, "path": "missing.png"}
     (root / "textvqa" / "data").mkdir(parents=True)
@@ -54,13 +61,27 @@ def bench_root(tmp_path_factory):
     )
     (root / "pope").mkdir()
     (root / "pope" / "a.png").write_bytes(good)
-    lines = [json.dumps({"question_id": i, "question": "Is there a cat?", "image": "a.png",
-                         "answer": ["no", "yes"][i % 2],
-                         "category": ["random", "popular", "adversarial"][i % 3]})
-             for i in range(6)] + ["{broken"]  # fmt: skip
+    lines = [
+        json.dumps(
+            {
+                "question_id": i,
+                "question": "Is there a cat?",
+                "image": "a.png",
+                "answer": ["no", "yes"][i % 2],
+                "category": ["random", "popular", "adversarial"][i % 3],
+            }
+        )
+        for i in range(6)
+    ] + ["{broken"]
     (root / "pope" / "pope.jsonl").write_text("\n".join(lines) + "\n")
-    ref = [{"question_id": "r", "answer": ["the dog", "a dog"], "bbox": [1, 2, 10, 10],
-            "image": {"bytes": good}}]  # fmt: skip
+    ref = [
+        {
+            "question_id": "r",
+            "answer": ["the dog", "a dog"],
+            "bbox": [1, 2, 10, 10],
+            "image": {"bytes": good},
+        }
+    ]
     pq.write_table(pa.Table.from_pylist(ref), root / "refcoco.parquet")
     return root
 
@@ -83,7 +104,12 @@ def test_run_eval_writes_items_and_summary(model_tok, bench_root, tmp_path):
     # the truncated image fails only when decoded; its batch is retried item by item
     assert "cannot decode (truncated)" in tv[1]["error"]
     assert [r["error"].split(":")[0] if r["error"] else None for r in tv] == [
-        None, "corrupt", None, "missing", None]  # fmt: skip
+        None,
+        "corrupt",
+        None,
+        "missing",
+        None,
+    ]
     assert all(r["prediction"] is None and r["score"] == 0.0 for r in tv if r["error"])
     assert all(isinstance(r["prediction"], str) for r in tv if not r["error"])
     assert rows[11]["error"].startswith("corrupt") and "line 7" in rows[11]["error"]
@@ -125,8 +151,14 @@ def test_synthetic_suite_is_a_task(model_tok, tmp_path):
     sizes = {k: 0 for k in DEFAULT_SIZES} | {"test/general/colour": 3, "test/refer_ground/box": 2}
     corpus = generate_corpus(tmp_path / "corpus", sizes=sizes)
     model, tok = model_tok
-    summary = run_eval(model, tok, [("synthetic", corpus.root)], tmp_path / "out",
-                       EvalSettings(batch_size=4, limit=2), progress=io.StringIO())  # fmt: skip
+    summary = run_eval(
+        model,
+        tok,
+        [("synthetic", corpus.root)],
+        tmp_path / "out",
+        EvalSettings(batch_size=4, limit=2),
+        progress=io.StringIO(),
+    )
     bench = summary["benchmarks"]["synthetic"]
     assert bench["n"] == 4 and bench["category"] == "synthetic"  # limit 2 per test file
     assert set(bench["details"]["categories"]) == {"general", "refer_ground"}
@@ -149,9 +181,26 @@ def test_synthetic_suite_is_a_task(model_tok, tmp_path):
 
 def test_cli_eval(tiny_ckpt_dir, bench_root, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["--model", str(tiny_ckpt_dir), "--task", "textvqa,pope", "--data",
-               str(bench_root), "--out", str(out), "--limit", "2", "--batch-size", "2",
-               "--max-new-tokens", "3", "--device", "cpu"])  # fmt: skip
+    rc = main(
+        [
+            "--model",
+            str(tiny_ckpt_dir),
+            "--task",
+            "textvqa,pope",
+            "--data",
+            str(bench_root),
+            "--out",
+            str(out),
+            "--limit",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr()
     assert "| textvqa |" in printed.out and "| pope |" in printed.out
@@ -168,7 +217,9 @@ def test_task_data_pairing(tmp_path):
     (tmp_path / "pope").mkdir()
     (tmp_path / "mme.jsonl").write_text("")
     assert task_data(["pope,mme"], [str(tmp_path)]) == [
-        ("pope", tmp_path / "pope"), ("mme", tmp_path / "mme.jsonl")]  # fmt: skip
+        ("pope", tmp_path / "pope"),
+        ("mme", tmp_path / "mme.jsonl"),
+    ]
     assert task_data(["refcoco:testA", "refcoco:testB"], ["d1", "d2"])[1][0] == "refcoco:testB"
     with pytest.raises(ValueError, match="2 task"):
         task_data(["pope", "mme"], ["a", "b", "c"])

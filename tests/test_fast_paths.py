@@ -179,8 +179,9 @@ def test_compiled_blocks_have_no_graph_breaks_and_train_like_eager():
     graph break, nothing recompiled in the steady state, and eager's loss and gradients."""
     eager, compiled = tiny_model(), tiny_model()
     apply_checkpointing(compiled, {"decoder": "full"})
-    apply_compile(compiled, dict.fromkeys(("decoder", "vision", "connector"), "default"),
-                  backend="aot_eager")  # fmt: skip
+    apply_compile(
+        compiled, dict.fromkeys(("decoder", "vision", "connector"), "default"), backend="aot_eager"
+    )
     assert list(compiled.state_dict()) == list(eager.state_dict())  # names unchanged
     batch = tiny_batch(eager.cfg)
     torch._dynamo.reset()
@@ -218,8 +219,9 @@ def test_inductor_compiles_blocks_without_graph_breaks_on_cuda():
 
 
 def test_checkpoint_modes_merge_shorthand_and_block_settings():
-    cfg = ParallelConfig(activation_checkpointing="decoder",
-                         vision=BlockPolicy(checkpoint="selective"))  # fmt: skip
+    cfg = ParallelConfig(
+        activation_checkpointing="decoder", vision=BlockPolicy(checkpoint="selective")
+    )
     assert checkpoint_modes(cfg) == {"decoder": "full", "vision": "selective", "connector": "none"}
     cfg = ParallelConfig(
         activation_checkpointing="all", decoder=BlockPolicy(checkpoint="selective")
@@ -286,9 +288,11 @@ def _fsdp_worker(info: DistInfo) -> dict:
         loss = fast(**batch).loss
         losses.append(loss.item())
         loss.backward()
-    grad_diff = max((p.grad.full_tensor() - q.grad.full_tensor()).abs().max().item()
-                    for p, q in zip(fast.parameters(), ref.parameters(), strict=True)
-                    if p.grad is not None)  # fmt: skip
+    grad_diff = max(
+        (p.grad.full_tensor() - q.grad.full_tensor()).abs().max().item()
+        for p, q in zip(fast.parameters(), ref.parameters(), strict=True)
+        if p.grad is not None
+    )
 
     bf16 = apply_fsdp2(copy.deepcopy(init), param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     seen = []
@@ -302,13 +306,17 @@ def _fsdp_worker(info: DistInfo) -> dict:
         apply_attention(bf16, "flex")
         flex_packed = bf16(**packed).loss.item()
     return dict(
-        ref=ref_loss.item(), losses=losses, grad_diff=grad_diff,
+        ref=ref_loss.item(),
+        losses=losses,
+        grad_diff=grad_diff,
         prefetch=[len(first._states_to_forward_prefetch), len(first._states_to_backward_prefetch)],
-        bf16_loss=bf16_loss.item(), gathered=str(seen[0]), packed=[sdpa_packed, flex_packed],
+        bf16_loss=bf16_loss.item(),
+        gathered=str(seen[0]),
+        packed=[sdpa_packed, flex_packed],
         sharded=sorted({str(p.dtype) for p in bf16.parameters()}),
         grads=sorted({str(p.grad.dtype) for p in bf16.parameters() if p.grad is not None}),
         world=dist.get_world_size(),
-    )  # fmt: skip
+    )
 
 
 def test_fsdp2_prefetch_compile_and_bf16_params(tmp_path):

@@ -48,19 +48,33 @@ def write_user_data(data: Path) -> None:
     rows = []
     for k in range(8):
         (photos / "images" / f"{k}.jpg").write_bytes(_jpeg(k))
-        rows.append({"id": str(k), "image": f"{k}.jpg", "conversations": [
-            {"from": "human", "value": "<image>\nWhat is in the picture?"},
-            {"from": "gpt", "value": f"There is {THINGS[k % len(THINGS)]}."}]})  # fmt: skip
+        rows.append(
+            {
+                "id": str(k),
+                "image": f"{k}.jpg",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat is in the picture?"},
+                    {"from": "gpt", "value": f"There is {THINGS[k % len(THINGS)]}."},
+                ],
+            }
+        )
     (photos / "train.json").write_text(json.dumps(rows))
     pope = data / "pope" / "data" / "test-00000-of-00001.parquet"
     pope.parent.mkdir(parents=True)
-    pq.write_table(pa.table({
-        "id": ["0", "1", "2", "3"], "question_id": ["1", "2", "3", "4"],
-        "question": ["Is there a square in the image?"] * 4,
-        "answer": ["yes", "no", "yes", "no"],
-        "image_source": ["x"] * 4, "category": ["random", "random", "popular", "adversarial"],
-        "image": pa.array([{"bytes": _jpeg(k), "path": None} for k in range(4)], IMAGE),
-    }), pope)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["0", "1", "2", "3"],
+                "question_id": ["1", "2", "3", "4"],
+                "question": ["Is there a square in the image?"] * 4,
+                "answer": ["yes", "no", "yes", "no"],
+                "image_source": ["x"] * 4,
+                "category": ["random", "random", "popular", "adversarial"],
+                "image": pa.array([{"bytes": _jpeg(k), "path": None} for k in range(4)], IMAGE),
+            }
+        ),
+        pope,
+    )
 
 
 def _free_port() -> int:
@@ -76,13 +90,24 @@ def test_every_command_of_the_finetune_page_runs(hf_clip_dir, hf_llama_dir, tmp_
     write_user_data(data)
     work.mkdir()
     bindir = str(Path(sys.executable).parent)  # the venv's mm15 and python
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}", "MODELS": str(models),
-           "DATA": str(data), "PORT": str(_free_port()), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+        "MODELS": str(models),
+        "DATA": str(data),
+        "PORT": str(_free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
     log = tmp_path / "log.txt"
     with log.open("w") as out:  # a file, not a pipe: a stray server cannot hold it open
-        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", doc_script()], cwd=work,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", doc_script()],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             code = proc.wait(timeout=600)
         finally:

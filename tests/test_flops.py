@@ -124,13 +124,15 @@ def test_peak_and_mfu():
     assert mfu(5e11, 1.0, 1e12) == 0.5
     with pytest.raises(ValueError, match="positive seconds"):
         mfu(1.0, 0.0, 1e12)
-    util = utilisation(training_flops(tiny(), tokens=64, seq_len=32, tiles=1, tile_hw=(112, 112)),
-                       2.0, 1e9)  # fmt: skip
+    util = utilisation(
+        training_flops(tiny(), tokens=64, seq_len=32, tiles=1, tile_hw=(112, 112)), 2.0, 1e9
+    )
     assert util["mfu_total"] > util["mfu_decoder"] > 0
     assert util["mfu_decoder"] == pytest.approx(util["tflops_decoder"] * 1e12 / 1e9)
     assert mfu_line("[sft]", 3, util).startswith("[sft] step 3 mfu decoder ")
-    no_peak = utilisation(training_flops(tiny(), tokens=1, seq_len=1, tiles=0, tile_hw=(1, 1)),
-                          1.0, None)  # fmt: skip
+    no_peak = utilisation(
+        training_flops(tiny(), tokens=1, seq_len=1, tiles=0, tile_hw=(1, 1)), 1.0, None
+    )
     assert "mfu_total" not in no_peak and mfu_line("[sft]", 3, no_peak) is None
 
 
@@ -174,8 +176,23 @@ def test_train_bench_runs_on_cpu_and_keeps_the_recipe_share(tmp_path, capsys, mo
         assert all(sum(t * k + x for t, x in r.samples) <= seq for r in rows)
     assert 0.6 < shares[0] < 0.9 and abs(shares[0] - shares[1]) < 0.02
     out = tmp_path / "bench.json"
-    assert bench.main(["--preset", "tiny", "--steps", "1", "--warmup", "0",
-                       "--peak-tflops", "1e-3", "--json", str(out)]) == 0  # fmt: skip
+    assert (
+        bench.main(
+            [
+                "--preset",
+                "tiny",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--peak-tflops",
+                "1e-3",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["tokens_per_s"] > 0 and result["mfu_total"] > result["mfu_decoder"] > 0
     assert "| MFU total " in capsys.readouterr().out

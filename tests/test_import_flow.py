@@ -56,8 +56,14 @@ PIPELINE_EXCEPTIONS = {
     "demo_encoder.py": "the demo's toy encoder: one tile per image (mm15/demo*, another owner)",
     "demo/encoder.py": "the same, after the demo's move into a package",
 }
-ENTRY_POINTS = ["serve/prepare.py", "chat_session.py", "inference.py", "eval/lmms_plugin.py",
-                "train/data.py", "data/check.py"]  # fmt: skip
+ENTRY_POINTS = [
+    "serve/prepare.py",
+    "chat_session.py",
+    "inference.py",
+    "eval/lmms_plugin.py",
+    "train/data.py",
+    "data/check.py",
+]
 
 
 def _imported_names(path: Path) -> set[tuple[str, str]]:

@@ -55,8 +55,9 @@ def test_static_decode_logits_match_the_forward_with_cache():
     tok = torch.tensor([[11], [12]])
     for step in range(4):
         new_pos = pos[:, -1:] + step + 1
-        ref = decoder(tok, position_ids_BT=new_pos, document_ids_BT=torch.zeros_like(tok),
-                      cache=caches[0]).logits[:, -1]  # fmt: skip
+        ref = decoder(
+            tok, position_ids_BT=new_pos, document_ids_BT=torch.zeros_like(tok), cache=caches[0]
+        ).logits[:, -1]
         got = static_decode_step(decoder, caches[1], tok, new_pos, torch.tensor([5 + step]))
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
         tok = ref.argmax(-1, keepdim=True)

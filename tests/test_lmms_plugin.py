@@ -84,7 +84,8 @@ def test_continuation_loglikelihood(model_tok):
     assert sum(math.exp(ll) for ll, _ in scores.values()) <= 1.0 + 1e-6
     # "greedy" exactly for the token generation picks (if it is printable at all)
     assert [c for c, (_, g) in scores.items() if g] == [
-        c for c in printable if tok.encode(c) == greedy.tokens]  # fmt: skip
+        c for c in printable if tok.encode(c) == greedy.tokens
+    ]
     best = max(printable, key=lambda c: scores[c][0])
     assert scores[best][1] == (tok.encode(best) == greedy.tokens)
     # a longer continuation is never more likely than its prefix
@@ -113,8 +114,15 @@ def test_class_needs_the_harness(monkeypatch):
 def _instances(requests: list[tuple], kind: str = "generate_until") -> list:
     from lmms_eval.api.instance import Instance
 
-    return [Instance(request_type=kind, arguments=args, idx=0,
-                     metadata={"task": "t", "doc_id": args[3], "repeats": 1}) for args in requests]  # fmt: skip
+    return [
+        Instance(
+            request_type=kind,
+            arguments=args,
+            idx=0,
+            metadata={"task": "t", "doc_id": args[3], "repeats": 1},
+        )
+        for args in requests
+    ]
 
 
 def _docs() -> list[dict]:
@@ -165,19 +173,26 @@ def test_entry_point_registration(tmp_path, monkeypatch):
 def test_generate_until_with_real_instances(plugin, model_tok):
     model, tok = model_tok
     greedy = {"max_new_tokens": 5, "temperature": 0, "do_sample": False}
-    reqs = [(f"<image>\n{d['q']}", dict(greedy), to_visual, k, "t", "test")
-            for k, d in enumerate(_docs())]  # fmt: skip
+    reqs = [
+        (f"<image>\n{d['q']}", dict(greedy), to_visual, k, "t", "test")
+        for k, d in enumerate(_docs())
+    ]
     reqs[3] = (reqs[3][0], {"max_new_tokens": 2}, *reqs[3][2:])  # another group, same order
     out = plugin.generate_until(_instances(reqs))
     assert len(out) == 5 and all(isinstance(o, str) for o in out)
     for k, (ctx, kw, *_rest) in enumerate(reqs):  # the same as mm15's own batched generation
-        ref = generate_for_samples(model, tok, [lp.request_sample(ctx, [_docs()[k]["img"]])],
-                                   GenerationSettings(max_new_tokens=kw["max_new_tokens"]))[0]  # fmt: skip
+        ref = generate_for_samples(
+            model,
+            tok,
+            [lp.request_sample(ctx, [_docs()[k]["img"]])],
+            GenerationSettings(max_new_tokens=kw["max_new_tokens"]),
+        )[0]
         assert out[k] == ref.text
     assert len(tok.encode(out[3])) <= 2
     stop = out[0][1:2]
-    cut = plugin.generate_until(_instances([(reqs[0][0], {**greedy, "until": [stop]},
-                                             *reqs[0][2:])]))[0]  # fmt: skip
+    cut = plugin.generate_until(
+        _instances([(reqs[0][0], {**greedy, "until": [stop]}, *reqs[0][2:])])
+    )[0]
     assert stop not in cut and out[0].startswith(cut)
 
 
@@ -274,8 +289,9 @@ def _write_task(root, docs: list[dict], answers: list[str]):
     tasks = root / "tasks"
     tasks.mkdir()
     (tasks / "utils.py").write_text(TASK_UTILS)
-    (tasks / "mm15_e2e.yaml").write_text(TASK_YAML.format(data=root / "data.parquet",
-                                                           cache=root / "hf"))  # fmt: skip
+    (tasks / "mm15_e2e.yaml").write_text(
+        TASK_YAML.format(data=root / "data.parquet", cache=root / "hf")
+    )
     return tasks
 
 
@@ -300,10 +316,14 @@ def test_harness_end_to_end(tmp_path, monkeypatch, tiny_ckpt_dir, model_tok, res
     tasks = _write_task(tmp_path, docs, answers)
 
     out = simple_evaluate(
-        model="mm15", model_args=f"pretrained={tiny_ckpt_dir},device=cpu", batch_size=2,
-        tasks=["mm15_e2e"], log_samples=True, bootstrap_iters=0,
+        model="mm15",
+        model_args=f"pretrained={tiny_ckpt_dir},device=cpu",
+        batch_size=2,
+        tasks=["mm15_e2e"],
+        log_samples=True,
+        bootstrap_iters=0,
         task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
-    )  # fmt: skip
+    )
     assert out["results"]["mm15_e2e"]["exact_match,none"] == pytest.approx(0.75)
     rows = sorted(out["samples"]["mm15_e2e"], key=lambda r: int(r["doc_id"]))
     assert [r["filtered_resps"][0] for r in rows] == preds

@@ -28,8 +28,16 @@ from mm15.data.mixture import (
 from mm15.data.schema import Category
 
 # §4 / MM1.5 §3–4: the final SFT shares (%) the paper reports.
-PAPER_SFT_SHARES = {"text_rich": 37.2, "refer_ground": 22.5, "general": 11.3, "math": 5.6,
-                    "code": 2.3, "science": 1.1, "multi_image": 10.0, "text_only": 10.0}  # fmt: skip
+PAPER_SFT_SHARES = {
+    "text_rich": 37.2,
+    "refer_ground": 22.5,
+    "general": 11.3,
+    "math": 5.6,
+    "code": 2.3,
+    "science": 1.1,
+    "multi_image": 10.0,
+    "text_only": 10.0,
+}
 
 
 class Fake:
@@ -47,19 +55,38 @@ class Fake:
 
 
 def _mix(rule: str, spec: dict[str, tuple[str, int]], **kw) -> tuple[MixtureConfig, dict]:
-    cfg = MixtureConfig(rule=rule, sources=[SourceConfig(name=n, category=c)
-                                            for n, (c, _) in spec.items()], **kw)  # fmt: skip
+    cfg = MixtureConfig(
+        rule=rule, sources=[SourceConfig(name=n, category=c) for n, (c, _) in spec.items()], **kw
+    )
     return cfg, {n: Fake(n, size) for n, (_, size) in spec.items()}
 
 
-STAGE1 = {"cc3m": ("caption", 300), "cc12m": ("caption", 1200), "coyo": ("caption", 500),
-          "obelics": ("interleaved", 700), "dclm": ("text", 900)}  # fmt: skip
-STAGE2 = {"pdfa": ("ocr", 2000), "idl": ("ocr", 500), "renderedtext": ("ocr", 120),
-          "docstruct": ("ocr", 40)}  # fmt: skip
-STAGE3 = {"llava": ("general", 900), "sharegpt4v": ("general", 225), "synthdog": ("text_rich", 3000),
-          "chartqa": ("text_rich", 725), "grit": ("refer_ground", 50), "ai2d": ("science", 3),
-          "geo": ("math", 40), "datikz": ("code", 48), "nlvr2": ("multi_image", 86),
-          "orca": ("text_only", 200), "dolly": ("text_only", 11)}  # fmt: skip
+STAGE1 = {
+    "cc3m": ("caption", 300),
+    "cc12m": ("caption", 1200),
+    "coyo": ("caption", 500),
+    "obelics": ("interleaved", 700),
+    "dclm": ("text", 900),
+}
+STAGE2 = {
+    "pdfa": ("ocr", 2000),
+    "idl": ("ocr", 500),
+    "renderedtext": ("ocr", 120),
+    "docstruct": ("ocr", 40),
+}
+STAGE3 = {
+    "llava": ("general", 900),
+    "sharegpt4v": ("general", 225),
+    "synthdog": ("text_rich", 3000),
+    "chartqa": ("text_rich", 725),
+    "grit": ("refer_ground", 50),
+    "ai2d": ("science", 3),
+    "geo": ("math", 40),
+    "datikz": ("code", 48),
+    "nlvr2": ("multi_image", 86),
+    "orca": ("text_only", 200),
+    "dolly": ("text_only", 11),
+}
 
 
 def test_config_categories_match_the_schema():
@@ -84,8 +111,16 @@ def test_data_configs_round_trip_through_json_including_lists_of_sources():
 def test_sft_weights_reproduce_the_papers_final_shares():
     # Sizes in the paper's ratio: text-rich / general = 37.25 / 11.25; the α categories' own
     # sizes do not matter (they are sampled at α·|general|).
-    sizes = {"general": 1125, "text_rich": 3725, "refer_ground": 10, "science": 68,
-             "math": 5, "code": 999, "multi_image": 7, "text_only": 12345}  # fmt: skip
+    sizes = {
+        "general": 1125,
+        "text_rich": 3725,
+        "refer_ground": 10,
+        "science": 68,
+        "math": 5,
+        "code": 999,
+        "multi_image": 7,
+        "text_only": 12345,
+    }
     shares = sft_category_weights(SFTWeights(), sizes)
     assert sum(shares.values()) == pytest.approx(1.0)
     for cat, pct in PAPER_SFT_SHARES.items():
@@ -165,8 +200,7 @@ def test_each_epoch_is_a_fresh_permutation_of_the_source():
     assert s.audit()["sources"]["only"]["epoch"] == 1
 
 
-@pytest.mark.parametrize(("rule", "spec"), [("pretrain", STAGE1), ("cpt", STAGE2),
-                                            ("sft", STAGE3)])  # fmt: skip
+@pytest.mark.parametrize(("rule", "spec"), [("pretrain", STAGE1), ("cpt", STAGE2), ("sft", STAGE3)])
 def test_20k_draws_match_the_configured_shares_within_2_points(rule, spec, tmp_path):
     cfg, ds = _mix(rule, spec)
     sampler = build_sampler(cfg, ds)

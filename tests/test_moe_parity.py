@@ -115,11 +115,18 @@ def test_hand_computed_case_matches_the_references():
 def _mixtral_block(layer: MoEFeedForward) -> MixtralSparseMoeBlock:
     cfg = layer.cfg
     hf_cfg = MixtralConfig(
-        hidden_size=D, intermediate_size=F_HIDDEN, num_local_experts=cfg.num_experts,
-        num_experts_per_tok=cfg.top_k, router_jitter_noise=0.0, hidden_act="silu",
-        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=8,
+        hidden_size=D,
+        intermediate_size=F_HIDDEN,
+        num_local_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.top_k,
+        router_jitter_noise=0.0,
+        hidden_act="silu",
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=8,
         experts_implementation="eager",
-    )  # fmt: skip
+    )
     block = MixtralSparseMoeBlock(hf_cfg).eval()
     assert block.experts.gate_up_proj.shape == (cfg.num_experts, 2 * F_HIDDEN, D)
     assert block.experts.down_proj.shape == (cfg.num_experts, D, F_HIDDEN)
@@ -171,9 +178,12 @@ def test_moe_block_matches_mixtral_sparse_moe_block(impl, K):
     ((y_ref * w).sum() + lb_ref).backward()
     assert (x_ours.grad - x_ref.grad).abs().max().item() <= 1e-5
     w1_grad, w3_grad = block.experts.gate_up_proj.grad.split(F_HIDDEN, dim=1)
-    pairs = {"router": (layer.router.weight.grad, block.gate.weight.grad),
-             "w1": (layer.w1.grad, w1_grad), "w3": (layer.w3.grad, w3_grad),
-             "w2": (layer.w2.grad, block.experts.down_proj.grad)}  # fmt: skip
+    pairs = {
+        "router": (layer.router.weight.grad, block.gate.weight.grad),
+        "w1": (layer.w1.grad, w1_grad),
+        "w3": (layer.w3.grad, w3_grad),
+        "w2": (layer.w2.grad, block.experts.down_proj.grad),
+    }
     for name, (ours, ref) in pairs.items():
         assert (ours - ref).abs().max().item() <= 1e-5, name
 

@@ -49,7 +49,12 @@ def oc_dir(tmp_path_factory):
 
     model_cfg = copy.deepcopy(open_clip.get_model_config("ViT-H-14-378-quickgelu"))
     assert model_cfg["quick_gelu"] is True and set(model_cfg["vision_cfg"]) == {
-        "image_size", "layers", "width", "head_width", "patch_size"}  # fmt: skip
+        "image_size",
+        "layers",
+        "width",
+        "head_width",
+        "patch_size",
+    }
     model_cfg["embed_dim"] = 8
     model_cfg["vision_cfg"].update(image_size=NATIVE, layers=2, width=32, head_width=8)
     model_cfg["text_cfg"].update(context_length=8, vocab_size=64, width=16, heads=2, layers=1)
@@ -109,8 +114,16 @@ def test_loader_reads_the_hub_layout_open_clip_writes(oc_dir, tmp_path):
     written = json.loads((oc_dir / "open_clip_config.json").read_text())
     assert set(written) == {"model_cfg", "preprocess_cfg"}
     cfg, state = load_vision_encoder(oc_dir)
-    assert cfg == VisionConfig(image_size=28, patch_size=14, width=32, depth=2, heads=4,
-                               mlp_dim=128, act="quick_gelu", pos_interp="bicubic_antialias")  # fmt: skip
+    assert cfg == VisionConfig(
+        image_size=28,
+        patch_size=14,
+        width=32,
+        depth=2,
+        heads=4,
+        mlp_dim=128,
+        act="quick_gelu",
+        pos_interp="bicubic_antialias",
+    )
     # The .bin alone (read with torch.load(weights_only=True)) gives the same tensors.
     shutil.copy(oc_dir / "open_clip_config.json", tmp_path / "open_clip_config.json")
     shutil.copy(oc_dir / "open_clip_pytorch_model.bin", tmp_path / "open_clip_pytorch_model.bin")
@@ -168,5 +181,6 @@ def test_pos_interp_defaults_and_presets():
     with pytest.raises(ValueError, match="pos_interp must be one of"):
         from_dict(VisionConfig, {"pos_interp": "bilinear"})
     with pytest.raises(ValueError, match="pos_interp must be one of"):
-        VisionTransformer(VisionConfig(image_size=28, width=8, depth=1, heads=2, mlp_dim=16,
-                                       pos_interp="nearest"))  # fmt: skip
+        VisionTransformer(
+            VisionConfig(image_size=28, width=8, depth=1, heads=2, mlp_dim=16, pos_interp="nearest")
+        )

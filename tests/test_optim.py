@@ -58,8 +58,14 @@ def test_adafactor_matches_torch_on_every_parameter_rank(
     lr, beta2_decay, weight_decay, d, eps2, maximize
 ):
     ours, ref = Shapes(), Shapes()
-    kw = dict(lr=lr, beta2_decay=beta2_decay, eps=(None, eps2), d=d, weight_decay=weight_decay,
-              maximize=maximize)  # fmt: skip
+    kw = dict(
+        lr=lr,
+        beta2_decay=beta2_decay,
+        eps=(None, eps2),
+        d=d,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
     run_steps(ours, AdaFactor(ours.parameters(), **kw), 4, lambda m, s: m.loss(s))
     run_steps(ref, torch.optim.Adafactor(ref.parameters(), **kw), 4, lambda m, s: m.loss(s))
     for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
@@ -131,10 +137,20 @@ def test_build_optimizer_adamw_groups_and_step():
     # one step equals torch's AdamW built by hand with the same groups
     ref = copy.deepcopy(model)
     ref_opt = torch.optim.AdamW(
-        [{"params": [p for p in ref.parameters() if p.requires_grad and p.ndim >= 2],
-          "weight_decay": 0.1},
-         {"params": [p for p in ref.parameters() if p.requires_grad and p.ndim < 2],
-          "weight_decay": 0.0}], lr=3e-4, betas=(0.8, 0.9), eps=1e-8)  # fmt: skip
+        [
+            {
+                "params": [p for p in ref.parameters() if p.requires_grad and p.ndim >= 2],
+                "weight_decay": 0.1,
+            },
+            {
+                "params": [p for p in ref.parameters() if p.requires_grad and p.ndim < 2],
+                "weight_decay": 0.0,
+            },
+        ],
+        lr=3e-4,
+        betas=(0.8, 0.9),
+        eps=1e-8,
+    )
     batch = tiny_batch(model.cfg)
     run_steps(model, opt, 2, lambda m, s: m(**batch).loss)
     run_steps(ref, ref_opt, 2, lambda m, s: m(**batch).loss)
@@ -201,8 +217,9 @@ def test_scheduler_follows_lr_at_and_resumes_exactly():
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert seen == pytest.approx([lr_at(s, peak_lr=1e-5, warmup_steps=3, total_steps=10)
-                                  for s in range(5)])  # fmt: skip
+    assert seen == pytest.approx(
+        [lr_at(s, peak_lr=1e-5, warmup_steps=3, total_steps=10) for s in range(5)]
+    )
     opt2 = AdaFactor([nn.Parameter(torch.zeros(2))], lr=1e-5)
     sched2 = build_scheduler(opt2, warmup_steps=3, total_steps=10)
     opt2.load_state_dict(opt.state_dict())
@@ -210,8 +227,9 @@ def test_scheduler_follows_lr_at_and_resumes_exactly():
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     sched.step()
     sched2.step()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(lr_at(6, peak_lr=1e-5, warmup_steps=3,
-                                                             total_steps=10))  # fmt: skip
+    assert opt2.param_groups[0]["lr"] == pytest.approx(
+        lr_at(6, peak_lr=1e-5, warmup_steps=3, total_steps=10)
+    )
 
 
 def test_mm1_eq1_peak_lr_for_30b():

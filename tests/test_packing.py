@@ -107,8 +107,7 @@ def test_every_example_lands_whole_in_order_or_is_skipped(specs, seq_len, cap):
         _check_row(r, seq_len, by_id)
         assert cap is None or len(r.images) <= cap
     packed = [sid for r in rows for sid in r.sample_ids]
-    fits = [e.sample_id for e in exs
-            if len(e) <= seq_len and (cap is None or len(e.images) <= cap)]  # fmt: skip
+    fits = [e.sample_id for e in exs if len(e) <= seq_len and (cap is None or len(e.images) <= cap)]
     assert packed == fits
     assert packer.stats.skipped["too_long"] == len(exs) - len(fits)
     # Greedy: a row was closed only because the next example did not fit.
@@ -143,16 +142,33 @@ def test_packed_row_gives_each_document_the_logits_it_has_alone():
     cfg = tiny(vocab_size=len(tok))
     cfg.image_token_id = tok.image_token_id
     samples = [
-        Sample(id="a", source="t", category="general", stage="sft",
-               media=[Media(bytes=_png(200, 90, 0))],
-               messages=[Message("user", [Part.m(0), Part.t("what?")]),
-                         Message("assistant", [Part.t("red")])]),
-        Sample(id="b", source="t", category="text", stage="pretrain",
-               messages=[Message("document", [Part.t("plain text only")])]),
-        Sample(id="c", source="t", category="caption", stage="pretrain",
-               media=[Media(bytes=_png(40, 60, 1))],
-               messages=[Message("document", [Part.m(0), Part.t("a caption")])]),
-    ]  # fmt: skip
+        Sample(
+            id="a",
+            source="t",
+            category="general",
+            stage="sft",
+            media=[Media(bytes=_png(200, 90, 0))],
+            messages=[
+                Message("user", [Part.m(0), Part.t("what?")]),
+                Message("assistant", [Part.t("red")]),
+            ],
+        ),
+        Sample(
+            id="b",
+            source="t",
+            category="text",
+            stage="pretrain",
+            messages=[Message("document", [Part.t("plain text only")])],
+        ),
+        Sample(
+            id="c",
+            source="t",
+            category="caption",
+            stage="pretrain",
+            media=[Media(bytes=_png(40, 60, 1))],
+            messages=[Message("document", [Part.m(0), Part.t("a caption")])],
+        ),
+    ]
     exs = [format_sample(s, tokenizer=tok, model_cfg=cfg, fmt=FormatConfig()) for s in samples]
     seq_len = sum(len(e) for e in exs) + 5
     (row,) = list(pack(exs, Packer(seq_len, 16, tok.pad_id)))
@@ -161,9 +177,12 @@ def test_packed_row_gives_each_document_the_logits_it_has_alone():
     model = MM15(cfg).eval()
     model.init_weights()
     with torch.no_grad():
-        packed = model(batch["input_ids_BT"], pixels_NCHW=batch["pixels_NCHW"],
-                       position_ids_BT=batch["position_ids_BT"],
-                       document_ids_BT=batch["document_ids_BT"]).logits[0]  # fmt: skip
+        packed = model(
+            batch["input_ids_BT"],
+            pixels_NCHW=batch["pixels_NCHW"],
+            position_ids_BT=batch["position_ids_BT"],
+            document_ids_BT=batch["document_ids_BT"],
+        ).logits[0]
         start = 0
         for ex in exs:
             px = materialize_pixels(ex, cfg) if ex.images else None

@@ -74,8 +74,13 @@ def max_diffs(named_a, tensors_b) -> dict[str, float]:
 
 
 def _entry(rank: int, fn: Callable[[DistInfo], dict], port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     info = init_distributed()
     try:
@@ -106,15 +111,18 @@ def _fsdp_checks(info: DistInfo, init: MM15) -> dict:
     opt = AdaFactor(sharded.parameters(), **ADAFACTOR)
     run = train(sharded, opt, batch)
     out = dict(
-        backend=info.backend, rank=info.rank, world=info.world_size,
-        norms=run["norms"], ref_norms=ref_run["norms"],
+        backend=info.backend,
+        rank=info.rank,
+        world=info.world_size,
+        norms=run["norms"],
+        ref_norms=ref_run["norms"],
         grad_diff=max(diff(a, b) for a, b in zip(run["grads"], ref_run["grads"], strict=True)),
         param_diff=max_diffs(sharded.named_parameters(), ref.parameters()),
         moved=max(diff(p, q) for p, q in zip(ref.parameters(), init.parameters(), strict=True)),
         uneven=[n for n, p in sharded.named_parameters() if p.shape[0] % WORLD],
         empty_here=[n for n, p in sharded.named_parameters() if p.to_local().numel() == 0],
         state_diff={},
-    )  # fmt: skip
+    )
     for (name, p), q in zip(sharded.named_parameters(), ref.parameters(), strict=True):
         for key, value in opt.state[p].items():
             if key != "step":
@@ -259,8 +267,7 @@ def test_single_process_without_torchrun(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     info = init_distributed()
-    assert info == DistInfo(rank=0, world_size=1, local_rank=0,
-                            device=info.device, backend="none")  # fmt: skip
+    assert info == DistInfo(rank=0, world_size=1, local_rank=0, device=info.device, backend="none")
     assert not dist.is_initialized()
     model = tiny_model()
     cfg = ParallelConfig(strategy="fsdp2", activation_checkpointing="decoder")

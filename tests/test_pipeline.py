@@ -47,9 +47,15 @@ def png(tmp_path):
 
 def _training_sample(path) -> Sample:
     user = [Part.m(0), Part.t(QUESTION[0]), Part.r(0), Part.t(QUESTION[1])]
-    return Sample(id="s", source="t", category="refer_ground", stage="sft",
-                  media=[Media(path=str(path))], regions=[Region(media=0, box=BOX)],
-                  messages=[Message("system", [Part.t("Be brief.")]), Message("user", user)])  # fmt: skip
+    return Sample(
+        id="s",
+        source="t",
+        category="refer_ground",
+        stage="sft",
+        media=[Media(path=str(path))],
+        regions=[Region(media=0, box=BOX)],
+        messages=[Message("system", [Part.t("Be brief.")]), Message("user", user)],
+    )
 
 
 def test_every_entry_point_gives_the_training_formatters_ids_and_tiles(ckpt, png, monkeypatch):
@@ -68,15 +74,31 @@ def test_every_entry_point_gives_the_training_formatters_ids_and_tiles(ckpt, png
     monkeypatch.setattr(inference, "_generate", lambda m, t, enc, s, cb=None: seen.extend(enc))
     inference.generate_for_samples(model, tok, [_training_sample(path)])
     # the server: an OpenAI request with the image as a data URL and the box written as text
-    req = ChatRequest.model_validate({"model": "tiny", "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(data)}},
-                                     {"type": "text", "text": question}]}]})  # fmt: skip
-    served = prepare_prompt(req, SamplingParams(max_tokens=4), config(), cfg, tok,
-                            Fetcher(config().media)).encoded  # fmt: skip
+    req = ChatRequest.model_validate(
+        {
+            "model": "tiny",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_url(data)}},
+                        {"type": "text", "text": question},
+                    ],
+                },
+            ],
+        }
+    )
+    served = prepare_prompt(
+        req, SamplingParams(max_tokens=4), config(), cfg, tok, Fetcher(config().media)
+    ).encoded
     # mm15 chat: the image from disk and the box as a visual prompt
-    session = ChatSession(model, tok, load_media([path], cfg=cfg),
-                          visual_prompts=[parse_visual_prompt(",".join(map(str, BOX)), "box")])  # fmt: skip
+    session = ChatSession(
+        model,
+        tok,
+        load_media([path], cfg=cfg),
+        visual_prompts=[parse_visual_prompt(",".join(map(str, BOX)), "box")],
+    )
     chat_ex = format_sample(
         _chat_sample(session, QUESTION[0] + "<region>" + QUESTION[1]),
         tokenizer=tok,
@@ -86,9 +108,11 @@ def test_every_entry_point_gives_the_training_formatters_ids_and_tiles(ckpt, png
     # the lmms-eval plugin (a PIL image, no system turn: compared without it)
     lmms = encode_sample(request_sample(question, [Image.open(path)]), tokenizer=tok, model_cfg=cfg)
 
-    for got_ids, got_px in [(seen[0].input_ids, seen[0].pixels),
-                            (served.input_ids, served.pixels),
-                            (chat_ex.input_ids, session.pixels(chat_ex))]:  # fmt: skip
+    for got_ids, got_px in [
+        (seen[0].input_ids, seen[0].pixels),
+        (served.input_ids, served.pixels),
+        (chat_ex.input_ids, session.pixels(chat_ex)),
+    ]:
         assert got_ids == want_ids
         assert torch.equal(got_px, want_px)
     assert served.plans == [r.plan for r in ex.images]
@@ -116,8 +140,10 @@ def test_chat_session_prompt_equals_the_formatter_on_its_sample(ckpt, png):
     ex = session.example(text)
     want = _training_sample(path)
     want.messages = want.messages[1:]
-    assert ex.input_ids == format_sample(want, tokenizer=tok, model_cfg=model.cfg,
-                                         for_generation=True).input_ids  # fmt: skip
+    assert (
+        ex.input_ids
+        == format_sample(want, tokenizer=tok, model_cfg=model.cfg, for_generation=True).input_ids
+    )
 
 
 def test_decoded_media_answer_from_their_pixels(tmp_path):
@@ -128,8 +154,14 @@ def test_decoded_media_answer_from_their_pixels(tmp_path):
     assert media_size(media, ImageConfig()) == (30, 20) and load_image(media, ImageConfig()) is im
     video = Media(kind="video", decoded=[im] * 3)
     assert video_frame_count(video, VideoConfig(num_frames=2), ImageConfig()) == 3
-    sample = Sample(id="x", source="t", category="eval", stage="eval", media=[media],
-                    messages=[Message("user", [Part.m(0)])])  # fmt: skip
+    sample = Sample(
+        id="x",
+        source="t",
+        category="eval",
+        stage="eval",
+        media=[media],
+        messages=[Message("user", [Part.m(0)])],
+    )
     with pytest.raises(ValueError, match="do not serialise"):
         sample_to_json(sample)
 
@@ -139,10 +171,14 @@ def test_encode_prompt_is_a_document_to_continue(ckpt):
     cfg = model.cfg
     images = [Image.new("RGB", (200, 100), (9, 9, 9)), Image.new("RGB", (40, 40), (200, 0, 0))]
     enc = encode_prompt("A<image>B <image>", images, tokenizer=tok, cfg=cfg)
-    sample = Sample(id="d", source="t", category="eval", stage="eval",
-                    media=[Media(decoded=im) for im in images],
-                    messages=[Message("document", [Part.t("A"), Part.m(0), Part.t("B "),
-                                                   Part.m(1)])])  # fmt: skip
+    sample = Sample(
+        id="d",
+        source="t",
+        category="eval",
+        stage="eval",
+        media=[Media(decoded=im) for im in images],
+        messages=[Message("document", [Part.t("A"), Part.m(0), Part.t("B "), Part.m(1)])],
+    )
     doc = format_sample(sample, tokenizer=tok, model_cfg=cfg)
     assert enc.input_ids == doc.input_ids[:-1] and doc.input_ids[-1] in tok.eos_ids  # no EOS
     assert torch.equal(enc.pixels, materialize_pixels(doc, cfg))
@@ -156,7 +192,11 @@ def test_encode_prompt_is_a_document_to_continue(ckpt):
 
 def test_placeholder_parts():
     assert placeholder_parts("A<image>B <image>", 2, "<image>") == [
-        Part.t("A"), Part.m(0), Part.t("B "), Part.m(1)]  # fmt: skip
+        Part.t("A"),
+        Part.m(0),
+        Part.t("B "),
+        Part.m(1),
+    ]
     assert placeholder_parts("<image>", 2, "<image>") is None
     with pytest.raises(ValueError):
         placeholder_parts("x", 0, "")

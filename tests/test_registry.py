@@ -50,12 +50,27 @@ def test_registry_entries_are_complete_and_consistent():
     # MM1.5 §3–4: the stage-1 groups, the four OCR sets, the video sets and every SFT category.
     by_stage = {s: {e.category for e in entries if e.stage == s} for s in PRESET_STAGE["paper"]}
     assert by_stage["pretrain"] == {"caption", "interleaved", "text"}
-    assert {e.name for e in entries if e.stage == "cpt"} == {"pdfa", "idl", "renderedtext",
-                                                             "docstruct4m"}  # fmt: skip
-    assert by_stage["sft"] == {"general", "text_rich", "refer_ground", "science", "math", "code",
-                               "multi_image", "text_only"}  # fmt: skip
-    assert {e.name for e in entries if e.stage == "video"} == {"sharegptvideo", "videochat2",
-                                                               "activitynet_qa"}  # fmt: skip
+    assert {e.name for e in entries if e.stage == "cpt"} == {
+        "pdfa",
+        "idl",
+        "renderedtext",
+        "docstruct4m",
+    }
+    assert by_stage["sft"] == {
+        "general",
+        "text_rich",
+        "refer_ground",
+        "science",
+        "math",
+        "code",
+        "multi_image",
+        "text_only",
+    }
+    assert {e.name for e in entries if e.stage == "video"} == {
+        "sharegptvideo",
+        "videochat2",
+        "activitynet_qa",
+    }
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -85,16 +100,32 @@ def _small(cfg: TrainConfig, data_root, run_dir) -> TrainConfig:
     model = get_preset("tiny-moe" if cfg.model.lm.moe is not None else "tiny")
     stages = []
     for s in cfg.stages:
-        image = None if s.image is None else dataclasses.replace(
-            model.image, split=s.image.split, resolution=model.vision.image_size)  # fmt: skip
+        image = (
+            None
+            if s.image is None
+            else dataclasses.replace(
+                model.image, split=s.image.split, resolution=model.vision.image_size
+            )
+        )
         packing = PackingConfig(
             seq_len=640, max_images_per_sequence=s.packing.max_images_per_sequence
         )
-        stages.append(dataclasses.replace(s, steps=2, batch_rows=2, warmup_steps=0, image=image,
-                                          packing=packing))  # fmt: skip
-    return dataclasses.replace(cfg, model=model, stages=stages, data_root=str(data_root),
-                               run_dir=str(run_dir), init_from=None, allow_random_init=True,
-                               ckpt_every=1000, log_every=1)  # fmt: skip
+        stages.append(
+            dataclasses.replace(
+                s, steps=2, batch_rows=2, warmup_steps=0, image=image, packing=packing
+            )
+        )
+    return dataclasses.replace(
+        cfg,
+        model=model,
+        stages=stages,
+        data_root=str(data_root),
+        run_dir=str(run_dir),
+        init_from=None,
+        allow_random_init=True,
+        ckpt_every=1000,
+        log_every=1,
+    )
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -102,9 +133,22 @@ def test_every_preset_checks_and_trains_two_steps_per_stage(name, data_root, tmp
     from mm15.train.loop import train
 
     # The dry run, through the CLI with only data_root set: every dataset opens and formats.
-    argv = ["data", "check", "--preset", name, "--set", f"data_root={data_root}",
-            "--set", "init_from=null", "--set", "allow_random_init=true", "--samples", "8",
-            "--out", str(tmp_path / "check")]  # fmt: skip
+    argv = [
+        "data",
+        "check",
+        "--preset",
+        name,
+        "--set",
+        f"data_root={data_root}",
+        "--set",
+        "init_from=null",
+        "--set",
+        "allow_random_init=true",
+        "--samples",
+        "8",
+        "--out",
+        str(tmp_path / "check"),
+    ]
     assert main(argv) == 0, capsys.readouterr()
     report = json.loads((tmp_path / "check/data_check.json").read_text())
     for stage in report["stages"]:

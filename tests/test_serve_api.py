@@ -151,9 +151,13 @@ def test_regions_are_structured_in_pixels(scripted):
     box = dequantize_box((100, 200, 300, 400), (200, 100))
     point = dequantize_point((500, 500), (200, 100))
     expected = [
-        {"label": "red square", "image": 0, "box": [round(v, 2) for v in (box.x1, box.y1, box.x2, box.y2)]},
+        {
+            "label": "red square",
+            "image": 0,
+            "box": [round(v, 2) for v in (box.x1, box.y1, box.x2, box.y2)],
+        },
         {"label": "dot", "image": 0, "point": [round(point.x, 2), round(point.y, 2)]},
-    ]  # fmt: skip
+    ]
     assert msg.model_extra["regions"] == expected
     assert expected[0]["box"] == [20.0, 20.0, 60.2, 40.1]
     stream = client(scripted).chat.completions.create(**kw, stream=True)
@@ -199,10 +203,26 @@ def test_cli_flags_become_the_config(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="verb", required=True))
     monkeypatch.setenv("MM15_API_KEY", "from-env")
-    args = parser.parse_args(["serve", "--model", str(tmp_path / "ckpt"), "--port", "9001",
-                              "--allow-fetch", "images.example.org", "cdn.example.org",
-                              "--media-root", str(tmp_path), "--max-images", "2",
-                              "--max-batch", "3", "--max-queue", "5"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "serve",
+            "--model",
+            str(tmp_path / "ckpt"),
+            "--port",
+            "9001",
+            "--allow-fetch",
+            "images.example.org",
+            "cdn.example.org",
+            "--media-root",
+            str(tmp_path),
+            "--max-images",
+            "2",
+            "--max-batch",
+            "3",
+            "--max-queue",
+            "5",
+        ]
+    )
     cfg = config_from_args(args)
     assert (args.port, cfg.model_name, cfg.api_key) == (9001, "ckpt", "from-env")
     assert cfg.media.allow_fetch_hosts == ("images.example.org", "cdn.example.org")

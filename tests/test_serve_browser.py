@@ -15,9 +15,9 @@ from tests.serve_fixtures import Scripted, config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium "
-    "chromium-driver)"
-)  # fmt: skip
+    CHROMIUM is None,
+    reason="no chromium binary on PATH (Debian: apt-get install chromium chromium-driver)",
+)
 
 ANSWER = "the square <250,250,750,750>."
 RED = (228, 26, 28)  # the page's first palette colour (#e41a1c)
@@ -78,8 +78,10 @@ def test_upload_ask_and_see_the_box(server, browser, tmp_path, stream):
     items = browser.find_elements(By.CSS_SELECTOR, "#regions li")
     assert [i.text for i in items] == ["square — image 0, box [50, 40, 150.2, 120.16]"]
     # the box is drawn on the image: its left edge is red, its middle still grey
-    pixel = "const c = document.querySelector('#images canvas'); return Array.from(" \
-            "c.getContext('2d').getImageData(arguments[0], arguments[1], 1, 1).data).slice(0, 3);"  # fmt: skip
+    pixel = (
+        "const c = document.querySelector('#images canvas'); return Array.from("
+        "c.getContext('2d').getImageData(arguments[0], arguments[1], 1, 1).data).slice(0, 3);"
+    )
     assert tuple(browser.execute_script(pixel, 51, 80)) == RED
     assert tuple(browser.execute_script(pixel, 100, 80)) == GREY
 

@@ -316,8 +316,14 @@ def test_4_stream_text_is_joined_once_not_added_per_message():
 # 9. Any temperature and top_p the schema admits is served.
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 1e-40}, {"temperature": 1.0, "top_p": 1e-300},
-                                      {"temperature": 1e-40, "top_p": 1e-300, "top_k": 1}])  # fmt: skip
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"temperature": 1e-40},
+        {"temperature": 1.0, "top_p": 1e-300},
+        {"temperature": 1e-40, "top_p": 1e-300, "top_k": 1},
+    ],
+)
 def test_9_tiny_temperature_and_top_p_are_served(real, sampling):
     status, _, reply = chat(real, request(image_message("hi", IMAGE), max_tokens=3, **sampling))
     assert status == 200, reply
@@ -330,14 +336,29 @@ def test_9_tiny_temperature_and_top_p_are_served(real, sampling):
 
 
 BAD_FLAGS = [
-    ["--max-images", "-1"], ["--max-body-bytes", "0"], ["--max-prompt-tokens", "0"],
-    ["--max-tokens-limit", "0"], ["--max-image-bytes", "0"], ["--max-image-pixels", "0"],
-    ["--fetch-timeout", "0"], ["--fetch-timeout", "nan"], ["--fetch-timeout", "inf"],
-    ["--batch-wait-ms", "-1"], ["--batch-wait-ms", "inf"], ["--max-batch", "0"],
-    ["--max-queue", "-1"], ["--max-messages", "0"], ["--max-content-parts", "0"],
-    ["--max-prompt-bytes", "0"], ["--max-pixels-in-flight", "10"], ["--header-timeout", "0"],
-    ["--port", "99999"], ["--port", "-1"], ["--host", "no such host!"], ["--host", "999.1.1.1"],
-]  # fmt: skip
+    ["--max-images", "-1"],
+    ["--max-body-bytes", "0"],
+    ["--max-prompt-tokens", "0"],
+    ["--max-tokens-limit", "0"],
+    ["--max-image-bytes", "0"],
+    ["--max-image-pixels", "0"],
+    ["--fetch-timeout", "0"],
+    ["--fetch-timeout", "nan"],
+    ["--fetch-timeout", "inf"],
+    ["--batch-wait-ms", "-1"],
+    ["--batch-wait-ms", "inf"],
+    ["--max-batch", "0"],
+    ["--max-queue", "-1"],
+    ["--max-messages", "0"],
+    ["--max-content-parts", "0"],
+    ["--max-prompt-bytes", "0"],
+    ["--max-pixels-in-flight", "10"],
+    ["--header-timeout", "0"],
+    ["--port", "99999"],
+    ["--port", "-1"],
+    ["--host", "no such host!"],
+    ["--host", "999.1.1.1"],
+]
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS, ids=" ".join)
@@ -354,10 +375,15 @@ def test_12_13_bad_serve_flags_exit_2_with_one_line(tiny_ckpt_dir, monkeypatch, 
     assert len(err) == 1 and err[0].startswith("error: "), err
 
 
-@pytest.mark.parametrize(("cls", "field", "value"), [
-    (LimitsConfig, "max_stop", -1), (MediaConfig, "max_redirects", -1),
-    (MediaConfig, "fetch_timeout_s", math.inf), (EngineConfig, "batch_wait_ms", math.nan),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [
+        (LimitsConfig, "max_stop", -1),
+        (MediaConfig, "max_redirects", -1),
+        (MediaConfig, "fetch_timeout_s", math.inf),
+        (EngineConfig, "batch_wait_ms", math.nan),
+    ],
+)
 def test_12_limits_without_a_flag_are_checked_too(cls, field, value):
     with pytest.raises(ValueError, match=field):
         cls(**{field: value})
@@ -376,8 +402,9 @@ def _with_http(cfg, **http):
 
 def test_image_pixel_budget_full_gets_503_then_serves(loaded):
     model, tok = loaded
-    cfg = config(media={"max_image_pixels": 10_000, "max_pixels_in_flight": 10_000,
-                        "pixels_wait_s": 0.2})  # fmt: skip
+    cfg = config(
+        media={"max_image_pixels": 10_000, "max_pixels_in_flight": 10_000, "pixels_wait_s": 0.2}
+    )
     app = create_app(model, tok, cfg, generate_fn=Scripted(tok, "ok"))
     with BackgroundServer(app) as server:
         budget = app.state.pixel_budget

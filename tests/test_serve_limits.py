@@ -32,10 +32,17 @@ def loaded(tiny_ckpt_dir):
 def guarded(loaded):
     """Small limits and an API key; a scripted answer (no model time)."""
     model, tok = loaded
-    cfg = config(api_key=KEY,
-                 media={"max_image_bytes": 20_000, "max_image_pixels": 100_000},
-                 limits={"max_images": 2, "max_body_bytes": 100_000, "max_prompt_tokens": 300,
-                         "max_tokens": 64, "default_max_tokens": 8})  # fmt: skip
+    cfg = config(
+        api_key=KEY,
+        media={"max_image_bytes": 20_000, "max_image_pixels": 100_000},
+        limits={
+            "max_images": 2,
+            "max_body_bytes": 100_000,
+            "max_prompt_tokens": 300,
+            "max_tokens": 64,
+            "default_max_tokens": 8,
+        },
+    )
     app = create_app(model, tok, cfg, generate_fn=Scripted(tok, "fine."))
     with BackgroundServer(app) as server:
         yield server
@@ -64,15 +71,26 @@ BAD = {
     "empty messages": (request([]), 400),
     "unknown role": (request([{"role": "robot", "content": "hi"}]), 400),
     "unknown part type": (request([{"role": "user", "content": [{"type": "audio", "x": 1}]}]), 400),
-    "image_url without url": (request([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), 400),
+    "image_url without url": (
+        request([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        400,
+    ),
     "wrong model": ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404),
     "n > 1": (request([{"role": "user", "content": "hi"}], n=2), 400),
     "max_tokens above the cap": (request([{"role": "user", "content": "hi"}], max_tokens=65), 400),
     "max_tokens zero": (request([{"role": "user", "content": "hi"}], max_tokens=0), 400),
     "temperature out of range": (request([{"role": "user", "content": "hi"}], temperature=5), 400),
-    "too many stop strings": (request([{"role": "user", "content": "hi"}], stop=list("abcde")), 400),
+    "too many stop strings": (
+        request([{"role": "user", "content": "hi"}], stop=list("abcde")),
+        400,
+    ),
     "too many images": (request(image_message("x", GOOD, GOOD, GOOD)), 400),
-    "image in an assistant message": (request([{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": GOOD}}]}]), 400),
+    "image in an assistant message": (
+        request(
+            [{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": GOOD}}]}]
+        ),
+        400,
+    ),
     "image bytes above the limit": (request(image_message("x", data_url(bytes(30_000)))), 400),
     "pixels above the limit": (request(image_message("x", data_url(png_bytes((400, 400))))), 400),
     "format not allowed (GIF)": (request(image_message("x", data_url(_gif(), "image/gif"))), 400),
@@ -87,7 +105,7 @@ BAD = {
     "image token in text": (request([{"role": "user", "content": "look <image> here"}]), 400),
     "prompt above max_prompt_tokens": (request([{"role": "user", "content": "word " * 200}]), 400),
     "body above max_body_bytes": (request([{"role": "user", "content": "x" * 120_000}]), 413),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(BAD))
@@ -173,8 +191,12 @@ def test_burst_beyond_the_queue_gets_429_within_100ms(held):
 
 def _open_stream(server, body) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
-                 {"Content-Type": "application/json"})  # fmt: skip
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({**body, "stream": True}),
+        {"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     first = resp.readline()
@@ -197,8 +219,10 @@ def test_disconnected_clients_free_their_slots(held):
         # a queued non-streaming client goes away, likewise
         sock = socket.create_connection((held.host, held.port))
         data = json.dumps(body).encode()
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))  # fmt: skip
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
+        )
         assert engine.wait_until(lambda e: e.pending == 2, timeout=10)
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()

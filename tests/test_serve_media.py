@@ -86,29 +86,50 @@ def _fake_dns_fetcher(origin, **cfg) -> Fetcher:
     port = origin.server_address[1]
     resolve = lambda host, p: [PUBLIC_IP] if host == "img.example" else resolve_host(host, p)  # noqa: E731
     dial = lambda ip, p, timeout: socket.create_connection(("127.0.0.1", port), timeout=timeout)  # noqa: E731
-    media = MediaConfig(allow_fetch_hosts=("img.example", "127.0.0.1", "169.254.169.254"),
-                        max_image_bytes=1000, fetch_timeout_s=0.5, **cfg)  # fmt: skip
+    media = MediaConfig(
+        allow_fetch_hosts=("img.example", "127.0.0.1", "169.254.169.254"),
+        max_image_bytes=1000,
+        fetch_timeout_s=0.5,
+        **cfg,
+    )
     return Fetcher(media, resolve=resolve, dial=dial)
 
 
 @pytest.mark.parametrize(
     "ip, why",
-    [("127.0.0.1", "loopback"), ("::1", "loopback"), ("169.254.169.254", "link-local"),
-     ("10.0.0.1", "private"), ("192.168.1.20", "private"), ("172.16.0.1", "private"),
-     ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"), ("::ffff:127.0.0.1", "loopback"),
-     ("fe80::1", "link-local"), ("fc00::1", "private"), ("100.64.0.1", "not globally routable"),
-     ("240.0.0.1", "private"), ("8.8.8.8", None), ("2606:4700::1111", None)],
-)  # fmt: skip
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("10.0.0.1", "private"),
+        ("192.168.1.20", "private"),
+        ("172.16.0.1", "private"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("fe80::1", "link-local"),
+        ("fc00::1", "private"),
+        ("100.64.0.1", "not globally routable"),
+        ("240.0.0.1", "private"),
+        ("8.8.8.8", None),
+        ("2606:4700::1111", None),
+    ],
+)
 def test_address_classes(ip, why):
     assert address_refused(ip) == why
 
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:{port}/img.png", "http://localhost:{port}/img.png",
-     "http://2130706433:{port}/img.png", "http://[::1]:{port}/img.png",
-     "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x.png"],
-)  # fmt: skip
+    [
+        "http://127.0.0.1:{port}/img.png",
+        "http://localhost:{port}/img.png",
+        "http://2130706433:{port}/img.png",
+        "http://[::1]:{port}/img.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/x.png",
+    ],
+)
 def test_private_addresses_refused_before_connecting(origin, url):
     port = origin.server_address[1]
     hosts = ("127.0.0.1", "localhost", "2130706433", "::1", "169.254.169.254", "10.0.0.1")
@@ -124,8 +145,11 @@ def test_fetch_is_off_by_default_and_hosts_must_be_listed(origin):
     with pytest.raises(APIError, match="disabled"):
         Fetcher(MediaConfig()).fetch("http://img.example/img.png")
     fetcher = _fake_dns_fetcher(origin)
-    for url in ("http://other.example/img.png", "http://user:pw@img.example/img.png",
-                "http://IMG.example.evil.org/img.png"):  # fmt: skip
+    for url in (
+        "http://other.example/img.png",
+        "http://user:pw@img.example/img.png",
+        "http://IMG.example.evil.org/img.png",
+    ):
         with pytest.raises(APIError, match=r"allow-list|credentials"):
             fetcher.fetch(url)
 
@@ -139,11 +163,13 @@ def test_allowed_public_host_is_fetched(origin):
 
 @pytest.mark.parametrize(
     "target, match",
-    [("http://127.0.0.1:{port}/img.png?secret", "loopback address"),
-     ("http://other.example/img.png", "allow-list"),
-     ("file:///etc/passwd", "redirect to a file URL"),
-     ("http://169.254.169.254/latest", "link-local")],
-)  # fmt: skip
+    [
+        ("http://127.0.0.1:{port}/img.png?secret", "loopback address"),
+        ("http://other.example/img.png", "allow-list"),
+        ("file:///etc/passwd", "redirect to a file URL"),
+        ("http://169.254.169.254/latest", "link-local"),
+    ],
+)
 def test_every_redirect_hop_is_checked(origin, target, match):
     target = target.format(port=origin.server_address[1])
     fetcher = _fake_dns_fetcher(origin)
@@ -182,9 +208,13 @@ def test_data_urls():
     assert decode_data_url(url, 10_000, "x") == PNG
     wrapped = "data:image/png;base64," + base64.encodebytes(PNG).decode()  # with newlines
     assert decode_data_url(wrapped, 10_000, "x") == PNG
-    for bad, match in [("data:text/plain;base64,aGk=", "not image"),
-                       ("data:image/png,abc", "not base64"), ("data:image/png;base64,a$b=", "invalid base64"),
-                       ("data:;base64,aGk=", "not image"), ("data:image/png;base64", "malformed")]:  # fmt: skip
+    for bad, match in [
+        ("data:text/plain;base64,aGk=", "not image"),
+        ("data:image/png,abc", "not base64"),
+        ("data:image/png;base64,a$b=", "invalid base64"),
+        ("data:;base64,aGk=", "not image"),
+        ("data:image/png;base64", "malformed"),
+    ]:
         with pytest.raises(APIError, match=match):
             decode_data_url(bad, 10_000, "x")
     with pytest.raises(APIError, match="above the limit") as err:
@@ -232,8 +262,12 @@ def test_server_refuses_ssrf_with_4xx_and_no_hit(origin, tiny_ckpt_dir, tmp_path
     before = dict(origin.hits)
     with BackgroundServer(create_app(model, tok, cfg, generate_fn=Scripted(tok, "ok"))) as server:
         url = f"{server.url}/v1/chat/completions"
-        for image in (f"http://127.0.0.1:{port}/img.png", f"http://localhost:{port}/img.png",
-                      "file:///etc/passwd", f"file://{tmp_path}/../x.png"):  # fmt: skip
+        for image in (
+            f"http://127.0.0.1:{port}/img.png",
+            f"http://localhost:{port}/img.png",
+            "file:///etc/passwd",
+            f"file://{tmp_path}/../x.png",
+        ):
             status, _, reply = post(url, {"model": "tiny", "messages": image_message("x", image)})
             assert status == 400 and "error" in reply, reply
         status, _, reply = post(

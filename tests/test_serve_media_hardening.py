@@ -289,9 +289,13 @@ def test_server_answers_odd_urls_with_400(tiny_ckpt_dir, tmp_path):
     ok = {"model": "tiny", "messages": image_message("x", f"file://{tmp_path}/ok.png")}
     with BackgroundServer(app) as server:
         url = f"{server.url}/v1/chat/completions"
-        for image in (f"file://{tmp_path}/ok%00.png", f"file://{tmp_path}/\ud800.png",
-                      "file://[::1/x.png", "http://img.example/\ud800",
-                      "data:image/png;base64,\ud800"):  # fmt: skip
+        for image in (
+            f"file://{tmp_path}/ok%00.png",
+            f"file://{tmp_path}/\ud800.png",
+            "file://[::1/x.png",
+            "http://img.example/\ud800",
+            "data:image/png;base64,\ud800",
+        ):
             body = {"model": "tiny", "messages": image_message("x", image)}
             status, _, reply = post(url, body)
             assert status == 400 and reply["error"]["message"], (image, status, reply)

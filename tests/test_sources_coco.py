@@ -33,9 +33,12 @@ def _coco(root: Path) -> Path:
     (root / "train2017").mkdir(parents=True)
     (root / "train2017/000000391895.jpg").write_bytes(_png())
     data = {
-        "info": {}, "licenses": [],
-        "images": [{"id": 391895, "file_name": "000000391895.jpg", "width": 200, "height": 100},
-                   {"id": 7, "file_name": "000000000007.jpg", "width": 1, "height": 1}],
+        "info": {},
+        "licenses": [],
+        "images": [
+            {"id": 391895, "file_name": "000000391895.jpg", "width": 200, "height": 100},
+            {"id": 7, "file_name": "000000000007.jpg", "width": 1, "height": 1},
+        ],
         "annotations": [
             {"id": 1, "image_id": 391895, "caption": "A man riding a bike. "},
             {"id": 2, "image_id": 391895, "caption": "Someone on a bicycle."},
@@ -44,7 +47,7 @@ def _coco(root: Path) -> Path:
             {"id": 5, "image_id": 391895, "caption": ""},
             {"id": 6, "image_id": 391895, "caption": ["a list"]},
         ],
-    }  # fmt: skip
+    }
     path = root / "annotations/captions_train2017.json"
     path.parent.mkdir()
     path.write_text(json.dumps(data))
@@ -53,24 +56,39 @@ def _coco(root: Path) -> Path:
 
 def test_coco_one_caption_sample_per_annotation(tmp_path):
     path = _coco(tmp_path)
-    r = open_source({"kind": "coco_captions", "paths": [str(path)], "source": "coco",
-                     "category": "caption", "stage": "pretrain",
-                     "root": str(tmp_path / "train2017")})  # fmt: skip
+    r = open_source(
+        {
+            "kind": "coco_captions",
+            "paths": [str(path)],
+            "source": "coco",
+            "category": "caption",
+            "stage": "pretrain",
+            "root": str(tmp_path / "train2017"),
+        }
+    )
     assert len(r) == 6
     s = r[0]
     assert (s.id, s.category, s.meta) == ("1", "caption", {"image_id": 391895})
     assert s.media[0].path == str(tmp_path / "train2017/000000391895.jpg")
     assert [m.role for m in s.messages] == ["document"]
     assert [(p.type, p.text) for p in s.messages[0].content] == [
-        ("media", None), ("text", "A man riding a bike.")]  # fmt: skip
+        ("media", None),
+        ("text", "A man riding a bike."),
+    ]
     assert r[1].messages[0].content[1].text == "Someone on a bicycle."
     expected = {2: "missing", 3: "missing", 4: "empty", 5: "malformed"}
     for i, reason in expected.items():
         with pytest.raises(SampleError, match=rf"captions_train2017\.json annotation {i}") as e:
             r[i]
         assert e.value.reason == reason
-    chat = CocoCaptionsReader(path, source="c", root=tmp_path / "train2017", stage="sft",
-                              category="general", prompt="Describe the image briefly.")[0]  # fmt: skip
+    chat = CocoCaptionsReader(
+        path,
+        source="c",
+        root=tmp_path / "train2017",
+        stage="sft",
+        category="general",
+        prompt="Describe the image briefly.",
+    )[0]
     assert [m.role for m in chat.messages] == ["user", "assistant"]
 
 
@@ -86,14 +104,21 @@ def test_coco_bad_files_fail_at_open(tmp_path):
 
 def _lmms_lab(root: Path) -> Path:
     """lmms-lab/RefCOCO layout: image struct, answer list, bbox COCO xywh pixels."""
-    table = pa.table({
-        "question_id": ["q0", "q1", "q2", "q3"],
-        "image": pa.array([{"bytes": _png(), "path": None}] * 4, IMAGE),
-        "question": ["Please carefully observe the area circled in the image."] * 4,
-        "answer": [["man on left", "guy in red"], [], ["cat"], ["dog"]],
-        "bbox": [[20.0, 10.0, 40.0, 50.0], [0.0, 0.0, 1.0, 1.0], [190.0, 0.0, 20.0, 10.0], None],
-        "file_name": ["COCO_train2014_000000000001_1.jpg"] * 4,
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "question_id": ["q0", "q1", "q2", "q3"],
+            "image": pa.array([{"bytes": _png(), "path": None}] * 4, IMAGE),
+            "question": ["Please carefully observe the area circled in the image."] * 4,
+            "answer": [["man on left", "guy in red"], [], ["cat"], ["dog"]],
+            "bbox": [
+                [20.0, 10.0, 40.0, 50.0],
+                [0.0, 0.0, 1.0, 1.0],
+                [190.0, 0.0, 20.0, 10.0],
+                None,
+            ],
+            "file_name": ["COCO_train2014_000000000001_1.jpg"] * 4,
+        }
+    )
     path = root / "RefCOCO/val-00000-of-00001.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(table, path)
@@ -108,16 +133,28 @@ def _jxu124(root: Path) -> Path:
     sent = pa.list_(
         pa.struct([("raw", pa.string()), ("sent", pa.string()), ("sent_id", pa.int64())])
     )
-    table = pa.table({
-        "ref_id": [11, 12],
-        "image_path": ["coco/train2014/COCO_train2014_000000000009.jpg", "coco/train2014/none.jpg"],
-        "bbox": [[10.0, 20.0, 60.0, 120.0], [0.0, 0.0, 5.0, 5.0]],
-        "captions": [["woman in blue", "left woman"], ["x"]],
-        "sentences": pa.array([[{"raw": "Woman in blue", "sent": "woman in blue", "sent_id": 1},
-                                {"raw": "Left woman", "sent": "left woman", "sent_id": 2}],
-                               [{"raw": "X", "sent": "x", "sent_id": 3}]], sent),
-        "split": ["train", "train"],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "ref_id": [11, 12],
+            "image_path": [
+                "coco/train2014/COCO_train2014_000000000009.jpg",
+                "coco/train2014/none.jpg",
+            ],
+            "bbox": [[10.0, 20.0, 60.0, 120.0], [0.0, 0.0, 5.0, 5.0]],
+            "captions": [["woman in blue", "left woman"], ["x"]],
+            "sentences": pa.array(
+                [
+                    [
+                        {"raw": "Woman in blue", "sent": "woman in blue", "sent_id": 1},
+                        {"raw": "Left woman", "sent": "left woman", "sent_id": 2},
+                    ],
+                    [{"raw": "X", "sent": "x", "sent_id": 3}],
+                ],
+                sent,
+            ),
+            "split": ["train", "train"],
+        }
+    )
     path = root / "refcoco/data/train-00000-of-00001.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(table, path)
@@ -132,15 +169,20 @@ def test_refcoco_lmms_lab_one_grounding_sample_per_expression(tmp_path):
     assert s.media[0].size == (200, 100)
     assert s.regions[0].box == (20.0, 10.0, 60.0, 60.0) and s.regions[0].label == "man on left"
     assert [(p.type, p.text) for p in s.messages[0].content] == [
-        ("media", None), ("text", "Where is man on left? Answer with a bounding box.")]  # fmt: skip
+        ("media", None),
+        ("text", "Where is man on left? Answer with a bounding box."),
+    ]
     assert [(p.type, p.region) for p in s.messages[1].content] == [("region", 0)]
     assert r[1].messages[0].content[1].text.startswith("Where is guy in red?")
     tok = byte_tokenizer()
     ex = format_sample(s, tokenizer=tok, model_cfg=tiny(vocab_size=len(tok)), fmt=FormatConfig())
     trained = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab >= 0])
     assert trained.startswith("<100,100,299,599>")  # the box, in mm15's language, with loss
-    for i, (reason, match) in {2: ("empty", "no referring"), 3: ("malformed", "bad box"),
-                               4: ("missing", "no box")}.items():  # fmt: skip
+    for i, (reason, match) in {
+        2: ("empty", "no referring"),
+        3: ("malformed", "bad box"),
+        4: ("missing", "no box"),
+    }.items():
         with pytest.raises(SampleError, match=match) as e:
             r[i]
         assert e.value.reason == reason and "val-00000-of-00001.parquet row" in str(e.value)
@@ -148,8 +190,16 @@ def test_refcoco_lmms_lab_one_grounding_sample_per_expression(tmp_path):
 
 def test_refcoco_jxu124_layout_is_detected(tmp_path):
     path = _jxu124(tmp_path)
-    r = open_source({"kind": "refcoco", "paths": [str(path)], "root": str(tmp_path),
-                     "source": "refcoco_train", "category": "refer_ground", "stage": "sft"})  # fmt: skip
+    r = open_source(
+        {
+            "kind": "refcoco",
+            "paths": [str(path)],
+            "root": str(tmp_path),
+            "source": "refcoco_train",
+            "category": "refer_ground",
+            "stage": "sft",
+        }
+    )
     assert r.layout == "jxu124" and len(r) == 3
     s = r[1]
     assert s.id == "11#1" and s.media[0].path.endswith("COCO_train2014_000000000009.jpg")

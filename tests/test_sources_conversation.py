@@ -46,67 +46,126 @@ def write_conversation_fixture(root: Path) -> dict[str, Path]:
     for k in range(3):
         _image(img / f"videos/frames_v1/{k:03d}.jpg", (16, 16))
     llava = [
-        {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
-         "conversations": _turns(("human", "<image>\nWhat are the colors of the bus?"),
-                                 ("gpt", "White and red."))},
+        {
+            "id": "000000033471",
+            "image": "coco/train2017/000000033471.jpg",
+            "conversations": _turns(
+                ("human", "<image>\nWhat are the colors of the bus?"), ("gpt", "White and red.")
+            ),
+        },
         {"id": 7, "conversations": _turns(("human", "Tell me a joke."), ("gpt", "No."))},
-        {"id": "noplace", "image": "gqa/images/1.png",
-         "conversations": _turns(("human", "Describe it."), ("gpt", "A square."))},
-        {"id": "atend", "image": "gqa/images/1.png",
-         "conversations": _turns(("system", "Be brief."), ("human", "What is this?\n<image>"),
-                                 ("gpt", "Red."))},
-    ]  # fmt: skip
+        {
+            "id": "noplace",
+            "image": "gqa/images/1.png",
+            "conversations": _turns(("human", "Describe it."), ("gpt", "A square.")),
+        },
+        {
+            "id": "atend",
+            "image": "gqa/images/1.png",
+            "conversations": _turns(
+                ("system", "Be brief."), ("human", "What is this?\n<image>"), ("gpt", "Red.")
+            ),
+        },
+    ]
     paths = {"llava": root / "llava.json"}
     paths["llava"].write_text(json.dumps(llava))
     bad = [
         json.dumps(llava[0]),
         '{"id": "broken", "conversations": [',  # corrupt JSON
-        json.dumps({"id": "gone", "image": "coco/nope.jpg", "conversations": llava[0]["conversations"]}),
-        json.dumps({"id": "twice", "image": "gqa/images/1.png",
-                    "conversations": _turns(("human", "<image> vs <image>"), ("gpt", "same"))}),
+        json.dumps(
+            {"id": "gone", "image": "coco/nope.jpg", "conversations": llava[0]["conversations"]}
+        ),
+        json.dumps(
+            {
+                "id": "twice",
+                "image": "gqa/images/1.png",
+                "conversations": _turns(("human", "<image> vs <image>"), ("gpt", "same")),
+            }
+        ),
         json.dumps({"id": "role", "conversations": _turns(("robot", "hi"), ("gpt", "hello"))}),
         json.dumps({"id": "none", "conversations": []}),
         "",  # a blank line is not a row
         json.dumps({"id": "blank", "conversations": _turns(("human", "  "), ("gpt", ""))}),
-    ]  # fmt: skip
+    ]
     paths["bad"] = root / "bad.jsonl"
     paths["bad"].write_text("\n".join(bad) + "\n")
     ferret = [
-        {"id": 0, "image": "vg/big.jpg", "image_w": 1170, "image_h": 2532,
-         "conversations": _turns(("human", "<image>\nWhat is the object <bbox_location0>?"),
-                                 ("gpt", "A bus <bbox_location0> next to <bbox_location1>.")),
-         "box_x1y1x2y2": [[FERRET_BOX], [FERRET_BOX, [0, 0, 1170, 2532]]]},
-        {"id": 1, "image": "vg/2.jpg",  # no image_w/h: the header's (200, 100) is used
-         "conversations": _turns(("human", "<image>\nWhere? <bbox_location0>"), ("gpt", "ok")),
-         "box_x1y1x2y2": [[[20, 10, 60, 50]], []]},
-        {"id": 2, "image": "vg/2.jpg", "image_w": 200, "image_h": 100,
-         "conversations": _turns(("human", "<image> <bbox_location1>"), ("gpt", "ok")),
-         "box_x1y1x2y2": [[[20, 10, 60, 50]], []]},  # refers to a box that is not there
-        {"id": 3, "image": "vg/2.jpg", "image_w": 200, "image_h": 100,
-         "conversations": _turns(("human", "<image> <bbox_location0>"), ("gpt", "ok")),
-         "box_x1y1x2y2": [[[60, 10, 20, 50]], []]},  # x1 > x2
-        {"id": 4, "image": "vg/2.jpg", "image_w": 1170, "image_h": 2532,  # not this image's size
-         "conversations": _turns(("human", "<image> <bbox_location0>"), ("gpt", "ok")),
-         "box_x1y1x2y2": [[FERRET_BOX], []]},
-    ]  # fmt: skip
+        {
+            "id": 0,
+            "image": "vg/big.jpg",
+            "image_w": 1170,
+            "image_h": 2532,
+            "conversations": _turns(
+                ("human", "<image>\nWhat is the object <bbox_location0>?"),
+                ("gpt", "A bus <bbox_location0> next to <bbox_location1>."),
+            ),
+            "box_x1y1x2y2": [[FERRET_BOX], [FERRET_BOX, [0, 0, 1170, 2532]]],
+        },
+        {
+            "id": 1,
+            "image": "vg/2.jpg",  # no image_w/h: the header's (200, 100) is used
+            "conversations": _turns(("human", "<image>\nWhere? <bbox_location0>"), ("gpt", "ok")),
+            "box_x1y1x2y2": [[[20, 10, 60, 50]], []],
+        },
+        {
+            "id": 2,
+            "image": "vg/2.jpg",
+            "image_w": 200,
+            "image_h": 100,
+            "conversations": _turns(("human", "<image> <bbox_location1>"), ("gpt", "ok")),
+            "box_x1y1x2y2": [[[20, 10, 60, 50]], []],
+        },  # refers to a box that is not there
+        {
+            "id": 3,
+            "image": "vg/2.jpg",
+            "image_w": 200,
+            "image_h": 100,
+            "conversations": _turns(("human", "<image> <bbox_location0>"), ("gpt", "ok")),
+            "box_x1y1x2y2": [[[60, 10, 20, 50]], []],
+        },  # x1 > x2
+        {
+            "id": 4,
+            "image": "vg/2.jpg",
+            "image_w": 1170,
+            "image_h": 2532,  # not this image's size
+            "conversations": _turns(("human", "<image> <bbox_location0>"), ("gpt", "ok")),
+            "box_x1y1x2y2": [[FERRET_BOX], []],
+        },
+    ]
     paths["ferret"] = root / "ferret.json"
     paths["ferret"].write_text(json.dumps(ferret))
-    mantis = {"id": "nlvr2_1", "images": [{"path": "nlvr2/a.png"}, "nlvr2/b.png"],
-              "conversations": _turns(("human", "<image><image> Is the left one red?"),
-                                      ("gpt", "True"))}  # fmt: skip
-    docowl = {"image": ["./gqa/images/1.png"], "task_name": "ocr",
-              "messages": [{"role": "user", "content": "<|image|>Read the text."},
-                           {"role": "assistant", "content": "<ocr>Total</ocr>"}]}  # fmt: skip
+    mantis = {
+        "id": "nlvr2_1",
+        "images": [{"path": "nlvr2/a.png"}, "nlvr2/b.png"],
+        "conversations": _turns(("human", "<image><image> Is the left one red?"), ("gpt", "True")),
+    }
+    docowl = {
+        "image": ["./gqa/images/1.png"],
+        "task_name": "ocr",
+        "messages": [
+            {"role": "user", "content": "<|image|>Read the text."},
+            {"role": "assistant", "content": "<ocr>Total</ocr>"},
+        ],
+    }
     paths["mixed"] = root / "mixed.jsonl"
     paths["mixed"].write_text(json.dumps(mantis) + "\n" + json.dumps(docowl) + "\n")
     video = [
-        {"id": "v0", "video": "videos/clip.mp4",
-         "conversations": _turns(("human", "<video>\nWhat happens?"), ("gpt", "A clip."))},
-        {"id": "v1", "video": "videos/frames_v1",
-         "conversations": _turns(("human", "Describe."), ("gpt", "Frames."))},
-        {"id": "v2", "video": "videos/lost",
-         "conversations": _turns(("human", "<video>"), ("gpt", "?"))},
-    ]  # fmt: skip
+        {
+            "id": "v0",
+            "video": "videos/clip.mp4",
+            "conversations": _turns(("human", "<video>\nWhat happens?"), ("gpt", "A clip.")),
+        },
+        {
+            "id": "v1",
+            "video": "videos/frames_v1",
+            "conversations": _turns(("human", "Describe."), ("gpt", "Frames.")),
+        },
+        {
+            "id": "v2",
+            "video": "videos/lost",
+            "conversations": _turns(("human", "<video>"), ("gpt", "?")),
+        },
+    ]
     paths["video"] = root / "video.jsonl"
     paths["video"].write_text("\n".join(json.dumps(v) for v in video) + "\n")
     return paths
@@ -123,8 +182,10 @@ def _reader(path, root, **kw):
 
 
 def _summary(msg):
-    return [(p.type, p.text if p.type == "text" else p.media if p.type == "media" else p.region)
-            for p in msg.content]  # fmt: skip
+    return [
+        (p.type, p.text if p.type == "text" else p.media if p.type == "media" else p.region)
+        for p in msg.content
+    ]
 
 
 def test_llava_roles_placeholders_and_text_only_rows(fx):
@@ -171,10 +232,19 @@ def test_ferret_boxes_become_pixel_regions(fx):
     assert s.media[0].size == (1170, 2532)
     assert [g.box for g in s.regions] == [tuple(FERRET_BOX), tuple(FERRET_BOX), (0, 0, 1170, 2532)]
     assert all(g.media == 0 for g in s.regions)
-    assert _summary(s.messages[0]) == [("media", 0), ("text", "What is the object "),
-                                       ("region", 0), ("text", "?")]  # fmt: skip
-    assert _summary(s.messages[1]) == [("text", "A bus "), ("region", 1), ("text", " next to "),
-                                       ("region", 2), ("text", ".")]  # fmt: skip
+    assert _summary(s.messages[0]) == [
+        ("media", 0),
+        ("text", "What is the object "),
+        ("region", 0),
+        ("text", "?"),
+    ]
+    assert _summary(s.messages[1]) == [
+        ("text", "A bus "),
+        ("region", 1),
+        ("text", " next to "),
+        ("region", 2),
+        ("text", "."),
+    ]
     assert r[1].media[0].size == (200, 100)  # from the JPEG header
     assert r[1].regions[0].box == (20, 10, 60, 50)
     for row, match in ((2, "has no such box"), (3, "bad box"), (4, "but .*2.jpg is 200x100")):
@@ -186,9 +256,13 @@ def test_ferret_boxes_become_pixel_regions(fx):
 def test_side_box_convention_is_converted_once(fx, tmp_path):
     """Ferret-style text ints 0..1000 on a 200×100 image: <500,250,1000,1000> → (100,25,200,100)."""
     _, root = fx
-    rec = {"image": "vg/2.jpg", "image_w": 200, "image_h": 100,
-           "conversations": _turns(("human", "<image> <bbox_location0>"), ("gpt", "ok")),
-           "box_x1y1x2y2": [[[500, 250, 1000, 1000]], []]}  # fmt: skip
+    rec = {
+        "image": "vg/2.jpg",
+        "image_w": 200,
+        "image_h": 100,
+        "conversations": _turns(("human", "<image> <bbox_location0>"), ("gpt", "ok")),
+        "box_x1y1x2y2": [[[500, 250, 1000, 1000]], []],
+    }
     f = tmp_path / "ints.jsonl"
     f.write_text(json.dumps(rec) + "\n")
     fmt = ConversationFormat(box_convention="int1000")
@@ -203,8 +277,11 @@ def test_multi_image_docowl_and_video(fx):
     mixed = _reader(paths["mixed"], root, category="multi_image")
     mantis = mixed[0]
     assert [m.path for m in mantis.media] == [str(root / "nlvr2/a.png"), str(root / "nlvr2/b.png")]
-    assert _summary(mantis.messages[0]) == [("media", 0), ("media", 1),
-                                            ("text", "Is the left one red?")]  # fmt: skip
+    assert _summary(mantis.messages[0]) == [
+        ("media", 0),
+        ("media", 1),
+        ("text", "Is the left one red?"),
+    ]
     docowl = mixed[1]
     assert docowl.id == "mixed.jsonl:1"
     assert _summary(docowl.messages[0]) == [("media", 0), ("text", "Read the text.")]
@@ -270,9 +347,15 @@ def test_canonical_round_trip_and_safe_write(fx, tmp_path):
 
 def test_open_source_builds_readers(fx):
     paths, root = fx
-    spec = {"kind": "conversation", "paths": [str(paths["llava"])], "root": str(root),
-            "source": "llava", "category": "general", "stage": "sft",
-            "fmt": {"image_tokens": ["<image>"]}}  # fmt: skip
+    spec = {
+        "kind": "conversation",
+        "paths": [str(paths["llava"])],
+        "root": str(root),
+        "source": "llava",
+        "category": "general",
+        "stage": "sft",
+        "fmt": {"image_tokens": ["<image>"]},
+    }
     r = open_source(spec)
     assert isinstance(r, ConversationReader) and len(r) == 4 and r[0].source == "llava"
     with pytest.raises(ValueError, match="kind 'nope'"):

@@ -39,13 +39,25 @@ def write_obelics_fixture(root: Path) -> dict[str, Path]:
     meta = [
         json.dumps([{"src": u, "alt_text": ""} if u else None for u in imgs]) for imgs, _ in docs
     ]
-    general = [json.dumps({"url": f"https://page/{k}", "warc_filename": "w", "warc_record_offset": k,
-                           "warc_record_length": 1}) for k in range(len(docs))]  # fmt: skip
-    table = pa.table({
-        "images": pa.array([d[0] for d in docs], pa.list_(pa.string())),
-        "texts": pa.array([d[1] for d in docs], pa.list_(pa.string())),
-        "metadata": meta, "general_metadata": general,
-    })  # fmt: skip
+    general = [
+        json.dumps(
+            {
+                "url": f"https://page/{k}",
+                "warc_filename": "w",
+                "warc_record_offset": k,
+                "warc_record_length": 1,
+            }
+        )
+        for k in range(len(docs))
+    ]
+    table = pa.table(
+        {
+            "images": pa.array([d[0] for d in docs], pa.list_(pa.string())),
+            "texts": pa.array([d[1] for d in docs], pa.list_(pa.string())),
+            "metadata": meta,
+            "general_metadata": general,
+        }
+    )
     (root / "data").mkdir()
     paths = {
         "shard0": root / "data/train-00000.parquet",
@@ -57,9 +69,17 @@ def write_obelics_fixture(root: Path) -> dict[str, Path]:
     paths["json"] = store / "url_index.json"
     paths["json"].write_text(json.dumps(lookup))
     paths["parquet"] = store / "00000.parquet"  # img2dataset metadata + the saved path
-    pq.write_table(pa.table({"url": [*lookup, U("dead")], "key": ["0", "1", "2", "3", "4"],
-                             "status": ["success"] * 4 + ["failed_to_download"],
-                             "path": [*lookup.values(), None]}), paths["parquet"])  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "url": [*lookup, U("dead")],
+                "key": ["0", "1", "2", "3", "4"],
+                "status": ["success"] * 4 + ["failed_to_download"],
+                "path": [*lookup.values(), None],
+            }
+        ),
+        paths["parquet"],
+    )
     return paths
 
 
@@ -69,8 +89,14 @@ def fx(tmp_path):
 
 
 def _reader(paths, urls, **kw):
-    return ObelicsReader([paths["shard0"], paths["shard1"]], urls=urls, source="obelics",
-                         category="interleaved", stage="pretrain", **kw)  # fmt: skip
+    return ObelicsReader(
+        [paths["shard0"], paths["shard1"]],
+        urls=urls,
+        source="obelics",
+        category="interleaved",
+        stage="pretrain",
+        **kw,
+    )
 
 
 def _summary(sample):
@@ -95,9 +121,13 @@ def test_documents_follow_the_aligned_lists(fx):
 def test_bad_documents_raise_with_reason_file_and_row(fx):
     paths, _ = fx
     r = _reader(paths, paths["json"])
-    cases = {2: ("missing", "train-00000.parquet row 2"), 3: ("missing", "train-00000.parquet row 3"),
-             4: ("malformed", "train-00001.parquet row 0"), 5: ("malformed", "train-00001.parquet row 1"),
-             6: ("empty", "train-00001.parquet row 2")}  # fmt: skip
+    cases = {
+        2: ("missing", "train-00000.parquet row 2"),
+        3: ("missing", "train-00000.parquet row 3"),
+        4: ("malformed", "train-00001.parquet row 0"),
+        5: ("malformed", "train-00001.parquet row 1"),
+        6: ("empty", "train-00001.parquet row 2"),
+    }
     for i, (reason, where) in cases.items():
         with pytest.raises(SampleError) as e:
             r[i]
@@ -120,8 +150,10 @@ def test_url_lookups_agree(fx):
     paths, root = fx
     from_json = load_url_map(paths["json"])
     from_parquet = load_url_map(paths["parquet"])  # the failed download (path null) is left out
-    as_dict = load_url_map({U("a"): "a.jpg", U("b"): "b.jpg", U("c"): "c.jpg",
-                            U("gone"): "gone.jpg"}, root=root / "store")  # fmt: skip
+    as_dict = load_url_map(
+        {U("a"): "a.jpg", U("b"): "b.jpg", U("c"): "c.jpg", U("gone"): "gone.jpg"},
+        root=root / "store",
+    )
     assert from_json == from_parquet == as_dict and U("dead") not in from_parquet
     assert from_json[U("b")] == root / "store/b.jpg"
     r_json, r_pq = _reader(paths, paths["json"]), _reader(paths, paths["parquet"])

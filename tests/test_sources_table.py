@@ -21,8 +21,9 @@ from mm15.data.sources import open_source
 from mm15.data.sources.table import COLUMN_MAPS, ColumnMap, RowStore, TableReader
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Image
-TEXTS = pa.list_(pa.struct([("user", pa.string()), ("assistant", pa.string()),
-                            ("source", pa.string())]))  # fmt: skip
+TEXTS = pa.list_(
+    pa.struct([("user", pa.string()), ("assistant", pa.string()), ("source", pa.string())])
+)
 
 
 def _png(size=(100, 80), color=(0, 128, 255)) -> bytes:
@@ -35,21 +36,39 @@ def write_table_fixture(root: Path) -> dict[str, Path]:
     """Cauldron and Mantis Parquet, a RefCOCO/AI2D-style benchmark table, text-only sets as
     Parquet, JSONL, JSON and an Arrow IPC stream (the ``datasets`` cache layout)."""
     a, b = _png(), _png((30, 20), (255, 0, 0))
-    cauldron = pa.table({
-        "images": pa.array([[{"bytes": a, "path": None}],
-                            [{"bytes": a, "path": None}, {"bytes": b, "path": "x.png"}],
-                            [],
-                            [{"bytes": None, "path": "nowhere.png"}],
-                            [{"bytes": b, "path": None}]], pa.list_(IMAGE)),
-        "texts": pa.array([
-            [{"user": "Question: What is the total?", "assistant": "42", "source": "chartqa"}],
-            [{"user": "Same?", "assistant": "No.", "source": "nlvr2"},
-             {"user": "Which is red?", "assistant": "The right.", "source": "nlvr2"}],
-            [{"user": "Text only?", "assistant": "Yes.", "source": "x"}],
-            [{"user": "Lost?", "assistant": "Yes.", "source": "x"}],
-            [],
-        ], TEXTS),
-    })  # fmt: skip
+    cauldron = pa.table(
+        {
+            "images": pa.array(
+                [
+                    [{"bytes": a, "path": None}],
+                    [{"bytes": a, "path": None}, {"bytes": b, "path": "x.png"}],
+                    [],
+                    [{"bytes": None, "path": "nowhere.png"}],
+                    [{"bytes": b, "path": None}],
+                ],
+                pa.list_(IMAGE),
+            ),
+            "texts": pa.array(
+                [
+                    [
+                        {
+                            "user": "Question: What is the total?",
+                            "assistant": "42",
+                            "source": "chartqa",
+                        }
+                    ],
+                    [
+                        {"user": "Same?", "assistant": "No.", "source": "nlvr2"},
+                        {"user": "Which is red?", "assistant": "The right.", "source": "nlvr2"},
+                    ],
+                    [{"user": "Text only?", "assistant": "Yes.", "source": "x"}],
+                    [{"user": "Lost?", "assistant": "Yes.", "source": "x"}],
+                    [],
+                ],
+                TEXTS,
+            ),
+        }
+    )
     paths = {"cauldron": root / "cauldron/chartqa/train-00000-of-00001.parquet"}
     paths["cauldron"].parent.mkdir(parents=True)
     pq.write_table(cauldron, paths["cauldron"], row_group_size=2)  # 3 row groups
@@ -57,40 +76,73 @@ def write_table_fixture(root: Path) -> dict[str, Path]:
     (root / "mantis_images/nlvr2/l.png").write_bytes(a)
     (root / "mantis_images/nlvr2/r.png").write_bytes(b)
     conv = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    mantis = pa.table({
-        "id": ["nlvr2_1", "nlvr2_2"],
-        "images": pa.array([[{"bytes": None, "path": "nlvr2/l.png"},
-                             {"bytes": None, "path": "nlvr2/r.png"}],
-                            [{"bytes": None, "path": "nlvr2/l.png"}]], pa.list_(IMAGE)),
-        "conversation": pa.array([
-            [{"role": "user", "content": "<image><image> Is the left one blue?"},
-             {"role": "assistant", "content": "True"}],
-            [{"role": "user", "content": "<image> and <image>?"},
-             {"role": "assistant", "content": "?"}]], conv),
-        "source": ["nlvr2", "nlvr2"],
-    })  # fmt: skip
+    mantis = pa.table(
+        {
+            "id": ["nlvr2_1", "nlvr2_2"],
+            "images": pa.array(
+                [
+                    [
+                        {"bytes": None, "path": "nlvr2/l.png"},
+                        {"bytes": None, "path": "nlvr2/r.png"},
+                    ],
+                    [{"bytes": None, "path": "nlvr2/l.png"}],
+                ],
+                pa.list_(IMAGE),
+            ),
+            "conversation": pa.array(
+                [
+                    [
+                        {"role": "user", "content": "<image><image> Is the left one blue?"},
+                        {"role": "assistant", "content": "True"},
+                    ],
+                    [
+                        {"role": "user", "content": "<image> and <image>?"},
+                        {"role": "assistant", "content": "?"},
+                    ],
+                ],
+                conv,
+            ),
+            "source": ["nlvr2", "nlvr2"],
+        }
+    )
     paths["mantis"] = root / "mantis.parquet"
     pq.write_table(mantis, paths["mantis"])
-    bench = pa.table({
-        "question_id": ["q0", "q1", "q2", "q3"],
-        "image": pa.array([{"bytes": a, "path": None}] * 3 + [{"bytes": b"junk", "path": None}],
-                          IMAGE),
-        "question": ["Find the dog.", "Find the cat.", "Find the bird.", "Find it."],
-        "answer": [["a dog", "dog"], ["cat"], ["bird"], ["it"]],
-        "bbox": [[10.0, 20.0, 30.0, 40.0], None, [90.0, 20.0, 30.0, 40.0], [1.0, 1.0, 2.0, 2.0]],
-        "options": [["A", "B"], ["C"], None, None],
-    })  # fmt: skip
+    bench = pa.table(
+        {
+            "question_id": ["q0", "q1", "q2", "q3"],
+            "image": pa.array(
+                [{"bytes": a, "path": None}] * 3 + [{"bytes": b"junk", "path": None}], IMAGE
+            ),
+            "question": ["Find the dog.", "Find the cat.", "Find the bird.", "Find it."],
+            "answer": [["a dog", "dog"], ["cat"], ["bird"], ["it"]],
+            "bbox": [
+                [10.0, 20.0, 30.0, 40.0],
+                None,
+                [90.0, 20.0, 30.0, 40.0],
+                [1.0, 1.0, 2.0, 2.0],
+            ],
+            "options": [["A", "B"], ["C"], None, None],
+        }
+    )
     paths["bench"] = root / "refcoco_val.parquet"
     pq.write_table(bench, paths["bench"])
-    orca = pa.table({"id": ["o1", "o2"], "system_prompt": ["Be helpful.", ""],
-                     "question": ["2+2?", "Capital of France?"], "response": ["4", "Paris"]})  # fmt: skip
+    orca = pa.table(
+        {
+            "id": ["o1", "o2"],
+            "system_prompt": ["Be helpful.", ""],
+            "question": ["2+2?", "Capital of France?"],
+            "response": ["4", "Paris"],
+        }
+    )
     paths["orca"] = root / "orca.parquet"
     pq.write_table(orca, paths["orca"])
-    alpaca = [{"instruction": "Give a tip.", "input": "", "output": "Sleep."},
-              {"instruction": "Translate.", "input": "Hallo", "output": "Hello"},
-              {"instruction": "", "input": "", "output": "orphan"},
-              {"instruction": ["not", "text"], "input": "", "output": "x"},
-              {"instruction": "No output column"}]  # fmt: skip
+    alpaca = [
+        {"instruction": "Give a tip.", "input": "", "output": "Sleep."},
+        {"instruction": "Translate.", "input": "Hallo", "output": "Hello"},
+        {"instruction": "", "input": "", "output": "orphan"},
+        {"instruction": ["not", "text"], "input": "", "output": "x"},
+        {"instruction": "No output column"},
+    ]
     paths["alpaca"] = root / "alpaca.jsonl"
     paths["alpaca"].write_text("\n".join(json.dumps(r) for r in alpaca) + "\n")
     paths["prompts"] = root / "prompts.json"
@@ -144,10 +196,15 @@ def test_mantis_paths_resolve_against_the_image_root(fx):
     r = _reader(paths["mantis"], COLUMN_MAPS["mantis"], root=root / "mantis_images")
     s = r[0]
     assert s.id == "nlvr2_1" and s.meta == {"source": "nlvr2"}
-    assert [m.path for m in s.media] == [str(root / "mantis_images/nlvr2/l.png"),
-                                         str(root / "mantis_images/nlvr2/r.png")]  # fmt: skip
-    assert _summary(s.messages[0]) == [("media", 0), ("media", 1),
-                                       ("text", "Is the left one blue?")]  # fmt: skip
+    assert [m.path for m in s.media] == [
+        str(root / "mantis_images/nlvr2/l.png"),
+        str(root / "mantis_images/nlvr2/r.png"),
+    ]
+    assert _summary(s.messages[0]) == [
+        ("media", 0),
+        ("media", 1),
+        ("text", "Is the left one blue?"),
+    ]
     with pytest.raises(SampleError, match="2 image placeholders but 1 images") as e:
         r[1]
     assert e.value.reason == "malformed"
@@ -198,8 +255,12 @@ def test_several_files_arrow_stream_and_length(fx):
     qa = COLUMN_MAPS["qa"]
     r = _reader([paths["arrow"], paths["orca"]], ColumnMap(question=("question",)))
     assert len(r) == 5
-    assert [r[i].messages[0].content[0].text for i in (0, 2, 3, 4)] == ["Q1", "Q3", "2+2?",
-                                                                       "Capital of France?"]  # fmt: skip
+    assert [r[i].messages[0].content[0].text for i in (0, 2, 3, 4)] == [
+        "Q1",
+        "Q3",
+        "2+2?",
+        "Capital of France?",
+    ]
     assert r[4].id == "orca.parquet:1"
     assert _reader(paths["arrow"], qa)[2].messages[1].content[0].text == "A3"
     with pytest.raises(IndexError):
@@ -238,8 +299,13 @@ def test_reader_pickles_without_open_handles(fx):
 
 def test_open_source_table_with_named_or_inline_columns(fx):
     paths, _ = fx
-    base = {"kind": "table", "paths": [str(paths["orca"])], "source": "orca",
-            "category": "text_only", "stage": "sft"}  # fmt: skip
+    base = {
+        "kind": "table",
+        "paths": [str(paths["orca"])],
+        "source": "orca",
+        "category": "text_only",
+        "stage": "sft",
+    }
     named = open_source({**base, "columns": "orca"})
     inline = open_source({**base, "columns": {"question": ["question"], "answer": "response"}})
     assert named[1].messages[1].content[0].text == inline[1].messages[1].content[0].text == "Paris"

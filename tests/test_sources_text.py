@@ -33,13 +33,20 @@ def _png(size=(40, 30)) -> bytes:
 
 def _text_files(root: Path) -> dict[str, Path]:
     """FineWeb-style Parquet (two row groups), DCLM-style JSONL and a JSON list."""
-    paths = {"parquet": root / "fineweb/000_00000.parquet", "jsonl": root / "dclm/shard.jsonl",
-             "json": root / "corpus.json"}  # fmt: skip
+    paths = {
+        "parquet": root / "fineweb/000_00000.parquet",
+        "jsonl": root / "dclm/shard.jsonl",
+        "json": root / "corpus.json",
+    }
     paths["parquet"].parent.mkdir(parents=True)
     paths["jsonl"].parent.mkdir(parents=True)
-    table = pa.table({"text": ["The first document.", "Second one.", "", None],
-                      "id": ["<urn:1>", "<urn:2>", "<urn:3>", "<urn:4>"],
-                      "url": ["http://a", "http://b", None, None]})  # fmt: skip
+    table = pa.table(
+        {
+            "text": ["The first document.", "Second one.", "", None],
+            "id": ["<urn:1>", "<urn:2>", "<urn:3>", "<urn:4>"],
+            "url": ["http://a", "http://b", None, None],
+        }
+    )
     pq.write_table(table, paths["parquet"], row_group_size=2)
     rows = [{"text": "A DCLM page about rivers."}, {"text": 7}, {"text": "   "}]
     paths["jsonl"].write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
@@ -57,8 +64,9 @@ def test_text_rows_become_documents(tmp_path):
     assert [p.text for p in s.messages[0].content] == ["The first document."]
     assert s.meta == {"url": "http://a"}
     with pytest.raises(ValueError, match=r"shard\.jsonl: no column\(s\) \['id', 'url'\]"):
-        TextReader([paths["parquet"], paths["jsonl"]], source="x", id_column="id",
-                   meta_columns=["url"])  # fmt: skip
+        TextReader(
+            [paths["parquet"], paths["jsonl"]], source="x", id_column="id", meta_columns=["url"]
+        )
     r = TextReader([paths["parquet"], paths["jsonl"]], source="fineweb")
     assert len(r) == 8
     assert r[4].messages[0].content[0].text == "A DCLM page about rivers."
@@ -74,8 +82,17 @@ def test_text_rows_become_documents(tmp_path):
 
 def test_text_column_name_and_truncation(tmp_path):
     paths = _text_files(tmp_path)
-    r = open_source({"kind": "text", "paths": [str(paths["json"])], "column": "content",
-                     "source": "c", "category": "text", "stage": "pretrain", "max_chars": 9})  # fmt: skip
+    r = open_source(
+        {
+            "kind": "text",
+            "paths": [str(paths["json"])],
+            "column": "content",
+            "source": "c",
+            "category": "text",
+            "stage": "pretrain",
+            "max_chars": 9,
+        }
+    )
     s = r[0]
     assert s.messages[0].content[0].text == "Custom" and s.meta == {"truncated": True}
     assert cut("abcdefghij", 4) == "abcd"  # no whitespace: a hard cut
@@ -104,9 +121,13 @@ def test_text_document_gets_loss_on_all_its_text(tmp_path):
 
 def _synthdog(root: Path) -> Path:
     gt0 = json.dumps({"gt_parse": {"text_sequence": "Hello synthetic world"}})
-    gt = [gt0,
-          json.dumps({"gt_parses": [{"text_sequence": "second form"}]}),
-          "{not json", json.dumps({"gt_parse": {}}), gt0]  # fmt: skip
+    gt = [
+        gt0,
+        json.dumps({"gt_parses": [{"text_sequence": "second form"}]}),
+        "{not json",
+        json.dumps({"gt_parse": {}}),
+        gt0,
+    ]
     images = [{"bytes": _png(), "path": "image_0.jpg"}] * 4 + [{"bytes": None, "path": "gone.png"}]
     path = root / "synthdog-en/data/train-00000-of-00084.parquet"
     path.parent.mkdir(parents=True)
@@ -116,20 +137,31 @@ def _synthdog(root: Path) -> Path:
 
 def test_synthdog_rows_become_ocr_samples(tmp_path):
     path = _synthdog(tmp_path)
-    r = open_source({"kind": "synthdog", "paths": [str(path)], "source": "synthdog_en",
-                     "category": "ocr", "stage": "cpt", "root": str(tmp_path)})  # fmt: skip
+    r = open_source(
+        {
+            "kind": "synthdog",
+            "paths": [str(path)],
+            "source": "synthdog_en",
+            "category": "ocr",
+            "stage": "cpt",
+            "root": str(tmp_path),
+        }
+    )
     s = r[0]
     assert s.media[0].bytes == _png() and s.media[0].size is None
     assert [m.role for m in s.messages] == ["document"]
     assert [(p.type, p.media, p.text) for p in s.messages[0].content] == [
-        ("media", 0, None), ("text", None, "Hello synthetic world")]  # fmt: skip
+        ("media", 0, None),
+        ("text", None, "Hello synthetic world"),
+    ]
     assert r[1].messages[0].content[1].text == "second form"
     for i, reason in {2: "corrupt", 3: "malformed", 4: "missing"}.items():
         with pytest.raises(SampleError, match=rf"train-00000-of-00084\.parquet row {i}") as e:
             r[i]
         assert e.value.reason == reason
-    chat = SynthdogReader(path, source="s", stage="sft", category="text_rich",
-                          prompt="Read the text.")[0]  # fmt: skip
+    chat = SynthdogReader(
+        path, source="s", stage="sft", category="text_rich", prompt="Read the text."
+    )[0]
     assert [m.role for m in chat.messages] == ["user", "assistant"]
     assert chat.messages[1].content[0].text == "Hello synthetic world"
 
@@ -137,8 +169,12 @@ def test_synthdog_rows_become_ocr_samples(tmp_path):
 def test_synthdog_empty_text_and_missing_column(tmp_path):
     path = tmp_path / "one.parquet"
     gt = json.dumps({"gt_parse": {"text_sequence": "  "}})
-    pq.write_table(pa.table({"image": pa.array([{"bytes": _png(), "path": None}], IMAGE),
-                             "ground_truth": [gt]}), path)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {"image": pa.array([{"bytes": _png(), "path": None}], IMAGE), "ground_truth": [gt]}
+        ),
+        path,
+    )
     with pytest.raises(SampleError) as e:
         SynthdogReader(path, source="s")[0]
     assert e.value.reason == "empty"

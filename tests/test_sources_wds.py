@@ -60,46 +60,92 @@ def make_pdf(page_sizes_pt: list[tuple[float, float]]) -> bytes:
 
 def write_caption_shards(root: Path) -> list[Path]:
     """Two img2dataset shards: ``{key}.jpg/.txt/.json`` (key = shard id + in-shard index)."""
-    meta = {"url": "https://x/a.jpg", "caption": "from json", "key": "000000001", "status": "success",
-            "width": 64, "height": 48, "original_width": 128, "original_height": 96}  # fmt: skip
-    s0 = write_shard(root / "00000.tar", [
-        ("000000000.jpg", _img()), ("000000000.txt", b"a river has burst its banks"),
-        ("000000000.json", json.dumps({**meta, "key": "000000000"}).encode()),
-        ("000000001.png", _img("PNG")), ("000000001.json", json.dumps(meta).encode()),
-        ("000000002.txt", b"a caption without an image"),
-        ("000000003.webp", _img("WEBP")), ("000000003.txt", b"   "),
-        ("000000004.jpg", _img()), ("000000004.txt", b"ok"), ("000000004.json", b"{broken"),
-    ])  # fmt: skip
-    s1 = write_shard(root / "00001.tar", [
-        ("000010000.jpg", _img()), ("000010000.txt", "ünïcode caption".encode()),
-        ("000010001.jpg", _img()), ("000010001.txt", b"\xff\xfe bad utf8"),
-    ])  # fmt: skip
+    meta = {
+        "url": "https://x/a.jpg",
+        "caption": "from json",
+        "key": "000000001",
+        "status": "success",
+        "width": 64,
+        "height": 48,
+        "original_width": 128,
+        "original_height": 96,
+    }
+    s0 = write_shard(
+        root / "00000.tar",
+        [
+            ("000000000.jpg", _img()),
+            ("000000000.txt", b"a river has burst its banks"),
+            ("000000000.json", json.dumps({**meta, "key": "000000000"}).encode()),
+            ("000000001.png", _img("PNG")),
+            ("000000001.json", json.dumps(meta).encode()),
+            ("000000002.txt", b"a caption without an image"),
+            ("000000003.webp", _img("WEBP")),
+            ("000000003.txt", b"   "),
+            ("000000004.jpg", _img()),
+            ("000000004.txt", b"ok"),
+            ("000000004.json", b"{broken"),
+        ],
+    )
+    s1 = write_shard(
+        root / "00001.tar",
+        [
+            ("000010000.jpg", _img()),
+            ("000010000.txt", "ünïcode caption".encode()),
+            ("000010001.jpg", _img()),
+            ("000010001.txt", b"\xff\xfe bad utf8"),
+        ],
+    )
     return [s0, s1]
 
 
 def write_pdf_shard(root: Path) -> Path:
     """PDFA (``pages[].lines``) and IDL (``pages[].{text, bbox}``) documents in one shard."""
-    pdfa = {"pages": [
-        {"lines": {"text": ["Annual report 2020", "", "Revenue"],
-                   "bbox": [RECT_XYWH, [0.0, 0.0, 0.1, 0.1], [0.1, 0.6, 0.3, 0.1]],
-                   "score": [1.0, 1.0, 0.9], "word_slice": [[0, 3], [3, 3], [3, 4]]},
-         "words": {"text": [], "bbox": [], "score": [], "line_pos": []},
-         "images_bbox": [], "images_bbox_no_text_overlap": []},
-        {"lines": {"text": ["Page two"], "bbox": [[0.0, 0.0, 1.0, 0.5]], "score": [1.0],
-                   "word_slice": [[0, 2]]}},
-        {"lines": {"text": ["Only in the json"], "bbox": [[0, 0, 1, 1]]}},  # the PDF has 2 pages
-    ]}  # fmt: skip
-    idl = {"pages": [{"text": ["IDL line"], "bbox": [[0.5, 0.5, 0.5, 0.5]], "score": [0.99]},
-                     {"text": [], "bbox": [], "score": []},
-                     {"text": ["off the page"], "bbox": [[0.8, 0.0, 0.5, 0.1]], "score": [1]}]}  # fmt: skip
-    return write_shard(root / "pdfa-eng-train-0000.tar", [
-        ("0154727.pdf", make_pdf([(144, 72), (72, 144)])),
-        ("0154727.json", json.dumps(pdfa).encode()),
-        ("idl_abc.pdf", make_pdf([(72, 72)] * 3)), ("idl_abc.json", json.dumps(idl).encode()),
-        ("idl_abc.tif", b"ignored"),
-        ("broken.pdf", b"%PDF-1.7 not really"), ("broken.json", json.dumps(idl).encode()),
-        ("nojson.pdf", make_pdf([(72, 72)])),
-    ])  # fmt: skip
+    pdfa = {
+        "pages": [
+            {
+                "lines": {
+                    "text": ["Annual report 2020", "", "Revenue"],
+                    "bbox": [RECT_XYWH, [0.0, 0.0, 0.1, 0.1], [0.1, 0.6, 0.3, 0.1]],
+                    "score": [1.0, 1.0, 0.9],
+                    "word_slice": [[0, 3], [3, 3], [3, 4]],
+                },
+                "words": {"text": [], "bbox": [], "score": [], "line_pos": []},
+                "images_bbox": [],
+                "images_bbox_no_text_overlap": [],
+            },
+            {
+                "lines": {
+                    "text": ["Page two"],
+                    "bbox": [[0.0, 0.0, 1.0, 0.5]],
+                    "score": [1.0],
+                    "word_slice": [[0, 2]],
+                }
+            },
+            {
+                "lines": {"text": ["Only in the json"], "bbox": [[0, 0, 1, 1]]}
+            },  # the PDF has 2 pages
+        ]
+    }
+    idl = {
+        "pages": [
+            {"text": ["IDL line"], "bbox": [[0.5, 0.5, 0.5, 0.5]], "score": [0.99]},
+            {"text": [], "bbox": [], "score": []},
+            {"text": ["off the page"], "bbox": [[0.8, 0.0, 0.5, 0.1]], "score": [1]},
+        ]
+    }
+    return write_shard(
+        root / "pdfa-eng-train-0000.tar",
+        [
+            ("0154727.pdf", make_pdf([(144, 72), (72, 144)])),
+            ("0154727.json", json.dumps(pdfa).encode()),
+            ("idl_abc.pdf", make_pdf([(72, 72)] * 3)),
+            ("idl_abc.json", json.dumps(idl).encode()),
+            ("idl_abc.tif", b"ignored"),
+            ("broken.pdf", b"%PDF-1.7 not really"),
+            ("broken.json", json.dumps(idl).encode()),
+            ("nojson.pdf", make_pdf([(72, 72)])),
+        ],
+    )
 
 
 def write_rendered_text_shard(root: Path) -> Path:
@@ -111,14 +157,24 @@ def write_rendered_text_shard(root: Path) -> Path:
             "line_bboxes": [quad, [[0, 0], [1, 0], [1, 1], [0, 1]]],
         }
     }
-    return write_shard(root / "000000.tar", [
-        ("a.png", _img("PNG", (100, 50))), ("a.json", json.dumps(good).encode()),
-        ("b.png", _img("PNG", (100, 50))),
-        ("b.json", json.dumps({"ocr_annotation": {"text": ["no boxes"]}}).encode()),
-        ("c.png", _img("PNG", (100, 50))),
-        ("c.json", json.dumps({"ocr_annotation": {"text": ["x"], "line_bboxes": [[0.1, 0.2]]}}).encode()),
-        ("d.png", _img("PNG", (100, 50))), ("d.json", json.dumps({"ocr_annotation": {}}).encode()),
-    ])  # fmt: skip
+    return write_shard(
+        root / "000000.tar",
+        [
+            ("a.png", _img("PNG", (100, 50))),
+            ("a.json", json.dumps(good).encode()),
+            ("b.png", _img("PNG", (100, 50))),
+            ("b.json", json.dumps({"ocr_annotation": {"text": ["no boxes"]}}).encode()),
+            ("c.png", _img("PNG", (100, 50))),
+            (
+                "c.json",
+                json.dumps(
+                    {"ocr_annotation": {"text": ["x"], "line_bboxes": [[0.1, 0.2]]}}
+                ).encode(),
+            ),
+            ("d.png", _img("PNG", (100, 50))),
+            ("d.json", json.dumps({"ocr_annotation": {}}).encode()),
+        ],
+    )
 
 
 def _raises(reader, i, reason, *fragments):
@@ -130,8 +186,9 @@ def _raises(reader, i, reason, *fragments):
 
 
 def _caption(tmp_path):
-    return CaptionShards(write_caption_shards(tmp_path), source="cc3m", category="caption",
-                         stage="pretrain")  # fmt: skip
+    return CaptionShards(
+        write_caption_shards(tmp_path), source="cc3m", category="caption", stage="pretrain"
+    )
 
 
 def test_caption_shards(tmp_path):
@@ -141,7 +198,9 @@ def test_caption_shards(tmp_path):
     assert (s.id, s.category, s.stage) == ("000000000", "caption", "pretrain")
     assert s.messages[0].role == "document"
     assert [(p.type, p.text) for p in s.messages[0].content] == [
-        ("media", None), ("text", "a river has burst its banks")]  # fmt: skip
+        ("media", None),
+        ("text", "a river has burst its banks"),
+    ]
     assert s.media[0].bytes == _img() and s.media[0].size is None
     assert s.meta == {"url": "https://x/a.jpg", "key": "000000000"}
     assert r[1].messages[0].content[1].text == "from json"  # no txt: json["caption"]
@@ -153,8 +212,10 @@ def test_caption_shards(tmp_path):
 
 
 def test_truncated_shard_keeps_what_was_indexed(tmp_path):
-    full = write_shard(tmp_path / "full.tar", [("k0.jpg", _img()), ("k0.txt", b"first"),
-                                               ("k1.jpg", b"x" * 3000), ("k1.txt", b"second")])  # fmt: skip
+    full = write_shard(
+        tmp_path / "full.tar",
+        [("k0.jpg", _img()), ("k0.txt", b"first"), ("k1.jpg", b"x" * 3000), ("k1.txt", b"second")],
+    )
     cut = tmp_path / "cut.tar"
     cut.write_bytes(full.read_bytes()[:4000])  # inside k1.jpg's data (bytes 3072..6072)
     with pytest.warns(UserWarning, match="index stops after 2 keys"):
@@ -205,16 +266,23 @@ def test_pdf_pages_are_rasterised_with_boxes_in_pixels(tmp_path):
 def test_pdf_dpi_and_pixel_cap_keep_boxes_consistent(tmp_path):
     low = _pdf(tmp_path, dpi=50)[0]
     assert low.media[0].size == (100, 50) and low.regions[0].box == (25.0, 12.5, 75.0, 25.0)
-    capped = PdfOcrShards(tmp_path / "pdfa-eng-train-0000.tar", source="p", category="ocr",
-                          stage="cpt", dpi=100, max_pixels=5000)[0]  # fmt: skip
+    capped = PdfOcrShards(
+        tmp_path / "pdfa-eng-train-0000.tar",
+        source="p",
+        category="ocr",
+        stage="cpt",
+        dpi=100,
+        max_pixels=5000,
+    )[0]
     w, h = capped.media[0].size
     assert w * h <= 5000 and w == 2 * h
     assert capped.regions[0].box == pytest.approx((w / 4, h / 4, 3 * w / 4, h / 2))
 
 
 def test_rendered_text_quads(tmp_path):
-    r = RenderedTextShards(write_rendered_text_shard(tmp_path), source="rendered_text",
-                           category="ocr", stage="cpt")  # fmt: skip
+    r = RenderedTextShards(
+        write_rendered_text_shard(tmp_path), source="rendered_text", category="ocr", stage="cpt"
+    )
     assert len(r) == 4
     s = r[0]
     assert s.media[0].size == (100, 50)
@@ -233,9 +301,10 @@ def test_rendered_text_quads(tmp_path):
 @given(order=st.permutations(range(3)))
 def test_random_access_is_order_independent(tmp_path_factory, order):
     root = tmp_path_factory.mktemp("wds")
-    readers = [(_caption(root), (0, 1, 5)),
-               (PdfOcrShards(write_pdf_shard(root), source="p", category="ocr", stage="cpt"),
-                (0, 1, 3))]  # fmt: skip
+    readers = [
+        (_caption(root), (0, 1, 5)),
+        (PdfOcrShards(write_pdf_shard(root), source="p", category="ocr", stage="cpt"), (0, 1, 3)),
+    ]
     for r, good in readers:
         forward = [sample_to_json(r[i]) for i in good]
         assert {k: sample_to_json(r[good[k]]) for k in order} == dict(enumerate(forward))

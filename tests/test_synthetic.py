@@ -44,7 +44,15 @@ def classify(mask: np.ndarray) -> str:
     triangle 1/2, five-point star with inner radius 0.45: 0.38)."""
     x1, y1, x2, y2 = (int(v) for v in ink_box(mask))
     fill = mask[y1:y2, x1:x2].mean()
-    return "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle" if fill > 0.47 else "star"  # fmt: skip
+    return (
+        "square"
+        if fill > 0.9
+        else "circle"
+        if fill > 0.64
+        else "triangle"
+        if fill > 0.47
+        else "star"
+    )
 
 
 def cell_words(box: tuple[float, ...], size: tuple[int, int]) -> str:
@@ -128,8 +136,10 @@ def test_exact_and_mc_chance_is_one_over_vocab_and_answers_are_uniform():
             continue
         assert synchance.chance_baseline(task) == pytest.approx(1 / len(spec.vocab))
         n = 40 * len(spec.vocab) if len(spec.vocab) <= 19 else 400
-        answers = Counter(s.answers[0].removeprefix(s.meta.get("answer_lead", ""))
-                          for s in syn.make_samples(task, n, 11, split="test"))  # fmt: skip
+        answers = Counter(
+            s.answers[0].removeprefix(s.meta.get("answer_lead", ""))
+            for s in syn.make_samples(task, n, 11, split="test")
+        )
         assert set(answers) <= set(spec.vocab), task
         if len(spec.vocab) <= 19:  # every answer near n / |vocab| (40 ± 5 sd is far outside)
             assert set(answers) == set(spec.vocab), task
@@ -204,8 +214,12 @@ def test_count_answer_matches_the_shapes_per_cell(test_sets):
         kind = s.messages[0].content[1].text.split()[2].removesuffix("s")
         arr = pixels(s)
         fg = (arr != np.array(BACKGROUND, dtype=np.uint8)).any(-1)
-        kinds = [classify(fg[r : r + 28, c : c + 28]) for r in range(0, 112, 28)
-                 for c in range(0, 112, 28) if fg[r : r + 28, c : c + 28].any()]  # fmt: skip
+        kinds = [
+            classify(fg[r : r + 28, c : c + 28])
+            for r in range(0, 112, 28)
+            for c in range(0, 112, 28)
+            if fg[r : r + 28, c : c + 28].any()
+        ]
         assert kinds.count(kind) == int(s.answers[0]), s.id
 
 
@@ -295,8 +309,12 @@ def test_multi_image_answer_is_the_only_image_with_that_shape(test_sets):
     for s in test_sets["multi_image/find"]:
         words = s.messages[0].content[4].text.split("?")[0].split()
         colour, kind = words[-2], words[-1]
-        hits = [k for k in range(4) if colour_mask(pixels(s, k), colour).any()
-                and classify(colour_mask(pixels(s, k), colour)) == kind]  # fmt: skip
+        hits = [
+            k
+            for k in range(4)
+            if colour_mask(pixels(s, k), colour).any()
+            and classify(colour_mask(pixels(s, k), colour)) == kind
+        ]
         assert hits == ["ABCD".index(s.answers[0])], s.id
         assert s.options == ["first", "second", "third", "fourth"]
 
@@ -360,8 +378,12 @@ def test_grounded_caption_boxes_are_the_named_shapes_in_reading_order():
             )
             mask = colour_mask(arr, colour)
             assert ink_box(mask) == reg.box and classify(mask) == kind, s.id
-            centres.append((round((reg.box[1] + reg.box[3]) / 2 * 3 / 112 - 0.5),
-                            round((reg.box[0] + reg.box[2]) / 2 * 3 / 112 - 0.5)))  # fmt: skip
+            centres.append(
+                (
+                    round((reg.box[1] + reg.box[3]) / 2 * 3 / 112 - 0.5),
+                    round((reg.box[0] + reg.box[2]) / 2 * 3 / 112 - 0.5),
+                )
+            )
         assert centres == sorted(centres), s.id  # row by row, left to right
         assert parts[1].text.startswith("A ") and parts[-1].text == "."
 
@@ -405,7 +427,9 @@ def test_generate_corpus_is_deterministic_and_indexed(tmp_path):
     files = sorted(
         p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
     )
-    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())  # fmt: skip
+    assert files == sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
     for f in files:  # index.json included: it holds no absolute path
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert (

@@ -20,8 +20,12 @@ def test_two_process_fsdp2_matches_one_process(tmp_path):
     torch.set_num_threads(1)
     single = train(train_config(corpus, tmp_path / "single", steps=3, strategy="fsdp2")).losses
     out = tmp_path / "losses.json"
-    mp.spawn(distributed_worker, args=(2, free_port(), str(corpus), str(tmp_path / "dist"), str(out)),
-             nprocs=2, join=True)  # fmt: skip
+    mp.spawn(
+        distributed_worker,
+        args=(2, free_port(), str(corpus), str(tmp_path / "dist"), str(out)),
+        nprocs=2,
+        join=True,
+    )
     double = json.loads(out.read_text())
     assert list(double) == list(single)
     for stage in single:

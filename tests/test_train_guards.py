@@ -17,8 +17,12 @@ def _setup():
     model.init_weights()
     opt = build_optimizer(model, OptimConfig(kind="adamw", lr=1e-2))
     ids = torch.randint(0, 250, (2, 16))
-    batch = {"input_ids_BT": ids, "labels_BT": ids, "position_ids_BT": torch.arange(16).expand(2, 16),
-             "document_ids_BT": torch.zeros(2, 16, dtype=torch.long)}  # fmt: skip
+    batch = {
+        "input_ids_BT": ids,
+        "labels_BT": ids,
+        "position_ids_BT": torch.arange(16).expand(2, 16),
+        "document_ids_BT": torch.zeros(2, 16, dtype=torch.long),
+    }
     return model, opt, batch
 
 
@@ -88,8 +92,11 @@ def test_logits_only_at_targets_give_the_full_loss_and_gradients():
     opt_a = torch.optim.SGD(model_a.parameters(), lr=1.0)
     out_a = train_step(model_a, [batch], optimizer=opt_a, grad_clip=0.0, world_size=1)
 
-    full = model_b(batch["input_ids_BT"], position_ids_BT=batch["position_ids_BT"],
-                   document_ids_BT=batch["document_ids_BT"])  # fmt: skip
+    full = model_b(
+        batch["input_ids_BT"],
+        position_ids_BT=batch["position_ids_BT"],
+        document_ids_BT=batch["document_ids_BT"],
+    )
     assert full.logits.shape == (2, 16, model_b.cfg.lm.vocab_size)
     total, n = next_token_loss_sum(full.logits, labels, batch["document_ids_BT"])
     (total / n).backward()
@@ -104,5 +111,8 @@ def test_logits_only_at_targets_give_the_full_loss_and_gradients():
 def test_logits_at_and_labels_are_exclusive():
     model, _, batch = _setup()
     with pytest.raises(ValueError, match="not both"):
-        model(batch["input_ids_BT"], labels_BT=batch["labels_BT"],
-              logits_at_BT=torch.ones(2, 16, dtype=torch.bool))  # fmt: skip
+        model(
+            batch["input_ids_BT"],
+            labels_BT=batch["labels_BT"],
+            logits_at_BT=torch.ones(2, 16, dtype=torch.bool),
+        )

@@ -40,8 +40,9 @@ from mm15.train.optim import OptimConfig, build_optimizer
 from mm15.train.parallel import DistInfo
 from mm15.train.resume import latest_checkpoint, load_training_state, save_training_state
 
-ONE_PROCESS = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"),
-                       backend="none")  # fmt: skip
+ONE_PROCESS = DistInfo(
+    rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="none"
+)
 
 
 def _trained(*, moe: bool = False, kind: str = "adamw", seed: int = 0):
@@ -58,8 +59,15 @@ def _trained(*, moe: bool = False, kind: str = "adamw", seed: int = 0):
 
 def _checkpoint(run_dir: Path, **kw) -> Path:
     model, opt = _trained(**kw)
-    return save_training_state(run_dir, step=1, model=model, optimizer=opt,
-                               trainer_state={"stage": 0}, config={"lr": 1e-3}, keep_last=1)  # fmt: skip
+    return save_training_state(
+        run_dir,
+        step=1,
+        model=model,
+        optimizer=opt,
+        trainer_state={"stage": 0},
+        config={"lr": 1e-3},
+        keep_last=1,
+    )
 
 
 def _reload(path: Path, **kw) -> dict:
@@ -182,8 +190,10 @@ def test_metadata_allow_list_admits_real_checkpoints(tmp_path, moe, kind):
 # ---- 8: a corrupted checkpoint must not train on silently -----------------------------------------
 
 
-@pytest.mark.parametrize("name", ["dcp/__0_0.distcp", "dcp/.metadata", "rank_00000.pt",
-                                  "trainer_state.json", "config.json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["dcp/__0_0.distcp", "dcp/.metadata", "rank_00000.pt", "trainer_state.json", "config.json"],
+)
 def test_flipped_bit_in_checkpoint_refuses_resume_naming_the_file(tmp_path, name):
     ckpt = _checkpoint(tmp_path / "run")
     data = bytearray((ckpt / name).read_bytes())
@@ -295,9 +305,14 @@ def test_export_refuses_a_model_holding_nan(tmp_path):
 
 
 def _llava(image: str, i: int) -> dict:
-    return {"id": f"r{i}", "image": image,
-            "conversations": [{"from": "human", "value": "<image>\nWhat colour?"},
-                              {"from": "gpt", "value": "Blue."}]}  # fmt: skip
+    return {
+        "id": f"r{i}",
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour?"},
+            {"from": "gpt", "value": "Blue."},
+        ],
+    }
 
 
 @pytest.fixture
@@ -322,8 +337,9 @@ def test_media_paths_outside_the_dataset_root_are_skipped(dataset):
         with pytest.raises(SampleError, match=why) as e:
             reader[i]
         assert e.value.reason == "malformed"
-    allowed = ConversationReader(jsonl, source="llava", category="general", stage="sft",
-                                 root=root, allow_absolute_paths=True)  # fmt: skip
+    allowed = ConversationReader(
+        jsonl, source="llava", category="general", stage="sft", root=root, allow_absolute_paths=True
+    )
     assert allowed[3].media[0].path == str(secret)
     with pytest.raises(SampleError, match="leaves the dataset root"):
         allowed[2]  # relative paths stay confined even then
@@ -337,10 +353,17 @@ def test_table_and_canonical_media_paths_stay_inside_the_root(dataset, tmp_path)
             image_media({"bytes": None, "path": bad}, "image", root, "t")
     from mm15.data.schema import Media, Message, Part, Sample
 
-    samples = [Sample(id=f"c{i}", source="c", category="caption", stage="pretrain",
-                      media=[Media(path=p)],
-                      messages=[Message("document", [Part.m(0), Part.t("a sky")])])
-               for i, p in enumerate(["ok.png", "../../secret.png", str(secret)])]  # fmt: skip
+    samples = [
+        Sample(
+            id=f"c{i}",
+            source="c",
+            category="caption",
+            stage="pretrain",
+            media=[Media(path=p)],
+            messages=[Message("document", [Part.m(0), Part.t("a sky")])],
+        )
+        for i, p in enumerate(["ok.png", "../../secret.png", str(secret)])
+    ]
     write_canonical(samples, tmp_path / "c.jsonl")
     reader = CanonicalReader(tmp_path / "c.jsonl", root=root)
     assert reader[0].media[0].path == str(root / "ok.png")
@@ -352,15 +375,34 @@ def test_table_and_canonical_media_paths_stay_inside_the_root(dataset, tmp_path)
 def test_escaping_media_paths_are_counted_skips_in_training(dataset):
     _, jsonl, _ = dataset
     stage = StageConfig(
-        name="sft", kind="sft", steps=1, batch_rows=4, packing=PackingConfig(seq_len=320),
-        mixture=MixtureConfig(rule="flat", sources=[SourceConfig(name="llava", category="general")]),
-        datasets=[DatasetConfig(name="llava", kind="conversation", category="general",
-                                paths=[str(jsonl)], options={"root": str(dataset[0])})],
-    )  # fmt: skip
+        name="sft",
+        kind="sft",
+        steps=1,
+        batch_rows=4,
+        packing=PackingConfig(seq_len=320),
+        mixture=MixtureConfig(
+            rule="flat", sources=[SourceConfig(name="llava", category="general")]
+        ),
+        datasets=[
+            DatasetConfig(
+                name="llava",
+                kind="conversation",
+                category="general",
+                paths=[str(jsonl)],
+                options={"root": str(dataset[0])},
+            )
+        ],
+    )
     tok = byte_tokenizer()
     model_cfg = dataclasses.replace(tiny(), image_token_id=tok.image_token_id)
-    stream = StageStream(stage, open_datasets(stage.datasets, stage="sft"), tokenizer=tok,
-                         model_cfg=model_cfg, seed=0, max_skipped_fraction=1.0)  # fmt: skip
+    stream = StageStream(
+        stage,
+        open_datasets(stage.datasets, stage="sft"),
+        tokenizer=tok,
+        model_cfg=model_cfg,
+        seed=0,
+        max_skipped_fraction=1.0,
+    )
     stream.next_rows(4)
     assert set(stream.skipped) == {"malformed"} and stream.skipped["malformed"] >= 3
     assert stream.audit()["skipped"] == dict(stream.skipped)
@@ -369,26 +411,29 @@ def test_escaping_media_paths_are_counted_skips_in_training(dataset):
 # ---- sizes are validated before training starts ----------------------------------------------------
 
 
-@pytest.mark.parametrize("override, field", [
-    ("stages.0.steps=-5", "steps must be >= 0"),
-    ("stages.0.batch_rows=0", "batch_rows must be >= 1"),
-    ("stages.0.micro_rows=-1", "micro_rows must be >= 0"),
-    ("stages.0.micro_rows=100000", "micro_rows (100000) exceeds batch_rows"),
-    ("stages.0.packing.seq_len=0", "packing.seq_len must be >= 2"),
-    ("stages.0.lr=-1e-5", "lr must be > 0"),
-    ("stages.0.lr=0", "lr must be > 0"),
-    ("stages.0.warmup_steps=-1", "warmup_steps must be >= 0"),
-    ("stages.0.warmup_steps=99999999", "warmup_steps (99999999) exceeds steps"),
-    ("stages.0.min_lr_ratio=1.5", "min_lr_ratio must be in [0, 1]"),
-    ("stages.0.optim.lr=-1", "optim.lr must be > 0"),
-    ("stages.0.optim.weight_decay=-0.1", "optim.weight_decay must be >= 0"),
-    ("ckpt_every=0", "ckpt_every must be >= 1"),
-    ("keep_last=0", "keep_last must be >= 1"),
-    ("log_every=0", "log_every must be >= 1"),
-    ("max_nonfinite_steps=0", "max_nonfinite_steps must be >= 1"),
-    ("max_skipped_fraction=2", "max_skipped_fraction must be in [0, 1]"),
-    ("stages=[]", "stages is empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("stages.0.steps=-5", "steps must be >= 0"),
+        ("stages.0.batch_rows=0", "batch_rows must be >= 1"),
+        ("stages.0.micro_rows=-1", "micro_rows must be >= 0"),
+        ("stages.0.micro_rows=100000", "micro_rows (100000) exceeds batch_rows"),
+        ("stages.0.packing.seq_len=0", "packing.seq_len must be >= 2"),
+        ("stages.0.lr=-1e-5", "lr must be > 0"),
+        ("stages.0.lr=0", "lr must be > 0"),
+        ("stages.0.warmup_steps=-1", "warmup_steps must be >= 0"),
+        ("stages.0.warmup_steps=99999999", "warmup_steps (99999999) exceeds steps"),
+        ("stages.0.min_lr_ratio=1.5", "min_lr_ratio must be in [0, 1]"),
+        ("stages.0.optim.lr=-1", "optim.lr must be > 0"),
+        ("stages.0.optim.weight_decay=-0.1", "optim.weight_decay must be >= 0"),
+        ("ckpt_every=0", "ckpt_every must be >= 1"),
+        ("keep_last=0", "keep_last must be >= 1"),
+        ("log_every=0", "log_every must be >= 1"),
+        ("max_nonfinite_steps=0", "max_nonfinite_steps must be >= 1"),
+        ("max_skipped_fraction=2", "max_skipped_fraction must be in [0, 1]"),
+        ("stages=[]", "stages is empty"),
+    ],
+)
 def test_train_refuses_nonsensical_sizes_before_starting(capsys, override, field):
     assert main(["train", "--preset", "paper-1b", "--set", override, "--print-config"]) == 2
     captured = capsys.readouterr()
@@ -397,6 +442,19 @@ def test_train_refuses_nonsensical_sizes_before_starting(capsys, override, field
 
 
 def test_train_accepts_the_presets_and_zero_step_stages(capsys):
-    assert main(["train", "--preset", "paper-1b", "--set", "stages.0.steps=0",
-                 "--set", "stages.0.warmup_steps=0", "--print-config"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "paper-1b",
+                "--set",
+                "stages.0.steps=0",
+                "--set",
+                "stages.0.warmup_steps=0",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["stages"][0]["steps"] == 0

@@ -70,8 +70,9 @@ def test_resume_is_bit_identical(corpus, tmp_path, monkeypatch, prefetch):
     full, seen_full = _run(train_config(corpus, tmp_path / "full", dropout=0.1), monkeypatch)
     # Crash after global step 3: the last checkpoint is step 2 (ckpt_every=2); steps 3.. redo.
     # With prefetch the crashed run had already drawn step 3's rows (and step 4's, peeked).
-    logged, seen_a, seen_b, _ = _resumed(corpus, tmp_path, monkeypatch, stop_after=3,
-                                         prefetch=prefetch)  # fmt: skip
+    logged, seen_a, seen_b, _ = _resumed(
+        corpus, tmp_path, monkeypatch, stop_after=3, prefetch=prefetch
+    )
     assert logged == full  # metrics.jsonl: steps after the checkpoint were dropped and redone
     assert seen_a[:2] + seen_b == seen_full  # same samples, same order
 

@@ -29,8 +29,11 @@ def test_records_are_written_flushed_and_parseable(tmp_path):
     logger.close()
     r1, r2 = _records(tmp_path)
     assert {k: r1[k] for k in ("step", "stage", "lr", "tokens")} == {
-        "step": 1, "stage": "pretrain", "lr": 1e-4, "tokens": 4096
-    }  # fmt: skip
+        "step": 1,
+        "stage": "pretrain",
+        "lr": 1e-4,
+        "tokens": 4096,
+    }
     assert isinstance(r1["time"], float) and r2["time"] >= r1["time"]
     assert r2["loss"] is None and r2["note"] == "skipped"  # non-finite → null (strict JSON)
 

@@ -53,8 +53,9 @@ def _batch(gen: torch.Generator | None = None, *, image: bool = False) -> dict:
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict) -> float:
-    loss = model(batch["input_ids_BT"], pixels_NCHW=batch.get("pixels_NCHW"),
-                 labels_BT=batch["labels_BT"]).loss  # fmt: skip
+    loss = model(
+        batch["input_ids_BT"], pixels_NCHW=batch.get("pixels_NCHW"), labels_BT=batch["labels_BT"]
+    ).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -73,8 +74,15 @@ def _assert_same_model(a: nn.Module, b: nn.Module) -> None:
 
 
 def _save(run_dir: Path, step: int, model, opt, keep_last: int = 3, **state) -> Path:
-    return save_training_state(run_dir, step=step, model=model, optimizer=opt,
-                               trainer_state=state, config={"lr": 1e-3}, keep_last=keep_last)  # fmt: skip
+    return save_training_state(
+        run_dir,
+        step=step,
+        model=model,
+        optimizer=opt,
+        trainer_state=state,
+        config={"lr": 1e-3},
+        keep_last=keep_last,
+    )
 
 
 # ---- single process -----------------------------------------------------------------------------
@@ -164,18 +172,28 @@ def test_load_restores_rng_and_rank_state(tmp_path):
     model = nn.Linear(4, 4)
     opt = _adamw(model)
     torch.manual_seed(5), random.seed(5), np.random.seed(5)
-    save_training_state(tmp_path, step=1, model=model, optimizer=opt, trainer_state={},
-                        config={}, keep_last=1, rank_state={"shard": 3})  # fmt: skip
+    save_training_state(
+        tmp_path,
+        step=1,
+        model=model,
+        optimizer=opt,
+        trainer_state={},
+        config={},
+        keep_last=1,
+        rank_state={"shard": 3},
+    )
     expected = (torch.rand(4), random.random(), np.random.rand())
     torch.manual_seed(0), random.seed(0), np.random.seed(0)
-    state = load_training_state(tmp_path / "checkpoints" / "step_000001", model=model,
-                                optimizer=opt)  # fmt: skip
+    state = load_training_state(
+        tmp_path / "checkpoints" / "step_000001", model=model, optimizer=opt
+    )
     assert state["rank_state"] == {"shard": 3}
     got = (torch.rand(4), random.random(), np.random.rand())
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
     # rng=False leaves the current streams alone
-    load_training_state(tmp_path / "checkpoints" / "step_000001", model=model, optimizer=opt,
-                        rng=False)  # fmt: skip
+    load_training_state(
+        tmp_path / "checkpoints" / "step_000001", model=model, optimizer=opt, rng=False
+    )
     assert not torch.equal(torch.rand(4), expected[0])
 
 
@@ -239,8 +257,12 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch, crash):
             _save(tmp_path, 2, model, opt)
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_000001"
     fresh = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
-    assert load_training_state(latest_checkpoint(tmp_path), model=fresh,
-                               optimizer=_adamw(fresh))["step"] == 1  # fmt: skip
+    assert (
+        load_training_state(latest_checkpoint(tmp_path), model=fresh, optimizer=_adamw(fresh))[
+            "step"
+        ]
+        == 1
+    )
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, at_step_1[k])
     # the next save succeeds and sweeps the debris of the failed one
@@ -327,8 +349,10 @@ def _sharded_mm15(seed: int):
 
 
 def _full_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v
-            for k, v in model.state_dict().items()}  # fmt: skip
+    return {
+        k: v.full_tensor() if hasattr(v, "full_tensor") else v
+        for k, v in model.state_dict().items()
+    }
 
 
 def _fsdp_worker(rank: int, port: int, run_dir: str) -> None:

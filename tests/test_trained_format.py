@@ -33,8 +33,13 @@ from mm15.train.loop import train
 from tests.serve_fixtures import Scripted, config, data_url, png_bytes, post
 from tests.train_fixtures import train_config, write_corpus
 
-TRAINED = FormatConfig(system_prefix="[SYS] ", user_prefix="<Q> ", assistant_prefix="<A> ",
-                       turn_end=" ||\n", region_image_index="always")  # fmt: skip
+TRAINED = FormatConfig(
+    system_prefix="[SYS] ",
+    user_prefix="<Q> ",
+    assistant_prefix="<A> ",
+    turn_end=" ||\n",
+    region_image_index="always",
+)
 DEFAULT = FormatConfig()
 
 
@@ -44,8 +49,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("fmt")
     write_corpus(root / "corpus", n=4)
     cfg = train_config(root / "corpus", root / "run", steps=1, batch_rows=1)
-    cfg = dataclasses.replace(cfg, stages=[dataclasses.replace(cfg.stages[1], format=TRAINED)],
-                              preflight_samples=2)  # fmt: skip
+    cfg = dataclasses.replace(
+        cfg, stages=[dataclasses.replace(cfg.stages[1], format=TRAINED)], preflight_samples=2
+    )
     result = train(cfg)
     model, tok = load_checkpoint(result.final_model)
     return model, tok, result.final_model, root / "run"
@@ -95,17 +101,33 @@ def test_serve_prompts_in_the_trained_format(trained):
         return answer(prompts, settings, on_token)
 
     png = png_bytes((64, 48))
-    messages = [{"role": "system", "content": "Be short."},
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png)}},
-                                             {"type": "text", "text": "What is it?"}]}]  # fmt: skip
+    messages = [
+        {"role": "system", "content": "Be short."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(png)}},
+                {"type": "text", "text": "What is it?"},
+            ],
+        },
+    ]
     with BackgroundServer(create_app(model, tok, config(), generate_fn=capture)) as server:
-        status, _, body = post(f"{server.url}/v1/chat/completions",
-                               {"model": "tiny", "messages": messages, "max_tokens": 4})  # fmt: skip
+        status, _, body = post(
+            f"{server.url}/v1/chat/completions",
+            {"model": "tiny", "messages": messages, "max_tokens": 4},
+        )
     assert status == 200, body
-    sample = Sample(id="r", source="t", category="eval", stage="eval",
-                    media=[Media(bytes=png, size=(64, 48))],
-                    messages=[Message("system", [Part.t("Be short.")]),
-                              Message("user", [Part.m(0), Part.t("What is it?")])])  # fmt: skip
+    sample = Sample(
+        id="r",
+        source="t",
+        category="eval",
+        stage="eval",
+        media=[Media(bytes=png, size=(64, 48))],
+        messages=[
+            Message("system", [Part.t("Be short.")]),
+            Message("user", [Part.m(0), Part.t("What is it?")]),
+        ],
+    )
     want, default = _expected(sample, model, tok)
     assert seen == [want] and want != default
 
@@ -114,8 +136,16 @@ def test_eval_prompts_in_the_trained_format(trained, tmp_path, monkeypatch):
     model, tok, _, _ = trained
     (tmp_path / "pope").mkdir()
     (tmp_path / "pope" / "a.png").write_bytes(png_bytes((40, 30)))
-    rows = [{"question_id": i, "question": f"Is there a cat {i}?", "image": "a.png",
-             "answer": "yes", "category": "random"} for i in range(2)]  # fmt: skip
+    rows = [
+        {
+            "question_id": i,
+            "question": f"Is there a cat {i}?",
+            "image": "a.png",
+            "answer": "yes",
+            "category": "random",
+        }
+        for i in range(2)
+    ]
     (tmp_path / "pope" / "pope.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     samples, prompts = [], []
     real_format, real_generate = pipeline.format_sample, inference._generate
@@ -130,8 +160,14 @@ def test_eval_prompts_in_the_trained_format(trained, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "format_sample", spy_format)
     monkeypatch.setattr(inference, "_generate", spy_generate)
-    run_eval(model, tok, [("pope", tmp_path / "pope")], tmp_path / "out",
-             EvalSettings(batch_size=2, max_new_tokens=1), progress=io.StringIO())  # fmt: skip
+    run_eval(
+        model,
+        tok,
+        [("pope", tmp_path / "pope")],
+        tmp_path / "out",
+        EvalSettings(batch_size=2, max_new_tokens=1),
+        progress=io.StringIO(),
+    )
     assert len(samples) == len(prompts) == 2
     for sample, ids in zip(samples, prompts, strict=True):
         want, default = _expected(sample, model, tok)
@@ -141,9 +177,18 @@ def test_eval_prompts_in_the_trained_format(trained, tmp_path, monkeypatch):
 def test_hugging_face_template_of_the_trained_checkpoint(trained):
     model, tok, ckpt, _ = trained
     hf = PreTrainedTokenizerFast.from_pretrained(ckpt)
-    sample = Sample(id="t", source="t", category="eval", stage="eval",
-                    messages=[Message("system", [Part.t("S")]), Message("user", [Part.t("Hi")]),
-                              Message("assistant", [Part.t("Yo")]), Message("user", [Part.t("?")])])  # fmt: skip
+    sample = Sample(
+        id="t",
+        source="t",
+        category="eval",
+        stage="eval",
+        messages=[
+            Message("system", [Part.t("S")]),
+            Message("user", [Part.t("Hi")]),
+            Message("assistant", [Part.t("Yo")]),
+            Message("user", [Part.t("?")]),
+        ],
+    )
     got = hf.apply_chat_template(sample_messages(sample, model.cfg), add_generation_prompt=True)
     want, default = _expected(sample, model, tok)
     assert got["input_ids"] == want != default
@@ -169,8 +214,9 @@ def test_init_writes_the_default_and_stages_inherit_the_models_format(
     assert json.loads((out / TOKENIZER_CONFIG).read_text())["chat_template"]
     # A stage without a format trains in the model's: the last earlier stage's, else the start's.
     stages = train_config(tmp_path, tmp_path / "run").stages
-    cfg = TrainConfig(model=tiny(), stages=[dataclasses.replace(stages[0], format=TRAINED),
-                                            stages[1]])  # fmt: skip
+    cfg = TrainConfig(
+        model=tiny(), stages=[dataclasses.replace(stages[0], format=TRAINED), stages[1]]
+    )
     assert [stage_format(cfg, i, model_format(cfg)) for i in (0, 1)] == [TRAINED, TRAINED]
     cfg = dataclasses.replace(cfg, stages=stages)
     assert stage_format(cfg, 1, model_format(cfg)) == DEFAULT

@@ -28,8 +28,14 @@ from mm15.model.vision import VisionTransformer  # noqa: E402
 from mm15.presets import vit_h14_378, vit_l14_336  # noqa: E402
 
 TOL = 1e-5
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=28, patch_size=14)  # fmt: skip
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=28,
+    patch_size=14,
+)
 SIZES = [(28, 28), (56, 56), (42, 42), (28, 56)]  # native, 2× grid, non-multiple grid, non-square
 
 
@@ -127,8 +133,16 @@ def test_legacy_prefixed_clip_vision_checkpoint(tmp_path):
 
 def test_full_clip_model_with_text_tower_loads(tmp_path):
     torch.manual_seed(0)
-    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                vocab_size=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+    text = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     config = CLIPConfig(
         vision_config={**TINY, "hidden_act": "gelu"}, text_config=text, projection_dim=8
     )
@@ -194,8 +208,12 @@ def _open_clip_config(act: str, **vision_extra) -> dict:
         "patch_size": 14,
         "mlp_ratio": 2.0,
     }
-    model_cfg = {"embed_dim": 8, "quick_gelu": act == "quick_gelu", "vision_cfg": {**vision, **vision_extra},
-                 "text_cfg": {"context_length": 77, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}  # fmt: skip
+    model_cfg = {
+        "embed_dim": 8,
+        "quick_gelu": act == "quick_gelu",
+        "vision_cfg": {**vision, **vision_extra},
+        "text_cfg": {"context_length": 77, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
     return {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}
 
 
@@ -228,9 +246,14 @@ def test_open_clip_layout_matches_hf(tmp_path, act, fmt):
 
 @pytest.mark.parametrize(
     "option",
-    [{"ls_init_value": 1e-5}, {"block_type": "custom"}, {"act_kwargs": {"approximate": "tanh"}},
-     {"norm_kwargs": {"elementwise_affine": False}}, {"pos_embed_type": "sin_cos_2d"}],
-)  # fmt: skip
+    [
+        {"ls_init_value": 1e-5},
+        {"block_type": "custom"},
+        {"act_kwargs": {"approximate": "tanh"}},
+        {"norm_kwargs": {"elementwise_affine": False}},
+        {"pos_embed_type": "sin_cos_2d"},
+    ],
+)
 def test_open_clip_unsupported_option_is_refused(tmp_path, option):
     _write_open_clip(tmp_path, _hf_vision("gelu"), "gelu", "bin", **option)
     with pytest.raises(ValueError, match=next(iter(option))):
@@ -240,9 +263,19 @@ def test_open_clip_unsupported_option_is_refused(tmp_path, option):
 def test_open_clip_options_that_leave_the_tokens_alone_load(tmp_path):
     """Pooling/projection/training-only options, defaults spelt out, a training checkpoint."""
     hf = _hf_vision("gelu")
-    _write_open_clip(tmp_path, hf, "gelu", "ddp-pth", act_kwargs={}, block_type="default",
-                     pool_type="avg", final_ln_after_pool=True, output_tokens=True,
-                     patch_dropout=0.5, norm_kwargs={"eps": 1e-5})  # fmt: skip
+    _write_open_clip(
+        tmp_path,
+        hf,
+        "gelu",
+        "ddp-pth",
+        act_kwargs={},
+        block_type="default",
+        pool_type="avg",
+        final_ln_after_pool=True,
+        output_tokens=True,
+        patch_dropout=0.5,
+        norm_kwargs={"eps": 1e-5},
+    )
     cfg, state = load_vision_encoder(tmp_path)
     _assert_parity(_ours(cfg, state), hf, sizes=[(28, 28)])
 
@@ -288,12 +321,30 @@ def test_unknown_directory_layout(tmp_path):
 
 def test_public_configs_map_to_presets():
     # open_clip's model_configs/ViT-H-14-378-quickgelu.json (DFN5B-CLIP-ViT-H-14-378).
-    dfn = {"embed_dim": 1024, "quick_gelu": True,
-           "vision_cfg": {"image_size": 378, "layers": 32, "width": 1280, "head_width": 80, "patch_size": 14}}  # fmt: skip
+    dfn = {
+        "embed_dim": 1024,
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": 378,
+            "layers": 32,
+            "width": 1280,
+            "head_width": 80,
+            "patch_size": 14,
+        },
+    }
     assert vision_config_from_open_clip({"model_cfg": dfn}) == vit_h14_378()
     # openai/clip-vit-large-patch14-336 config.json (vision part).
-    l14 = {"model_type": "clip", "vision_config": {"hidden_size": 1024, "intermediate_size": 4096,
-           "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 336, "patch_size": 14}}  # fmt: skip
+    l14 = {
+        "model_type": "clip",
+        "vision_config": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 336,
+            "patch_size": 14,
+        },
+    }
     assert vision_config_from_hf(l14) == vit_l14_336()
 
 

@@ -44,24 +44,48 @@ def write_corpus(root: Path, *, n: int = 24, bad: bool = False) -> dict[str, int
                 messages=[Message("document", [Part.m(0), Part.t(f"photo {i} of a sky")])],
             )
         )
-        sft.append(Sample(id=f"s{i}", source="ground", category="refer_ground", stage="sft",
-                          media=[Media(path=str(p), size=(w, 50))],
-                          regions=[Region(media=0, box=(2.0, 3.0, w / 2, 40.0))],
-                          messages=[Message("user", [Part.m(0), Part.t("Where is the sky?")]),
-                                    Message("assistant", [Part.t("The sky "), Part.r(0)])]))  # fmt: skip
+        sft.append(
+            Sample(
+                id=f"s{i}",
+                source="ground",
+                category="refer_ground",
+                stage="sft",
+                media=[Media(path=str(p), size=(w, 50))],
+                regions=[Region(media=0, box=(2.0, 3.0, w / 2, 40.0))],
+                messages=[
+                    Message("user", [Part.m(0), Part.t("Where is the sky?")]),
+                    Message("assistant", [Part.t("The sky "), Part.r(0)]),
+                ],
+            )
+        )
     injected = {}
     if bad:
         (root / "truncated.png").write_bytes(_png(64, 64, (1, 2, 3))[:60])
         caps += [
-            Sample(id="missing", source="caps", category="caption", stage="pretrain",
-                   media=[Media(path=str(root / "nope.png"))],
-                   messages=[Message("document", [Part.m(0), Part.t("gone")])]),
-            Sample(id="corrupt", source="caps", category="caption", stage="pretrain",
-                   media=[Media(path=str(root / "truncated.png"))],
-                   messages=[Message("document", [Part.m(0), Part.t("broken")])]),
-            Sample(id="long", source="caps", category="caption", stage="pretrain",
-                   messages=[Message("document", [Part.t("word " * 400)])]),
-        ]  # fmt: skip
+            Sample(
+                id="missing",
+                source="caps",
+                category="caption",
+                stage="pretrain",
+                media=[Media(path=str(root / "nope.png"))],
+                messages=[Message("document", [Part.m(0), Part.t("gone")])],
+            ),
+            Sample(
+                id="corrupt",
+                source="caps",
+                category="caption",
+                stage="pretrain",
+                media=[Media(path=str(root / "truncated.png"))],
+                messages=[Message("document", [Part.m(0), Part.t("broken")])],
+            ),
+            Sample(
+                id="long",
+                source="caps",
+                category="caption",
+                stage="pretrain",
+                messages=[Message("document", [Part.t("word " * 400)])],
+            ),
+        ]
         sft.append(
             Sample(
                 id="empty",
@@ -77,27 +101,53 @@ def write_corpus(root: Path, *, n: int = 24, bad: bool = False) -> dict[str, int
     return injected
 
 
-def train_config(root: Path, run_dir: Path, *, steps: int = 3, batch_rows: int = 2,
-                 dropout: float = 0.0, strategy: str = "none", optim: str = "adafactor") -> TrainConfig:  # fmt: skip
+def train_config(
+    root: Path,
+    run_dir: Path,
+    *,
+    steps: int = 3,
+    batch_rows: int = 2,
+    dropout: float = 0.0,
+    strategy: str = "none",
+    optim: str = "adafactor",
+) -> TrainConfig:
     model = tiny()
     model.lm.dropout = dropout
 
     def stage(name: str, kind: str, source: str, category: str, lr: float) -> StageConfig:
         return StageConfig(
-            name=name, kind=kind, steps=steps, batch_rows=batch_rows, lr=lr, warmup_steps=1,
-            optim=OptimConfig(kind=optim), packing=PackingConfig(seq_len=320),
-            mixture=MixtureConfig(rule="flat", sources=[SourceConfig(name=source, category=category)]),
-            datasets=[DatasetConfig(name=source, kind="canonical", category=category,
-                                    paths=[str(root / f"{source}.jsonl")])],
-        )  # fmt: skip
+            name=name,
+            kind=kind,
+            steps=steps,
+            batch_rows=batch_rows,
+            lr=lr,
+            warmup_steps=1,
+            optim=OptimConfig(kind=optim),
+            packing=PackingConfig(seq_len=320),
+            mixture=MixtureConfig(
+                rule="flat", sources=[SourceConfig(name=source, category=category)]
+            ),
+            datasets=[
+                DatasetConfig(
+                    name=source,
+                    kind="canonical",
+                    category=category,
+                    paths=[str(root / f"{source}.jsonl")],
+                )
+            ],
+        )
 
     return TrainConfig(
         model=model,
-        stages=[stage("pretrain", "pretrain", "caps", "caption", 3e-3),
-                stage("sft", "sft", "ground", "refer_ground", 1e-3)],
-        run_dir=str(run_dir), ckpt_every=2, log_every=1,
+        stages=[
+            stage("pretrain", "pretrain", "caps", "caption", 3e-3),
+            stage("sft", "sft", "ground", "refer_ground", 1e-3),
+        ],
+        run_dir=str(run_dir),
+        ckpt_every=2,
+        log_every=1,
         parallel=ParallelConfig(strategy=strategy),
-    )  # fmt: skip
+    )
 
 
 def free_port() -> int:
@@ -117,8 +167,13 @@ def distributed_worker(
 
     import torch
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     from mm15.train.loop import train
 

@@ -110,10 +110,16 @@ def chat_template(cfg: ModelConfig) -> str:
     does (image placeholder ``cfg.image_token``, a video's default frame count from
     ``cfg.video``)."""
     fmt = cfg.format
-    names = {"system_prefix": fmt.system_prefix, "user_prefix": fmt.user_prefix,
-             "assistant_prefix": fmt.assistant_prefix, "turn_end": fmt.turn_end,
-             "add_bos": fmt.add_bos, "region_image_index": fmt.region_image_index,
-             "image_token": cfg.image_token, "video_frames": cfg.video.num_frames}  # fmt: skip
+    names = {
+        "system_prefix": fmt.system_prefix,
+        "user_prefix": fmt.user_prefix,
+        "assistant_prefix": fmt.assistant_prefix,
+        "turn_end": fmt.turn_end,
+        "add_bos": fmt.add_bos,
+        "region_image_index": fmt.region_image_index,
+        "image_token": cfg.image_token,
+        "video_frames": cfg.video.num_frames,
+    }
     head = "".join(f"{{%- set {k} = {_literal(v)} -%}}\n" for k, v in names.items())
     header = "{#- mm15 chat template, generated from the checkpoint's config.json format -#}\n"
     return header + head + _BODY.strip() + "\n"
@@ -134,8 +140,9 @@ def hf_tokenizer_config(tokenizer: MM15Tokenizer, cfg: ModelConfig) -> dict[str,
     }
 
 
-def write_hf_tokenizer_config(directory: str | Path, tokenizer: MM15Tokenizer,
-                              cfg: ModelConfig) -> None:  # fmt: skip
+def write_hf_tokenizer_config(
+    directory: str | Path, tokenizer: MM15Tokenizer, cfg: ModelConfig
+) -> None:
     text = json.dumps(hf_tokenizer_config(tokenizer, cfg), indent=2, ensure_ascii=False)
     (Path(directory) / TOKENIZER_CONFIG).write_text(text + "\n", encoding="utf-8")
 

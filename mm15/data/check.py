@@ -79,9 +79,12 @@ def check_tokenizer(cfg: TrainConfig) -> MM15Tokenizer:
 
 
 def check_config(
-    cfg: TrainConfig, *, samples: int = 16, max_skip_fraction: float | None = None,
+    cfg: TrainConfig,
+    *,
+    samples: int = 16,
+    max_skip_fraction: float | None = None,
     tokenizer: MM15Tokenizer | None = None,
-) -> CheckReport:  # fmt: skip
+) -> CheckReport:
     """Dry-run every stage's data; problems are collected, not raised."""
     limit = cfg.max_skipped_fraction if max_skip_fraction is None else max_skip_fraction
     report = CheckReport()
@@ -89,13 +92,16 @@ def check_config(
         try:
             tokenizer = check_tokenizer(cfg)
         except (ValueError, OSError) as e:  # the run would stop here too; check the data anyway
-            report.problems.append(f"init_from/tokenizer: {e} (token counts below use the byte "
-                                   "tokenizer)")  # fmt: skip
+            report.problems.append(
+                f"init_from/tokenizer: {e} (token counts below use the byte tokenizer)"
+            )
             tokenizer = byte_tokenizer()
     tok = tokenizer
     if not cfg.init_from and not cfg.allow_random_init:
-        report.problems.append("init_from: not set, and this recipe starts from pre-trained parts "
-                               "(set init_from=DIR, or allow_random_init=true)")  # fmt: skip
+        report.problems.append(
+            "init_from: not set, and this recipe starts from pre-trained parts "
+            "(set init_from=DIR, or allow_random_init=true)"
+        )
     entries = registry(cfg.registry)
     start = model_format(cfg)
     for index in range(len(cfg.stages)):
@@ -104,15 +110,22 @@ def check_config(
         report.stages.append(sr)
         readers: dict[str, Any] = {}
         if not stage.datasets:
-            report.problems.append(f"stage {stage.name}: no datasets; name them in "
-                                   "the stage's datasets (registry names, `mm15 data list`)")  # fmt: skip
+            report.problems.append(
+                f"stage {stage.name}: no datasets; name them in "
+                "the stage's datasets (registry names, `mm15 data list`)"
+            )
         for spec in stage.datasets:
             dr = DatasetReport(stage.name, spec.name, spec.kind, spec.category)
             sr.datasets.append(dr)
             try:
-                opened = open_datasets([spec], stage=stage.kind, stage_name=stage.name,
-                                       data_root=cfg.data_root, registry=entries,
-                                       missing=cfg.missing_datasets)  # fmt: skip
+                opened = open_datasets(
+                    [spec],
+                    stage=stage.kind,
+                    stage_name=stage.name,
+                    data_root=cfg.data_root,
+                    registry=entries,
+                    missing=cfg.missing_datasets,
+                )
             except (ValueError, OSError, KeyError) as e:
                 report.problems.append(str(e).splitlines()[0])
                 continue
@@ -126,8 +139,10 @@ def check_config(
             _read(dr, reader, stage, tok, model_cfg, samples)
             report.problems += _problems(dr, limit)
         if stage.datasets and all(d.missing for d in sr.datasets):
-            report.problems.append(f"stage {stage.name}: none of its datasets has files under "
-                                   f"data_root {cfg.data_root!r}")  # fmt: skip
+            report.problems.append(
+                f"stage {stage.name}: none of its datasets has files under "
+                f"data_root {cfg.data_root!r}"
+            )
         _shares(sr, stage, readers, report)
     return report
 
@@ -162,9 +177,11 @@ def _problems(dr: DatasetReport, limit: float) -> list[str]:
     if not dr.size:
         return [f"stage {dr.stage}: dataset {dr.name}: paths: the files hold no samples"]
     if dr.read and dr.skip_fraction > limit:
-        return [f"stage {dr.stage}: dataset {dr.name}: {sum(dr.skipped.values())} of {dr.read} "
-                f"samples read were skipped ({dict(dr.skipped)}; over {limit:.0%}), "
-                f"e.g. {dr.example_skip}"]  # fmt: skip
+        return [
+            f"stage {dr.stage}: dataset {dr.name}: {sum(dr.skipped.values())} of {dr.read} "
+            f"samples read were skipped ({dict(dr.skipped)}; over {limit:.0%}), "
+            f"e.g. {dr.example_skip}"
+        ]
     return []
 
 
@@ -216,9 +233,11 @@ def format_report(report: CheckReport) -> str:
     lines = []
     for sr in report.stages:
         lines.append(f"stage {sr.name}")
-        lines.append(f"  {'dataset':<28} {'kind':<14} {'category':<13} {'files':>5} "
-                     f"{'samples':>8} {'read':>4} {'skips':<18} {'tok/s':>6} {'train/s':>7} "
-                     f"{'img/s':>5} {'tiles/s':>7}")  # fmt: skip
+        lines.append(
+            f"  {'dataset':<28} {'kind':<14} {'category':<13} {'files':>5} "
+            f"{'samples':>8} {'read':>4} {'skips':<18} {'tok/s':>6} {'train/s':>7} "
+            f"{'img/s':>5} {'tiles/s':>7}"
+        )
         for d in sr.datasets:
             if d.missing:
                 lines.append(f"  {d.name:<28} no files: left out (missing_datasets=skip)")
@@ -242,21 +261,34 @@ def format_report(report: CheckReport) -> str:
 def report_json(report: CheckReport) -> dict[str, Any]:
     return {
         "stages": [
-            {"name": sr.name, "configured_shares": sr.configured,
-             "effective_shares": sr.effective,
-             "missing": [d.name for d in sr.datasets if d.missing],
-             "datasets": [{"name": d.name, "kind": d.kind, "category": d.category,
-                           "files": d.files, "samples": d.size, "read": d.read,
-                           "skipped": dict(d.skipped), "example_skip": d.example_skip,
-                           "tokens_per_sample": d.per_sample(d.tokens),
-                           "trainable_per_sample": d.per_sample(d.trainable),
-                           "images_per_sample": d.per_sample(d.images),
-                           "tiles_per_sample": d.per_sample(d.tiles)}
-                          for d in sr.datasets if not d.missing]}
+            {
+                "name": sr.name,
+                "configured_shares": sr.configured,
+                "effective_shares": sr.effective,
+                "missing": [d.name for d in sr.datasets if d.missing],
+                "datasets": [
+                    {
+                        "name": d.name,
+                        "kind": d.kind,
+                        "category": d.category,
+                        "files": d.files,
+                        "samples": d.size,
+                        "read": d.read,
+                        "skipped": dict(d.skipped),
+                        "example_skip": d.example_skip,
+                        "tokens_per_sample": d.per_sample(d.tokens),
+                        "trainable_per_sample": d.per_sample(d.trainable),
+                        "images_per_sample": d.per_sample(d.images),
+                        "tiles_per_sample": d.per_sample(d.tiles),
+                    }
+                    for d in sr.datasets
+                    if not d.missing
+                ],
+            }
             for sr in report.stages
         ],
         "problems": report.problems,
-    }  # fmt: skip
+    }
 
 
 def _first_image_drawn(sample: Any, image_cfg: Any):
@@ -269,8 +301,11 @@ def _first_image_drawn(sample: Any, image_cfg: Any):
     if first is None:
         return None
     image = load_image(sample.media[first], image_cfg)
-    shapes = [Box(*r.box, image=first) if r.box is not None else Point(*r.point, image=first)
-              for r in sample.regions if r.media == first]  # fmt: skip
+    shapes = [
+        Box(*r.box, image=first) if r.box is not None else Point(*r.point, image=first)
+        for r in sample.regions
+        if r.media == first
+    ]
     return draw_regions(image, shapes)
 
 

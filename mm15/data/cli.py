@@ -21,8 +21,12 @@ from mm15.errors import number
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``data`` verb to the subparsers of :func:`mm15.cli.build_parser`."""
-    d = sub.add_parser("data", help="the dataset registry; a dry run of a config's data",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    d = sub.add_parser(
+        "data",
+        help="the dataset registry; a dry run of a config's data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     verbs = d.add_subparsers(dest="data_verb", required=True)
     ls = verbs.add_parser("list", help="the registry's datasets")
     ls.add_argument("--stage", choices=["pretrain", "cpt", "sft", "video", "ui"])
@@ -32,13 +36,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = ck.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a training preset, e.g. paper-1b")
     src.add_argument("--config", help="a training config (JSON, as train --print-config writes)")
-    ck.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override by dotted path, as for train (repeatable)")  # fmt: skip
-    ck.add_argument("--samples", type=number(int, minimum=1), default=16,
-                    help="samples formatted per dataset (evenly spaced)")  # fmt: skip
-    ck.add_argument("--max-skip-fraction", type=number(float, minimum=0.0, maximum=1.0),
-                    help="a dataset skipping more of what was read is a problem "
-                         "(default: the config's max_skipped_fraction)")  # fmt: skip
+    ck.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override by dotted path, as for train (repeatable)",
+    )
+    ck.add_argument(
+        "--samples",
+        type=number(int, minimum=1),
+        default=16,
+        help="samples formatted per dataset (evenly spaced)",
+    )
+    ck.add_argument(
+        "--max-skip-fraction",
+        type=number(float, minimum=0.0, maximum=1.0),
+        help="a dataset skipping more of what was read is a problem "
+        "(default: the config's max_skipped_fraction)",
+    )
     ck.add_argument("--out", metavar="DIR", help="write data_check.json and contact_sheet.png")
     ck.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ck.set_defaults(func=cmd_check)
@@ -53,8 +69,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(e) for e in entries], indent=2))
         return 0
-    print(f"{'name':<28} {'stage':<8} {'category':<13} {'kind':<15} {'files under data_root':<48} "
-          "source")  # fmt: skip
+    print(
+        f"{'name':<28} {'stage':<8} {'category':<13} {'kind':<15} {'files under data_root':<48} "
+        "source"
+    )
     for e in entries:
         files = ", ".join(f"{e.dir}/{f}" for f in e.files)
         print(f"{e.name:<28} {e.stage:<8} {e.category:<13} {e.kind:<15} {files:<48} {e.source}")

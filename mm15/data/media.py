@@ -60,8 +60,10 @@ def media_size(media: Media, image_cfg: ImageConfig) -> tuple[int, int]:
     if media.size is not None:
         w, h = media.size
         if int(w) != w or int(h) != h or w < 1 or h < 1:
-            raise SampleError("malformed", f"{_label(media)}: Media.size {media.size} is not a "
-                                           "positive integer (W, H)")  # fmt: skip
+            raise SampleError(
+                "malformed",
+                f"{_label(media)}: Media.size {media.size} is not a positive integer (W, H)",
+            )
         return int(w), int(h)
     return _header_size(media, image_cfg)
 

@@ -61,13 +61,19 @@ def sft_category_weights(w: SFTWeights, sizes: Mapping[str, int]) -> dict[str, f
     ("the data ratio from the general and target category is 1:α"); the group is then scaled
     to ``w_single``, and multi-image / text-only get ``w_multi`` / ``w_text``.
     """
-    alphas = {"science": w.alpha_science, "math": w.alpha_math, "code": w.alpha_code,
-              "refer_ground": w.alpha_refer_ground}  # fmt: skip
+    alphas = {
+        "science": w.alpha_science,
+        "math": w.alpha_math,
+        "code": w.alpha_code,
+        "refer_ground": w.alpha_refer_ground,
+    }
     known = {*SINGLE_IMAGE_BY_SIZE, *alphas, *SFT_GROUPS}
     unknown = sorted(set(sizes) - known)
     if unknown:
-        raise ValueError(f"SFT mixtures take categories {sorted(known)}; got {unknown} "
-                         "(use rule='flat' for video or UI SFT)")  # fmt: skip
+        raise ValueError(
+            f"SFT mixtures take categories {sorted(known)}; got {unknown} "
+            "(use rule='flat' for video or UI SFT)"
+        )
     single = {c: float(sizes[c]) for c in SINGLE_IMAGE_BY_SIZE if c in sizes}
     for cat, alpha in alphas.items():
         if cat in sizes:
@@ -96,11 +102,14 @@ def _group_weights(cfg: MixtureConfig, cat_sizes: Mapping[str, int]) -> dict[str
     if cfg.rule == "sft":
         return sft_category_weights(cfg.sft, cat_sizes)
     table = (
-        {"caption": cfg.pretrain.caption, "interleaved": cfg.pretrain.interleaved,
-         "text": cfg.pretrain.text}
+        {
+            "caption": cfg.pretrain.caption,
+            "interleaved": cfg.pretrain.interleaved,
+            "text": cfg.pretrain.text,
+        }
         if cfg.rule == "pretrain"
         else {"ocr": cfg.cpt.ocr, "synthetic_caption": cfg.cpt.synthetic_caption}
-    )  # fmt: skip
+    )
     unknown = sorted(set(cat_sizes) - set(table))
     if unknown:
         raise ValueError(f"rule {cfg.rule!r} has weights for {sorted(table)}, not {unknown}")
@@ -206,11 +215,16 @@ class MixtureSampler:
             "seed": self.seed,
             "rng": self._rng.bit_generator.state,
             "sources": {
-                n: {"size": len(self.sources[n].dataset), "share": self.shares[n],
-                    "epoch": self._epoch[n], "position": self._pos[n], "drawn": self._drawn[n]}
+                n: {
+                    "size": len(self.sources[n].dataset),
+                    "share": self.shares[n],
+                    "epoch": self._epoch[n],
+                    "position": self._pos[n],
+                    "drawn": self._drawn[n],
+                }
                 for n in self.names
             },
-        }  # fmt: skip
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the sources, sizes, shares and seed must be the same."""
@@ -222,8 +236,10 @@ class MixtureSampler:
         for n in self.names:
             size, share = len(self.sources[n].dataset), self.shares[n]
             if saved[n]["size"] != size or not np.isclose(saved[n]["share"], share):
-                raise ValueError(f"source {n!r}: state has size {saved[n]['size']}, share "
-                                 f"{saved[n]['share']:.6f}; sampler has {size}, {share:.6f}")  # fmt: skip
+                raise ValueError(
+                    f"source {n!r}: state has size {saved[n]['size']}, share "
+                    f"{saved[n]['share']:.6f}; sampler has {size}, {share:.6f}"
+                )
         self._rng.bit_generator.state = state["rng"]
         for n in self.names:
             self._epoch[n] = int(saved[n]["epoch"])
@@ -240,9 +256,14 @@ class MixtureSampler:
         for n in self.names:
             cat = self.sources[n].category
             drawn = self._drawn[n]
-            sources[n] = {"category": cat, "size": len(self.sources[n].dataset), "drawn": drawn,
-                          "share": drawn / total if total else 0.0,
-                          "configured_share": self.shares[n], "epoch": self._epoch[n]}  # fmt: skip
+            sources[n] = {
+                "category": cat,
+                "size": len(self.sources[n].dataset),
+                "drawn": drawn,
+                "share": drawn / total if total else 0.0,
+                "configured_share": self.shares[n],
+                "epoch": self._epoch[n],
+            }
             c = cats.setdefault(cat, {"drawn": 0, "share": 0.0, "configured_share": 0.0})
             c["drawn"] += drawn
             c["configured_share"] += self.shares[n]
@@ -268,6 +289,7 @@ def build_sampler(
     if names != set(datasets):
         raise ValueError(f"configured sources {sorted(names)} but datasets for {sorted(datasets)}")
     weights = mixture_weights(cfg, {n: len(d) for n, d in datasets.items()})
-    entries = {s.name: SourceEntry(datasets[s.name], s.category, weights[s.name])
-               for s in cfg.sources}  # fmt: skip
+    entries = {
+        s.name: SourceEntry(datasets[s.name], s.category, weights[s.name]) for s in cfg.sources
+    }
     return MixtureSampler(entries, cfg.seed if seed is None else seed)

@@ -90,8 +90,10 @@ class Packer:
     def add(self, ex: Example) -> list[PackedRow]:
         """Add one example; returns the rows this completed (zero, one or two)."""
         if len(ex.input_ids) != len(ex.labels) or not ex.input_ids:
-            raise ValueError(f"sample {ex.sample_id}: {len(ex.input_ids)} input ids and "
-                             f"{len(ex.labels)} labels (need equal, non-zero)")  # fmt: skip
+            raise ValueError(
+                f"sample {ex.sample_id}: {len(ex.input_ids)} input ids and "
+                f"{len(ex.labels)} labels (need equal, non-zero)"
+            )
         n_img = len(ex.images)
         if len(ex) > self.seq_len:
             self._skip(ex, f"{len(ex)} tokens > seq_len {self.seq_len}")
@@ -166,8 +168,9 @@ def collate(
     for b, (row, px) in enumerate(zip(rows, pixels_per_row, strict=True)):
         n = 0 if px is None else px.shape[0]
         if n != row.num_tiles:
-            raise ValueError(f"row {b} ({row.sample_ids}) has {row.num_tiles} tiles planned "
-                             f"but {n} were given")  # fmt: skip
+            raise ValueError(
+                f"row {b} ({row.sample_ids}) has {row.num_tiles} tiles planned but {n} were given"
+            )
         if n:
             tiles.append(px)
 

@@ -198,15 +198,19 @@ class _Stream:
                 text = "".join(piece[1]) if kind == "text" else piece[1]
                 new, train = tok.encode(text), kind == "text" and piece[2]
                 if image_id in new:
-                    raise SampleError("malformed", f"{where}: text {text[:60]!r} contains "
-                                                   "the image token; images must be media parts")  # fmt: skip
+                    raise SampleError(
+                        "malformed",
+                        f"{where}: text {text[:60]!r} contains "
+                        "the image token; images must be media parts",
+                    )
             ids += new
             labels += new if train else [IGNORE_INDEX] * len(new)
         return ids, labels
 
 
-def _region_text(sample: Sample, part: Part, refs: dict[int, list[ImageRef]], n_images: int,
-                 fmt: FormatConfig) -> str:  # fmt: skip
+def _region_text(
+    sample: Sample, part: Part, refs: dict[int, list[ImageRef]], n_images: int, fmt: FormatConfig
+) -> str:
     region = sample.regions[part.region]
     if sample.media[region.media].kind != "image":
         raise SampleError("malformed", f"sample {sample.id}: region {part.region} is on a video")
@@ -223,8 +227,14 @@ def _region_text(sample: Sample, part: Part, refs: dict[int, list[ImageRef]], n_
         raise SampleError("malformed", f"sample {sample.id}: region {part.region}: {e}") from e
 
 
-def _content(stream: _Stream, sample: Sample, msg: Message, train: bool,
-             refs: dict[int, list[ImageRef]], fmt: FormatConfig) -> None:  # fmt: skip
+def _content(
+    stream: _Stream,
+    sample: Sample,
+    msg: Message,
+    train: bool,
+    refs: dict[int, list[ImageRef]],
+    fmt: FormatConfig,
+) -> None:
     n_images = sum(len(r) for r in refs.values())
     for part in msg.content:
         if part.type == "text":
@@ -262,8 +272,10 @@ def format_sample(
     ``for_generation``).  Length limits are the packer's job (``too_long``).
     """
     if 0 <= model_cfg.image_token_id != tokenizer.image_token_id:
-        raise ValueError(f"ModelConfig.image_token_id={model_cfg.image_token_id} but the "
-                         f"tokenizer's image token id is {tokenizer.image_token_id}")  # fmt: skip
+        raise ValueError(
+            f"ModelConfig.image_token_id={model_cfg.image_token_id} but the "
+            f"tokenizer's image token id is {tokenizer.image_token_id}"
+        )
     if not tokenizer.eos_ids:
         raise ValueError("the tokenizer has no EOS token; the chat template needs one")
     fmt = model_cfg.format if fmt is None else fmt
@@ -279,8 +291,11 @@ def format_sample(
         if not for_generation:  # a document to continue ends where the text does
             stream.token(eos, True)
     else:
-        prefix = {"system": fmt.system_prefix, "user": fmt.user_prefix,
-                  "assistant": fmt.assistant_prefix}  # fmt: skip
+        prefix = {
+            "system": fmt.system_prefix,
+            "user": fmt.user_prefix,
+            "assistant": fmt.assistant_prefix,
+        }
         for i, msg in enumerate(sample.messages):
             train = msg.train if msg.train is not None else msg.role == "assistant"
             stream.text(prefix[msg.role], False)
@@ -321,23 +336,33 @@ def materialize_pixels(
     for ref in refs:
         where = f"sample {ref.sample_id} media {ref.media_index}"
         if ref.frame is None:
-            tiled = tile_image(load_image(ref.media, model_cfg.image), model_cfg.image,
-                               allow_split=ref.allow_split)  # fmt: skip
+            tiled = tile_image(
+                load_image(ref.media, model_cfg.image), model_cfg.image, allow_split=ref.allow_split
+            )
             if tiled.geometry != ref.plan.geometry:
-                raise SampleError("malformed", f"{where}: planned "
-                                  f"{ref.plan.geometry} but decoded {tiled.geometry} (is "
-                                  "Media.size the decoded size?)")  # fmt: skip
+                raise SampleError(
+                    "malformed",
+                    f"{where}: planned "
+                    f"{ref.plan.geometry} but decoded {tiled.geometry} (is "
+                    "Media.size the decoded size?)",
+                )
         else:
             if id(ref.media) not in videos:
                 videos[id(ref.media)] = load_video(ref.media, model_cfg.video, model_cfg.image)
             frames = videos[id(ref.media)]
             if len(frames) != ref.video_frames:
-                raise SampleError("corrupt", f"{where}: video decoded to "
-                                  f"{len(frames)} frames but {ref.video_frames} were planned")  # fmt: skip
+                raise SampleError(
+                    "corrupt",
+                    f"{where}: video decoded to "
+                    f"{len(frames)} frames but {ref.video_frames} were planned",
+                )
             tiled = tile_image(frames[ref.frame], model_cfg.image, allow_split=False)
             if tiled.geometry.n_tiles != ref.plan.n_tiles:
-                raise SampleError("corrupt", f"{where} frame {ref.frame}: "
-                                  f"{tiled.geometry.n_tiles} tiles, planned {ref.plan.n_tiles}")  # fmt: skip
+                raise SampleError(
+                    "corrupt",
+                    f"{where} frame {ref.frame}: "
+                    f"{tiled.geometry.n_tiles} tiles, planned {ref.plan.n_tiles}",
+                )
         tiles.append(tiled.tiles)
     return torch.cat(tiles) if tiles else torch.zeros(0, 3, r, r)
 
@@ -370,8 +395,9 @@ def encode_sample(
     fmt: FormatConfig | None = None,
 ) -> EncodedPrompt:
     """``sample`` as a prompt (:func:`format_sample` with ``for_generation``) and its tiles."""
-    ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model_cfg, fmt=fmt,
-                       for_generation=True)  # fmt: skip
+    ex = format_sample(
+        sample, tokenizer=tokenizer, model_cfg=model_cfg, fmt=fmt, for_generation=True
+    )
     return encode_example(ex, model_cfg)
 
 
@@ -406,11 +432,19 @@ def encode_prompt(
     placeholder = tokenizer.meta.image_token
     parts = placeholder_parts(text, len(images), placeholder)
     if parts is None:
-        raise ValueError(f"text has {text.count(placeholder)} {placeholder} placeholders but "
-                         f"{len(images)} images were given")  # fmt: skip
+        raise ValueError(
+            f"text has {text.count(placeholder)} {placeholder} placeholders but "
+            f"{len(images)} images were given"
+        )
     kind = "video" if video_frames else "image"  # a frame: a one-frame video, shown as it is
     media = [Media(kind=kind, decoded=[im] if video_frames else im) for im in images]
-    sample = Sample(id="prompt", source="prompt", category="eval", stage="eval", media=media,
-                    messages=[Message("document", parts)])  # fmt: skip
+    sample = Sample(
+        id="prompt",
+        source="prompt",
+        category="eval",
+        stage="eval",
+        media=media,
+        messages=[Message("document", parts)],
+    )
     fmt = dataclasses.replace(cfg.format, add_bos=add_bos)
     return encode_sample(sample, tokenizer=tokenizer, model_cfg=cfg, fmt=fmt)

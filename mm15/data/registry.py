@@ -110,8 +110,10 @@ def resolve_dataset(dataset: Any, *, data_root: str | Path, entries: Mapping[str
         if not dataset.paths:
             missing.append("paths")
         if missing:
-            raise ValueError(f"dataset {dataset.name!r} is not in the registry (`mm15 data list`) "
-                             f"and does not set {', '.join(missing)}")  # fmt: skip
+            raise ValueError(
+                f"dataset {dataset.name!r} is not in the registry (`mm15 data list`) "
+                f"and does not set {', '.join(missing)}"
+            )
         return dataset
     return dataclasses.replace(
         dataset,

@@ -30,15 +30,26 @@ class SampleError(ValueError):
 
 Category = Literal[
     # stage 1 pre-training (MM1.5 §4)
-    "caption", "interleaved", "text",
+    "caption",
+    "interleaved",
+    "text",
     # stage 2 continual pre-training
-    "ocr", "synthetic_caption",
+    "ocr",
+    "synthetic_caption",
     # stage 3 SFT (Fig. 4): single-image sub-categories, then groups
-    "general", "text_rich", "refer_ground", "science", "math", "code",
-    "multi_image", "text_only",
+    "general",
+    "text_rich",
+    "refer_ground",
+    "science",
+    "math",
+    "code",
+    "multi_image",
+    "text_only",
     # variants (§5, §6) and evaluation
-    "video", "ui", "eval",
-]  # fmt: skip
+    "video",
+    "ui",
+    "eval",
+]
 Stage = Literal["pretrain", "cpt", "sft", "eval"]
 Role = Literal["system", "user", "assistant", "document"]
 MediaKind = Literal["image", "video"]  # PDF pages are rasterised to image bytes by readers
@@ -125,21 +136,26 @@ class Sample:
                 if part.type == "media" and not (
                     part.media is not None and 0 <= part.media < len(self.media)
                 ):
-                    raise ValueError(f"sample {self.id}: message {mi} refers to media {part.media} "
-                                     f"but the sample has {len(self.media)}")  # fmt: skip
+                    raise ValueError(
+                        f"sample {self.id}: message {mi} refers to media {part.media} "
+                        f"but the sample has {len(self.media)}"
+                    )
                 if part.type == "region" and not (
                     part.region is not None and 0 <= part.region < len(self.regions)
                 ):
-                    raise ValueError(f"sample {self.id}: message {mi} refers to region "
-                                     f"{part.region} but the sample has {len(self.regions)}")  # fmt: skip
+                    raise ValueError(
+                        f"sample {self.id}: message {mi} refers to region "
+                        f"{part.region} but the sample has {len(self.regions)}"
+                    )
         for ri, reg in enumerate(self.regions):
             if not 0 <= reg.media < len(self.media):
                 raise ValueError(f"sample {self.id}: region {ri} is on missing media {reg.media}")
             if (reg.box is None) == (reg.point is None):
                 raise ValueError(f"sample {self.id}: region {ri} needs exactly one of box, point")
             if self.media[reg.media].size is None:
-                raise ValueError(f"sample {self.id}: region {ri} is on media {reg.media} "
-                                 "whose size is unknown")  # fmt: skip
+                raise ValueError(
+                    f"sample {self.id}: region {ri} is on media {reg.media} whose size is unknown"
+                )
 
 
 def check_references(sample: Sample) -> None:
@@ -156,8 +172,10 @@ def check_references(sample: Sample) -> None:
                 raise bad(f"message {mi} has a part of unknown type {part.type!r}")
             if part.type == "text" and not isinstance(part.text, str):
                 raise bad(f"message {mi} has a text part with no text")
-            ref, n = {"media": (part.media, len(sample.media)),
-                      "region": (part.region, len(sample.regions))}.get(part.type, (0, 1))  # fmt: skip
+            ref, n = {
+                "media": (part.media, len(sample.media)),
+                "region": (part.region, len(sample.regions)),
+            }.get(part.type, (0, 1))
             if not isinstance(ref, int) or not 0 <= ref < n:
                 raise bad(f"message {mi} refers to {part.type} {ref} but the sample has {n}")
     for ri, reg in enumerate(sample.regions):
@@ -178,8 +196,10 @@ def media_order(sample: Sample) -> list[int]:
         raise SampleError("malformed", f"sample {sample.id}: media {twice} shown more than once")
     unused = sorted(set(range(len(sample.media))) - set(order))
     if unused:
-        raise SampleError("malformed", f"sample {sample.id}: media {unused} never shown "
-                                       "(no media part refers to them)")  # fmt: skip
+        raise SampleError(
+            "malformed",
+            f"sample {sample.id}: media {unused} never shown (no media part refers to them)",
+        )
     return order
 
 
@@ -218,11 +238,14 @@ def sample_from_json(line: str) -> Sample:
         Media(**{**m, "size": tuple(m["size"]) if m.get("size") else None}) for m in d.pop("media")
     ]
     regions = [
-        Region(media=r["media"], label=r.get("label"),
-               box=tuple(r["box"]) if r.get("box") is not None else None,
-               point=tuple(r["point"]) if r.get("point") is not None else None)
+        Region(
+            media=r["media"],
+            label=r.get("label"),
+            box=tuple(r["box"]) if r.get("box") is not None else None,
+            point=tuple(r["point"]) if r.get("point") is not None else None,
+        )
         for r in d.pop("regions")
-    ]  # fmt: skip
+    ]
     messages = [
         Message(role=m["role"], train=m.get("train"), content=[Part(**p) for p in m["content"]])
         for m in d.pop("messages")

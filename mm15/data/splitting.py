@@ -293,8 +293,9 @@ def tile_image(
     first_sub = 1 if geo.overview == "before" else 0
     ov_at = 0 if geo.overview == "before" else n_sub
     if method == "exact":
-        _normalise_grid(tiles[first_sub : first_sub + n_sub], _pil_u8(image, geo.resized_wh),
-                        geo.grid, cfg)  # fmt: skip
+        _normalise_grid(
+            tiles[first_sub : first_sub + n_sub], _pil_u8(image, geo.resized_wh), geo.grid, cfg
+        )
         if geo.overview_wh is not None:
             _normalise_grid(tiles[ov_at : ov_at + 1], _pil_u8(image, geo.overview_wh), (1, 1), cfg)
         return TiledImage(tiles=tiles, geometry=geo)
@@ -339,5 +340,6 @@ def load_tiles(
         target_wh=lambda size_wh: tile_geometry(size_wh, cfg, allow_split=allow_split).resized_wh,
         name=name,
     )
-    return tile_image(decoded.image, cfg, allow_split=allow_split, method=method,
-                      size_wh=decoded.size_wh)  # fmt: skip
+    return tile_image(
+        decoded.image, cfg, allow_split=allow_split, method=method, size_wh=decoded.size_wh
+    )

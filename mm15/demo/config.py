@@ -18,8 +18,16 @@ from mm15.train.config import Part
 # One SFT task per category: with all tasks in the budget each task gets too few samples for the
 # tiny model to learn to read images (docs/demo.md); ``--set sft.tasks=[...]`` trains any subset,
 # SFT_TASKS all of them.
-DEMO_SFT_TASKS = ("general/colour", "text_rich/word", "refer_ground/box", "math/count",
-                  "multi_image/common", "video/direction", "ui/read_selected", "text_only/add")  # fmt: skip
+DEMO_SFT_TASKS = (
+    "general/colour",
+    "text_rich/word",
+    "refer_ground/box",
+    "math/count",
+    "multi_image/common",
+    "video/direction",
+    "ui/read_selected",
+    "text_only/add",
+)
 PRETRAIN_TASKS = ("caption/object", "caption/shapes", "interleaved/shapes", "text/facts")
 CPT_TASKS = ("ocr/pages", "ocr/words")
 # The encoder warm-up's dense heads (mm15.demo.encoder.HEADS; here so that the config imports
@@ -238,14 +246,25 @@ class DemoConfig:
 
 # The flat fields before issue 21 and their nested paths now (docs/demo.md, "Config paths").
 RENAMED = {
-    **{f"{stage}_{knob}": f"{stage}.{knob}" for stage, knobs in (
-        ("encoder", ("steps", "heads", "lr")), ("bind", ("steps", "tasks", "freeze", "rows", "at")),
-        ("align", ("steps",)), ("pretrain", ("steps", "tasks")), ("cpt", ("steps", "tasks")),
-        ("sft", ("steps", "tasks", "freeze", "weights"))) for knob in knobs},
-    "train_per_sft_task": "corpus.train_per_task", "test_per_task": "corpus.test_per_task",
-    "vocab_size": "tokenizer.vocab_size", "max_digits": "tokenizer.max_digits",
-    "lm_init_std": "lm.init_std", "lm_layers": "lm.layers",
-}  # fmt: skip
+    **{
+        f"{stage}_{knob}": f"{stage}.{knob}"
+        for stage, knobs in (
+            ("encoder", ("steps", "heads", "lr")),
+            ("bind", ("steps", "tasks", "freeze", "rows", "at")),
+            ("align", ("steps",)),
+            ("pretrain", ("steps", "tasks")),
+            ("cpt", ("steps", "tasks")),
+            ("sft", ("steps", "tasks", "freeze", "weights")),
+        )
+        for knob in knobs
+    },
+    "train_per_sft_task": "corpus.train_per_task",
+    "test_per_task": "corpus.test_per_task",
+    "vocab_size": "tokenizer.vocab_size",
+    "max_digits": "tokenizer.max_digits",
+    "lm_init_std": "lm.init_std",
+    "lm_layers": "lm.layers",
+}
 
 
 def check_renamed(overrides: list[str]) -> None:
@@ -253,5 +272,6 @@ def check_renamed(overrides: list[str]) -> None:
     for item in overrides:
         key = item.split("=", 1)[0].split(".", 1)[0]
         if key in RENAMED:
-            raise ValueError(f"override {item!r}: {key} is now {RENAMED[key]} "
-                             "(docs/demo.md, Config paths)")  # fmt: skip
+            raise ValueError(
+                f"override {item!r}: {key} is now {RENAMED[key]} (docs/demo.md, Config paths)"
+            )

@@ -71,9 +71,13 @@ class SceneTargets:
     word_NK: Tensor  # per token: index in WORDS, len(WORDS) = no word
 
 
-def token_targets(drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int,
-                  min_cover: float = 0.15, min_ink: float = 0.3
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+def token_targets(
+    drawn: list[si.Drawn],
+    size_wh: tuple[int, int],
+    grid: int,
+    min_cover: float = 0.15,
+    min_ink: float = 0.3,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per cell of a ``grid × grid`` token layout (row-major): the colour and shape index of the
     object whose box covers most of the cell (at least ``min_cover`` of it), else background,
     and that object's box corners in tenths of the image (``IGNORE`` for background).  A tenth
@@ -92,8 +96,10 @@ def token_targets(drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int,
     word = torch.full((grid * grid,), len(WORDS))
     objects = [d for d in drawn if d.colour is not None]
     texts = [d for d in drawn if d.kind == "text"]
-    cells = [Box((c % grid) * cw, (c // grid) * ch, (c % grid + 1) * cw, (c // grid + 1) * ch)
-             for c in range(grid * grid)]  # fmt: skip
+    cells = [
+        Box((c % grid) * cw, (c // grid) * ch, (c % grid + 1) * cw, (c // grid + 1) * ch)
+        for c in range(grid * grid)
+    ]
     for k, cell in enumerate(cells):
         best, cover = None, min_cover * cw * ch
         for d in objects:
@@ -107,8 +113,9 @@ def token_targets(drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int,
             tenths = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]).mul(10).floor()
             corners[k] = tenths.clamp(0, 9)
     if texts:
-        shares = torch.tensor([[intersection_area(d.box, c) / max(d.box.area, 1e-9) for c in cells]
-                               for d in texts])  # fmt: skip
+        shares = torch.tensor(
+            [[intersection_area(d.box, c) / max(d.box.area, 1e-9) for c in cells] for d in texts]
+        )
         own = shares >= min_ink
         own[torch.arange(len(texts)), shares.argmax(1)] = True  # every word labels >= 1 cell
         top = shares.masked_fill(~own, -1.0).max(0)
@@ -132,10 +139,17 @@ def text_scene(rng: random.Random, size: int = 112) -> tuple[Image.Image, list[s
             rgb = si.COLOURS[fill] if fill else si.WHITE
             ImageDraw.Draw(image).rectangle((x0, y0, x0 + bw - 1, y0 + bh - 1), fill=rgb)
             tw, th = si.text_wh(label, UI_FONT)
-            ink = si.paint_text(image, (x0 + (bw - tw) // 2, y0 + (bh - th) // 2), label, UI_FONT,
-                                fill=si.ink_for(rgb))  # fmt: skip
-            drawn += [si.Drawn("button", Box(x0, y0, x0 + bw, y0 + bh), colour=fill),
-                      si.Drawn("text", ink, text=label)]  # fmt: skip
+            ink = si.paint_text(
+                image,
+                (x0 + (bw - tw) // 2, y0 + (bh - th) // 2),
+                label,
+                UI_FONT,
+                fill=si.ink_for(rgb),
+            )
+            drawn += [
+                si.Drawn("button", Box(x0, y0, x0 + bw, y0 + bh), colour=fill),
+                si.Drawn("text", ink, text=label),
+            ]
     else:
         half = size // 2
         for k in range(rng.randint(1, 2)):
@@ -144,13 +158,15 @@ def text_scene(rng: random.Random, size: int = 112) -> tuple[Image.Image, list[s
             bw, bh = tw + 8, th + 8
             x0, y0 = rng.randint(2, size - bw - 2), k * half + rng.randint(2, half - bh - 2)
             ImageDraw.Draw(image).rectangle((x0, y0, x0 + bw - 1, y0 + bh - 1), fill=si.WHITE)
-            drawn.append(si.Drawn("text", si.paint_text(image, (x0 + 4, y0 + 4), word, WORD_FONT),
-                                  text=word))  # fmt: skip
+            drawn.append(
+                si.Drawn("text", si.paint_text(image, (x0 + 4, y0 + 4), word, WORD_FONT), text=word)
+            )
     return image, drawn
 
 
-def draw_batch(rng: random.Random, n: int, token_grid: int, text_share: float = 0.0
-               ) -> SceneTargets:  # fmt: skip
+def draw_batch(
+    rng: random.Random, n: int, token_grid: int, text_share: float = 0.0
+) -> SceneTargets:
     """``n`` scenes with targets: grid scenes of 1–6 objects (grids 1–4, as in the demo's tasks)
     and, with probability ``text_share`` each, text tiles (:func:`text_scene`)."""
     cfg = si.demo_image_config()
@@ -174,21 +190,35 @@ class ProbeHeads(nn.Module):
     """Linear read-outs of the connector's tokens, one per name in ``heads`` (see
     :class:`EncoderPretrainConfig`)."""
 
-    def __init__(self, dim: int, heads: tuple[str, ...] = ("colour", "shape"), n_tokens: int = 16,
-                 word_weight: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        heads: tuple[str, ...] = ("colour", "shape"),
+        n_tokens: int = 16,
+        word_weight: float = 1.0,
+    ):
         super().__init__()
         self.register_buffer("word_w", torch.tensor([word_weight] * len(WORDS) + [1.0]))
-        out = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "place": n_tokens,
-               "box": 4 * 10, "word": len(WORDS) + 1}  # fmt: skip
+        out = {
+            "colour": len(COLOURS) + 1,
+            "shape": len(SHAPES) + 1,
+            "place": n_tokens,
+            "box": 4 * 10,
+            "word": len(WORDS) + 1,
+        }
         self.heads = nn.ModuleDict({h: nn.Linear(dim, out[h]) for h in heads})
 
     def _logits_targets(
         self, tokens_NKD: Tensor, t: SceneTargets
     ) -> dict[str, tuple[Tensor, Tensor]]:
         n, k, _ = tokens_NKD.shape
-        targets = {"colour": t.colour_NK, "shape": t.shape_NK,
-                   "place": torch.arange(k).expand(n, k), "box": t.box_NK4,
-                   "word": t.word_NK}  # fmt: skip
+        targets = {
+            "colour": t.colour_NK,
+            "shape": t.shape_NK,
+            "place": torch.arange(k).expand(n, k),
+            "box": t.box_NK4,
+            "word": t.word_NK,
+        }
         out = {}
         for name, head in self.heads.items():
             logits = head(tokens_NKD)
@@ -198,9 +228,12 @@ class ProbeHeads(nn.Module):
         return out
 
     def losses(self, tokens_NKD: Tensor, t: SceneTargets) -> dict[str, Tensor]:
-        return {name: F.cross_entropy(lg, tg, ignore_index=IGNORE,
-                                      weight=self.word_w if name == "word" else None)
-                for name, (lg, tg) in self._logits_targets(tokens_NKD, t).items()}  # fmt: skip
+        return {
+            name: F.cross_entropy(
+                lg, tg, ignore_index=IGNORE, weight=self.word_w if name == "word" else None
+            )
+            for name, (lg, tg) in self._logits_targets(tokens_NKD, t).items()
+        }
 
     @torch.no_grad()
     def accuracy(self, tokens_NKD: Tensor, t: SceneTargets) -> dict[str, float]:
@@ -220,8 +253,9 @@ class ProbeHeads(nn.Module):
         return acc
 
 
-def pretrain_encoder(model: MM15, cfg: EncoderPretrainConfig,
-                     log: Callable[[str], None] = print) -> dict[str, float]:  # fmt: skip
+def pretrain_encoder(
+    model: MM15, cfg: EncoderPretrainConfig, log: Callable[[str], None] = print
+) -> dict[str, float]:
     """Train ``model.vision`` and ``model.connector`` on dense scene targets, in place.
 
     Returns the probe accuracies on a fixed held-out batch (seed stream ``…/encoder-eval``).
@@ -245,11 +279,14 @@ def pretrain_encoder(model: MM15, cfg: EncoderPretrainConfig,
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % cfg.log_every == 0 or step == cfg.steps:
-            log(f"[encoder] step {step}/{cfg.steps} loss {loss.item():.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+            log(
+                f"[encoder] step {step}/{cfg.steps} loss {loss.item():.3f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
     model.eval()
-    held_out = draw_batch(random.Random(f"{cfg.seed}/encoder-eval"), cfg.eval_scenes, grid,
-                          text_share)  # fmt: skip
+    held_out = draw_batch(
+        random.Random(f"{cfg.seed}/encoder-eval"), cfg.eval_scenes, grid, text_share
+    )
     with torch.no_grad():
         acc = heads.accuracy(model.encode_tiles(held_out.tiles_NCHW), held_out)
     model.zero_grad(set_to_none=True)

@@ -44,11 +44,13 @@ def corpus_sizes(cfg: DemoConfig) -> dict[str, int]:
     }
     cpt = {"ocr/pages": 300, "ocr/words": 600}
     trained = {*cfg.sft.tasks, *(cfg.bind.tasks if cfg.bind.steps else ())}
-    return {"caption/object": 800,
-            **{t: n * (t in cfg.pretrain.tasks) for t, n in pretrain.items()},
-            **{t: n * (t in cfg.cpt.tasks) for t, n in cpt.items()},
-            **{t: cfg.corpus.train_per_task * (t in trained) for t in SFT_TASKS},
-            **{f"test/{t}": cfg.corpus.test_per_task * (t in cfg.sft.tasks) for t in SFT_TASKS}}  # fmt: skip
+    return {
+        "caption/object": 800,
+        **{t: n * (t in cfg.pretrain.tasks) for t, n in pretrain.items()},
+        **{t: n * (t in cfg.cpt.tasks) for t, n in cpt.items()},
+        **{t: cfg.corpus.train_per_task * (t in trained) for t in SFT_TASKS},
+        **{f"test/{t}": cfg.corpus.test_per_task * (t in cfg.sft.tasks) for t in SFT_TASKS},
+    }
 
 
 def _texts(corpus: CorpusIndex) -> list[str]:
@@ -62,51 +64,117 @@ def _texts(corpus: CorpusIndex) -> list[str]:
     return texts
 
 
-def demo_train_config(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_dir: Path,
-                      vocab: int) -> TrainConfig:  # fmt: skip
+def demo_train_config(
+    cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, run_dir: Path, vocab: int
+) -> TrainConfig:
     model = tiny(vocab_size=vocab)
     model.lm.init_std = cfg.lm.init_std
     model.lm.n_layers = cfg.lm.layers
 
-    def stage(name, kind, knobs: Stage, tasks, rule, image=None, warmup=10, freeze=(),
-              weights=None, rows=cfg.batch_rows, min_lr_ratio=0.05) -> StageConfig:  # fmt: skip
+    def stage(
+        name,
+        kind,
+        knobs: Stage,
+        tasks,
+        rule,
+        image=None,
+        warmup=10,
+        freeze=(),
+        weights=None,
+        rows=cfg.batch_rows,
+        min_lr_ratio=0.05,
+    ) -> StageConfig:
         files = [corpus.file(t) for t in tasks]
         weights = weights or {}
         lr = cfg.lr if knobs.lr is None else knobs.lr
         return StageConfig(
-            name=name, kind=kind, steps=knobs.steps, batch_rows=rows, lr=lr,
-            warmup_steps=min(warmup, knobs.steps), min_lr_ratio=min_lr_ratio, image=image,
+            name=name,
+            kind=kind,
+            steps=knobs.steps,
+            batch_rows=rows,
+            lr=lr,
+            warmup_steps=min(warmup, knobs.steps),
+            min_lr_ratio=min_lr_ratio,
+            image=image,
             optim=OptimConfig(kind="adamw", grad_clip=1.0),
-            mixture=MixtureConfig(rule=rule, sources=[
-                SourceConfig(name=f.task, category=f.category,
-                             size=round(weights[f.task] * f.count) if f.task in weights else None)
-                for f in files]),
-            datasets=[DatasetConfig(name=f.task, kind="canonical", category=f.category,
-                                    paths=[str(corpus.root / f.path)],
-                                    options={"root": str(corpus.root)}) for f in files],
+            mixture=MixtureConfig(
+                rule=rule,
+                sources=[
+                    SourceConfig(
+                        name=f.task,
+                        category=f.category,
+                        size=round(weights[f.task] * f.count) if f.task in weights else None,
+                    )
+                    for f in files
+                ],
+            ),
+            datasets=[
+                DatasetConfig(
+                    name=f.task,
+                    kind="canonical",
+                    category=f.category,
+                    paths=[str(corpus.root / f.path)],
+                    options={"root": str(corpus.root)},
+                )
+                for f in files
+            ],
             packing=PackingConfig(seq_len=cfg.seq_len, max_images_per_sequence=16),
             freeze=list(freeze),  # format: the model's (ModelConfig.format)
-        )  # fmt: skip
+        )
 
     low_res = dataclasses.replace(model.image, split="none")
     b = cfg.bind
-    bind = [stage("bind", "sft", b, list(b.tasks), "flat", warmup=10, freeze=list(b.freeze),
-                  rows=b.rows, min_lr_ratio=1.0)] if b.steps else []  # fmt: skip
+    bind = (
+        [
+            stage(
+                "bind",
+                "sft",
+                b,
+                list(b.tasks),
+                "flat",
+                warmup=10,
+                freeze=list(b.freeze),
+                rows=b.rows,
+                min_lr_ratio=1.0,
+            )
+        ]
+        if b.steps
+        else []
+    )
     return TrainConfig(
-        model=model, tokenizer=str(tok_dir), run_dir=str(run_dir), seed=cfg.seed,
-        log_every=20, ckpt_every=10_000, keep_last=1,
+        model=model,
+        tokenizer=str(tok_dir),
+        run_dir=str(run_dir),
+        seed=cfg.seed,
+        log_every=20,
+        ckpt_every=10_000,
+        keep_last=1,
         parallel=ParallelConfig(strategy="none", autocast="none"),
         stages=[
             *(bind if b.at == "start" else []),
             stage("align", "pretrain", cfg.align, ["caption/object"], "pretrain", image=low_res),
-            stage("pretrain", "pretrain", cfg.pretrain, list(cfg.pretrain.tasks), "pretrain",
-                  image=low_res),
+            stage(
+                "pretrain",
+                "pretrain",
+                cfg.pretrain,
+                list(cfg.pretrain.tasks),
+                "pretrain",
+                image=low_res,
+            ),
             stage("cpt", "cpt", cfg.cpt, list(cfg.cpt.tasks), "cpt"),
             *(bind if b.at == "before_sft" else []),
-            stage("sft", "sft", cfg.sft, list(cfg.sft.tasks), "flat", warmup=30,
-                  freeze=list(cfg.sft.freeze), weights=cfg.sft.weights),
+            stage(
+                "sft",
+                "sft",
+                cfg.sft,
+                list(cfg.sft.tasks),
+                "flat",
+                warmup=30,
+                freeze=list(cfg.sft.freeze),
+                weights=cfg.sft.weights,
+            ),
         ],
-    )  # fmt: skip
+    )
 
 
 def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -> Path:
@@ -119,11 +187,15 @@ def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -
     model = MM15(dataclasses.replace(train_cfg.model, image_token_id=tok.image_token_id))
     model.init_weights()
     enc = cfg.encoder
-    acc = pretrain_encoder(model, EncoderPretrainConfig(
-        steps=enc.steps, seed=cfg.seed, heads=tuple(enc.heads), lr=enc.lr),
-                           log=lambda m: print(m, flush=True))  # fmt: skip
-    print("  encoder probe on held-out scenes: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()),
-          flush=True)  # fmt: skip
+    acc = pretrain_encoder(
+        model,
+        EncoderPretrainConfig(steps=enc.steps, seed=cfg.seed, heads=tuple(enc.heads), lr=enc.lr),
+        log=lambda m: print(m, flush=True),
+    )
+    print(
+        "  encoder probe on held-out scenes: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()),
+        flush=True,
+    )
     return save_checkpoint(model, tok, out)
 
 
@@ -165,16 +237,29 @@ def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
     print("[demo 3/4] evaluating held-out test sets per category", flush=True)
     model, tok = load_checkpoint(model_dir)
     suite = evaluate_synthetic(
-        model, tok, corpus, tasks=cfg.sft.tasks,
-        on_batch=lambda done, total: print(f"  evaluated {done}/{total}", flush=True)
-        if done % 128 < 32 or done == total else None,
-    )  # fmt: skip
+        model,
+        tok,
+        corpus,
+        tasks=cfg.sft.tasks,
+        on_batch=lambda done, total: (
+            print(f"  evaluated {done}/{total}", flush=True)
+            if done % 128 < 32 or done == total
+            else None
+        ),
+    )
 
     print("[demo 4/4] writing the report", flush=True)
     seconds = time.perf_counter() - t0
-    report = write_report(out, suite=suite, corpus=corpus, train_result=result,
-                          train_seconds=train_seconds, total_seconds=seconds,
-                          config=cfg, model=model)  # fmt: skip
+    report = write_report(
+        out,
+        suite=suite,
+        corpus=corpus,
+        train_result=result,
+        train_seconds=train_seconds,
+        total_seconds=seconds,
+        config=cfg,
+        model=model,
+    )
     print((out / "report.md").read_text())
     below = [n for n, c in report["categories"].items() if c["score"] < 2 * c["chance"]]
     print(f"done in {seconds:.0f} s; model in {model_dir}")

@@ -19,8 +19,17 @@ from mm15.demo.data.corpus import CorpusIndex
 from mm15.model.params import count_params
 
 
-def write_report(out: Path, *, suite, corpus: CorpusIndex, train_result, train_seconds: float,
-                 total_seconds: float, config, model) -> dict[str, Any]:  # fmt: skip
+def write_report(
+    out: Path,
+    *,
+    suite,
+    corpus: CorpusIndex,
+    train_result,
+    train_seconds: float,
+    total_seconds: float,
+    config,
+    model,
+) -> dict[str, Any]:
     run_dir = train_result.run_dir
     report = {
         "categories": suite.categories,
@@ -59,16 +68,26 @@ def _task_scores(items: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def _markdown(report: dict, drawn: list[str]) -> str:
-    lines = ["# mm15 demo report", "",
-             "| category | score | chance | × chance | n |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# mm15 demo report",
+        "",
+        "| category | score | chance | × chance | n |",
+        "|---|---|---|---|---|",
+    ]
     for name, c in report["categories"].items():
         ratio = c["score"] / c["chance"] if c["chance"] else float("inf")
         lines.append(f"| {name} | {c['score']:.3f} | {c['chance']:.3f} | {ratio:.1f} | {c['n']} |")
     if report["mmbase"] is not None:
         lines += ["", f"MMBase (mean of general and text-rich here): {report['mmbase']:.3f}"]
     w = report["wall_seconds"]
-    lines += ["", f"Wall time: {w['total']} s (training {w['train']} s, evaluation {w['eval']} s); "
-              f"{report['model_params']:,} parameters.", "", "Per task:", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Wall time: {w['total']} s (training {w['train']} s, evaluation {w['eval']} s); "
+        f"{report['model_params']:,} parameters.",
+        "",
+        "Per task:",
+        "",
+    ]
     lines += [f"- {t}: {v['score']:.3f} (n={v['n']})" for t, v in report["tasks"].items()]
     lines += [
         "",
@@ -78,9 +97,12 @@ def _markdown(report: dict, drawn: list[str]) -> str:
         ),
     ]
     if drawn:
-        lines += ["", "Grounded answers (box 0: the model's answer, box 1: the reference; "
-                  "a `-no-box` file means the answer held no box and only the reference is drawn):",
-                  ""]  # fmt: skip
+        lines += [
+            "",
+            "Grounded answers (box 0: the model's answer, box 1: the reference; "
+            "a `-no-box` file means the answer held no box and only the reference is drawn):",
+            "",
+        ]
         lines += [f"![{p}]({p})" for p in drawn]
     return "\n".join(lines) + "\n"
 

@@ -59,14 +59,46 @@ whove=who've whyll=why'll whyre=why're whys=why's wont=won't wouldve=would've wo
 wouldnt've=wouldn't've wouldn'tve=wouldn't've yall=y'all yall'll=y'all'll y'allll=y'all'll
 yall'd've=y'all'd've y'alld've=y'all'd've y'all'dve=y'all'd've youd=you'd youd've=you'd've
 you'dve=you'd've youll=you'll youre=you're youve=you've
-"""  # fmt: skip
+"""
 _CONTRACTIONS = dict(pair.split("=") for pair in _CONTRACTION_PAIRS.split())
-_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                 "ten")  # fmt: skip
+_NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+)
 _NUMBERS = {w: str(i) for i, w in enumerate(_NUMBER_WORDS)} | {"none": "0"}
 _ARTICLES = ("a", "an", "the")
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
-          "`", ",", "?", "!"]  # fmt: skip
+_PUNCT = [
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
 # The official regex, lookahead typo "(?!<=" included: a period not followed by a digit.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
@@ -192,8 +224,14 @@ def _binary_stats(pairs: Sequence[tuple[str, str | None]]) -> dict[str, float]:
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    return {"acc": (tp + tn) / n if n else 0.0, "precision": prec, "recall": rec, "f1": f1,
-            "yes_ratio": (tp + fp) / n if n else 0.0, "n": n}  # fmt: skip
+    return {
+        "acc": (tp + tn) / n if n else 0.0,
+        "precision": prec,
+        "recall": rec,
+        "f1": f1,
+        "yes_ratio": (tp + fp) / n if n else 0.0,
+        "n": n,
+    }
 
 
 def pope_summary(items: Iterable[tuple[str, str, str | None]]) -> dict[str, Any]:
@@ -203,15 +241,31 @@ def pope_summary(items: Iterable[tuple[str, str, str | None]]) -> dict[str, Any]
     for split, gt, pred in items:
         by_split[split].append((gt, pred))
     splits = {s: _binary_stats(p) for s, p in sorted(by_split.items())}
-    mean = {k: sum(v[k] for v in splits.values()) / len(splits) if splits else 0.0
-            for k in ("acc", "f1")}  # fmt: skip
+    mean = {
+        k: sum(v[k] for v in splits.values()) / len(splits) if splits else 0.0
+        for k in ("acc", "f1")
+    }
     return {"splits": splits, "mean_acc": mean["acc"], "mean_f1": mean["f1"]}
 
 
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
-                  "landmark", "artwork", "OCR")  # fmt: skip
-MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation",
-                 "code_reasoning")  # fmt: skip
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
+MME_COGNITION = (
+    "commonsense_reasoning",
+    "numerical_calculation",
+    "text_translation",
+    "code_reasoning",
+)
 
 
 def mme_label(pred: str) -> str:
@@ -239,22 +293,30 @@ def mme_summary(items: Iterable[tuple[str, str, float]]) -> dict[str, Any]:
         subtasks[name] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus}
     unknown = sorted(set(subtasks) - set(MME_PERCEPTION) - set(MME_COGNITION))
     if unknown:
-        raise ValueError(f"unknown MME subtask(s) {unknown}; known: "
-                         f"{list(MME_PERCEPTION) + list(MME_COGNITION)}")  # fmt: skip
+        raise ValueError(
+            f"unknown MME subtask(s) {unknown}; known: {list(MME_PERCEPTION) + list(MME_COGNITION)}"
+        )
     perception = sum(v["score"] for k, v in subtasks.items() if k in MME_PERCEPTION)
     cognition = sum(v["score"] for k, v in subtasks.items() if k in MME_COGNITION)
     top = 200.0 * len(subtasks)
-    return {"subtasks": subtasks, "perception": perception, "cognition": cognition,
-            "total": perception + cognition,
-            "normalized": (perception + cognition) / top if top else 0.0}  # fmt: skip
+    return {
+        "subtasks": subtasks,
+        "perception": perception,
+        "cognition": cognition,
+        "total": perception + cognition,
+        "normalized": (perception + cognition) / top if top else 0.0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # MMMU open questions (the MMMU repository's eval_utils)
 
 _KEY_INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
-_NUM_PATTERNS = (r"-?\b\d{1,3}(?:,\d{3})+\b", r"-?\d+(?:\.\d+)?[eE][+-]?\d+",
-                 r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])")  # fmt: skip
+_NUM_PATTERNS = (
+    r"-?\b\d{1,3}(?:,\d{3})+\b",
+    r"-?\d+(?:\.\d+)?[eE][+-]?\d+",
+    r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])",
+)
 
 
 def _mmmu_norm(text: str) -> list[str | float]:

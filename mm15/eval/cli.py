@@ -59,34 +59,58 @@ class EvalConfig:
 
 
 SHORTHANDS = {
-    "--model": "model", "--task": "tasks", "--data": "data", "--out": "out",
-    "--batch-size": "batch_size", "--limit": "limit", "--max-new-tokens": "max_new_tokens",
-    "--device": "device", "--dtype": "dtype", **IMAGE_SHORTHANDS,
-}  # fmt: skip
+    "--model": "model",
+    "--task": "tasks",
+    "--data": "data",
+    "--out": "out",
+    "--batch-size": "batch_size",
+    "--limit": "limit",
+    "--max-new-tokens": "max_new_tokens",
+    "--device": "device",
+    "--dtype": "dtype",
+    **IMAGE_SHORTHANDS,
+}
 _D = EvalConfig()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` verb to the subparsers of :func:`mm15.cli.build_parser`."""
-    e = sub.add_parser("eval", help="zero-shot greedy evaluation on benchmarks (MM1.5 §4.1, Tables 4–14)",
-                       description=__doc__, epilog=shorthand_epilog(SHORTHANDS),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    e = sub.add_parser(
+        "eval",
+        help="zero-shot greedy evaluation on benchmarks (MM1.5 §4.1, Tables 4–14)",
+        description=__doc__,
+        epilog=shorthand_epilog(SHORTHANDS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("--model", help="mm15 checkpoint directory (required)")
-    e.add_argument("--task", action="append", metavar="NAME[:SPLIT]",
-                   help=f"(required) repeatable or comma separated; one of "
-                   f"{', '.join(sorted(TASKS))}")  # fmt: skip
-    e.add_argument("--data", action="append", metavar="PATH",
-                   help="(required) benchmark data per task (same order), or one root for all "
-                   "tasks")  # fmt: skip
+    e.add_argument(
+        "--task",
+        action="append",
+        metavar="NAME[:SPLIT]",
+        help=f"(required) repeatable or comma separated; one of {', '.join(sorted(TASKS))}",
+    )
+    e.add_argument(
+        "--data",
+        action="append",
+        metavar="PATH",
+        help="(required) benchmark data per task (same order), or one root for all tasks",
+    )
     e.add_argument("--out", default=_D.out, help="where items.jsonl and summary.* go")
-    e.add_argument("--batch-size", type=number(int, minimum=1), default=_D.batch_size,
-                   help="prompts generated together")  # fmt: skip
+    e.add_argument(
+        "--batch-size",
+        type=number(int, minimum=1),
+        default=_D.batch_size,
+        help="prompts generated together",
+    )
     e.add_argument("--limit", type=number(int, minimum=0), help="first N items of each task")
-    e.add_argument("--max-new-tokens", type=number(int, minimum=1),
-                   help="default: each task's own")  # fmt: skip
+    e.add_argument("--max-new-tokens", type=number(int, minimum=1), help="default: each task's own")
     e.add_argument("--device", default=_D.device, help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
-    e.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=_D.dtype,
-                   help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    e.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default=_D.dtype,
+        help="auto: bfloat16 on cuda, float32 on cpu",
+    )
     add_config_args(e, example="image.n_max=16")
     add_image_flags(e)
     e.set_defaults(func=cmd_eval)
@@ -98,8 +122,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def _require(cfg: EvalConfig) -> EvalConfig:
-    for what, flag in ((cfg.model, "--model DIR"), (cfg.tasks, "--task NAME"),
-                       (cfg.data, "--data PATH")):  # fmt: skip
+    for what, flag in (
+        (cfg.model, "--model DIR"),
+        (cfg.tasks, "--task NAME"),
+        (cfg.data, "--data PATH"),
+    ):
         if not what:
             raise ValueError(f"give {flag} (see mm15 eval --help)")
     return cfg
@@ -120,17 +147,26 @@ def _pair(names: list[str], data: list[str]) -> list[tuple[str, Path]]:
     if len(data) == len(names):
         return [(n, Path(d)) for n, d in zip(names, data, strict=True)]
     if len(data) != 1:
-        raise ValueError(f"{len(names)} task(s) but {len(data)} --data paths; give one per "
-                         "task or one root directory")  # fmt: skip
+        raise ValueError(
+            f"{len(names)} task(s) but {len(data)} --data paths; give one per "
+            "task or one root directory"
+        )
     root, pairs = Path(data[0]), []
     for name in names:
         base = name.partition(":")[0]
-        found = [p for p in (root / base, *(root / f"{base}{s}" for s in
-                                            (".jsonl", ".parquet", ".json", ".arrow")))
-                 if p.exists()]  # fmt: skip
+        found = [
+            p
+            for p in (
+                root / base,
+                *(root / f"{base}{s}" for s in (".jsonl", ".parquet", ".json", ".arrow")),
+            )
+            if p.exists()
+        ]
         if not found:
-            raise FileNotFoundError(f"no data for task {name!r} under {root} (looked for "
-                                    f"{root / base} and {root / base}.jsonl/.parquet)")  # fmt: skip
+            raise FileNotFoundError(
+                f"no data for task {name!r} under {root} (looked for "
+                f"{root / base} and {root / base}.jsonl/.parquet)"
+            )
         pairs.append((name, found[0]))
     return pairs
 
@@ -144,20 +180,26 @@ def _check_data(name: str, path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"--data {path} for task {name!r} does not exist")
     if not path.is_dir():
-        raise ValueError(f"--data {path} for task {name!r} is a file; the synthetic suite wants "
-                         "the corpus directory (holding index.json) of `mm15 demo`")  # fmt: skip
+        raise ValueError(
+            f"--data {path} for task {name!r} is a file; the synthetic suite wants "
+            "the corpus directory (holding index.json) of `mm15 demo`"
+        )
     index = path / "index.json"
     if not index.is_file():
         what = "is a directory" if index.is_dir() else "is missing"
-        raise ValueError(f"--data {path} for task {name!r}: {index} {what}; expected the "
-                         "corpus index file of `mm15 demo`")  # fmt: skip
+        raise ValueError(
+            f"--data {path} for task {name!r}: {index} {what}; expected the "
+            "corpus index file of `mm15 demo`"
+        )
     from mm15.demo.data.corpus import CorpusIndex
 
     try:
         CorpusIndex.read(path)
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--data {path} for task {name!r}: {index} is not a corpus index "
-                         f"({type(e).__name__}: {e})") from None  # fmt: skip
+        raise ValueError(
+            f"--data {path} for task {name!r}: {index} is not a corpus index "
+            f"({type(e).__name__}: {e})"
+        ) from None
 
 
 def _check_out(out: Path) -> None:
@@ -191,17 +233,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         checkpoint_image_settings(cfg.model, cfg.image)
     model, tokenizer = load_checkpoint(cfg.model, device=device, dtype=dtype)
     apply_image_settings(model, cfg.image)
-    settings = EvalSettings(batch_size=cfg.batch_size, limit=cfg.limit,
-                            max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+    settings = EvalSettings(
+        batch_size=cfg.batch_size, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens
+    )
     summary = run_eval(model, tokenizer, pairs, cfg.out, settings)
     out = Path(cfg.out)
     print((out / "summary.md").read_text(), end="")
-    print(f"wrote {out / 'items.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}, "
-          f"{out / 'summary.png'}")  # fmt: skip
+    print(
+        f"wrote {out / 'items.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}, "
+        f"{out / 'summary.png'}"
+    )
     if summary["n_errors"]:
-        print(f"warning: {summary['n_errors']} of {summary['n_items']} items could not be "
-              "evaluated and count as 0 (reasons: the 'error' field of items.jsonl)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {summary['n_errors']} of {summary['n_items']} items could not be "
+            "evaluated and count as 0 (reasons: the 'error' field of items.jsonl)",
+            file=sys.stderr,
+        )
     return 0 if summary["n_items"] > 0 else 1
 
 

@@ -68,8 +68,10 @@ def manifest() -> Any:
 
 def __getattr__(name: str) -> Any:
     if name == "MM15LMMS":
-        raise ImportError(f"mm15.eval.lmms_plugin.MM15LMMS needs lmms-eval (pip install "
-                          f"lmms-eval==0.7.3); importing it failed: {_IMPORT_ERROR}")  # fmt: skip
+        raise ImportError(
+            f"mm15.eval.lmms_plugin.MM15LMMS needs lmms-eval (pip install "
+            f"lmms-eval==0.7.3); importing it failed: {_IMPORT_ERROR}"
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -86,8 +88,13 @@ def _media(visual: Any) -> Media:
     raise TypeError(f"unsupported visual {type(visual).__name__} (want a PIL image or a path)")
 
 
-def request_sample(context: str, visuals: Sequence[Any] | None, *, sample_id: str = "request",
-                   image_token: str = "<image>") -> Sample:  # fmt: skip
+def request_sample(
+    context: str,
+    visuals: Sequence[Any] | None,
+    *,
+    sample_id: str = "request",
+    image_token: str = "<image>",
+) -> Sample:
     """One user turn: the visuals at the context's image placeholders when it has exactly one
     per visual, else all visuals first; other placeholders become plain text."""
     media = [_media(v) for v in visuals or [] if v is not None]
@@ -95,8 +102,14 @@ def request_sample(context: str, visuals: Sequence[Any] | None, *, sample_id: st
     if parts is None:
         text = context.replace(image_token, "image")
         parts = [*(Part.m(k) for k in range(len(media))), Part.t(text)]
-    return Sample(id=sample_id, source="lmms_eval", category="eval", stage="eval", media=media,
-                  messages=[Message("user", parts)])  # fmt: skip
+    return Sample(
+        id=sample_id,
+        source="lmms_eval",
+        category="eval",
+        stage="eval",
+        media=media,
+        messages=[Message("user", parts)],
+    )
 
 
 def generation_settings(gen_kwargs: dict[str, Any] | None, default_max: int) -> GenerationSettings:
@@ -108,14 +121,18 @@ def generation_settings(gen_kwargs: dict[str, Any] | None, default_max: int) -> 
     temperature = float(kw.get("temperature") or 0.0)
     if kw.get("do_sample") is False:
         temperature = 0.0
-    return GenerationSettings(max_new_tokens=int(kw.get("max_new_tokens") or default_max),
-                              temperature=temperature, top_p=float(kw.get("top_p") or 1.0),
-                              stop_strings=list(until))  # fmt: skip
+    return GenerationSettings(
+        max_new_tokens=int(kw.get("max_new_tokens") or default_max),
+        temperature=temperature,
+        top_p=float(kw.get("top_p") or 1.0),
+        stop_strings=list(until),
+    )
 
 
 @torch.inference_mode()
-def continuation_loglikelihood(model: Any, tokenizer: Any, sample: Sample,
-                               continuation: str) -> tuple[float, bool]:  # fmt: skip
+def continuation_loglikelihood(
+    model: Any, tokenizer: Any, sample: Sample, continuation: str
+) -> tuple[float, bool]:
     """(Σ log p(token), every token the argmax) of ``continuation`` right after the assistant
     marker of ``sample``'s prompt."""
     enc = encode_sample(sample, tokenizer=tokenizer, model_cfg=model.cfg)
@@ -146,8 +163,15 @@ if lmms is not None:
 
         is_simple = True
 
-        def __init__(self, pretrained: str, batch_size: int | str = 8, device: str = "auto",
-                     dtype: str = "auto", max_new_tokens: int | str = 256, **kwargs: Any) -> None:  # fmt: skip
+        def __init__(
+            self,
+            pretrained: str,
+            batch_size: int | str = 8,
+            device: str = "auto",
+            dtype: str = "auto",
+            max_new_tokens: int | str = 256,
+            **kwargs: Any,
+        ) -> None:
             super().__init__()
             from mm15.checkpoint import load_checkpoint
 
@@ -203,8 +227,12 @@ if lmms is not None:
         def _sample(self, req: Instance, i: int) -> Sample:
             context, _, doc_to_visual, doc_id, task, split = req.args[:6]
             visuals = self._visuals(doc_to_visual, doc_id, task, split)
-            return request_sample(context, visuals, sample_id=f"{task}/{doc_id}",
-                                  image_token=self.tokenizer.meta.image_token)  # fmt: skip
+            return request_sample(
+                context,
+                visuals,
+                sample_id=f"{task}/{doc_id}",
+                image_token=self.tokenizer.meta.image_token,
+            )
 
         def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
             """(mean NLL per continuation token, is greedy) per request (module docstring)."""
@@ -214,14 +242,21 @@ if lmms is not None:
                 doc = self.task_dict[task][split][doc_id]
                 continuation = target if isinstance(target, str) else target(doc)
                 visuals = self._visuals(doc_to_visual, doc_id, task, split)
-                sample = request_sample(context, visuals, sample_id=f"{task}/{doc_id}",
-                                        image_token=self.tokenizer.meta.image_token)  # fmt: skip
-                ll, greedy = continuation_loglikelihood(self.model, self.tokenizer, sample,
-                                                        str(continuation))  # fmt: skip
+                sample = request_sample(
+                    context,
+                    visuals,
+                    sample_id=f"{task}/{doc_id}",
+                    image_token=self.tokenizer.meta.image_token,
+                )
+                ll, greedy = continuation_loglikelihood(
+                    self.model, self.tokenizer, sample, str(continuation)
+                )
                 # lmms-eval's convention (module docstring): the mean token loss, lower is better
                 res.append((-ll / len(self.tokenizer.encode(str(continuation))), greedy))
             return res
 
         def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-            raise NotImplementedError("mm15's lmms-eval plugin does not implement multi-round "
-                                      "generation; use single-round generate_until tasks")  # fmt: skip
+            raise NotImplementedError(
+                "mm15's lmms-eval plugin does not implement multi-round "
+                "generation; use single-round generate_until tasks"
+            )

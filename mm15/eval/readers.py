@@ -54,8 +54,9 @@ class ReadResult:
 # Files and rows
 
 
-def find_files(data: str | Path, split: str | None, config: str | None, *,
-               split_required: bool = False) -> list[Path]:  # fmt: skip
+def find_files(
+    data: str | Path, split: str | None, config: str | None, *, split_required: bool = False
+) -> list[Path]:
     """The table files of ``data`` (a file, or a directory searched recursively)."""
     data = Path(data)
     if data.is_file():
@@ -71,16 +72,23 @@ def find_files(data: str | Path, split: str | None, config: str | None, *,
         hits = [p for p in files if _has_split(p.relative_to(data), split)]
         if hits or split_required:
             if not hits:
-                raise FileNotFoundError(f"{data}: no file of split {split!r} among "
-                                        f"{[str(p.relative_to(data)) for p in files[:10]]}")  # fmt: skip
+                raise FileNotFoundError(
+                    f"{data}: no file of split {split!r} among "
+                    f"{[str(p.relative_to(data)) for p in files[:10]]}"
+                )
             files = hits
     return files
 
 
 def _has_split(rel: Path, split: str) -> bool:
     stem = rel.name.split(".")[0]
-    return (split in rel.parts[:-1] or stem == split or stem.startswith(f"{split}-")
-            or f"-{split}-" in stem or stem.endswith(f"-{split}"))  # fmt: skip
+    return (
+        split in rel.parts[:-1]
+        or stem == split
+        or stem.startswith(f"{split}-")
+        or f"-{split}-" in stem
+        or stem.endswith(f"-{split}")
+    )
 
 
 RowOrError = tuple[dict[str, Any] | SampleError, str, str]  # (row, or why not; where; key)
@@ -134,8 +142,11 @@ def _content(text: str, slots: list[Media | None], where: str) -> tuple[list[Par
         if k in placed:
             continue
         if not 0 <= k < len(slots) or slots[k] is None:
-            raise _bad("missing", f"{where}: the question refers to {mk.group(0)} but that "
-                                  f"image is absent (image slots: {len(slots)})")  # fmt: skip
+            raise _bad(
+                "missing",
+                f"{where}: the question refers to {mk.group(0)} but that "
+                f"image is absent (image slots: {len(slots)})",
+            )
         parts += [Part.t(text[pos : mk.start()]), Part.m(len(shown))]
         placed[k], pos = True, mk.end()
         shown.append(slots[k])
@@ -182,8 +193,9 @@ def _letter(value: Any, options: list[str], as_index: bool, where: str) -> str:
         texts = [o.strip().lower() for o in options]
         if text.lower() in texts:
             return chr(ord("A") + texts.index(text.lower()))
-    raise _bad("malformed", f"{where}: answer {value!r:.60} is not one of the "
-                            f"{len(options)} options")  # fmt: skip
+    raise _bad(
+        "malformed", f"{where}: answer {value!r:.60} is not one of the {len(options)} options"
+    )
 
 
 def _references(spec: TaskSpec, value: Any, where: str) -> list[str]:
@@ -232,16 +244,19 @@ def row_items(
         refs: list[str] = []
         with contextlib.suppress(SampleError):  # best effort: POPE / MME place errors by answer
             refs = _references(spec, row.get(cols.answer), where) if cols.answer else []
-        return [EvalItem(spec.name, i, None, refs, meta=_meta(spec, row), error=str(e))
-                for i in ids or [base]]  # fmt: skip
+        return [
+            EvalItem(spec.name, i, None, refs, meta=_meta(spec, row), error=str(e))
+            for i in ids or [base]
+        ]
 
 
 def _meta(spec: TaskSpec, row: dict[str, Any]) -> dict[str, Any]:
     return {c: row.get(c) for c in spec.columns.keep}
 
 
-def _item(spec: TaskSpec, row: dict[str, Any], where: str, item_id: str, root: Path,
-          expression: Any) -> EvalItem:  # fmt: skip
+def _item(
+    spec: TaskSpec, row: dict[str, Any], where: str, item_id: str, root: Path, expression: Any
+) -> EvalItem:
     cols = spec.columns
     question = row.get(cols.question) if cols.question else ""
     if not isinstance(question, str) or (cols.question and not question.strip()):
@@ -259,8 +274,13 @@ def _item(spec: TaskSpec, row: dict[str, Any], where: str, item_id: str, root: P
         refs = [_letter(row.get(cols.answer), options, spec.answer_is_index, where)]
     else:
         refs = _references(spec, row.get(cols.answer), where)
-    fields = {**_meta(spec, row), "question": question, "options": options or [],
-              "hint": row.get(cols.hint) if cols.hint else None, "expression": expression}  # fmt: skip
+    fields = {
+        **_meta(spec, row),
+        "question": question,
+        "options": options or [],
+        "hint": row.get(cols.hint) if cols.hint else None,
+        "expression": expression,
+    }
     parts, shown = _content(spec.prompt(fields), slots, where)
     sizes = [header_size(m.bytes if m.bytes is not None else m.path, where=where) for m in shown]
     boxes = []
@@ -268,9 +288,16 @@ def _item(spec: TaskSpec, row: dict[str, Any], where: str, item_id: str, root: P
         if not sizes:
             raise _bad("missing", f"{where}: a grounding question needs an image")
         boxes = _boxes(spec, row.get(cols.box), sizes[0], where)
-    sample = Sample(id=item_id, source=f"eval/{spec.name}", category="eval", stage="eval",
-                    media=shown, messages=[Message("user", parts)], answers=refs,
-                    options=options)  # fmt: skip
+    sample = Sample(
+        id=item_id,
+        source=f"eval/{spec.name}",
+        category="eval",
+        stage="eval",
+        media=shown,
+        messages=[Message("user", parts)],
+        answers=refs,
+        options=options,
+    )
     meta = _meta(spec, row) | ({"expression": expression} if cols.explode else {})
     return EvalItem(spec.name, item_id, sample, refs, options, boxes, sizes, meta)
 
@@ -289,11 +316,18 @@ class ItemReader:
     so a benchmark's images are never all in memory.  ``filtered`` counts rows outside the
     benchmark (``Columns.where``) once iteration has passed them."""
 
-    def __init__(self, spec: TaskSpec, data: str | Path, *, split: str | None = None,
-                 limit: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: TaskSpec,
+        data: str | Path,
+        *,
+        split: str | None = None,
+        limit: int | None = None,
+    ) -> None:
         self.spec, self.limit, self.filtered = spec, limit, 0
-        self.files = find_files(data, split or spec.split, spec.config,
-                                split_required=split is not None)  # fmt: skip
+        self.files = find_files(
+            data, split or spec.split, spec.config, split_required=split is not None
+        )
 
     def row_count(self) -> int:
         """Rows in the files (Parquet footers, non-blank JSONL lines; capped at ``limit``): the
@@ -309,8 +343,9 @@ class ItemReader:
                 if isinstance(row, SampleError):
                     items = [EvalItem(spec.name, key, None, error=str(row))]
                 elif spec.columns.where and row.get(spec.columns.where[0]) not in (
-                    None, spec.columns.where[1]
-                ):  # fmt: skip
+                    None,
+                    spec.columns.where[1],
+                ):
                     self.filtered += 1
                     continue
                 else:
@@ -324,8 +359,9 @@ class ItemReader:
                     return
 
 
-def read_items(spec: TaskSpec, data: str | Path, *, split: str | None = None,
-               limit: int | None = None) -> ReadResult:  # fmt: skip
+def read_items(
+    spec: TaskSpec, data: str | Path, *, split: str | None = None, limit: int | None = None
+) -> ReadResult:
     """Every item at once (see :class:`ItemReader`)."""
     reader = ItemReader(spec, data, split=split, limit=limit)
     items = list(reader)

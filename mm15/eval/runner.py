@@ -42,10 +42,18 @@ from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.mm15 import MM15
 from mm15.tokenizer import MM15Tokenizer
 
-METRIC_NAMES = {"vqa": "VQA accuracy", "anls": "ANLS", "relaxed": "relaxed accuracy",
-                "ocrbench": "OCRBench accuracy", "mc": "accuracy", "pope": "F1 (mean of splits)",
-                "mme": "MME (P+C)/max", "box": "Acc@IoU>0.5", "any_box": "any-box recall",
-                "synthetic": "suite MMBase"}  # fmt: skip
+METRIC_NAMES = {
+    "vqa": "VQA accuracy",
+    "anls": "ANLS",
+    "relaxed": "relaxed accuracy",
+    "ocrbench": "OCRBench accuracy",
+    "mc": "accuracy",
+    "pope": "F1 (mean of splits)",
+    "mme": "MME (P+C)/max",
+    "box": "Acc@IoU>0.5",
+    "any_box": "any-box recall",
+    "synthetic": "suite MMBase",
+}
 
 
 @dataclass
@@ -55,8 +63,9 @@ class EvalSettings:
     max_new_tokens: int | None = None  # None: each task's default
 
 
-def _predict(model: MM15, tok: MM15Tokenizer, items: list[EvalItem],
-             settings: GenerationSettings) -> list[str | None]:  # fmt: skip
+def _predict(
+    model: MM15, tok: MM15Tokenizer, items: list[EvalItem], settings: GenerationSettings
+) -> list[str | None]:
     """Greedy predictions of one batch (None where the item is or becomes an error item)."""
     todo = [i for i, it in enumerate(items) if it.sample is not None and it.error is None]
     if not todo:
@@ -80,8 +89,16 @@ def _one(model: MM15, tok: MM15Tokenizer, item: EvalItem, settings: GenerationSe
         return None
 
 
-def _run_task(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, name: str, reader: ItemReader,
-              max_new: int, batch_size: int, bar: tqdm) -> list[dict]:  # fmt: skip
+def _run_task(
+    model: MM15,
+    tok: MM15Tokenizer,
+    spec: TaskSpec,
+    name: str,
+    reader: ItemReader,
+    max_new: int,
+    batch_size: int,
+    bar: tqdm,
+) -> list[dict]:
     """Stream ``reader`` through the model a batch at a time (MM1.5 §4.1, Tables 4–14: greedy)."""
     settings = GenerationSettings(max_new_tokens=max_new)  # temperature 0
     rows: list[dict] = []
@@ -103,23 +120,46 @@ def _rows(spec: TaskSpec, name: str, items: list[EvalItem], preds: list[str | No
     for item, pred in zip(items, preds, strict=True):
         ok = item.error is None and pred is not None
         reference: Any = [[b.x1, b.y1, b.x2, b.y2] for b in item.boxes] or item.references
-        rows.append({"task": name, "id": item.id, "prediction": pred if ok else None,
-                     "reference": reference, "options": item.options,
-                     "score": score_item(spec, item, pred) if ok else 0.0,
-                     "error": None if ok else item.error, "meta": item.meta})  # fmt: skip
+        rows.append(
+            {
+                "task": name,
+                "id": item.id,
+                "prediction": pred if ok else None,
+                "reference": reference,
+                "options": item.options,
+                "score": score_item(spec, item, pred) if ok else 0.0,
+                "error": None if ok else item.error,
+                "meta": item.meta,
+            }
+        )
     return rows
 
 
 def _benchmark(spec: TaskSpec, name: str, rows: list[dict], extra: dict[str, Any]) -> dict:
     score, details = aggregate(spec, rows)
     errors = Counter(r["error"].split(":", 1)[0] for r in rows if r["error"])
-    return {"task": name, "category": spec.category, "metric": METRIC_NAMES[spec.metric],
-            "score": score, "n": len(rows), "n_errors": sum(errors.values()),
-            "errors": dict(sorted(errors.items())), "details": details, **extra}  # fmt: skip
+    return {
+        "task": name,
+        "category": spec.category,
+        "metric": METRIC_NAMES[spec.metric],
+        "score": score,
+        "n": len(rows),
+        "n_errors": sum(errors.values()),
+        "errors": dict(sorted(errors.items())),
+        "details": details,
+        **extra,
+    }
 
 
-def _run_synthetic(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, data: Path, max_new: int | None,
-                   settings: EvalSettings, bar: tqdm) -> tuple[list[dict], dict]:  # fmt: skip
+def _run_synthetic(
+    model: MM15,
+    tok: MM15Tokenizer,
+    spec: TaskSpec,
+    data: Path,
+    max_new: int | None,
+    settings: EvalSettings,
+    bar: tqdm,
+) -> tuple[list[dict], dict]:
     from mm15.demo.data.corpus import CorpusIndex
     from mm15.demo.data.tasks import SFT_TASKS
     from mm15.eval.synthetic_suite import evaluate_synthetic
@@ -134,13 +174,29 @@ def _run_synthetic(model: MM15, tok: MM15Tokenizer, spec: TaskSpec, data: Path, 
         bar.update(n - done[0])
         done[0] = n
 
-    res = evaluate_synthetic(model, tok, corpus, tasks=tasks, limit=settings.limit,
-                             batch_size=settings.batch_size, max_new_tokens=max_new,
-                             on_batch=on_batch)  # fmt: skip
-    rows = [{"task": spec.name, "id": it["id"], "prediction": it["prediction"],
-             "reference": it["references"], "options": None, "score": it["score"],
-             "error": None, "meta": {"subtask": it["task"], "category": it["category"]}}
-            for it in res.items]  # fmt: skip
+    res = evaluate_synthetic(
+        model,
+        tok,
+        corpus,
+        tasks=tasks,
+        limit=settings.limit,
+        batch_size=settings.batch_size,
+        max_new_tokens=max_new,
+        on_batch=on_batch,
+    )
+    rows = [
+        {
+            "task": spec.name,
+            "id": it["id"],
+            "prediction": it["prediction"],
+            "reference": it["references"],
+            "options": None,
+            "score": it["score"],
+            "error": None,
+            "meta": {"subtask": it["task"], "category": it["category"]},
+        }
+        for it in res.items
+    ]
     cats = res.categories
     score = (
         res.mmbase if res.mmbase is not None else sum(c["score"] for c in cats.values()) / len(cats)
@@ -184,8 +240,13 @@ def run_eval(
             reader = ItemReader(spec, data, split=split, limit=settings.limit)
             plan.append((name, spec, data, reader, reader.row_count()))
     all_rows, benches = [], []
-    with tqdm(total=sum(p[4] for p in plan), desc="eval", unit="item",
-              file=progress or sys.stderr, mininterval=0.5) as bar:  # fmt: skip
+    with tqdm(
+        total=sum(p[4] for p in plan),
+        desc="eval",
+        unit="item",
+        file=progress or sys.stderr,
+        mininterval=0.5,
+    ) as bar:
         for name, spec, data, reader, estimate in plan:
             bar.set_postfix_str(name)
             start = bar.n
@@ -193,10 +254,15 @@ def run_eval(
             if reader is None:
                 rows, bench = _run_synthetic(model, tokenizer, spec, data, max_new, settings, bar)
             else:
-                rows = _run_task(model, tokenizer, spec, name, reader, max_new,
-                                 settings.batch_size, bar)  # fmt: skip
-                bench = _benchmark(spec, name, rows, {"files": [str(f) for f in reader.files],
-                                                      "filtered": reader.filtered})  # fmt: skip
+                rows = _run_task(
+                    model, tokenizer, spec, name, reader, max_new, settings.batch_size, bar
+                )
+                bench = _benchmark(
+                    spec,
+                    name,
+                    rows,
+                    {"files": [str(f) for f in reader.files], "filtered": reader.filtered},
+                )
             if bar.n - start < estimate:  # filtered rows (SEED's videos): fewer items than rows
                 bar.total -= estimate - (bar.n - start)
                 bar.refresh()
@@ -213,9 +279,14 @@ def summarize(benches: list[dict], *, seconds: float = 0.0) -> dict[str, Any]:
     benchmark numbers"); MMBase is the mean of the general, text-rich and knowledge ones."""
     cats = category_scores((b["category"], b["score"]) for b in benches)
     mmbase = cats.pop("mmbase", None)
-    return {"benchmarks": {b["task"]: b for b in benches}, "categories": cats, "mmbase": mmbase,
-            "n_items": sum(b["n"] for b in benches),
-            "n_errors": sum(b["n_errors"] for b in benches), "seconds": round(seconds, 2)}  # fmt: skip
+    return {
+        "benchmarks": {b["task"]: b for b in benches},
+        "categories": cats,
+        "mmbase": mmbase,
+        "n_items": sum(b["n"] for b in benches),
+        "n_errors": sum(b["n_errors"] for b in benches),
+        "seconds": round(seconds, 2),
+    }
 
 
 def write_outputs(out: Path, rows: list[dict], summary: dict[str, Any]) -> None:
@@ -235,20 +306,30 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     ]
     for name, b in summary["benchmarks"].items():
         errs = ", ".join(f"{k} {v}" for k, v in b["errors"].items()) or "0"
-        lines.append(f"| {name} | {b['category']} | {b['metric']} | {100 * b['score']:.1f} | "
-                     f"{b['n']} | {errs} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {b['category']} | {b['metric']} | {100 * b['score']:.1f} | "
+            f"{b['n']} | {errs} |"
+        )
         d = b["details"]
         if "perception" in d:
-            lines.append(f"| {name} perception / cognition | | sums | "
-                         f"{d['perception']:.1f} / {d['cognition']:.1f} | | |")  # fmt: skip
+            lines.append(
+                f"| {name} perception / cognition | | sums | "
+                f"{d['perception']:.1f} / {d['cognition']:.1f} | | |"
+            )
         for split, s in d.get("splits", {}).items():
-            lines.append(f"| {name} {split} | | acc / F1 | {100 * s['acc']:.1f} / "
-                         f"{100 * s['f1']:.1f} | {s['n']} | |")  # fmt: skip
+            lines.append(
+                f"| {name} {split} | | acc / F1 | {100 * s['acc']:.1f} / "
+                f"{100 * s['f1']:.1f} | {s['n']} | |"
+            )
     lines += ["", "| category | average |", "|---|---:|"]
     lines += [f"| {c} | {100 * v:.1f} |" for c, v in summary["categories"].items()]
     base = summary["mmbase"]
-    lines += ["", f"MMBase: {100 * base:.1f}" if base is not None else "MMBase: n/a (needs a "
-              "general, text-rich or knowledge benchmark)"]  # fmt: skip
+    lines += [
+        "",
+        f"MMBase: {100 * base:.1f}"
+        if base is not None
+        else "MMBase: n/a (needs a general, text-rich or knowledge benchmark)",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -260,20 +341,27 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     benches = list(summary["benchmarks"].values())
-    colour = {c: colormaps["tab10"](i % 10)
-              for i, c in enumerate(sorted({b["category"] for b in benches}))}  # fmt: skip
+    colour = {
+        c: colormaps["tab10"](i % 10)
+        for i, c in enumerate(sorted({b["category"] for b in benches}))
+    }
     averages = dict(summary["categories"])
     if summary["mmbase"] is not None:
         averages["MMBase"] = summary["mmbase"]
     fig = Figure(figsize=(10, 0.4 * max(len(benches), len(averages)) + 2.5))
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    panels = ((ax1, {b["task"]: b["score"] for b in benches}, "score (%)", "benchmarks"),
-              (ax2, averages, "average (%)", "categories"))  # fmt: skip
+    panels = (
+        (ax1, {b["task"]: b["score"] for b in benches}, "score (%)", "benchmarks"),
+        (ax2, averages, "average (%)", "categories"),
+    )
     for ax, values, xlabel, title in panels:
         cats = {b["task"]: b["category"] for b in benches} if ax is ax1 else {}
-        bars = ax.barh(list(values), [100 * v for v in values.values()],
-                       color=[colour.get(cats.get(n, n), "black") for n in values])  # fmt: skip
+        bars = ax.barh(
+            list(values),
+            [100 * v for v in values.values()],
+            color=[colour.get(cats.get(n, n), "black") for n in values],
+        )
         ax.bar_label(bars, fmt="%.1f", padding=2)
         ax.invert_yaxis()
         ax.set(xlim=(0, 110), xlabel=xlabel, title=title)

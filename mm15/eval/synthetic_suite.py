@@ -37,13 +37,18 @@ class SuiteResult:
     max_new_tokens: int = 0  # the generation budget used
 
     def report(self) -> dict[str, Any]:
-        return {"categories": self.categories, "mmbase": self.mmbase,
-                "seconds": round(self.seconds, 2), "n_items": len(self.items),
-                "max_new_tokens": self.max_new_tokens}  # fmt: skip
+        return {
+            "categories": self.categories,
+            "mmbase": self.mmbase,
+            "seconds": round(self.seconds, 2),
+            "n_items": len(self.items),
+            "max_new_tokens": self.max_new_tokens,
+        }
 
 
-def answer_budget(tokenizer: MM15Tokenizer, samples: Sequence[Any],
-                  max_new_tokens: int | None = None) -> int:  # fmt: skip
+def answer_budget(
+    tokenizer: MM15Tokenizer, samples: Sequence[Any], max_new_tokens: int | None = None
+) -> int:
     """Tokens to generate so that no reference answer of ``samples`` is cut.
 
     ``None``: the longest reference plus :data:`ANSWER_SLACK`.  An explicit budget shorter than
@@ -54,8 +59,10 @@ def answer_budget(tokenizer: MM15Tokenizer, samples: Sequence[Any],
     if max_new_tokens is None:
         return longest + ANSWER_SLACK
     if max_new_tokens < longest:
-        raise ValueError(f"max_new_tokens={max_new_tokens} would cut reference answers of "
-                         f"{longest} tokens; give at least {longest} or leave it unset")  # fmt: skip
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} would cut reference answers of "
+            f"{longest} tokens; give at least {longest} or leave it unset"
+        )
     return max_new_tokens
 
 
@@ -82,9 +89,16 @@ def evaluate_synthetic(
         outs = generate_for_samples(model, tokenizer, [s for _, s in batch], settings)
         for (task, sample), out in zip(batch, outs, strict=True):
             pred = out.text if out.text is not None else tokenizer.decode(out.tokens)
-            items.append({"id": sample.id, "task": task, "category": sample.category,
-                          "prediction": pred, "references": sample.answers,
-                          "score": score_sample(sample, pred)})  # fmt: skip
+            items.append(
+                {
+                    "id": sample.id,
+                    "task": task,
+                    "category": sample.category,
+                    "prediction": pred,
+                    "references": sample.answers,
+                    "score": score_sample(sample, pred),
+                }
+            )
             samples[sample.id] = sample
         if on_batch is not None:
             on_batch(min(start + batch_size, len(work)), len(work))
@@ -95,9 +109,13 @@ def evaluate_synthetic(
         by_cat[TASKS[task].category][task] = per_task.get(task, 0)
     by_cat = {c: w for c, w in by_cat.items() if sum(w.values())}
     categories = {
-        cat: {"score": scores[cat], "chance": chance_baseline(cat, weights=weights),
-              "n": sum(weights.values())}
+        cat: {
+            "score": scores[cat],
+            "chance": chance_baseline(cat, weights=weights),
+            "n": sum(weights.values()),
+        }
         for cat, weights in sorted(by_cat.items())
-    }  # fmt: skip
-    return SuiteResult(items, categories, scores.get("mmbase"), time.perf_counter() - t0, samples,
-                       budget)  # fmt: skip
+    }
+    return SuiteResult(
+        items, categories, scores.get("mmbase"), time.perf_counter() - t0, samples, budget
+    )

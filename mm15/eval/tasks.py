@@ -24,10 +24,12 @@ from mm15.data.schema import Sample
 from mm15.eval import benchmarks as bm
 from mm15.eval.metrics import box_iou50, exact_match, mc_accuracy
 
-Metric = Literal["vqa", "anls", "relaxed", "ocrbench", "mc", "pope", "mme", "box", "any_box",
-                 "synthetic"]  # fmt: skip
-BenchCategory = Literal["general", "text_rich", "knowledge", "refer_ground", "multi_image",
-                        "synthetic"]  # fmt: skip
+Metric = Literal[
+    "vqa", "anls", "relaxed", "ocrbench", "mc", "pope", "mme", "box", "any_box", "synthetic"
+]
+BenchCategory = Literal[
+    "general", "text_rich", "knowledge", "refer_ground", "multi_image", "synthetic"
+]
 Row = dict[str, Any]  # question, options, hint, expression, plus the task's ``keep`` columns
 
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -108,8 +110,10 @@ def _mantis(row: Row) -> str:  # the options are part of Mantis-Eval's question 
 
 def _blink(row: Row) -> str:
     letters = ", ".join(chr(ord("A") + i) for i in range(len(row["options"])))
-    return (f"Note: You only need to respond with {letters} without providing any additional "
-            f"information.\n{row['question']}")  # fmt: skip
+    return (
+        f"Note: You only need to respond with {letters} without providing any additional "
+        f"information.\n{row['question']}"
+    )
 
 
 def _mme(row: Row) -> str:
@@ -121,8 +125,10 @@ def _pope(row: Row) -> str:
 
 
 def _nlvr2(row: Row) -> str:
-    return (f"{row['question']}\nIs this statement true or false for the images?\n"
-            f"{lettered(row['options'])}{MC_POST}")  # fmt: skip
+    return (
+        f"{row['question']}\nIs this statement true or false for the images?\n"
+        f"{lettered(row['options'])}{MC_POST}"
+    )
 
 
 def _refer(row: Row) -> str:
@@ -140,71 +146,223 @@ _MULTI = ("image_1", "image_2", "image_3", "image_4")
 
 def _single_image_specs() -> list[TaskSpec]:
     return [
-        TaskSpec(name="textvqa", category="text_rich", metric="vqa", columns=_QA,
-                 prompt=lambda r: r["question"].capitalize() + SHORT, split="validation"),
-        TaskSpec(name="docvqa", category="text_rich", metric="anls", split="validation",
-                 config="DocVQA", columns=Columns(answer="answers", id="questionId")),
-        TaskSpec(name="infovqa", category="text_rich", metric="anls", split="validation",
-                 config="InfographicVQA", columns=Columns(answer="answers", id="questionId")),
-        TaskSpec(name="chartqa", category="text_rich", metric="relaxed", split="test",
-                 columns=Columns(answer="answer", keep=("type",)), max_new_tokens=16,
-                 prompt=lambda r: r["question"] + "\nAnswer the question with a single word."),
-        TaskSpec(name="ocrbench", category="text_rich", metric="ocrbench", split="test",
-                 columns=Columns(answer="answer", keep=("dataset", "question_type")),
-                 prompt=lambda r: r["question"].strip(), max_new_tokens=128),
-        TaskSpec(name="ai2d", category="knowledge", metric="mc", split="test", prompt=_mc,
-                 columns=Columns(answer="answer", options=("options",)), max_new_tokens=16,
-                 answer_is_index=True),
-        TaskSpec(name="scienceqa_img", category="knowledge", metric="mc", split="test",
-                 config="ScienceQA-IMG", prompt=_mc, max_new_tokens=16, answer_is_index=True,
-                 columns=Columns(answer="answer", options=("choices",), hint="hint",
-                                 images_optional=True)),
-        TaskSpec(name="mmmu", category="knowledge", metric="mc", split="validation",
-                 prompt=_mmmu, max_new_tokens=128, mc_if=("question_type", "multiple-choice"),
-                 columns=Columns(images=tuple(f"image_{k}" for k in range(1, 8)),
-                                 images_optional=True, answer="answer", options=("options",),
-                                 id="id", keep=("question_type",))),
-        TaskSpec(name="seed", category="general", metric="mc", split="test", prompt=_mc,
-                 columns=Columns(answer="answer", id="question_id", where=("data_type", "image"),
-                                 options=("choice_a", "choice_b", "choice_c", "choice_d")),
-                 max_new_tokens=16),
-        TaskSpec(name="realworldqa", category="general", metric="mc", split="test",
-                 columns=Columns(answer="answer"), prompt=lambda r: r["question"].strip(),
-                 options_from_question=True, max_new_tokens=16),
-        TaskSpec(name="pope", category="general", metric="pope", split="test", prompt=_pope,
-                 columns=Columns(answer="answer", id="question_id", keep=("category",))),
-        TaskSpec(name="mme", category="general", metric="mme", split="test", prompt=_mme,
-                 columns=Columns(answer="answer", keep=("question_id", "category")),
-                 max_new_tokens=16),
-    ]  # fmt: skip
+        TaskSpec(
+            name="textvqa",
+            category="text_rich",
+            metric="vqa",
+            columns=_QA,
+            prompt=lambda r: r["question"].capitalize() + SHORT,
+            split="validation",
+        ),
+        TaskSpec(
+            name="docvqa",
+            category="text_rich",
+            metric="anls",
+            split="validation",
+            config="DocVQA",
+            columns=Columns(answer="answers", id="questionId"),
+        ),
+        TaskSpec(
+            name="infovqa",
+            category="text_rich",
+            metric="anls",
+            split="validation",
+            config="InfographicVQA",
+            columns=Columns(answer="answers", id="questionId"),
+        ),
+        TaskSpec(
+            name="chartqa",
+            category="text_rich",
+            metric="relaxed",
+            split="test",
+            columns=Columns(answer="answer", keep=("type",)),
+            max_new_tokens=16,
+            prompt=lambda r: r["question"] + "\nAnswer the question with a single word.",
+        ),
+        TaskSpec(
+            name="ocrbench",
+            category="text_rich",
+            metric="ocrbench",
+            split="test",
+            columns=Columns(answer="answer", keep=("dataset", "question_type")),
+            prompt=lambda r: r["question"].strip(),
+            max_new_tokens=128,
+        ),
+        TaskSpec(
+            name="ai2d",
+            category="knowledge",
+            metric="mc",
+            split="test",
+            prompt=_mc,
+            columns=Columns(answer="answer", options=("options",)),
+            max_new_tokens=16,
+            answer_is_index=True,
+        ),
+        TaskSpec(
+            name="scienceqa_img",
+            category="knowledge",
+            metric="mc",
+            split="test",
+            config="ScienceQA-IMG",
+            prompt=_mc,
+            max_new_tokens=16,
+            answer_is_index=True,
+            columns=Columns(
+                answer="answer", options=("choices",), hint="hint", images_optional=True
+            ),
+        ),
+        TaskSpec(
+            name="mmmu",
+            category="knowledge",
+            metric="mc",
+            split="validation",
+            prompt=_mmmu,
+            max_new_tokens=128,
+            mc_if=("question_type", "multiple-choice"),
+            columns=Columns(
+                images=tuple(f"image_{k}" for k in range(1, 8)),
+                images_optional=True,
+                answer="answer",
+                options=("options",),
+                id="id",
+                keep=("question_type",),
+            ),
+        ),
+        TaskSpec(
+            name="seed",
+            category="general",
+            metric="mc",
+            split="test",
+            prompt=_mc,
+            columns=Columns(
+                answer="answer",
+                id="question_id",
+                where=("data_type", "image"),
+                options=("choice_a", "choice_b", "choice_c", "choice_d"),
+            ),
+            max_new_tokens=16,
+        ),
+        TaskSpec(
+            name="realworldqa",
+            category="general",
+            metric="mc",
+            split="test",
+            columns=Columns(answer="answer"),
+            prompt=lambda r: r["question"].strip(),
+            options_from_question=True,
+            max_new_tokens=16,
+        ),
+        TaskSpec(
+            name="pope",
+            category="general",
+            metric="pope",
+            split="test",
+            prompt=_pope,
+            columns=Columns(answer="answer", id="question_id", keep=("category",)),
+        ),
+        TaskSpec(
+            name="mme",
+            category="general",
+            metric="mme",
+            split="test",
+            prompt=_mme,
+            columns=Columns(answer="answer", keep=("question_id", "category")),
+            max_new_tokens=16,
+        ),
+    ]
 
 
 def _multi_image_and_grounding_specs() -> list[TaskSpec]:
     return [
-        TaskSpec(name="blink", category="multi_image", metric="mc", split="val", prompt=_blink,
-                 columns=Columns(question="prompt", images=_MULTI, images_optional=True,
-                                 answer="answer", options=("choices",), id="idx",
-                                 keep=("sub_task",))),
-        TaskSpec(name="muirbench", category="multi_image", metric="mc", split="test", prompt=_mc,
-                 columns=Columns(images=("image_list",), answer="answer", options=("options",),
-                                 id="idx", keep=("task",))),
-        TaskSpec(name="qbench2", category="multi_image", metric="mc", split="dev", prompt=_mc,
-                 columns=Columns(images=("image1", "image2"), answer="correct_choice", id="id",
-                                 options=("option0", "option1", "option2", "option3"))),
-        TaskSpec(name="mantis", category="multi_image", metric="mc", split="test",
-                 prompt=_mantis, max_new_tokens=16, mc_if=("question_type", "multi-choice"),
-                 columns=Columns(images=("images",), answer="answer", options=("options",),
-                                 id="id", keep=("question_type",))),
-        TaskSpec(name="nlvr2", category="multi_image", metric="mc", prompt=_nlvr2,
-                 columns=Columns(question="sentence", images=("images",), answer="label"),
-                 fixed_options=("True", "False"), max_new_tokens=16),
-        *(TaskSpec(name=n, category="refer_ground", metric="box", split="val", prompt=_refer,
-                   columns=_REF) for n in ("refcoco", "refcoco+", "refcocog")),
-        TaskSpec(name="flickr30k", category="refer_ground", metric="any_box", prompt=_phrase,
-                 columns=Columns(question="phrase", box="boxes", keep=("caption",)),
-                 box_convention="px_xyxy"),
+        TaskSpec(
+            name="blink",
+            category="multi_image",
+            metric="mc",
+            split="val",
+            prompt=_blink,
+            columns=Columns(
+                question="prompt",
+                images=_MULTI,
+                images_optional=True,
+                answer="answer",
+                options=("choices",),
+                id="idx",
+                keep=("sub_task",),
+            ),
+        ),
+        TaskSpec(
+            name="muirbench",
+            category="multi_image",
+            metric="mc",
+            split="test",
+            prompt=_mc,
+            columns=Columns(
+                images=("image_list",),
+                answer="answer",
+                options=("options",),
+                id="idx",
+                keep=("task",),
+            ),
+        ),
+        TaskSpec(
+            name="qbench2",
+            category="multi_image",
+            metric="mc",
+            split="dev",
+            prompt=_mc,
+            columns=Columns(
+                images=("image1", "image2"),
+                answer="correct_choice",
+                id="id",
+                options=("option0", "option1", "option2", "option3"),
+            ),
+        ),
+        TaskSpec(
+            name="mantis",
+            category="multi_image",
+            metric="mc",
+            split="test",
+            prompt=_mantis,
+            max_new_tokens=16,
+            mc_if=("question_type", "multi-choice"),
+            columns=Columns(
+                images=("images",),
+                answer="answer",
+                options=("options",),
+                id="id",
+                keep=("question_type",),
+            ),
+        ),
+        TaskSpec(
+            name="nlvr2",
+            category="multi_image",
+            metric="mc",
+            prompt=_nlvr2,
+            columns=Columns(question="sentence", images=("images",), answer="label"),
+            fixed_options=("True", "False"),
+            max_new_tokens=16,
+        ),
+        *(
+            TaskSpec(
+                name=n,
+                category="refer_ground",
+                metric="box",
+                split="val",
+                prompt=_refer,
+                columns=_REF,
+            )
+            for n in ("refcoco", "refcoco+", "refcocog")
+        ),
+        TaskSpec(
+            name="flickr30k",
+            category="refer_ground",
+            metric="any_box",
+            prompt=_phrase,
+            columns=Columns(question="phrase", box="boxes", keep=("caption",)),
+            box_convention="px_xyxy",
+        ),
         TaskSpec(name="synthetic", category="synthetic", metric="synthetic", max_new_tokens=None),
-    ]  # fmt: skip
+    ]
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -267,19 +425,34 @@ def aggregate(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> tuple[float, di
     if spec.metric == "pope":  # a POPE copy without the split column is one split, "all"
         placed = [r for r in rows if r["reference"]]
         summary = bm.pope_summary(
-            ((r["meta"] or {}).get("category") or "all", r["reference"][0],
-             None if r["prediction"] is None else bm.pope_label(r["prediction"]))
+            (
+                (r["meta"] or {}).get("category") or "all",
+                r["reference"][0],
+                None if r["prediction"] is None else bm.pope_label(r["prediction"]),
+            )
             for r in placed
-        )  # fmt: skip
-        return summary["mean_f1"], {**summary, "item_accuracy": mean,
-                                    "n_unplaced": len(rows) - len(placed)}  # fmt: skip
+        )
+        return summary["mean_f1"], {
+            **summary,
+            "item_accuracy": mean,
+            "n_unplaced": len(rows) - len(placed),
+        }
     if spec.metric == "mme":
-        placed = [r for r in rows if r["reference"] and (r["meta"] or {}).get("category")
-                  and (r["meta"] or {}).get("question_id") is not None]  # fmt: skip
-        summary = bm.mme_summary((r["meta"]["category"], str(r["meta"]["question_id"]),
-                                  r["score"]) for r in placed)  # fmt: skip
-        return summary["normalized"], {**summary, "item_accuracy": mean,
-                                       "n_unplaced": len(rows) - len(placed)}  # fmt: skip
+        placed = [
+            r
+            for r in rows
+            if r["reference"]
+            and (r["meta"] or {}).get("category")
+            and (r["meta"] or {}).get("question_id") is not None
+        ]
+        summary = bm.mme_summary(
+            (r["meta"]["category"], str(r["meta"]["question_id"]), r["score"]) for r in placed
+        )
+        return summary["normalized"], {
+            **summary,
+            "item_accuracy": mean,
+            "n_unplaced": len(rows) - len(placed),
+        }
     if spec.metric == "ocrbench":
         return mean, {"final_score": sum(r["score"] for r in rows), "out_of": len(rows)}
     return mean, {}

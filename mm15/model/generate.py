@@ -197,8 +197,13 @@ def _last_logits(
     decoder: Decoder, x_BTD: Tensor, pos_BT: Tensor, doc_BT: Tensor, cache: KVCache | None
 ) -> Tensor:
     """(B, V) logits at the last position (the eager step, and every mode's prefill)."""
-    out = decoder(embeds_BTD=x_BTD, position_ids_BT=pos_BT, document_ids_BT=doc_BT, cache=cache,
-                  compute_logits=False)  # fmt: skip
+    out = decoder(
+        embeds_BTD=x_BTD,
+        position_ids_BT=pos_BT,
+        document_ids_BT=doc_BT,
+        cache=cache,
+        compute_logits=False,
+    )
     return decoder.logits(out.hidden[:, -1])
 
 
@@ -222,9 +227,13 @@ def _decode_setup(
 
 
 def _advance(
-    rows: list[_Row], next_B: list[int], eos: set[int], stops, decode,
+    rows: list[_Row],
+    next_B: list[int],
+    eos: set[int],
+    stops,
+    decode,
     on_token: TokenCallback | None = None,
-) -> None:  # fmt: skip
+) -> None:
     for i, (row, tok) in enumerate(zip(rows, next_B, strict=True)):
         if row.finish_reason is not None:
             continue

@@ -89,12 +89,20 @@ _OC_IGNORED = {"proj"}  # the CLIP image projection head; MM1.5 uses the token f
 # on the pooled/projected output (pool_type, final_ln_after_pool, output_tokens, proj) or in
 # training (patch_dropout) do not matter here: MM1.5 takes the token features before ln_post.
 _OC_UNSUPPORTED = {
-    "timm_model_name": (None,), "ls_init_value": (None,), "attentional_pool": (False,),
-    "no_ln_pre": (False,), "pos_embed_type": ("learnable",), "act_kwargs": (None, {}),
-    "block_type": (None, "default"), "qk_norm": (False,), "scaled_cosine_attn": (False,),
-    "scale_heads": (False,), "scale_attn_inner": (False,), "scale_attn": (False,),
+    "timm_model_name": (None,),
+    "ls_init_value": (None,),
+    "attentional_pool": (False,),
+    "no_ln_pre": (False,),
+    "pos_embed_type": ("learnable",),
+    "act_kwargs": (None, {}),
+    "block_type": (None, "default"),
+    "qk_norm": (False,),
+    "scaled_cosine_attn": (False,),
+    "scale_heads": (False,),
+    "scale_attn_inner": (False,),
+    "scale_attn": (False,),
     "scale_fc": (False,),
-}  # fmt: skip
+}
 
 
 def _square(value: object, name: str, where: str) -> int:

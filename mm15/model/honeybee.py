@@ -59,9 +59,14 @@ def read_abstractor(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Honeybee checkpoint not found: {path}")
-    index = next((path / n for n in ("model.safetensors.index.json",
-                                     "pytorch_model.bin.index.json")
-                  if path.is_dir() and (path / n).is_file()), None)  # fmt: skip
+    index = next(
+        (
+            path / n
+            for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+            if path.is_dir() and (path / n).is_file()
+        ),
+        None,
+    )
     if index is not None:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -121,8 +126,10 @@ def honeybee_connector(
     missing = sorted(honeybee_key(k) for k in set(want) - set(state))
     unexpected = sorted(honeybee_key(k) for k in set(state) - set(want))
     if missing or unexpected:
-        raise ValueError(f"{path}: Honeybee abstractor weights do not fit: missing {missing[:6]}, "
-                         f"unexpected {unexpected[:6]}")  # fmt: skip
+        raise ValueError(
+            f"{path}: Honeybee abstractor weights do not fit: missing {missing[:6]}, "
+            f"unexpected {unexpected[:6]}"
+        )
     for k, v in want.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise ValueError(
@@ -135,8 +142,10 @@ def honeybee_connector(
 def _infer_config(src: dict[str, torch.Tensor], cfg: ConnectorConfig, path) -> ConnectorConfig:
     unsupported = sorted(k for k in src if k.split(".")[0] in ("prenorm", "eos_tokens"))
     if unsupported:
-        raise ValueError(f"Honeybee options prenorm / num_eos_tokens are not supported by mm15 "
-                         f"(found {unsupported[:3]})")  # fmt: skip
+        raise ValueError(
+            f"Honeybee options prenorm / num_eos_tokens are not supported by mm15 "
+            f"(found {unsupported[:3]})"
+        )
     if "readout.0.weight" not in src:
         raise ValueError(f"missing {PREFIX}readout.0.weight")
     blocks = {int(m.group(1)) for k in src if (m := re.match(r"net\.0\.b(\d+)\.", k))}
@@ -148,18 +157,34 @@ def _infer_config(src: dict[str, torch.Tensor], cfg: ConnectorConfig, path) -> C
         if pos.ndim != 3 or pos.shape[0] != 1:
             raise ValueError(f"{PREFIX}pos_emb has shape {list(pos.shape)}, expected [1, G², C]")
         rows = pos.shape[1]
-        grid = next((g for g in (math.isqrt(rows), math.isqrt(rows - 1)) if g and g * g in
-                     (rows, rows - 1)), 0)  # fmt: skip
+        grid = next(
+            (
+                g
+                for g in (math.isqrt(rows), math.isqrt(rows - 1))
+                if g and g * g in (rows, rows - 1)
+            ),
+            0,
+        )
         if not grid:
-            raise ValueError(f"{PREFIX}pos_emb has {rows} rows: neither a square grid G² nor "
-                             "1 + G² (with the old CLS slot)")  # fmt: skip
+            raise ValueError(
+                f"{PREFIX}pos_emb has {rows} rows: neither a square grid G² nor "
+                "1 + G² (with the old CLS slot)"
+            )
         pos_grid = grid
     hb = _honeybee_projector_config(Path(path))
     if hb.get("num_query_tokens", cfg.num_tokens) != cfg.num_tokens:
-        raise ValueError(f"Honeybee's config.json has num_query_tokens "
-                         f"{hb['num_query_tokens']}, the preset {cfg.num_tokens}")  # fmt: skip
-    return dataclasses.replace(cfg, hidden=hidden, depth=depth, mlp_depth=max(readout) // 2 + 1,
-                               pos_emb=pos is not None, pos_grid=pos_grid)  # fmt: skip
+        raise ValueError(
+            f"Honeybee's config.json has num_query_tokens "
+            f"{hb['num_query_tokens']}, the preset {cfg.num_tokens}"
+        )
+    return dataclasses.replace(
+        cfg,
+        hidden=hidden,
+        depth=depth,
+        mlp_depth=max(readout) // 2 + 1,
+        pos_emb=pos is not None,
+        pos_grid=pos_grid,
+    )
 
 
 def _honeybee_projector_config(path: Path) -> dict:
@@ -171,6 +196,7 @@ def _honeybee_projector_config(path: Path) -> dict:
         return {}
     proj = data.get("projector_config") if isinstance(data, dict) else None
     if isinstance(proj, dict) and proj.get("projector_type", "c-abs") != "c-abs":
-        raise ValueError(f"Honeybee's config.json: projector_type {proj['projector_type']!r}, "
-                         "not 'c-abs'")  # fmt: skip
+        raise ValueError(
+            f"Honeybee's config.json: projector_type {proj['projector_type']!r}, not 'c-abs'"
+        )
     return proj if isinstance(proj, dict) else {}

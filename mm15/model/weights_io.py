@@ -49,8 +49,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except SafetensorError as e:
-        raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt): "
-                         f"{e}") from None  # fmt: skip
+        raise ValueError(
+            f"{path}: not a readable safetensors file (truncated or corrupt): {e}"
+        ) from None
 
 
 def _load_pickle(path: Path) -> object:
@@ -68,8 +69,9 @@ def _load_pickle(path: Path) -> object:
                 "where it is trusted (safetensors.torch.save_file of its state dict)"
             ) from None
         why = "corrupt, or a pickle torch's safe loader does not read"
-        raise ValueError(f"{path}: not a readable PyTorch weights file ({why}); convert it to "
-                         "safetensors") from None  # fmt: skip
+        raise ValueError(
+            f"{path}: not a readable PyTorch weights file ({why}); convert it to safetensors"
+        ) from None
     except (RuntimeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a readable PyTorch weights file: {first}") from None
@@ -81,8 +83,9 @@ def weights_index(path: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{index}: not a safetensors index (JSON with a weight_map): "
-                         f"{type(e).__name__}: {e}") from None  # fmt: skip
+        raise ValueError(
+            f"{index}: not a safetensors index (JSON with a weight_map): {type(e).__name__}: {e}"
+        ) from None
     if not isinstance(weight_map, dict):
         raise ValueError(f"{index}: weight_map is not an object")
     return weight_map

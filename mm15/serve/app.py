@@ -59,8 +59,11 @@ class APIKeyMiddleware:
         auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         scheme, _, token = auth.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
-            err = APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
-                           code="invalid_api_key")  # fmt: skip
+            err = APIError(
+                401,
+                "missing or wrong API key (send Authorization: Bearer <key>)",
+                code="invalid_api_key",
+            )
             resp = JSONResponse(err.body(), 401, headers={"WWW-Authenticate": "Bearer"})
             return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
@@ -103,34 +106,49 @@ class BrowserGuardMiddleware:
         host = headers.get(b"host", b"").decode("latin-1")
         own = _origin(scope["scheme"], host)
         if not self.any_host and own[1] not in self.hosts:
-            return APIError(421, f"Host {host!r} is not one this server answers to "
-                            "(--allowed-hosts)", code="host_not_allowed")  # fmt: skip
+            return APIError(
+                421,
+                f"Host {host!r} is not one this server answers to (--allowed-hosts)",
+                code="host_not_allowed",
+            )
         origin = headers.get(b"origin", b"").decode("latin-1")
         scheme, _, netloc = origin.partition("://")
         if origin and (not host or _origin(scheme.lower(), netloc) != own):
-            return APIError(403, f"cross-origin request from {origin!r} refused; only the "
-                            "server's own page may call it from a browser",
-                            code="origin_not_allowed")  # fmt: skip
+            return APIError(
+                403,
+                f"cross-origin request from {origin!r} refused; only the "
+                "server's own page may call it from a browser",
+                code="origin_not_allowed",
+            )
         if scope["method"] == "POST":
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if kind != b"application/json":
-                return APIError(415, f"Content-Type must be application/json, not "
-                                f"{kind.decode('latin-1') or '(none)'!r}",
-                                code="unsupported_media_type")  # fmt: skip
+                return APIError(
+                    415,
+                    f"Content-Type must be application/json, not "
+                    f"{kind.decode('latin-1') or '(none)'!r}",
+                    code="unsupported_media_type",
+                )
         return None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
-        raise APIError(413, f"request body of {length} bytes is above the limit of {limit:,} "
-                       "(max_body_bytes)", code="body_too_large")  # fmt: skip
+        raise APIError(
+            413,
+            f"request body of {length} bytes is above the limit of {limit:,} (max_body_bytes)",
+            code="body_too_large",
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise APIError(413, f"request body is above the limit of {limit:,} bytes "
-                           "(max_body_bytes)", code="body_too_large")  # fmt: skip
+            raise APIError(
+                413,
+                f"request body is above the limit of {limit:,} bytes (max_body_bytes)",
+                code="body_too_large",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -146,8 +164,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineDead)  # from reserve or submit: nobody would answer
     async def engine_dead(_: Request, err: EngineDead):
-        return _error_response(APIError(503, f"the server cannot generate: {err}",
-                                        code="engine_dead"))  # fmt: skip
+        return _error_response(
+            APIError(503, f"the server cannot generate: {err}", code="engine_dead")
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException):
@@ -156,8 +175,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def server_error(_: Request, err: Exception):
         log.exception("internal error")
-        return _error_response(APIError(500, f"internal error: {type(err).__name__}",
-                                        code="internal_error"))  # fmt: skip
+        return _error_response(
+            APIError(500, f"internal error: {type(err).__name__}", code="internal_error")
+        )
 
 
 class _Completion:
@@ -175,8 +195,11 @@ class _Completion:
         return {"prompt_tokens": p, "completion_tokens": n_tokens, "total_tokens": p + n_tokens}
 
     def full(self, reason: str, text: str, n_tokens: int) -> dict:
-        msg = {"role": "assistant", "content": text,
-               "regions": regions_of(text, self.prepared.sizes)}  # fmt: skip
+        msg = {
+            "role": "assistant",
+            "content": text,
+            "regions": regions_of(text, self.prepared.sizes),
+        }
         choice = {"index": 0, "message": msg, "finish_reason": reason, "logprobs": None}
         return {**self._head("chat.completion"), "choices": [choice], "usage": self.usage(n_tokens)}
 
@@ -221,8 +244,13 @@ class _Routes:
         return JSONResponse({"status": "ok", "engine": state} if detail else {"status": "ok"})
 
     async def models(self) -> dict:
-        card = {"id": self.cfg.model_name, "object": "model", "created": self.started,
-                "owned_by": "mm15", "max_model_len": self.model_cfg.lm.max_seq_len}  # fmt: skip
+        card = {
+            "id": self.cfg.model_name,
+            "object": "model",
+            "created": self.started,
+            "owned_by": "mm15",
+            "max_model_len": self.model_cfg.lm.max_seq_len,
+        }
         return {"object": "list", "data": [card]}
 
     async def model_card(self, name: str) -> dict:
@@ -234,30 +262,47 @@ class _Routes:
         cfg, engine = self.cfg, self.engine
         lim = cfg.limits
         body = await _read_body(request, lim.max_body_bytes)
-        req = parse_request(body, max_messages=lim.max_messages,
-                            max_content_parts=lim.max_content_parts)  # fmt: skip
+        req = parse_request(
+            body, max_messages=lim.max_messages, max_content_parts=lim.max_content_parts
+        )
         params = check_request(req, cfg, max_prompt_bytes=self.max_prompt_bytes)
         try:
             job = engine.reserve()
         except QueueFull as e:
-            raise APIError(429, f"server busy: {e}; retry later", code="queue_full",
-                           headers={"Retry-After": "1"}) from e  # fmt: skip
+            raise APIError(
+                429,
+                f"server busy: {e}; retry later",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from e
         try:
             prepared = await run_in_threadpool(
-                prepare_prompt, req, params, cfg, self.model_cfg, self.tokenizer, self.fetcher,
+                prepare_prompt,
+                req,
+                params,
+                cfg,
+                self.model_cfg,
+                self.tokenizer,
+                self.fetcher,
                 self.budget,
-            )  # fmt: skip
+            )
             loop, events = asyncio.get_running_loop(), asyncio.Queue()
-            engine.submit(job, prepared.encoded, params,
-                          lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))  # fmt: skip
+            engine.submit(
+                job,
+                prepared.encoded,
+                params,
+                lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+            )
         except BaseException:
             engine.release(job)
             raise
         done = _Completion(cfg.model_name, prepared)
         if req.stream:
-            return StreamingResponse(_stream(engine, job, events, done, req),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+            return StreamingResponse(
+                _stream(engine, job, events, done, req),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         return await _complete(engine, job, events, done, request)
 
 
@@ -273,8 +318,15 @@ def create_app(
     (``app.state.engine``).  ``generate_fn`` and ``fetcher``: see :class:`Engine`, :class:`Fetcher`."""
     engine = Engine(model, tokenizer, cfg.engine, generate_fn=generate_fn)
     budget = PixelBudget(cfg.media.max_pixels_in_flight, cfg.media.pixels_wait_s)
-    routes = _Routes(cfg, engine, model.cfg, tokenizer, fetcher or Fetcher(cfg.media), budget,
-                     prompt_bytes_limit(cfg, model.cfg, tokenizer))  # fmt: skip
+    routes = _Routes(
+        cfg,
+        engine,
+        model.cfg,
+        tokenizer,
+        fetcher or Fetcher(cfg.media),
+        budget,
+        prompt_bytes_limit(cfg, model.cfg, tokenizer),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -296,8 +348,9 @@ def create_app(
     app.get("/v1/models/{name}")(routes.model_card)
     app.post("/v1/chat/completions")(routes.chat)
     for path, (name, media_type) in STATIC.items() if cfg.web_ui else ():
-        app.add_api_route(path, _static_page(name, media_type), methods=["GET"],
-                          include_in_schema=False)  # fmt: skip
+        app.add_api_route(
+            path, _static_page(name, media_type), methods=["GET"], include_in_schema=False
+        )
     return app
 
 
@@ -312,8 +365,9 @@ def _static_page(name: str, media_type: str):
     return page
 
 
-async def _stream(engine: Engine, job: Job, events: asyncio.Queue, done: _Completion,
-                  req: ChatRequest):  # fmt: skip
+async def _stream(
+    engine: Engine, job: Job, events: asyncio.Queue, done: _Completion, req: ChatRequest
+):
     """SSE: a role chunk, content deltas, a last chunk with finish_reason and the regions,
     usage when asked, ``[DONE]``.  Starlette cancels this generator when the client leaves."""
     try:
@@ -336,8 +390,9 @@ async def _stream(engine: Engine, job: Job, events: asyncio.Queue, done: _Comple
         engine.cancel(job)  # no-op when it finished; frees the slot when the client left
 
 
-async def _complete(engine: Engine, job: Job, events: asyncio.Queue, done: _Completion,
-                    request: Request) -> Response:  # fmt: skip
+async def _complete(
+    engine: Engine, job: Job, events: asyncio.Queue, done: _Completion, request: Request
+) -> Response:
     async def result():
         while (ev := await events.get())[0] == "delta":
             pass

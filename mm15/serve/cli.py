@@ -33,33 +33,52 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 # Every flag is a shorthand for a ServeConfig field (mm15.cli_config); --set reaches all of them.
 SHORTHANDS = {
-    "--model": "model", "--host": "host", "--port": "port", "--served-model-name": "model_name",
-    "--api-key": "api_key", "--device": "device", "--dtype": "dtype",
+    "--model": "model",
+    "--host": "host",
+    "--port": "port",
+    "--served-model-name": "model_name",
+    "--api-key": "api_key",
+    "--device": "device",
+    "--dtype": "dtype",
     "--no-web-ui": ("web_ui", lambda off: False if off else None),
-    "--allowed-hosts": "http.allowed_hosts", "--header-timeout": "http.header_timeout_s",
-    "--allow-fetch": "media.allow_fetch_hosts", "--media-root": "media.media_root",
-    "--max-image-bytes": "media.max_image_bytes", "--max-image-pixels": "media.max_image_pixels",
+    "--allowed-hosts": "http.allowed_hosts",
+    "--header-timeout": "http.header_timeout_s",
+    "--allow-fetch": "media.allow_fetch_hosts",
+    "--media-root": "media.media_root",
+    "--max-image-bytes": "media.max_image_bytes",
+    "--max-image-pixels": "media.max_image_pixels",
     "--fetch-timeout": "media.fetch_timeout_s",
     "--max-pixels-in-flight": "media.max_pixels_in_flight",
-    "--max-images": "limits.max_images", "--max-body-bytes": "limits.max_body_bytes",
+    "--max-images": "limits.max_images",
+    "--max-body-bytes": "limits.max_body_bytes",
     "--max-prompt-tokens": "limits.max_prompt_tokens",
-    "--max-prompt-bytes": "limits.max_prompt_bytes", "--max-messages": "limits.max_messages",
-    "--max-content-parts": "limits.max_content_parts", "--max-tokens-limit": "limits.max_tokens",
-    "--default-max-tokens": "limits.default_max_tokens", "--max-batch": "engine.max_batch",
-    "--max-queue": "engine.max_queue", "--batch-wait-ms": "engine.batch_wait_ms",
+    "--max-prompt-bytes": "limits.max_prompt_bytes",
+    "--max-messages": "limits.max_messages",
+    "--max-content-parts": "limits.max_content_parts",
+    "--max-tokens-limit": "limits.max_tokens",
+    "--default-max-tokens": "limits.default_max_tokens",
+    "--max-batch": "engine.max_batch",
+    "--max-queue": "engine.max_queue",
+    "--batch-wait-ms": "engine.batch_wait_ms",
     **IMAGE_SHORTHANDS,
-}  # fmt: skip
+}
 
 
 def register(sub) -> None:
     """Add ``serve`` to the subparsers ``sub`` (from ``mm15.cli.build_parser``)."""
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web page",
-                       description=__doc__.split("\n\n")[0],
-                       epilog=shorthand_epilog(SHORTHANDS, note="Unset: --served-model-name is "
-                       "the checkpoint directory's name, --api-key $MM15_API_KEY, "
-                       "--allowed-hosts follows --host, --default-max-tokens is at most "
-                       "--max-tokens-limit."),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server with a web page",
+        description=__doc__.split("\n\n")[0],
+        epilog=shorthand_epilog(
+            SHORTHANDS,
+            note="Unset: --served-model-name is "
+            "the checkpoint directory's name, --api-key $MM15_API_KEY, "
+            "--allowed-hosts follows --host, --default-max-tokens is at most "
+            "--max-tokens-limit.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", help="mm15 checkpoint directory (required)")
     p.add_argument("--host", default=_D.host, help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=_D.port)
@@ -68,40 +87,80 @@ def register(sub) -> None:
     p.add_argument("--device", default=_D.device, help="torch device, e.g. cuda")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--no-web-ui", action="store_true", help="do not serve the page at /")
-    p.add_argument("--allowed-hosts", nargs="+", metavar="HOST",
-                   help="Host header names the server answers, '*' for any (default: the "
-                   "loopback names when bound to loopback, else any)")  # fmt: skip
-    p.add_argument("--header-timeout", type=float, default=_D_HTTP.header_timeout_s,
-                   metavar="S", help="close connections whose request head takes longer")  # fmt: skip
+    p.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        metavar="HOST",
+        help="Host header names the server answers, '*' for any (default: the "
+        "loopback names when bound to loopback, else any)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=_D_HTTP.header_timeout_s,
+        metavar="S",
+        help="close connections whose request head takes longer",
+    )
     add_config_args(p, example="limits.max_images=8")
     g = p.add_argument_group("media (image_url)")
-    g.add_argument("--allow-fetch", nargs="+", default=[], metavar="HOST",
-                   help="allow http(s) image URLs from these hosts (public addresses only)")  # fmt: skip
+    g.add_argument(
+        "--allow-fetch",
+        nargs="+",
+        default=[],
+        metavar="HOST",
+        help="allow http(s) image URLs from these hosts (public addresses only)",
+    )
     g.add_argument("--media-root", metavar="DIR", help="allow file:// URLs inside DIR")
     g.add_argument("--max-image-bytes", type=int, default=_D_MEDIA.max_image_bytes)
     g.add_argument("--max-image-pixels", type=int, default=_D_MEDIA.max_image_pixels)
     g.add_argument("--fetch-timeout", type=float, default=_D_MEDIA.fetch_timeout_s, metavar="S")
-    g.add_argument("--max-pixels-in-flight", type=int, default=_D_MEDIA.max_pixels_in_flight,
-                   help="decoded pixels all requests being prepared may hold together")  # fmt: skip
+    g.add_argument(
+        "--max-pixels-in-flight",
+        type=int,
+        default=_D_MEDIA.max_pixels_in_flight,
+        help="decoded pixels all requests being prepared may hold together",
+    )
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-images", type=int, default=_D_LIM.max_images)
     g.add_argument("--max-body-bytes", type=int, default=_D_LIM.max_body_bytes)
     g.add_argument("--max-prompt-tokens", type=int, help="default: the model's max_seq_len")
-    g.add_argument("--max-prompt-bytes", type=int,
-                   help="UTF-8 bytes of text per request (default: derived from the token limit)")  # fmt: skip
+    g.add_argument(
+        "--max-prompt-bytes",
+        type=int,
+        help="UTF-8 bytes of text per request (default: derived from the token limit)",
+    )
     g.add_argument("--max-messages", type=int, default=_D_LIM.max_messages)
     g.add_argument("--max-content-parts", type=int, default=_D_LIM.max_content_parts)
-    g.add_argument("--max-tokens-limit", type=int, default=_D_LIM.max_tokens,
-                   help="largest max_tokens a request may ask for")  # fmt: skip
-    g.add_argument("--default-max-tokens", type=int,
-                   help=f"max_tokens of a request that names none (default: "
-                   f"{_D_LIM.default_max_tokens}, at most --max-tokens-limit)")  # fmt: skip
-    g.add_argument("--max-batch", type=int, default=_D_ENG.max_batch,
-                   help="requests batched into one generate call")  # fmt: skip
-    g.add_argument("--max-queue", type=int, default=_D_ENG.max_queue,
-                   help="requests waiting beyond the running batch; more get 429")  # fmt: skip
-    g.add_argument("--batch-wait-ms", type=float, default=_D_ENG.batch_wait_ms,
-                   help="how long an idle worker waits for requests still being prepared")  # fmt: skip
+    g.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=_D_LIM.max_tokens,
+        help="largest max_tokens a request may ask for",
+    )
+    g.add_argument(
+        "--default-max-tokens",
+        type=int,
+        help=f"max_tokens of a request that names none (default: "
+        f"{_D_LIM.default_max_tokens}, at most --max-tokens-limit)",
+    )
+    g.add_argument(
+        "--max-batch",
+        type=int,
+        default=_D_ENG.max_batch,
+        help="requests batched into one generate call",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=_D_ENG.max_queue,
+        help="requests waiting beyond the running batch; more get 429",
+    )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=_D_ENG.batch_wait_ms,
+        help="how long an idle worker waits for requests still being prepared",
+    )
     add_image_flags(p)
     p.set_defaults(func=cmd_serve)
 
@@ -113,18 +172,28 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     from mm15.overrides import apply_overrides
 
     if args.default_max_tokens is not None:  # as before: never above --max-tokens-limit
-        args = argparse.Namespace(**{**vars(args), "default_max_tokens": min(
-            args.default_max_tokens, args.max_tokens_limit)})  # fmt: skip
+        args = argparse.Namespace(
+            **{
+                **vars(args),
+                "default_max_tokens": min(args.default_max_tokens, args.max_tokens_limit),
+            }
+        )
     # default_max_tokens 1 fits any max_tokens until the unset one is derived below.
     base = ServeConfig(limits=LimitsConfig(default_max_tokens=1))
-    cfg = apply_overrides(base, config_overrides(base, args, SHORTHANDS),
-                          context="invalid ServeConfig")  # fmt: skip
+    cfg = apply_overrides(
+        base, config_overrides(base, args, SHORTHANDS), context="invalid ServeConfig"
+    )
     if cfg.model is None:
         raise ValueError("no checkpoint: give --model DIR")
-    unset = {path: getattr(args, dest) is None and not set_by_overrides(args, path)
-             for dest, path in (("served_model_name", "model_name"), ("api_key", "api_key"),
-                                ("allowed_hosts", "http.allowed_hosts"),
-                                ("default_max_tokens", "limits.default_max_tokens"))}  # fmt: skip
+    unset = {
+        path: getattr(args, dest) is None and not set_by_overrides(args, path)
+        for dest, path in (
+            ("served_model_name", "model_name"),
+            ("api_key", "api_key"),
+            ("allowed_hosts", "http.allowed_hosts"),
+            ("default_max_tokens", "limits.default_max_tokens"),
+        )
+    }
     limits, http = cfg.limits, cfg.http
     if unset["limits.default_max_tokens"]:
         default = min(_D_LIM.default_max_tokens, limits.max_tokens)
@@ -157,8 +226,9 @@ def check_address(host: str, port: int) -> None:
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as e:
-        raise ValueError(f"--host {host!r} is neither an IP address nor a name that "
-                         f"resolves: {e}") from e  # fmt: skip
+        raise ValueError(
+            f"--host {host!r} is neither an IP address nor a name that resolves: {e}"
+        ) from e
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -193,11 +263,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model, tokenizer = load_checkpoint(cfg.model, device=cfg.device, dtype=dtype)
     apply_image_settings(model, cfg.image)
     if cfg.api_key is None and not _is_loopback(cfg.host):
-        print(f"warning: serving on {cfg.host} without an API key (--api-key or "
-              "MM15_API_KEY)", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: serving on {cfg.host} without an API key (--api-key or MM15_API_KEY)",
+            file=sys.stderr,
+        )
     app = create_app(model, tokenizer, cfg)
-    print(f"mm15 serve: model {cfg.model_name!r} on http://{cfg.host}:{cfg.port}/ "
-          f"(batch {cfg.engine.max_batch}, queue {cfg.engine.max_queue})", file=sys.stderr)  # fmt: skip
+    print(
+        f"mm15 serve: model {cfg.model_name!r} on http://{cfg.host}:{cfg.port}/ "
+        f"(batch {cfg.engine.max_batch}, queue {cfg.engine.max_queue})",
+        file=sys.stderr,
+    )
     config = uvicorn_config(app, cfg, host=cfg.host, port=cfg.port, log_level="info")
     uvicorn.Server(config).run()
     return 0

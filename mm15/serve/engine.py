@@ -140,10 +140,17 @@ class Engine:
 
     def state(self) -> dict:
         """Counters for ``/health`` (read without the lock: a snapshot, never a wait)."""
-        return {"alive": self.alive, "error": self.error, "pending": self.pending,
-                "running": self.running, "waiting": len(self._waiting),
-                "capacity": self.capacity, "completed": self.completed,
-                "cancelled": self.cancelled, "loop_errors": self.loop_errors}  # fmt: skip
+        return {
+            "alive": self.alive,
+            "error": self.error,
+            "pending": self.pending,
+            "running": self.running,
+            "waiting": len(self._waiting),
+            "capacity": self.capacity,
+            "completed": self.completed,
+            "cancelled": self.cancelled,
+            "loop_errors": self.loop_errors,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -174,8 +181,9 @@ class Engine:
             if not self.alive:
                 raise EngineDead(self.error or "the generation thread is not running")
             if self.pending >= self.capacity:
-                raise QueueFull(f"{self.pending} requests are queued or running "
-                                f"(limit {self.capacity})")  # fmt: skip
+                raise QueueFull(
+                    f"{self.pending} requests are queued or running (limit {self.capacity})"
+                )
             self.pending += 1
             self._next_id += 1
             return Job(id=self._next_id)

@@ -69,15 +69,21 @@ def decode_data_url(url: str, max_bytes: int, where: str) -> bytes:
         raise _bad(f"{where}: data URL is not base64-encoded (want ';base64,')")
     payload = _WHITESPACE.sub(b"", url[m.end() :].encode("ascii", errors="replace"))
     if len(payload) // 4 * 3 > max_bytes + 2:
-        raise _bad(f"{where}: image is about {len(payload) // 4 * 3:,} bytes, above the limit "
-                   f"of {max_bytes:,} (max_image_bytes)", "image_too_large")  # fmt: skip
+        raise _bad(
+            f"{where}: image is about {len(payload) // 4 * 3:,} bytes, above the limit "
+            f"of {max_bytes:,} (max_image_bytes)",
+            "image_too_large",
+        )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
         raise _bad(f"{where}: data URL has invalid base64: {e}") from e
     if len(data) > max_bytes:
-        raise _bad(f"{where}: image is {len(data):,} bytes, above the limit of {max_bytes:,} "
-                   "(max_image_bytes)", "image_too_large")  # fmt: skip
+        raise _bad(
+            f"{where}: image is {len(data):,} bytes, above the limit of {max_bytes:,} "
+            "(max_image_bytes)",
+            "image_too_large",
+        )
     return data
 
 
@@ -93,8 +99,10 @@ def read_local_file(url: str, cfg: MediaConfig, where: str) -> bytes:
     device is refused without blocking.
     """
     if cfg.media_root is None:
-        raise _bad(f"{where}: file:// URLs are disabled (the server has no --media-root)",
-                   "local_files_disabled")  # fmt: skip
+        raise _bad(
+            f"{where}: file:// URLs are disabled (the server has no --media-root)",
+            "local_files_disabled",
+        )
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as e:
@@ -108,8 +116,11 @@ def read_local_file(url: str, cfg: MediaConfig, where: str) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise _bad(f"{where}: {parts.path!r} is not a regular file")
         if st.st_size > cfg.max_image_bytes:
-            raise _bad(f"{where}: file is {st.st_size:,} bytes, above the limit of "
-                       f"{cfg.max_image_bytes:,} (max_image_bytes)", "image_too_large")  # fmt: skip
+            raise _bad(
+                f"{where}: file is {st.st_size:,} bytes, above the limit of "
+                f"{cfg.max_image_bytes:,} (max_image_bytes)",
+                "image_too_large",
+            )
         chunks, size = [], 0
         while size <= cfg.max_image_bytes:  # bounded even if the file grows after fstat()
             chunk = os.read(fd, min(2**20, cfg.max_image_bytes + 1 - size))
@@ -122,8 +133,9 @@ def read_local_file(url: str, cfg: MediaConfig, where: str) -> bytes:
     finally:
         os.close(fd)
     if size > cfg.max_image_bytes:
-        raise _bad(f"{where}: file is over the limit of {cfg.max_image_bytes:,} bytes",
-                   "image_too_large")  # fmt: skip
+        raise _bad(
+            f"{where}: file is over the limit of {cfg.max_image_bytes:,} bytes", "image_too_large"
+        )
     return b"".join(chunks)
 
 
@@ -139,8 +151,11 @@ def _names_below_root(path: str, media_root: str, where: str) -> list[bytes]:
         raise _bad(f"{where}: a file URL must be file:///absolute/path, not {path!r}")
     comps = [c for c in raw.split(b"/") if c not in (b"", b".")]
     if b".." in comps:
-        raise _bad(f"{where}: {path!r} has a '..' component; refused, as it could lead outside "
-                   "the media root", "path_outside_root")  # fmt: skip
+        raise _bad(
+            f"{where}: {path!r} has a '..' component; refused, as it could lead outside "
+            "the media root",
+            "path_outside_root",
+        )
     for root in (os.path.abspath(media_root), os.path.realpath(media_root)):
         prefix = [c for c in os.fsencode(root).split(b"/") if c]
         if comps[: len(prefix)] == prefix:
@@ -151,8 +166,10 @@ def _names_below_root(path: str, media_root: str, where: str) -> list[bytes]:
 def _open_below_root(media_root: str, names: list[bytes], path: str, where: str) -> int:
     """A read-only descriptor of ``media_root/names...``, opened component by component."""
     if os.open not in os.supports_dir_fd or not hasattr(os, "O_NOFOLLOW"):
-        raise _bad(f"{where}: file:// URLs need openat() and O_NOFOLLOW, which this OS lacks",
-                   "local_files_disabled")  # fmt: skip
+        raise _bad(
+            f"{where}: file:// URLs need openat() and O_NOFOLLOW, which this OS lacks",
+            "local_files_disabled",
+        )
     walk = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     last = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -181,9 +198,11 @@ def _walk_error(e: OSError, dir_fd: int, name: bytes, path: str, where: str) -> 
         except OSError:
             link = False
         if link or e.errno == errno.ELOOP:
-            return _bad(f"{where}: {path!r} is or passes through a symbolic link; no symlink is "
-                        "followed below the media root (it could lead outside the media root)",
-                        "path_outside_root")  # fmt: skip
+            return _bad(
+                f"{where}: {path!r} is or passes through a symbolic link; no symlink is "
+                "followed below the media root (it could lead outside the media root)",
+                "path_outside_root",
+            )
     return _bad(f"{where}: cannot read {path!r}: {e.strerror}", "image_missing")
 
 
@@ -227,8 +246,11 @@ class Fetcher:
 
     def fetch(self, url: str, where: str = "image_url") -> bytes:
         if not self.cfg.allow_fetch_hosts:
-            raise _bad(f"{where}: fetching http(s) URLs is disabled on this server (send a data "
-                       "URL, or start it with --allow-fetch HOST)", "fetch_disabled")  # fmt: skip
+            raise _bad(
+                f"{where}: fetching http(s) URLs is disabled on this server (send a data "
+                "URL, or start it with --allow-fetch HOST)",
+                "fetch_disabled",
+            )
         deadline = time.monotonic() + self.cfg.fetch_timeout_s
         for _ in range(self.cfg.max_redirects + 1):
             scheme, host, port, target = self._check_url(url, where)
@@ -246,16 +268,19 @@ class Fetcher:
 
     def _check_url(self, url: str, where: str) -> tuple[str, str, int, str]:
         if len(url) > MAX_FETCH_URL_CHARS:
-            raise _bad(f"{where}: URL is {len(url):,} characters, above the limit of "
-                       f"{MAX_FETCH_URL_CHARS:,}")  # fmt: skip
+            raise _bad(
+                f"{where}: URL is {len(url):,} characters, above the limit of "
+                f"{MAX_FETCH_URL_CHARS:,}"
+            )
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port
         except ValueError as e:
             raise _bad(f"{where}: malformed URL: {e}") from e
         if parts.scheme not in ("http", "https"):
-            raise _bad(f"{where}: redirect to a {parts.scheme or 'relative'} URL refused",
-                       "fetch_refused")  # fmt: skip
+            raise _bad(
+                f"{where}: redirect to a {parts.scheme or 'relative'} URL refused", "fetch_refused"
+            )
         host = (parts.hostname or "").lower()
         if parts.username is not None or parts.password is not None:
             raise _bad(f"{where}: URLs with credentials are refused", "fetch_refused")
@@ -273,8 +298,10 @@ class Fetcher:
             for ip in ips:
                 why = address_refused(ip)
                 if why is not None:
-                    raise _bad(f"{where}: host {host!r} resolves to {ip}, a {why} address; "
-                               "refused", "fetch_refused")  # fmt: skip
+                    raise _bad(
+                        f"{where}: host {host!r} resolves to {ip}, a {why} address; refused",
+                        "fetch_refused",
+                    )
         return ips[0]
 
     def _get(
@@ -299,8 +326,11 @@ class Fetcher:
                 sock.sock.close()
         except (OSError, http.client.HTTPException) as e:
             if time.monotonic() >= deadline or isinstance(e, TimeoutError):
-                raise _bad(f"{where}: fetching from {host} timed out "
-                           f"(fetch_timeout_s={self.cfg.fetch_timeout_s})", "fetch_timeout") from e  # fmt: skip
+                raise _bad(
+                    f"{where}: fetching from {host} timed out "
+                    f"(fetch_timeout_s={self.cfg.fetch_timeout_s})",
+                    "fetch_timeout",
+                ) from e
             raise _bad(f"{where}: fetching from {host} failed: {e}", "fetch_failed") from e
 
     def _connect(
@@ -320,15 +350,20 @@ class Fetcher:
         max_bytes = self.cfg.max_image_bytes
         length = resp.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            raise _bad(f"{where}: image is {int(length):,} bytes, above the limit of "
-                       f"{max_bytes:,} (max_image_bytes)", "image_too_large")  # fmt: skip
+            raise _bad(
+                f"{where}: image is {int(length):,} bytes, above the limit of "
+                f"{max_bytes:,} (max_image_bytes)",
+                "image_too_large",
+            )
         chunks, size = [], 0
         while chunk := resp.read1(65536):
             chunks.append(chunk)
             size += len(chunk)
             if size > max_bytes:
-                raise _bad(f"{where}: image is over the limit of {max_bytes:,} bytes "
-                           "(max_image_bytes)", "image_too_large")  # fmt: skip
+                raise _bad(
+                    f"{where}: image is over the limit of {max_bytes:,} bytes (max_image_bytes)",
+                    "image_too_large",
+                )
         return b"".join(chunks)
 
 
@@ -351,8 +386,11 @@ class _DeadlineSocket(io.RawIOBase):
     def readinto(self, buf) -> int:
         if self.head_limit is not None:
             if self.head_limit <= 0:
-                raise _bad(f"{self.where}: the response's status line and headers are over "
-                           f"{MAX_RESPONSE_HEAD_BYTES:,} bytes; refused", "fetch_failed")  # fmt: skip
+                raise _bad(
+                    f"{self.where}: the response's status line and headers are over "
+                    f"{MAX_RESPONSE_HEAD_BYTES:,} bytes; refused",
+                    "fetch_failed",
+                )
             buf = memoryview(buf)[: self.head_limit]
         self.sock.settimeout(_remaining(self.deadline, self.where))
         n = self.sock.recv_into(buf)

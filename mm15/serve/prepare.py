@@ -78,17 +78,28 @@ def check_request(
     settings.  ``max_prompt_bytes``: see :func:`prompt_bytes_limit`."""
     lim = cfg.limits
     if req.model != cfg.model_name:
-        raise APIError(404, f"model {req.model!r} does not exist; this server serves "
-                       f"{cfg.model_name!r}", param="model", code="model_not_found")  # fmt: skip
-    for name, bad in (("n", req.n != 1), ("logprobs", bool(req.logprobs)), ("tools", bool(req.tools))):  # fmt: skip
+        raise APIError(
+            404,
+            f"model {req.model!r} does not exist; this server serves {cfg.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+    for name, bad in (
+        ("n", req.n != 1),
+        ("logprobs", bool(req.logprobs)),
+        ("tools", bool(req.tools)),
+    ):
         if bad:
             raise _bad(f"{name} is not supported by mm15 serve (n must be 1)", name, "unsupported")
     if req.max_tokens and req.max_completion_tokens and req.max_tokens != req.max_completion_tokens:
         raise _bad("max_tokens and max_completion_tokens disagree", "max_tokens")
     max_tokens = req.max_completion_tokens or req.max_tokens or lim.default_max_tokens
     if max_tokens > lim.max_tokens:
-        raise _bad(f"max_tokens={max_tokens} is above this server's limit of {lim.max_tokens}",
-                   "max_tokens", "max_tokens_too_large")  # fmt: skip
+        raise _bad(
+            f"max_tokens={max_tokens} is above this server's limit of {lim.max_tokens}",
+            "max_tokens",
+            "max_tokens_too_large",
+        )
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > lim.max_stop or any(not s for s in stop):
         raise _bad(f"stop: at most {lim.max_stop} non-empty strings, got {stop!r}", "stop")
@@ -97,20 +108,34 @@ def check_request(
         parts = msg.content if isinstance(msg.content, list) else []
         images = sum(isinstance(p, ImagePart) for p in parts)
         if images and msg.role != "user":
-            raise _bad(f"messages[{i}]: only user messages may hold images, not {msg.role}",
-                       f"messages.{i}.content")  # fmt: skip
+            raise _bad(
+                f"messages[{i}]: only user messages may hold images, not {msg.role}",
+                f"messages.{i}.content",
+            )
         n_images += images
     if n_images > lim.max_images:
-        raise _bad(f"{n_images} images in the request; at most {lim.max_images} are allowed",
-                   "messages", "too_many_images")  # fmt: skip
+        raise _bad(
+            f"{n_images} images in the request; at most {lim.max_images} are allowed",
+            "messages",
+            "too_many_images",
+        )
     n_bytes = _text_bytes(req)
     if max_prompt_bytes is not None and n_bytes > max_prompt_bytes:
-        raise _bad(f"the prompt's text is {n_bytes:,} bytes, more than a prompt within the "
-                   f"token limit can hold ({max_prompt_bytes:,} bytes)", "messages",
-                   "prompt_too_long")  # fmt: skip
+        raise _bad(
+            f"the prompt's text is {n_bytes:,} bytes, more than a prompt within the "
+            f"token limit can hold ({max_prompt_bytes:,} bytes)",
+            "messages",
+            "prompt_too_long",
+        )
     temperature = cfg.default_temperature if req.temperature is None else req.temperature
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p,
-                          top_k=req.top_k, seed=req.seed, stop=tuple(stop))  # fmt: skip
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        seed=req.seed,
+        stop=tuple(stop),
+    )
 
 
 class PixelBudget:
@@ -126,10 +151,14 @@ class PixelBudget:
     def take(self, n: int, where: str) -> None:
         with self._cv:
             if not self._cv.wait_for(lambda: self.free >= n, self.wait_s):
-                raise APIError(503, f"{where}: other requests hold {self.total - self.free:,} of "
-                               f"the {self.total:,} decoded pixels allowed in flight "
-                               "(max_pixels_in_flight); retry later", code="image_budget_full",
-                               headers={"Retry-After": "1"})  # fmt: skip
+                raise APIError(
+                    503,
+                    f"{where}: other requests hold {self.total - self.free:,} of "
+                    f"the {self.total:,} decoded pixels allowed in flight "
+                    "(max_pixels_in_flight); retry later",
+                    code="image_budget_full",
+                    headers={"Retry-After": "1"},
+                )
             self.free -= n
 
     def give(self, n: int) -> None:
@@ -181,14 +210,20 @@ def _sample(req: ChatRequest, loader: _Images) -> Sample:
             else:
                 parts.append(Part.t(part.text))
         messages.append(Message(role=_ROLES[msg.role], content=parts))
-    return Sample(id="request", source="serve", category="eval", stage="eval", media=media,
-                  messages=messages)  # fmt: skip
+    return Sample(
+        id="request", source="serve", category="eval", stage="eval", media=media, messages=messages
+    )
 
 
 def prepare_prompt(
-    req: ChatRequest, params: SamplingParams, cfg: ServeConfig, model_cfg, tokenizer,
-    fetcher: Fetcher, budget: PixelBudget | None = None,
-) -> PreparedPrompt:  # fmt: skip
+    req: ChatRequest,
+    params: SamplingParams,
+    cfg: ServeConfig,
+    model_cfg,
+    tokenizer,
+    fetcher: Fetcher,
+    budget: PixelBudget | None = None,
+) -> PreparedPrompt:
     """Images fetched and decoded (within ``budget``), the template applied, limits on tokens
     checked, tiles cut."""
     loader = _Images(cfg, fetcher, budget)
@@ -208,11 +243,18 @@ def _prepare(req, params, cfg, model_cfg, tokenizer, loader: _Images) -> Prepare
     n, context = len(ex.input_ids), model_cfg.lm.max_seq_len
     limit = prompt_token_limit(cfg, model_cfg)
     if n > limit:
-        raise _bad(f"the prompt is {n} tokens (images included), above the limit of {limit}",
-                   "messages", "prompt_too_long")  # fmt: skip
+        raise _bad(
+            f"the prompt is {n} tokens (images included), above the limit of {limit}",
+            "messages",
+            "prompt_too_long",
+        )
     if n + params.max_tokens > context:
-        raise _bad(f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
-                   f"model's context of {context} tokens", "max_tokens", "context_length_exceeded")  # fmt: skip
+        raise _bad(
+            f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
+            f"model's context of {context} tokens",
+            "max_tokens",
+            "context_length_exceeded",
+        )
     # image k is media k (built in order of appearance above); tiles are cut once the limits pass
     return PreparedPrompt(encode_example(ex, model_cfg), [m.decoded.size for m in sample.media])
 

@@ -35,8 +35,12 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error",
-                429: "rate_limit_error"}.get(self.status, "invalid_request_error")  # fmt: skip
+        kind = {
+            401: "authentication_error",
+            404: "not_found_error",
+            413: "invalid_request_error",
+            429: "rate_limit_error",
+        }.get(self.status, "invalid_request_error")
         if self.status >= 500:
             kind = "server_error"
         err = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
@@ -126,13 +130,23 @@ def _check_counts(data: object, max_messages: int | None, max_parts: int | None)
     if not isinstance(messages, list):
         return  # the model's validation says what is wrong
     if max_messages is not None and len(messages) > max_messages:
-        raise APIError(400, f"{len(messages)} messages in the request; at most {max_messages} "
-                       "are allowed (max_messages)", param="messages", code="too_many_messages")  # fmt: skip
+        raise APIError(
+            400,
+            f"{len(messages)} messages in the request; at most {max_messages} "
+            "are allowed (max_messages)",
+            param="messages",
+            code="too_many_messages",
+        )
     contents = (m.get("content") for m in messages if isinstance(m, dict))
     parts = sum(len(c) for c in contents if isinstance(c, list))
     if max_parts is not None and parts > max_parts:
-        raise APIError(400, f"{parts} content parts in the request; at most {max_parts} are "
-                       "allowed (max_content_parts)", param="messages", code="too_many_parts")  # fmt: skip
+        raise APIError(
+            400,
+            f"{parts} content parts in the request; at most {max_parts} are "
+            "allowed (max_content_parts)",
+            param="messages",
+            code="too_many_parts",
+        )
 
 
 def _clean_loc(loc: tuple) -> list[str]:

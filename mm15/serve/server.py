@@ -63,8 +63,10 @@ class HeadTimeoutProtocol(H11Protocol):
     def _head_timeout(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            log.info("closing a connection that sent no complete request head in %.1f s",
-                     self.header_timeout_s)  # fmt: skip
+            log.info(
+                "closing a connection that sent no complete request head in %.1f s",
+                self.header_timeout_s,
+            )
             self.transport.close()
 
 
@@ -73,8 +75,9 @@ def uvicorn_config(app, cfg: ServeConfig | None = None, **kw) -> uvicorn.Config:
     config ``create_app`` stored on the app, else :class:`HTTPConfig`'s)."""
     cfg = cfg if cfg is not None else getattr(getattr(app, "state", None), "serve_cfg", None)
     http = cfg.http if cfg is not None else HTTPConfig()
-    protocol = type("HeadTimeoutProtocol", (HeadTimeoutProtocol,),
-                    {"header_timeout_s": http.header_timeout_s})  # fmt: skip
+    protocol = type(
+        "HeadTimeoutProtocol", (HeadTimeoutProtocol,), {"header_timeout_s": http.header_timeout_s}
+    )
     return uvicorn.Config(app, http=protocol, **kw)
 
 
@@ -85,8 +88,9 @@ class BackgroundServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn_config(app, log_level="warning", log_config=None, lifespan="on",
-                                timeout_graceful_shutdown=5)  # fmt: skip
+        config = uvicorn_config(
+            app, log_level="warning", log_config=None, lifespan="on", timeout_graceful_shutdown=5
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

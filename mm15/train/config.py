@@ -50,8 +50,10 @@ class DatasetConfig:
         from mm15.data.sources import KINDS
 
         if self.kind is not None and self.kind not in KINDS:
-            raise ValueError(f"dataset {self.name!r}: kind {self.kind!r} is not a reader; "
-                             f"choose from {', '.join(KINDS)}")  # fmt: skip
+            raise ValueError(
+                f"dataset {self.name!r}: kind {self.kind!r} is not a reader; "
+                f"choose from {', '.join(KINDS)}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -82,20 +84,27 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}"
-        _at_least(where, steps=(self.steps, 0), batch_rows=(self.batch_rows, 1),
-                  micro_rows=(self.micro_rows, 0), warmup_steps=(self.warmup_steps, 0),
-                  **{"packing.seq_len": (self.packing.seq_len, 2)})  # fmt: skip
+        _at_least(
+            where,
+            steps=(self.steps, 0),
+            batch_rows=(self.batch_rows, 1),
+            micro_rows=(self.micro_rows, 0),
+            warmup_steps=(self.warmup_steps, 0),
+            **{"packing.seq_len": (self.packing.seq_len, 2)},
+        )
         if self.epochs is not None:
             if not 0 < self.epochs < float("inf"):
                 raise ValueError(f"{where}: epochs must be > 0, got {self.epochs}")
             if self.steps:
                 raise ValueError(f"{where}: set steps or epochs, not both (steps=0 with epochs)")
         elif self.warmup_steps > self.steps:
-            raise ValueError(f"{where}: warmup_steps ({self.warmup_steps}) exceeds steps "
-                             f"({self.steps})")  # fmt: skip
+            raise ValueError(
+                f"{where}: warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})"
+            )
         if self.micro_rows > self.batch_rows:
-            raise ValueError(f"{where}: micro_rows ({self.micro_rows}) exceeds batch_rows "
-                             f"({self.batch_rows})")  # fmt: skip
+            raise ValueError(
+                f"{where}: micro_rows ({self.micro_rows}) exceeds batch_rows ({self.batch_rows})"
+            )
         if self.lr is not None and not 0 < self.lr < float("inf"):
             raise ValueError(f"{where}: lr must be > 0 (or null for MM1 Eq. 1), got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -144,13 +153,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("stages is empty: a run needs at least one stage")
-        _at_least("train config", log_every=(self.log_every, 1), ckpt_every=(self.ckpt_every, 1),
-                  keep_last=(self.keep_last, 1),
-                  max_nonfinite_steps=(self.max_nonfinite_steps, 1),
-                  preflight_samples=(self.preflight_samples, 0))  # fmt: skip
+        _at_least(
+            "train config",
+            log_every=(self.log_every, 1),
+            ckpt_every=(self.ckpt_every, 1),
+            keep_last=(self.keep_last, 1),
+            max_nonfinite_steps=(self.max_nonfinite_steps, 1),
+            preflight_samples=(self.preflight_samples, 0),
+        )
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError(f"max_skipped_fraction must be in [0, 1], got "
-                             f"{self.max_skipped_fraction}")  # fmt: skip
+            raise ValueError(
+                f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}"
+            )
 
 
 def model_format(cfg: TrainConfig) -> FormatConfig:

@@ -40,10 +40,14 @@ from mm15.train.config import DatasetConfig, StageConfig
 
 
 def open_datasets(
-    specs: list[DatasetConfig], *, stage: str, stage_name: str | None = None,
-    data_root: str = "data", registry: Mapping[str, RegistryEntry] | None = None,
+    specs: list[DatasetConfig],
+    *,
+    stage: str,
+    stage_name: str | None = None,
+    data_root: str = "data",
+    registry: Mapping[str, RegistryEntry] | None = None,
     missing: Literal["error", "skip"] = "error",
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One reader per dataset, resolved through the registry (names → reader, options, files
     under ``data_root``); paths may be globs (``data/cc12m/*.tar``), expanded sorted.
 
@@ -95,8 +99,9 @@ def run_stage(stage: StageConfig, opened: Mapping[str, Any]) -> StageConfig:
     """``stage`` as it runs on the readers ``opened``: a mixture without sources gets one per
     dataset (its category from the reader, i.e. the registry or the dataset config), and the
     sources whose datasets were left out (``missing_datasets=skip``) are dropped."""
-    sources = stage.mixture.sources or [SourceConfig(name=n, category=r.category)
-                                        for n, r in opened.items()]  # fmt: skip
+    sources = stage.mixture.sources or [
+        SourceConfig(name=n, category=r.category) for n, r in opened.items()
+    ]
     sources = [s for s in sources if s.name in opened]
     return dataclasses.replace(stage, mixture=dataclasses.replace(stage.mixture, sources=sources))
 
@@ -107,9 +112,13 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 
 def epoch_steps(
-    stage: StageConfig, datasets: Mapping[str, Any], *, tokenizer: MM15Tokenizer,
-    model_cfg: ModelConfig, samples: int = 64,
-) -> int:  # fmt: skip
+    stage: StageConfig,
+    datasets: Mapping[str, Any],
+    *,
+    tokenizer: MM15Tokenizer,
+    model_cfg: ModelConfig,
+    samples: int = 64,
+) -> int:
     """Steps for ``stage.epochs`` passes over ``datasets``: each dataset's samples over the
     samples per packed row measured on up to ``samples`` of its own (evenly spaced, formatted
     and packed with the stage's settings), summed, times epochs, over ``batch_rows``."""
@@ -123,16 +132,19 @@ def epoch_steps(
         packed = built = 0
         for index in evenly_spaced(n, samples):
             try:
-                ex = format_sample(reader[index], tokenizer=tokenizer, model_cfg=model_cfg,
-                                   fmt=stage.format)  # fmt: skip
+                ex = format_sample(
+                    reader[index], tokenizer=tokenizer, model_cfg=model_cfg, fmt=stage.format
+                )
             except SampleError:
                 continue
             built += 1 if len(ex) <= stage.packing.seq_len else 0
             packed += len(packer.add(ex))
         packed += len(packer.flush())
         if not built:
-            raise DataError(f"stage {stage.name}: dataset {name}: none of {min(n, samples)} "
-                            "samples checked could be formatted; cannot count its epochs")  # fmt: skip
+            raise DataError(
+                f"stage {stage.name}: dataset {name}: none of {min(n, samples)} "
+                "samples checked could be formatted; cannot count its epochs"
+            )
         rows += n / (built / packed)
     return max(1, math.ceil(stage.epochs * rows / stage.batch_rows))
 
@@ -144,12 +156,16 @@ def expand_paths(patterns: list[str], label: str) -> list[str]:
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches or (not glob.has_magic(pattern) and not os.path.exists(pattern)):
-            raise FileNotFoundError(f"{label}: paths: no files match {pattern!r} (set data_root, "
-                                    "or the dataset's paths)")  # fmt: skip
+            raise FileNotFoundError(
+                f"{label}: paths: no files match {pattern!r} (set data_root, "
+                "or the dataset's paths)"
+            )
         folders = [m for m in matches if os.path.isdir(m)]
         if folders:
-            raise ValueError(f"{label}: paths: {folders[0]} is a directory; list the data "
-                             f"files in it (e.g. {os.path.join(folders[0], '*')})")  # fmt: skip
+            raise ValueError(
+                f"{label}: paths: {folders[0]} is a directory; list the data "
+                f"files in it (e.g. {os.path.join(folders[0], '*')})"
+            )
         out += matches
     return out
 
@@ -162,14 +178,23 @@ class StageStream:
     """The global stream of packed rows of one stage (identical on every rank)."""
 
     def __init__(
-        self, stage: StageConfig, datasets: Mapping[str, Any], *, tokenizer: MM15Tokenizer,
-        model_cfg: ModelConfig, seed: int, max_skipped_fraction: float = 0.5,
-    ):  # fmt: skip
+        self,
+        stage: StageConfig,
+        datasets: Mapping[str, Any],
+        *,
+        tokenizer: MM15Tokenizer,
+        model_cfg: ModelConfig,
+        seed: int,
+        max_skipped_fraction: float = 0.5,
+    ):
         self.stage = stage
         self.datasets = dict(datasets)
         self.tokenizer = tokenizer
-        self.model_cfg = (dataclasses.replace(model_cfg, image=stage.image)
-                          if stage.image is not None else model_cfg)  # fmt: skip
+        self.model_cfg = (
+            dataclasses.replace(model_cfg, image=stage.image)
+            if stage.image is not None
+            else model_cfg
+        )
         self.sampler = build_sampler(stage.mixture, self.datasets, seed=seed)
         self.packer = Packer.from_config(stage.packing, pad_id=tokenizer.pad_id)
         self.max_skipped_fraction = max_skipped_fraction
@@ -187,8 +212,9 @@ class StageStream:
 
     def _example(self, name: str, index: int) -> Example:
         sample = self.datasets[name][index]
-        return format_sample(sample, tokenizer=self.tokenizer, model_cfg=self.model_cfg,
-                             fmt=self.stage.format)  # fmt: skip
+        return format_sample(
+            sample, tokenizer=self.tokenizer, model_cfg=self.model_cfg, fmt=self.stage.format
+        )
 
     def _pull(self) -> None:
         name, index = self.sampler.next_index()
@@ -286,9 +312,15 @@ class StageStream:
             skips = self.source_skips.get(name, Counter())
             entry["skipped"] = dict(skips)
             entry["trained"] = entry["drawn"] - sum(skips.values())
-        return {"mixture": mixture, "skipped": dict(self.skipped),
-                "packing": {"rows": self.packer.stats.rows, "tokens": self.packer.stats.tokens,
-                            "padding": self.packer.stats.padding}}  # fmt: skip
+        return {
+            "mixture": mixture,
+            "skipped": dict(self.skipped),
+            "packing": {
+                "rows": self.packer.stats.rows,
+                "tokens": self.packer.stats.tokens,
+                "padding": self.packer.stats.padding,
+            },
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,9 +328,14 @@ class StageStream:
 
 
 def rank_batches(
-    rows: list[PackedRow], *, rank: int, world_size: int, micro_rows: int, model_cfg: ModelConfig,
+    rows: list[PackedRow],
+    *,
+    rank: int,
+    world_size: int,
+    micro_rows: int,
+    model_cfg: ModelConfig,
     device: torch.device,
-) -> tuple[list[dict[str, torch.Tensor]], int]:  # fmt: skip
+) -> tuple[list[dict[str, torch.Tensor]], int]:
     """This rank's rows of a global batch, as micro-batches of tensors on ``device``, and the
     number of images whose pixels failed to decode (their documents' labels are dropped)."""
     mine = rows[rank::world_size]

@@ -114,8 +114,9 @@ def connector_flops_per_tile(
     side = math.isqrt(cfg.num_tokens)
     macs = 0
     for i in range(cfg.depth):  # RegStage 1 at G×G, then RegStage 2 at S×S
-        macs += _bottleneck_macs(enc_width if i == 0 else cfg.hidden, cfg.hidden, grid * grid,
-                                 cfg.se_ratio)  # fmt: skip
+        macs += _bottleneck_macs(
+            enc_width if i == 0 else cfg.hidden, cfg.hidden, grid * grid, cfg.se_ratio
+        )
         macs += _bottleneck_macs(cfg.hidden, cfg.hidden, side * side, cfg.se_ratio)
     mlp_in = cfg.hidden if cfg.depth > 0 else enc_width
     macs += cfg.num_tokens * (mlp_in * out_dim + (cfg.mlp_depth - 1) * out_dim * out_dim)
@@ -149,8 +150,9 @@ def batch_flops(cfg: ModelConfig, micro_batches: list[dict[str, Tensor]]) -> Ste
         pixels = mb.get("pixels_NCHW")
         tiles = 0 if pixels is None else pixels.shape[0]
         hw = (cfg.image.resolution,) * 2 if pixels is None else tuple(pixels.shape[-2:])
-        parts.append(training_flops(cfg, tokens=rows * seq_len, seq_len=seq_len, tiles=tiles,
-                                    tile_hw=hw))  # fmt: skip
+        parts.append(
+            training_flops(cfg, tokens=rows * seq_len, seq_len=seq_len, tiles=tiles, tile_hw=hw)
+        )
     return StepFlops(
         decoder=sum(p.decoder for p in parts),
         vision=sum(p.vision for p in parts),
@@ -182,8 +184,10 @@ def mfu(flops: float, seconds: float, peak: float) -> float:
 
 def utilisation(flops: StepFlops, seconds: float, peak: float | None) -> dict[str, float]:
     """Per-device achieved TFLOP/s of both counts, and both MFUs when ``peak`` is known."""
-    out = {"tflops_decoder": flops.decoder / seconds / 1e12,
-           "tflops_total": flops.total / seconds / 1e12}  # fmt: skip
+    out = {
+        "tflops_decoder": flops.decoder / seconds / 1e12,
+        "tflops_total": flops.total / seconds / 1e12,
+    }
     if peak:
         out["mfu_decoder"] = mfu(flops.decoder, seconds, peak)
         out["mfu_total"] = mfu(flops.total, seconds, peak)

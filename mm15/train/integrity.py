@@ -145,8 +145,10 @@ def verify_checkpoint(root: str | Path) -> None:
         got, problem = _hash_share(root, sorted(expected))
         bad = sorted(n for n in expected if got.get(n) != expected[n])
         if problem is None and bad:
-            problem = (f"{bad[0]}: SHA-256 differs from {MANIFEST} (corrupted or modified; "
-                       f"{len(bad)} file(s) differ)")  # fmt: skip
+            problem = (
+                f"{bad[0]}: SHA-256 differs from {MANIFEST} (corrupted or modified; "
+                f"{len(bad)} file(s) differ)"
+            )
     if problem is not None:
         raise CheckpointIntegrityError(f"refusing to resume from {root}: {problem}")
 
@@ -157,21 +159,35 @@ _DCP = "torch.distributed.checkpoint"
 # What ``pickle.dump(Metadata)`` refers to, checked against checkpoints of dense and MoE models
 # with AdamW and AdaFactor state, one process and FSDP2 (tests/test_train_hardening.py).
 _METADATA_GLOBALS: set[tuple[str, str]] = {
-    *((f"{_DCP}.metadata", n) for n in ("Metadata", "MetadataIndex", "ChunkStorageMetadata",
-                                         "TensorStorageMetadata", "BytesStorageMetadata",
-                                         "TensorProperties", "StorageMeta",
-                                         "_MEM_FORMAT_ENCODING")),
+    *(
+        (f"{_DCP}.metadata", n)
+        for n in (
+            "Metadata",
+            "MetadataIndex",
+            "ChunkStorageMetadata",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "TensorProperties",
+            "StorageMeta",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ),
     (f"{_DCP}.filesystem", "_StorageInfo"),
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),  # a layout by name: a dict look-up
-    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # StorageMeta.checkpoint_id
-    ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),  # StorageMeta.checkpoint_id
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
     ("collections", "OrderedDict"),
     *(("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "complex")),
     # dtypes, layouts and memory formats are plain attributes of torch
-    *(("torch", n) for n in dir(torch)
-      if isinstance(getattr(torch, n, None), torch.dtype | torch.layout | torch.memory_format)),
-}  # fmt: skip
+    *(
+        ("torch", n)
+        for n in dir(torch)
+        if isinstance(getattr(torch, n, None), torch.dtype | torch.layout | torch.memory_format)
+    ),
+}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -193,13 +209,16 @@ def load_metadata(path: Path) -> Metadata:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointIntegrityError(f"refusing to read {path}: {e}") from None
     if not isinstance(metadata, Metadata):
-        raise CheckpointIntegrityError(f"refusing to read {path}: it holds a "
-                                       f"{type(metadata).__name__}, not DCP Metadata")  # fmt: skip
+        raise CheckpointIntegrityError(
+            f"refusing to read {path}: it holds a {type(metadata).__name__}, not DCP Metadata"
+        )
     for info in (metadata.storage_data or {}).values():
         rel = PurePosixPath(str(getattr(info, "relative_path", "")))
         if len(rel.parts) != 1 or rel.name in ("", ".", ".."):
-            raise CheckpointIntegrityError(f"refusing to read {path}: storage file {str(rel)!r} "
-                                           "is not a file of the checkpoint folder")  # fmt: skip
+            raise CheckpointIntegrityError(
+                f"refusing to read {path}: storage file {str(rel)!r} "
+                "is not a file of the checkpoint folder"
+            )
     return metadata
 
 

@@ -92,9 +92,11 @@ def _set_trainable(model: MM15, stage: StageConfig) -> None:
 def check_start(cfg: TrainConfig) -> None:
     """A recipe that starts from pre-trained parts refuses random weights unless asked."""
     if not cfg.init_from and not cfg.allow_random_init:
-        raise ValueError("this recipe starts from pre-trained parts: set init_from=DIR (a "
-                         "checkpoint `mm15 init` assembled, or an earlier run's final/), or "
-                         "allow_random_init=true to train from random weights")  # fmt: skip
+        raise ValueError(
+            "this recipe starts from pre-trained parts: set init_from=DIR (a "
+            "checkpoint `mm15 init` assembled, or an earlier run's final/), or "
+            "allow_random_init=true to train from random weights"
+        )
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -102,8 +104,13 @@ def train(cfg: TrainConfig) -> RunResult:
     info = init_distributed()
     run_dir = Path(cfg.run_dir)
     resume = latest_checkpoint(run_dir)
-    state: dict[str, Any] = {"stage": 0, "stage_step": 0, "step": 0, "skipped_steps": 0,
-                             "nonfinite_streak": 0}  # fmt: skip
+    state: dict[str, Any] = {
+        "stage": 0,
+        "stage_step": 0,
+        "step": 0,
+        "skipped_steps": 0,
+        "nonfinite_streak": 0,
+    }
     if resume is not None:
         verify_checkpoint(resume)  # before any of it is read (load_training_state skips it)
         with (resume / "trainer_state.json").open() as f:
@@ -116,14 +123,16 @@ def train(cfg: TrainConfig) -> RunResult:
     if cfg.preflight_samples:  # `mm15 data check`'s sample check, on the readers just opened
         problems = preflight(cfg, datasets, check_tokenizer(cfg), cfg.preflight_samples)
         if problems:
-            raise DataError(f"{len(problems)} data problem(s) before step 1: "
-                            + "; ".join(problems))  # fmt: skip
+            raise DataError(
+                f"{len(problems)} data problem(s) before step 1: " + "; ".join(problems)
+            )
     model, tokenizer = build_model(cfg)
     inner = model
     model = parallelize(model, cfg.parallel, info)
     result = RunResult(run_dir=run_dir, skipped_steps=state["skipped_steps"])
-    logger = MetricsLogger(run_dir, rank=info.rank,
-                           resume_from_step=state["step"] if resume else None)  # fmt: skip
+    logger = MetricsLogger(
+        run_dir, rank=info.rank, resume_from_step=state["step"] if resume else None
+    )
     try:
         for index in range(first, len(cfg.stages)):
             resume_here = resume if index == first else None
@@ -153,14 +162,22 @@ def open_stage_datasets(cfg: TrainConfig, index: int) -> dict[str, Any]:
     """The readers of stage ``index``, resolved through the registry and the run's entries."""
     stage = cfg.stages[index]
     if not stage.datasets:
-        raise ValueError(f"stage {stage.name}: no datasets; name them in "
-                         f"stages.{index}.datasets (registry names, `mm15 data list`)")  # fmt: skip
-    opened = open_datasets(stage.datasets, stage=stage.kind, stage_name=stage.name,
-                           data_root=cfg.data_root, registry=registry(cfg.registry),
-                           missing=cfg.missing_datasets)  # fmt: skip
+        raise ValueError(
+            f"stage {stage.name}: no datasets; name them in "
+            f"stages.{index}.datasets (registry names, `mm15 data list`)"
+        )
+    opened = open_datasets(
+        stage.datasets,
+        stage=stage.kind,
+        stage_name=stage.name,
+        data_root=cfg.data_root,
+        registry=registry(cfg.registry),
+        missing=cfg.missing_datasets,
+    )
     if not opened:
-        raise ValueError(f"stage {stage.name}: none of its datasets has files under data_root "
-                         f"{cfg.data_root!r}")  # fmt: skip
+        raise ValueError(
+            f"stage {stage.name}: none of its datasets has files under data_root {cfg.data_root!r}"
+        )
     return opened
 
 
@@ -176,25 +193,40 @@ def _run_stage(
     if stage.epochs is not None:
         steps = epoch_steps(stage, datasets, tokenizer=tokenizer, model_cfg=inner.cfg)
         if stage.warmup_steps > steps:
-            raise ValueError(f"stage {stage.name}: warmup_steps ({stage.warmup_steps}) exceeds "
-                             f"the {steps} steps of {stage.epochs} epoch(s)")  # fmt: skip
+            raise ValueError(
+                f"stage {stage.name}: warmup_steps ({stage.warmup_steps}) exceeds "
+                f"the {steps} steps of {stage.epochs} epoch(s)"
+            )
         stage = dataclasses.replace(stage, steps=steps, epochs=None)
         if info.rank == 0:
-            print(f"[{stage.name}] {cfg.stages[index].epochs} epoch(s) = {steps} steps of "
-                  f"{stage.batch_rows} rows", flush=True)  # fmt: skip
+            print(
+                f"[{stage.name}] {cfg.stages[index].epochs} epoch(s) = {steps} steps of "
+                f"{stage.batch_rows} rows",
+                flush=True,
+            )
     missing = [d.name for d in cfg.stages[index].datasets if d.name not in datasets]
     if missing and info.rank == 0:
-        print(f"[{stage.name}] training without datasets that have no files (missing_datasets="
-              f"skip): {', '.join(missing)}", flush=True)  # fmt: skip
+        print(
+            f"[{stage.name}] training without datasets that have no files (missing_datasets="
+            f"skip): {', '.join(missing)}",
+            flush=True,
+        )
     if stage.batch_rows % info.world_size:
-        raise ValueError(f"stage {stage.name}: batch_rows {stage.batch_rows} is not divisible by "
-                         f"the world size {info.world_size}")  # fmt: skip
+        raise ValueError(
+            f"stage {stage.name}: batch_rows {stage.batch_rows} is not divisible by "
+            f"the world size {info.world_size}"
+        )
     _set_trainable(inner, stage)
     peak = stage.lr if stage.lr is not None else recipe_peak_lr(inner.cfg)
     optimizer = build_optimizer(model, dataclasses.replace(stage.optim, lr=peak))
-    stream = StageStream(stage, datasets,
-                         tokenizer=tokenizer, model_cfg=inner.cfg, seed=cfg.seed + index,
-                         max_skipped_fraction=cfg.max_skipped_fraction)  # fmt: skip
+    stream = StageStream(
+        stage,
+        datasets,
+        tokenizer=tokenizer,
+        model_cfg=inner.cfg,
+        seed=cfg.seed + index,
+        max_skipped_fraction=cfg.max_skipped_fraction,
+    )
     start = 0
     if resume is not None:
         saved = load_training_state(resume, model=model, optimizer=optimizer, verify=False)
@@ -205,19 +237,33 @@ def _run_stage(
     failed_pixels = 0
     device_peak = peak_flops(info.device, cfg.parallel.peak_tflops)  # None (CPU): no MFU
 
-    with (Progress(stage.steps, f"[{stage.name}]", info.rank == 0, initial=start,
-                   log_every=cfg.log_every) as progress,
-          _Batches(stream, info, use_prefetch(cfg.prefetch, info.device)) as next_batches):  # fmt: skip
+    with (
+        Progress(
+            stage.steps, f"[{stage.name}]", info.rank == 0, initial=start, log_every=cfg.log_every
+        ) as progress,
+        _Batches(stream, info, use_prefetch(cfg.prefetch, info.device)) as next_batches,
+    ):
         for step in range(start, stage.steps):
-            lr = lr_at(step, peak_lr=peak, warmup_steps=stage.warmup_steps,
-                       total_steps=stage.steps, min_lr_ratio=stage.min_lr_ratio)  # fmt: skip
+            lr = lr_at(
+                step,
+                peak_lr=peak,
+                warmup_steps=stage.warmup_steps,
+                total_steps=stage.steps,
+                min_lr_ratio=stage.min_lr_ratio,
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
             batches, bad = next_batches(last=step + 1 == stage.steps)
             failed_pixels += bad
-            out = train_step(model, batches, optimizer=optimizer, grad_clip=stage.optim.grad_clip,
-                             world_size=info.world_size, autocast=autocast)  # fmt: skip
+            out = train_step(
+                model,
+                batches,
+                optimizer=optimizer,
+                grad_clip=stage.optim.grad_clip,
+                world_size=info.world_size,
+                autocast=autocast,
+            )
             state["step"] += 1
             state["stage_step"] = step + 1
             state["skipped_steps"] += int(out.skipped)
@@ -260,9 +306,14 @@ class _Batches:
 
     def _pixels(self, rows: list) -> tuple[list[dict[str, torch.Tensor]], int]:
         stage, info = self.stream.stage, self.info
-        return rank_batches(rows, rank=info.rank, world_size=info.world_size,
-                            micro_rows=stage.micro_rows, model_cfg=self.stream.model_cfg,
-                            device=info.device)  # fmt: skip
+        return rank_batches(
+            rows,
+            rank=info.rank,
+            world_size=info.world_size,
+            micro_rows=stage.micro_rows,
+            model_cfg=self.stream.model_cfg,
+            device=info.device,
+        )
 
     def __call__(self, *, last: bool) -> tuple[list[dict[str, torch.Tensor]], int]:
         n = self.stream.stage.batch_rows
@@ -290,10 +341,18 @@ def use_prefetch(setting: str, device: torch.device) -> bool:
 
 
 def _log(logger, stage, state, out, lr, seconds, stream, failed_pixels, util) -> None:
-    scalars = {"loss": out.loss, "lr": lr, "grad_norm": out.grad_norm, "tokens": out.tokens,
-               "step_seconds": seconds, "skipped_step": int(out.skipped),
-               "skipped_steps": state["skipped_steps"], "corrupt_pixels": failed_pixels,
-               **util, **{f"skipped_{k}": v for k, v in stream.skipped.items()}}  # fmt: skip
+    scalars = {
+        "loss": out.loss,
+        "lr": lr,
+        "grad_norm": out.grad_norm,
+        "tokens": out.tokens,
+        "step_seconds": seconds,
+        "skipped_step": int(out.skipped),
+        "skipped_steps": state["skipped_steps"],
+        "corrupt_pixels": failed_pixels,
+        **util,
+        **{f"skipped_{k}": v for k, v in stream.skipped.items()},
+    }
     if out.tokens_per_expert is not None:
         scalars["aux_loss"] = out.aux_loss
         counts = out.tokens_per_expert.float()
@@ -343,10 +402,21 @@ def _save(cfg, model, optimizer, state, stream, index) -> None:
     # A non-finite model must not replace (and, through keep_last, delete) good checkpoints.
     _assert_finite_model(model, f"save a checkpoint at step {state['step']}")
     # "format": the chat format the model is trained with (what the exported config.json gets).
-    trainer_state = {**state, "stage": index, "data": stream.state_dict(),
-                     "format": to_dict(stream.stage.format)}  # fmt: skip
-    save_training_state(cfg.run_dir, step=state["step"], model=model, optimizer=optimizer,
-                        trainer_state=trainer_state, config=to_dict(cfg), keep_last=cfg.keep_last)  # fmt: skip
+    trainer_state = {
+        **state,
+        "stage": index,
+        "data": stream.state_dict(),
+        "format": to_dict(stream.stage.format),
+    }
+    save_training_state(
+        cfg.run_dir,
+        step=state["step"],
+        model=model,
+        optimizer=optimizer,
+        trainer_state=trainer_state,
+        config=to_dict(cfg),
+        keep_last=cfg.keep_last,
+    )
 
 
 def export_model(
@@ -360,8 +430,9 @@ def export_model(
     if info.rank != 0:
         return None
     if bad := nonfinite_tensors(full.items()):
-        raise NonFiniteTrainingError(f"refusing to export {out}: tensor {bad[0]} holds NaN/Inf "
-                                     f"({len(bad)} tensor(s) do)")  # fmt: skip
+        raise NonFiniteTrainingError(
+            f"refusing to export {out}: tensor {bad[0]} holds NaN/Inf ({len(bad)} tensor(s) do)"
+        )
     plain = MM15(inner.cfg)
     plain.load_state_dict({k.removeprefix("module."): v for k, v in full.items()})
     return save_checkpoint(plain.eval(), tokenizer, out)

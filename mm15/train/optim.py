@@ -185,8 +185,15 @@ class AdaFactor(torch.optim.Optimizer):
             raise ValueError(
                 f"AdaFactor step_size must be 'relative' or 'absolute', got {step_size!r}"
             )
-        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
-                        maximize=maximize, step_size=step_size)  # fmt: skip
+        defaults = dict(
+            lr=lr,
+            beta2_decay=beta2_decay,
+            eps=eps,
+            d=d,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            step_size=step_size,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -317,8 +324,14 @@ def build_optimizer(
     groups = [g for g in groups if g["params"]]
     if cfg.kind == "adafactor":
         a = cfg.adafactor
-        return AdaFactor(groups, lr=cfg.lr, beta2_decay=a.beta2_decay, eps=(a.eps1, a.eps2),
-                         d=a.clip_threshold, step_size=a.step_size)  # fmt: skip
+        return AdaFactor(
+            groups,
+            lr=cfg.lr,
+            beta2_decay=a.beta2_decay,
+            eps=(a.eps1, a.eps2),
+            d=a.clip_threshold,
+            step_size=a.step_size,
+        )
     if cfg.kind == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adamw.betas, eps=cfg.adamw.eps)
     raise ValueError(f"OptimConfig.kind must be 'adafactor' or 'adamw', got {cfg.kind!r}")

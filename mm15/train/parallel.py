@@ -135,8 +135,13 @@ def init_distributed() -> DistInfo:
         raise RuntimeError(
             f"mm15 runs on gloo (CPU) or nccl (CUDA); the process group uses {backend}"
         )
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                    local_rank=local_rank, device=device, backend=backend)  # fmt: skip
+    return DistInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=device,
+        backend=backend,
+    )
 
 
 def block_modules(model: MM15, block: BlockType) -> list[nn.Module]:
@@ -152,15 +157,19 @@ def block_modules(model: MM15, block: BlockType) -> list[nn.Module]:
 
 
 _SHORTHAND: dict[str, tuple[BlockType, ...]] = {
-    "none": (), "decoder": ("decoder",), "all": BLOCK_TYPES
-}  # fmt: skip
+    "none": (),
+    "decoder": ("decoder",),
+    "all": BLOCK_TYPES,
+}
 
 
 def checkpoint_modes(cfg: ParallelConfig) -> dict[BlockType, CheckpointMode]:
     """Each block type's recomputation: its own setting, else "full" if the shorthand names it."""
     if cfg.activation_checkpointing not in _SHORTHAND:
-        raise ValueError(f"activation checkpointing policy must be none/decoder/all, "
-                         f"got {cfg.activation_checkpointing!r}")  # fmt: skip
+        raise ValueError(
+            f"activation checkpointing policy must be none/decoder/all, "
+            f"got {cfg.activation_checkpointing!r}"
+        )
     named = _SHORTHAND[cfg.activation_checkpointing]
     own = {b: cfg.policy(b).checkpoint for b in BLOCK_TYPES}
     return {b: own[b] if own[b] != "none" else ("full" if b in named else "none") for b in own}
@@ -178,14 +187,16 @@ def checkpointed_modules(model: MM15, policy: Literal["none", "decoder", "all"])
 # Ops whose outputs selective checkpointing keeps: the matmul-class work (torchtitan's op-level
 # SAC keeps mm and the attention kernels for the same reason: they dominate recompute time).
 _SAVE_OPS = {
-    torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
     torch.ops.aten.convolution.default,
     torch.ops.aten._scaled_dot_product_flash_attention.default,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
     torch.ops.aten._scaled_dot_product_efficient_attention.default,
     torch.ops.aten._scaled_dot_product_cudnn_attention.default,
     torch.ops.aten._scaled_dot_product_attention_math.default,
-}  # fmt: skip
+}
 if hasattr(torch.ops.aten, "_grouped_mm"):
     _SAVE_OPS.add(torch.ops.aten._grouped_mm.default)
 
@@ -298,8 +309,9 @@ def apply_fsdp2(
 def set_prefetch(model: MM15, *, forward: int, backward: int) -> list[nn.Module]:
     """Explicit FSDP2 prefetching along the forward order of the units that run (used ViT
     blocks, connector, decoder blocks); the root starts each chain.  Returns that order."""
-    units: list[nn.Module] = [m for b in ("vision", "connector", "decoder")
-                              for m in block_modules(model, b)]  # fmt: skip
+    units: list[nn.Module] = [
+        m for b in ("vision", "connector", "decoder") for m in block_modules(model, b)
+    ]
     for name, n in (("forward_prefetch", forward), ("backward_prefetch", backward)):
         if n < 0:
             raise ValueError(f"ParallelConfig.{name} must be >= 0, got {n}")
@@ -339,9 +351,13 @@ def parallelize(
         return apply_ddp(model, device=info.device)
     if cfg.strategy == "fsdp2":
         param_dtype = None if cfg.param_dtype == "float32" else _DTYPES[cfg.param_dtype]
-        return apply_fsdp2(model, param_dtype=param_dtype, reduce_dtype=_DTYPES[cfg.reduce_dtype],
-                           forward_prefetch=cfg.forward_prefetch,
-                           backward_prefetch=cfg.backward_prefetch)  # fmt: skip
+        return apply_fsdp2(
+            model,
+            param_dtype=param_dtype,
+            reduce_dtype=_DTYPES[cfg.reduce_dtype],
+            forward_prefetch=cfg.forward_prefetch,
+            backward_prefetch=cfg.backward_prefetch,
+        )
     raise ValueError(f"ParallelConfig.strategy must be none/ddp/fsdp2, got {cfg.strategy!r}")
 
 

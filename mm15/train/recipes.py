@@ -50,28 +50,51 @@ def paper_stages(model: ModelConfig) -> list[StageConfig]:
     low_res = dataclasses.replace(model.image, split="none", resolution=model.vision.image_size)
     return [
         StageConfig(
-            name="pretrain", kind="pretrain", steps=200_000, batch_rows=512, warmup_steps=2000,
-            image=low_res, optim=OptimConfig(kind="adamw"),
+            name="pretrain",
+            kind="pretrain",
+            steps=200_000,
+            batch_rows=512,
+            warmup_steps=2000,
+            image=low_res,
+            optim=OptimConfig(kind="adamw"),
             mixture=MixtureConfig(rule="pretrain", pretrain=PretrainWeights(), sources=pre_src),
-            datasets=pre_ds, packing=PackingConfig(seq_len=4096, max_images_per_sequence=16),
+            datasets=pre_ds,
+            packing=PackingConfig(seq_len=4096, max_images_per_sequence=16),
         ),
         StageConfig(
-            name="cpt", kind="cpt", steps=30_000, batch_rows=256, lr=1e-5, warmup_steps=500,
-            optim=ADAFACTOR, mixture=MixtureConfig(rule="cpt", cpt=CPTWeights(), sources=ocr_src),
+            name="cpt",
+            kind="cpt",
+            steps=30_000,
+            batch_rows=256,
+            lr=1e-5,
+            warmup_steps=500,
+            optim=ADAFACTOR,
+            mixture=MixtureConfig(rule="cpt", cpt=CPTWeights(), sources=ocr_src),
             datasets=ocr_ds,
         ),
         StageConfig(
-            name="sft", kind="sft", steps=23_000, batch_rows=256, lr=2e-5, warmup_steps=500,
-            optim=ADAFACTOR, mixture=MixtureConfig(rule="sft", sources=sft_src), datasets=sft_ds,
+            name="sft",
+            kind="sft",
+            steps=23_000,
+            batch_rows=256,
+            lr=2e-5,
+            warmup_steps=500,
+            optim=ADAFACTOR,
+            mixture=MixtureConfig(rule="sft", sources=sft_src),
+            datasets=sft_ds,
         ),
-    ]  # fmt: skip
+    ]
 
 
 def paper(size: str) -> TrainConfig:
     """``mm15 train --preset paper-3b`` (or 1b, 7b, 30b, 1b-moe, 3b-moe, 7b-moe)."""
     model = get_preset(size)
-    return TrainConfig(model=model, stages=paper_stages(model), run_dir=f"runs/mm15-{size}",
-                       allow_random_init=False)  # fmt: skip
+    return TrainConfig(
+        model=model,
+        stages=paper_stages(model),
+        run_dir=f"runs/mm15-{size}",
+        allow_random_init=False,
+    )
 
 
 def variant_sft(size: str, kind: str) -> TrainConfig:
@@ -84,12 +107,24 @@ def variant_sft(size: str, kind: str) -> TrainConfig:
     else:
         packing = PackingConfig()
     stage = StageConfig(
-        name=f"{kind}-sft", kind="sft", steps=23_000, batch_rows=256, lr=2e-5, warmup_steps=500,
-        optim=ADAFACTOR, mixture=MixtureConfig(rule="flat", sources=src), datasets=ds,
+        name=f"{kind}-sft",
+        kind="sft",
+        steps=23_000,
+        batch_rows=256,
+        lr=2e-5,
+        warmup_steps=500,
+        optim=ADAFACTOR,
+        mixture=MixtureConfig(rule="flat", sources=src),
+        datasets=ds,
         packing=packing,
-    )  # fmt: skip
-    return TrainConfig(model=model, stages=[stage], init_from=f"runs/mm15-{size}/final",
-                       run_dir=f"runs/mm15-{size}-{kind}", allow_random_init=False)  # fmt: skip
+    )
+    return TrainConfig(
+        model=model,
+        stages=[stage],
+        init_from=f"runs/mm15-{size}/final",
+        run_dir=f"runs/mm15-{size}-{kind}",
+        allow_random_init=False,
+    )
 
 
 def finetune() -> TrainConfig:
@@ -99,11 +134,20 @@ def finetune() -> TrainConfig:
     checkpoint; docs/finetune.md walks through it."""
     model = get_preset("1b")
     stage = StageConfig(
-        name="sft", kind="sft", steps=0, epochs=1.0, batch_rows=16, lr=2e-5, warmup_steps=0,
-        optim=ADAFACTOR, mixture=MixtureConfig(rule="flat"), datasets=[],
-    )  # fmt: skip
-    return TrainConfig(model=model, stages=[stage], run_dir="runs/finetune",
-                       allow_random_init=False)  # fmt: skip
+        name="sft",
+        kind="sft",
+        steps=0,
+        epochs=1.0,
+        batch_rows=16,
+        lr=2e-5,
+        warmup_steps=0,
+        optim=ADAFACTOR,
+        mixture=MixtureConfig(rule="flat"),
+        datasets=[],
+    )
+    return TrainConfig(
+        model=model, stages=[stage], run_dir="runs/finetune", allow_random_init=False
+    )
 
 
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
@@ -119,6 +163,8 @@ TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
 
 def get_train_preset(name: str) -> TrainConfig:
     if name not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)} "
-                         "(the demo's is built by `mm15 demo`)")  # fmt: skip
+        raise ValueError(
+            f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)} "
+            "(the demo's is built by `mm15 demo`)"
+        )
     return TRAIN_PRESETS[name]()

@@ -408,8 +408,12 @@ def load_training_state(
         optim_sd["state"] = {fqn: s for fqn, s in optim_sd["state"].items() if fqn in saved}
     state = {"model": model_sd, "optim": optim_sd}
     with _single_process_is_intended():
-        dcp.load(state, storage_reader=SafeReader(str(path / DCP_DIR)),
-                 planner=SafeLoadPlanner(), no_dist=not _dist_on())  # fmt: skip
+        dcp.load(
+            state,
+            storage_reader=SafeReader(str(path / DCP_DIR)),
+            planner=SafeLoadPlanner(),
+            no_dist=not _dist_on(),
+        )
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=True))
     if optimizer is not None:
         set_optimizer_state_dict(

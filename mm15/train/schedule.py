@@ -50,8 +50,13 @@ class WarmupCosine:
     min_lr_ratio: float = 0.0
 
     def __call__(self, step: int) -> float:
-        return lr_at(step, peak_lr=1.0, warmup_steps=self.warmup_steps,
-                     total_steps=self.total_steps, min_lr_ratio=self.min_lr_ratio)  # fmt: skip
+        return lr_at(
+            step,
+            peak_lr=1.0,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            min_lr_ratio=self.min_lr_ratio,
+        )
 
 
 def build_scheduler(

@@ -66,13 +66,17 @@ def train_step(
         has_target_BT = F.pad(targets_BT != IGNORE_INDEX, (0, 1))  # position t predicts t + 1
         with sync, autocast or contextlib.nullcontext():
             out = model(
-                mb["input_ids_BT"], pixels_NCHW=mb.get("pixels_NCHW"),
-                position_ids_BT=mb["position_ids_BT"], document_ids_BT=mb["document_ids_BT"],
-                always_encode=world_size > 1, logits_at_BT=has_target_BT,
-            )  # fmt: skip
+                mb["input_ids_BT"],
+                pixels_NCHW=mb.get("pixels_NCHW"),
+                position_ids_BT=mb["position_ids_BT"],
+                document_ids_BT=mb["document_ids_BT"],
+                always_encode=world_size > 1,
+                logits_at_BT=has_target_BT,
+            )
             # Logits only where there is a target (same loss and gradients as all positions).
-            total = F.cross_entropy(out.logits.float(), targets_BT[targets_BT != IGNORE_INDEX],
-                                    reduction="sum")  # fmt: skip
+            total = F.cross_entropy(
+                out.logits.float(), targets_BT[targets_BT != IGNORE_INDEX], reduction="sum"
+            )
             loss = total * scale
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss / len(micro_batches)
@@ -92,9 +96,13 @@ def train_step(
     loss_global = _all_reduce(loss_sum.clone()).item() / max(global_tokens, 1)
     aux_global = _all_reduce(aux_sum.clone()).item() / world_size
     return StepResult(
-        loss=loss_global, aux_loss=aux_global, tokens=global_tokens, grad_norm=grad_norm,
-        skipped=skipped, tokens_per_expert=experts,
-    )  # fmt: skip
+        loss=loss_global,
+        aux_loss=aux_global,
+        tokens=global_tokens,
+        grad_norm=grad_norm,
+        skipped=skipped,
+        tokens_per_expert=experts,
+    )
 
 
 def _count_targets(mb: dict[str, Tensor]) -> int:

@@ -96,19 +96,26 @@ def open_source(spec: Mapping[str, Any]) -> Any:
                     **{k: tuple(v) if isinstance(v, list) else v for k, v in cols.items()}
                 )
             except TypeError as e:  # an unknown field name
-                raise ValueError(f"columns: {e}; ColumnMap fields are images, texts, messages, "
-                                 "question, system, answer, answers, options, box, "
-                                 "box_convention, id, row_source") from None  # fmt: skip
+                raise ValueError(
+                    f"columns: {e}; ColumnMap fields are images, texts, messages, "
+                    "question, system, answer, answers, options, box, "
+                    "box_convention, id, row_source"
+                ) from None
         else:
-            raise ValueError(f"a table needs the option 'columns': one of {sorted(COLUMN_MAPS)} "
-                             "or a dict of ColumnMap fields, e.g. {\"question\": [\"prompt\"], "
-                             "\"answer\": \"response\"}")  # fmt: skip
+            raise ValueError(
+                f"a table needs the option 'columns': one of {sorted(COLUMN_MAPS)} "
+                'or a dict of ColumnMap fields, e.g. {"question": ["prompt"], '
+                '"answer": "response"}'
+            )
         return TableReader(paths, columns=cols, **kwargs)
     if kind in ("captions", "pdf_ocr", "rendered_text"):
         from mm15.data.sources import wds
 
-        cls = {"captions": wds.CaptionShards, "pdf_ocr": wds.PdfOcrShards,
-               "rendered_text": wds.RenderedTextShards}[kind]  # fmt: skip
+        cls = {
+            "captions": wds.CaptionShards,
+            "pdf_ocr": wds.PdfOcrShards,
+            "rendered_text": wds.RenderedTextShards,
+        }[kind]
         return cls(paths, **kwargs)
     if kind == "obelics":
         from mm15.data.sources.obelics import ObelicsReader

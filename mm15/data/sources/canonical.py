@@ -84,14 +84,18 @@ def media_under_root(root: Path, rel: str, where: str, *, allow_absolute: bool) 
     """The file a dataset entry's media path ``rel`` names (module docstring: the rule)."""
     if os.path.isabs(rel):
         if not allow_absolute:
-            raise SampleError("malformed", f"{where}: media path {rel!r} is absolute; only paths "
-                                           f"under the dataset root {str(root)!r} are read (the "
-                                           "reader option allow_absolute_paths=true allows it)")  # fmt: skip
+            raise SampleError(
+                "malformed",
+                f"{where}: media path {rel!r} is absolute; only paths "
+                f"under the dataset root {str(root)!r} are read (the "
+                "reader option allow_absolute_paths=true allows it)",
+            )
         return check_file(Path(rel), where)
     base = os.path.abspath(root)
     if os.path.commonpath([base, os.path.abspath(os.path.join(base, rel))]) != base:
-        raise SampleError("malformed", f"{where}: media path {rel!r} leaves the dataset root "
-                                       f"{str(root)!r}")  # fmt: skip
+        raise SampleError(
+            "malformed", f"{where}: media path {rel!r} leaves the dataset root {str(root)!r}"
+        )
     return check_file(root / rel, where)
 
 
@@ -197,8 +201,11 @@ class CanonicalReader:
         if self.root is not None:
             for m in sample.media:
                 if m.path is not None:
-                    m.path = str(media_under_root(self.root, m.path, where,
-                                                  allow_absolute=self.allow_absolute_paths))  # fmt: skip
+                    m.path = str(
+                        media_under_root(
+                            self.root, m.path, where, allow_absolute=self.allow_absolute_paths
+                        )
+                    )
         return finish(sample, where)
 
 

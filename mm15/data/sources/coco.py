@@ -68,8 +68,9 @@ class CocoCaptionsReader:
         self.paths = as_paths(paths)
         roots = [root] if isinstance(root, str | Path) else list(root)
         if len(roots) not in (1, len(self.paths)):
-            raise ValueError(f"root: give one folder or one per file ({len(self.paths)}), "
-                             f"got {len(roots)}")  # fmt: skip
+            raise ValueError(
+                f"root: give one folder or one per file ({len(self.paths)}), got {len(roots)}"
+            )
         self.roots = [Path(r) for r in roots] * (len(self.paths) if len(roots) == 1 else 1)
         self.name = self.source = source
         self.category, self.stage, self.prompt = category, stage, prompt
@@ -84,10 +85,13 @@ class CocoCaptionsReader:
                 raise ValueError(str(e)) from None
             for key in ("images", "annotations"):
                 if not isinstance(data, dict) or not isinstance(data.get(key), list):
-                    raise ValueError(f"{path}: a COCO captions file needs a list {key!r}; "
-                                     f"it has keys {sorted(data) if isinstance(data, dict) else type(data).__name__}")  # fmt: skip
-            self._files.append({im.get("id"): im.get("file_name") for im in data["images"]
-                                if isinstance(im, dict)})  # fmt: skip
+                    raise ValueError(
+                        f"{path}: a COCO captions file needs a list {key!r}; "
+                        f"it has keys {sorted(data) if isinstance(data, dict) else type(data).__name__}"
+                    )
+            self._files.append(
+                {im.get("id"): im.get("file_name") for im in data["images"] if isinstance(im, dict)}
+            )
             self._anns.append(data["annotations"])
             self._index += [(fi, j) for j in range(len(data["annotations"]))]
 
@@ -107,16 +111,21 @@ class CocoCaptionsReader:
             raise SampleError("empty", f"{where}: empty caption")
         file_name = self._files[fi].get(ann.get("image_id"))
         if not isinstance(file_name, str) or not file_name:
-            raise SampleError("missing", f"{where}: image_id {ann.get('image_id')!r} is not in "
-                                         "'images'")  # fmt: skip
-        path = media_under_root(self.roots[fi], file_name, where,
-                                allow_absolute=self.allow_absolute_paths)  # fmt: skip
+            raise SampleError(
+                "missing", f"{where}: image_id {ann.get('image_id')!r} is not in 'images'"
+            )
+        path = media_under_root(
+            self.roots[fi], file_name, where, allow_absolute=self.allow_absolute_paths
+        )
         sample = Sample(
             id=str(ann["id"]) if ann.get("id") is not None else f"{self.paths[fi].name}:{j}",
-            source=self.source, category=self.category, stage=self.stage,
-            media=[Media(path=str(path))], messages=ocr_messages(caption.strip(), self.prompt),
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=[Media(path=str(path))],
+            messages=ocr_messages(caption.strip(), self.prompt),
             meta={"image_id": ann.get("image_id")},
-        )  # fmt: skip
+        )
         return finish(sample, where)
 
 
@@ -153,11 +162,21 @@ def phrases(value: Any) -> list[Any]:
 # Column layouts of the Parquet copies (the jxu124 one: image_path under the folder holding
 # coco/train2014, bbox pixel xyxy, captions = the expressions; lmms-lab: COCO xywh).
 REFCOCO_LAYOUTS: dict[str, dict[str, str]] = {
-    "lmms_lab": {"image_column": "image", "phrase_column": "answer", "box_column": "bbox",
-                 "box_convention": "px_xywh", "id_column": "question_id"},
-    "jxu124": {"image_column": "image_path", "phrase_column": "captions", "box_column": "bbox",
-               "box_convention": "px_xyxy", "id_column": "ref_id"},
-}  # fmt: skip
+    "lmms_lab": {
+        "image_column": "image",
+        "phrase_column": "answer",
+        "box_column": "bbox",
+        "box_convention": "px_xywh",
+        "id_column": "question_id",
+    },
+    "jxu124": {
+        "image_column": "image_path",
+        "phrase_column": "captions",
+        "box_column": "bbox",
+        "box_convention": "px_xyxy",
+        "id_column": "ref_id",
+    },
+}
 
 
 class RefCocoReader:
@@ -201,8 +220,13 @@ class RefCocoReader:
             raise ValueError(
                 f"layout {layout!r}; expected 'auto' or one of {sorted(REFCOCO_LAYOUTS)}"
             )
-        given = {"image_column": image_column, "box_column": box_column, "id_column": id_column,
-                 "box_convention": box_convention, "phrase_column": phrase_column}  # fmt: skip
+        given = {
+            "image_column": image_column,
+            "box_column": box_column,
+            "id_column": id_column,
+            "box_convention": box_convention,
+            "phrase_column": phrase_column,
+        }
         cfg = {**REFCOCO_LAYOUTS[layout], **{k: v for k, v in given.items() if v is not None}}
         self.layout = layout
         self.name = self.source = source
@@ -211,8 +235,9 @@ class RefCocoReader:
         self.phrase_column, self.id_column = cfg["phrase_column"], cfg["id_column"]
         self.box_convention: BoxConvention = cfg["box_convention"]  # type: ignore[assignment]
         self.root, self.allow_absolute_paths = Path(root), allow_absolute_paths
-        self.rows = RowStore(self.paths, [self.image_column, self.box_column,
-                                          self.phrase_column, self.id_column])  # fmt: skip
+        self.rows = RowStore(
+            self.paths, [self.image_column, self.box_column, self.phrase_column, self.id_column]
+        )
         self.rows.check_columns()
         self._index: list[tuple[int, int]] = []  # (row, expression or -1)
         for row, value in enumerate(self.rows.column(self.phrase_column)):
@@ -227,17 +252,26 @@ class RefCocoReader:
         row, where, key = self.rows.row(r)
         found = phrases(row.get(self.phrase_column))
         if k < 0 or k >= len(found):
-            raise SampleError("empty", f"{where}: column {self.phrase_column!r} has no "
-                                       "referring expression")  # fmt: skip
+            raise SampleError(
+                "empty", f"{where}: column {self.phrase_column!r} has no referring expression"
+            )
         phrase = found[k]
         if not isinstance(phrase, str) or not phrase.strip():
-            raise SampleError("empty", f"{where}: expression {k} of {self.phrase_column!r} "
-                                       "is empty")  # fmt: skip
-        media = image_media(row.get(self.image_column), self.image_column, self.root, where,
-                            allow_absolute=self.allow_absolute_paths)  # fmt: skip
+            raise SampleError(
+                "empty", f"{where}: expression {k} of {self.phrase_column!r} is empty"
+            )
+        media = image_media(
+            row.get(self.image_column),
+            self.image_column,
+            self.root,
+            where,
+            allow_absolute=self.allow_absolute_paths,
+        )
         if len(media) != 1:
-            raise SampleError("missing", f"{where}: column {self.image_column!r} holds "
-                                         f"{len(media)} images, expected one")  # fmt: skip
+            raise SampleError(
+                "missing",
+                f"{where}: column {self.image_column!r} holds {len(media)} images, expected one",
+            )
         m = media[0]
         m.size = header_size(m.bytes if m.bytes is not None else m.path, where=where)
         value = row.get(self.box_column)
@@ -249,10 +283,15 @@ class RefCocoReader:
             raise coord_error(e, f"{where} column {self.box_column!r}") from None
         rid = row.get(self.id_column) if self.id_column else None
         sample = Sample(
-            id=f"{rid if rid is not None else key}#{k}", source=self.source,
-            category=self.category, stage=self.stage, media=[m],
+            id=f"{rid if rid is not None else key}#{k}",
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=[m],
             regions=[Region(media=0, box=(box.x1, box.y1, box.x2, box.y2), label=phrase.strip())],
-            messages=[Message("user", [Part.m(0), Part.t(self.prompt.format(phrase=phrase.strip()))]),
-                      Message("assistant", [Part.r(0)])],
-        )  # fmt: skip
+            messages=[
+                Message("user", [Part.m(0), Part.t(self.prompt.format(phrase=phrase.strip()))]),
+                Message("assistant", [Part.r(0)]),
+            ],
+        )
         return finish(sample, where)

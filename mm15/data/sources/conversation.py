@@ -58,9 +58,12 @@ from mm15.data.sources.canonical import (
 from mm15.data.sources.text_boxes import TextBoxes, check_mode, convert_text_boxes
 
 DEFAULT_ROLES: dict[str, Role] = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
     "system": "system",
-}  # fmt: skip
+}
 TURN_KEYS = ("conversations", "messages", "conversation")
 # A region part's callback: (turn index, N of <bbox_locationN>) → index into Sample.regions.
 RegionLookup = Callable[[int, int], int]
@@ -89,8 +92,11 @@ def _turn_role_text(turn: Any, t: int, fmt: ConversationFormat, where: str) -> t
     if text is None:
         text = ""
     if not isinstance(text, str):
-        raise SampleError("malformed", f"{where}: turn {t} content is {type(text).__name__}, "
-                                       "expected a string with placeholders")  # fmt: skip
+        raise SampleError(
+            "malformed",
+            f"{where}: turn {t} content is {type(text).__name__}, "
+            "expected a string with placeholders",
+        )
     return role, text
 
 
@@ -145,8 +151,10 @@ def build_messages(
                 parts.append(Part.m(seen["image"]))
                 seen["image"] += 1
             elif regions is None:
-                raise SampleError("malformed", f"{where}: turn {t} has {m.group(0)} but the "
-                                               f"record has no {fmt.box_field!r}")  # fmt: skip
+                raise SampleError(
+                    "malformed",
+                    f"{where}: turn {t} has {m.group(0)} but the record has no {fmt.box_field!r}",
+                )
             else:
                 parts.append(Part.r(regions(t, int(m.group(2)))))
         parts.append(Part.t(text[pos:]))
@@ -156,8 +164,9 @@ def build_messages(
         if seen[kind] == 0:
             prepend += [Part.m(first + k) for k in range(count)]
         elif seen[kind] != count:
-            raise SampleError("malformed", f"{where}: {seen[kind]} {kind} placeholders but "
-                                           f"{count} {kind}s")  # fmt: skip
+            raise SampleError(
+                "malformed", f"{where}: {seen[kind]} {kind} placeholders but {count} {kind}s"
+            )
     target = next((msg for msg in messages if msg.role == "user"), messages[0])
     target.content = prepend + target.content
     for msg in messages:
@@ -200,8 +209,11 @@ class _FerretRegions:
         try:
             vals = self.boxes[t][n]
         except (IndexError, KeyError, TypeError):
-            raise SampleError("malformed", f"{self.where}: turn {t} refers to box {n} but "
-                                           f"{self.fmt.box_field}[{t}] has no such box") from None  # fmt: skip
+            raise SampleError(
+                "malformed",
+                f"{self.where}: turn {t} refers to box {n} but "
+                f"{self.fmt.box_field}[{t}] has no such box",
+            ) from None
         try:
             box = to_box(vals, self.fmt.box_convention, self.size, 0)
         except CoordinateError as e:
@@ -253,8 +265,10 @@ class ConversationReader:
                 continue
             records = parse_json(path.read_bytes(), str(path))
             if not isinstance(records, list):
-                raise ValueError(f"{path}: a conversation .json file must hold a list of "
-                                 f"records, got {type(records).__name__}")  # fmt: skip
+                raise ValueError(
+                    f"{path}: a conversation .json file must hold a list of "
+                    f"records, got {type(records).__name__}"
+                )
             self._lists[fi] = records
             self._index += [(fi, row, -1) for row in range(len(records))]
 
@@ -274,29 +288,55 @@ class ConversationReader:
     def __getitem__(self, i: int) -> Sample:
         rec, where, row = self._record(i)
         absolute = self.allow_absolute_paths
-        images = [_media_path(e, self.root, "image", where, absolute)
-                  for key in ("image", "images") for e in _as_list(rec.get(key), key, where)]  # fmt: skip
-        videos = [_media_path(e, self.video_root, "video", where, absolute)
-                  for key in ("video", "videos") for e in _as_list(rec.get(key), key, where)]  # fmt: skip
+        images = [
+            _media_path(e, self.root, "image", where, absolute)
+            for key in ("image", "images")
+            for e in _as_list(rec.get(key), key, where)
+        ]
+        videos = [
+            _media_path(e, self.video_root, "video", where, absolute)
+            for key in ("video", "videos")
+            for e in _as_list(rec.get(key), key, where)
+        ]
         media = [Media(path=str(p)) for p in images]
         media += [Media(kind="video", path=str(p)) for p in videos]
         lookup = None
         if self.fmt.box_field in rec:
             if len(images) != 1:
-                raise SampleError("malformed", f"{where}: {self.fmt.box_field!r} needs exactly one "
-                                               f"image, the record has {len(images)}")  # fmt: skip
+                raise SampleError(
+                    "malformed",
+                    f"{where}: {self.fmt.box_field!r} needs exactly one "
+                    f"image, the record has {len(images)}",
+                )
             media[0].size = self._size(rec, images[0], where)
             lookup = _FerretRegions(rec[self.fmt.box_field], media[0].size, self.fmt, where)
         turns = next((rec[k] for k in TURN_KEYS if k in rec), None)
-        messages = build_messages(turns, num_images=len(images), num_videos=len(videos),
-                                  fmt=self.fmt, where=where, regions=lookup)  # fmt: skip
+        messages = build_messages(
+            turns,
+            num_images=len(images),
+            num_videos=len(videos),
+            fmt=self.fmt,
+            where=where,
+            regions=lookup,
+        )
         regions = lookup.regions if lookup else []
-        convert_text_boxes(messages, media, regions, self.text_boxes, where,
-                           tolerance_px=self.text_box_tolerance_px)  # fmt: skip
+        convert_text_boxes(
+            messages,
+            media,
+            regions,
+            self.text_boxes,
+            where,
+            tolerance_px=self.text_box_tolerance_px,
+        )
         sample = Sample(
-            id=self._sample_id(rec, i, row), source=self.source, category=self.category,
-            stage=self.stage, media=media, messages=messages, regions=regions,
-        )  # fmt: skip
+            id=self._sample_id(rec, i, row),
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=media,
+            messages=messages,
+            regions=regions,
+        )
         return finish(sample, where)
 
     def _sample_id(self, rec: dict, i: int, row: int) -> str:
@@ -310,6 +350,9 @@ class ConversationReader:
         size = header_size(image, where=where)
         given = rec.get("image_w"), rec.get("image_h")
         if given != (None, None) and tuple(given) != size:
-            raise SampleError("malformed", f"{where}: image_w/image_h = {given[0]!r}/{given[1]!r} "
-                                           f"but {image} is {size[0]}x{size[1]}")  # fmt: skip
+            raise SampleError(
+                "malformed",
+                f"{where}: image_w/image_h = {given[0]!r}/{given[1]!r} "
+                f"but {image} is {size[0]}x{size[1]}",
+            )
         return size

@@ -53,8 +53,9 @@ def load_url_map(
         try:
             table = pq.read_table(path, columns=[url_column, path_column])
         except (pa.ArrowException, OSError) as e:
-            raise ValueError(f"{path}: cannot read columns {url_column!r}, {path_column!r}: "
-                             f"{e}") from None  # fmt: skip
+            raise ValueError(
+                f"{path}: cannot read columns {url_column!r}, {path_column!r}: {e}"
+            ) from None
         pairs = zip(table[url_column].to_pylist(), table[path_column].to_pylist(), strict=True)
         return {u: base / p for u, p in pairs if u is not None and p is not None}
     try:
@@ -97,15 +98,20 @@ class ObelicsReader:
         row, where, key = self.rows.row(i)
         images, texts = row["images"], row["texts"]
         if not (isinstance(images, list) and isinstance(texts, list)) or len(images) != len(texts):
-            raise SampleError("malformed", f"{where}: images and texts must be lists of equal "
-                                           f"length, got {_lens(images, texts)}")  # fmt: skip
+            raise SampleError(
+                "malformed",
+                f"{where}: images and texts must be lists of equal "
+                f"length, got {_lens(images, texts)}",
+            )
         media: list[Media] = []
         parts: list[Part] = []
         dropped = 0
         for n, (url, text) in enumerate(zip(images, texts, strict=True)):
             if (url is None) == (text is None):
-                raise SampleError("malformed", f"{where}: position {n} must hold exactly one of "
-                                               f"an image URL and a text")  # fmt: skip
+                raise SampleError(
+                    "malformed",
+                    f"{where}: position {n} must hold exactly one of an image URL and a text",
+                )
             if text is not None:
                 _add_text(parts, text, f"{where} position {n}")
                 continue
@@ -121,10 +127,14 @@ class ObelicsReader:
         if not any(p.type == "text" for p in parts):
             raise SampleError("empty", f"{where}: no text")
         sample = Sample(
-            id=key, source=self.source, category=self.category, stage=self.stage, media=media,
+            id=key,
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=media,
             messages=[Message("document", parts)],
             meta={"dropped_images": dropped, "num_images": len(media) + dropped},
-        )  # fmt: skip
+        )
         return finish(sample, where)
 
 

@@ -62,15 +62,26 @@ class SynthdogReader:
     def __getitem__(self, i: int) -> Sample:
         row, where, key = self.rows.row(i)
         text = ground_truth_text(row.get(self.gt_column), f"{where} column {self.gt_column!r}")
-        media = image_media(row.get(self.image_column), self.image_column, self.root, where,
-                            allow_absolute=self.allow_absolute_paths)  # fmt: skip
+        media = image_media(
+            row.get(self.image_column),
+            self.image_column,
+            self.root,
+            where,
+            allow_absolute=self.allow_absolute_paths,
+        )
         if len(media) != 1:
-            raise SampleError("missing", f"{where}: column {self.image_column!r} holds "
-                                         f"{len(media)} images, expected one")  # fmt: skip
+            raise SampleError(
+                "missing",
+                f"{where}: column {self.image_column!r} holds {len(media)} images, expected one",
+            )
         sample = Sample(
-            id=key, source=self.source, category=self.category, stage=self.stage, media=media,
+            id=key,
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=media,
             messages=ocr_messages(text, self.prompt),
-        )  # fmt: skip
+        )
         return finish(sample, where)
 
 
@@ -80,15 +91,15 @@ def ground_truth_text(value: Any, where: str) -> str:
         raise SampleError("missing", f"{where}: no ground truth")
     gt = parse_json(value, where) if isinstance(value, str | bytes) else value
     if not isinstance(gt, dict):
-        raise SampleError("malformed", f"{where}: ground truth is {type(gt).__name__}, "
-                                       "not an object")  # fmt: skip
+        raise SampleError(
+            "malformed", f"{where}: ground truth is {type(gt).__name__}, not an object"
+        )
     parse = gt.get("gt_parse")
     if parse is None and isinstance(gt.get("gt_parses"), list) and gt["gt_parses"]:
         parse = gt["gt_parses"][0]
     text = parse.get("text_sequence") if isinstance(parse, dict) else None
     if text is None:
-        raise SampleError("malformed", f"{where}: no gt_parse.text_sequence in "
-                                       f"{sorted(gt)}")  # fmt: skip
+        raise SampleError("malformed", f"{where}: no gt_parse.text_sequence in {sorted(gt)}")
     if not isinstance(text, str):
         raise SampleError("malformed", f"{where}: text_sequence is {type(text).__name__}")
     if not text.strip():

@@ -77,28 +77,48 @@ class ColumnMap:
             raise ValueError("ColumnMap.answer is only used with question columns")
 
     def columns(self) -> list[str]:
-        names = [*self.images, self.texts, self.messages, *self.question, self.system,
-                 self.answer, self.answers, self.options, self.box, self.id, self.row_source]  # fmt: skip
+        names = [
+            *self.images,
+            self.texts,
+            self.messages,
+            *self.question,
+            self.system,
+            self.answer,
+            self.answers,
+            self.options,
+            self.box,
+            self.id,
+            self.row_source,
+        ]
         return list(dict.fromkeys(n for n in names if n is not None))
 
 
 COLUMN_MAPS: dict[str, ColumnMap] = {
     "cauldron": ColumnMap(images=("images",), texts="texts"),
     "mantis": ColumnMap(images=("images",), messages="conversation", id="id", row_source="source"),
-    "llava_recap": ColumnMap(images=("image",), messages="conversations", id="id",
-                             row_source="data_source"),
+    "llava_recap": ColumnMap(
+        images=("image",), messages="conversations", id="id", row_source="data_source"
+    ),
     "alpaca": ColumnMap(question=("instruction", "input"), answer="output"),
     "dolly": ColumnMap(question=("instruction", "context"), answer="response"),
     "orca": ColumnMap(system="system_prompt", question=("question",), answer="response", id="id"),
     "qa": ColumnMap(question=("question",), answer="answer"),
     "prompt_response": ColumnMap(question=("prompt",), answer="response"),
-    "docvqa_eval": ColumnMap(images=("image",), question=("question",), answers="answers",
-                             id="questionId"),
-    "mc_eval": ColumnMap(images=("image",), question=("question",), options="options",
-                         answers="answer"),
-    "refcoco_eval": ColumnMap(images=("image",), question=("question",), answers="answer",
-                              box="bbox", box_convention="px_xywh", id="question_id"),
-}  # fmt: skip
+    "docvqa_eval": ColumnMap(
+        images=("image",), question=("question",), answers="answers", id="questionId"
+    ),
+    "mc_eval": ColumnMap(
+        images=("image",), question=("question",), options="options", answers="answer"
+    ),
+    "refcoco_eval": ColumnMap(
+        images=("image",),
+        question=("question",),
+        answers="answer",
+        box="bbox",
+        box_convention="px_xywh",
+        id="question_id",
+    ),
+}
 
 
 class RowStore:
@@ -112,8 +132,9 @@ class RowStore:
     does not read) raises ``SampleError`` from ``row``, the others stay readable.
     """
 
-    def __init__(self, paths: Sequence[Path], columns: Sequence[str], *,
-                 optional: Sequence[str] = ()):  # fmt: skip
+    def __init__(
+        self, paths: Sequence[Path], columns: Sequence[str], *, optional: Sequence[str] = ()
+    ):
         self.paths, self.columns = list(paths), list(columns)
         self.optional = [c for c in dict.fromkeys(optional) if c not in self.columns]
         self._cols: dict[int, list[str]] = {}  # Parquet/Arrow: the columns read from each file
@@ -320,19 +341,27 @@ class TableReader:
         absent = [c for c in cm.columns() if c not in row]
         if absent:  # JSON rows have no schema: a missing column is found per row
             raise SampleError("malformed", f"{where}: no column(s) {absent}")
-        media = [m for col in cm.images
-                 for m in image_media(row[col], col, self.root, where,
-                                      allow_absolute=self.allow_absolute_paths)]  # fmt: skip
-        messages = build_messages(self._turns(row, where), num_images=len(media), fmt=self.fmt,
-                                  where=where)  # fmt: skip
+        media = [
+            m
+            for col in cm.images
+            for m in image_media(
+                row[col], col, self.root, where, allow_absolute=self.allow_absolute_paths
+            )
+        ]
+        messages = build_messages(
+            self._turns(row, where), num_images=len(media), fmt=self.fmt, where=where
+        )
         sample = Sample(
             id=str(row[cm.id]) if cm.id and row[cm.id] is not None else key,
-            source=self.source, category=self.category, stage=self.stage,
-            media=media, messages=messages,
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=media,
+            messages=messages,
             answers=_str_list(row[cm.answers]) if cm.answers else None,
             options=_str_list(row[cm.options]) if cm.options else None,
             meta=self._meta(row),
-        )  # fmt: skip
+        )
         if cm.box and row[cm.box] is not None:
             self._add_box(sample, row[cm.box], where)
         return finish(sample, where)
@@ -344,8 +373,10 @@ class TableReader:
         if cm.texts:
             texts = row[cm.texts]
             if not isinstance(texts, list) or not all(isinstance(t, dict) for t in texts):
-                raise SampleError("malformed", f"{where}: {cm.texts!r} must be a list of "
-                                               "{user, assistant} objects")  # fmt: skip
+                raise SampleError(
+                    "malformed",
+                    f"{where}: {cm.texts!r} must be a list of {{user, assistant}} objects",
+                )
             return [{"role": r, "content": t.get(r)} for t in texts for r in ("user", "assistant")]
         turns = []
         if cm.system and row[cm.system]:
@@ -372,8 +403,9 @@ class TableReader:
 
     def _add_box(self, sample: Sample, value: Any, where: str) -> None:
         if not sample.media:
-            raise SampleError("malformed", f"{where}: column {self.map.box!r} has a box "
-                                           "but the row has no image")  # fmt: skip
+            raise SampleError(
+                "malformed", f"{where}: column {self.map.box!r} has a box but the row has no image"
+            )
         m = sample.media[0]
         m.size = header_size(m.bytes if m.bytes is not None else m.path, where=where)
         try:
@@ -387,8 +419,9 @@ def _text(value: Any, column: str, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise SampleError("malformed", f"{where}: column {column!r} is "
-                                       f"{type(value).__name__}, not text")  # fmt: skip
+        raise SampleError(
+            "malformed", f"{where}: column {column!r} is {type(value).__name__}, not text"
+        )
     return value
 
 

@@ -59,8 +59,9 @@ class TextReader:
             raise SampleError("malformed", f"{where}: no column {self.column!r}")
         text = row[self.column]
         if text is not None and not isinstance(text, str):
-            raise SampleError("malformed", f"{where}: column {self.column!r} is "
-                                           f"{type(text).__name__}, not text")  # fmt: skip
+            raise SampleError(
+                "malformed", f"{where}: column {self.column!r} is {type(text).__name__}, not text"
+            )
         if not text or not text.strip():
             raise SampleError("empty", f"{where}: column {self.column!r} is empty")
         meta = {c: row.get(c) for c in self.meta_columns}
@@ -68,10 +69,13 @@ class TextReader:
             text, meta["truncated"] = cut(text, self.max_chars), True
         rid = row.get(self.id_column) if self.id_column else None
         sample = Sample(
-            id=str(rid) if rid is not None else key, source=self.source,
-            category=self.category, stage=self.stage,
-            messages=[Message("document", [Part.t(text)])], meta=meta,
-        )  # fmt: skip
+            id=str(rid) if rid is not None else key,
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            messages=[Message("document", [Part.t(text)])],
+            meta=meta,
+        )
         return finish(sample, where)
 
 

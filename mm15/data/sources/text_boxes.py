@@ -64,17 +64,24 @@ def convert_text_boxes(
     images = [m for m in media if m.kind == "image"]
     if mode == "llava_square" and not images:
         return
-    found = any(p.type == "text" and pattern.search(p.text or "")
-                for msg in messages for p in msg.content)  # fmt: skip
+    found = any(
+        p.type == "text" and pattern.search(p.text or "") for msg in messages for p in msg.content
+    )
     if not found:
         return
     if mode is None:
-        raise SampleError("malformed", f"{where}: the text holds a <bbox>…</bbox> box (DocOwl's "
-                                       "0..999 ints); set the reader option "
-                                       "text_boxes='docowl_bbox' to convert it")  # fmt: skip
+        raise SampleError(
+            "malformed",
+            f"{where}: the text holds a <bbox>…</bbox> box (DocOwl's "
+            "0..999 ints); set the reader option "
+            "text_boxes='docowl_bbox' to convert it",
+        )
     if len(images) != 1 or media[0].kind != "image":
-        raise SampleError("malformed", f"{where}: in-text boxes need exactly one image, the "
-                                       f"sample has {len(images)} image(s) of {len(media)} media")  # fmt: skip
+        raise SampleError(
+            "malformed",
+            f"{where}: in-text boxes need exactly one image, the "
+            f"sample has {len(images)} image(s) of {len(media)} media",
+        )
     m = media[0]
     if m.size is None:
         src = m.bytes if m.bytes is not None else Path(m.path or "")
@@ -84,9 +91,17 @@ def convert_text_boxes(
         tol = 0.005 * max(m.size) + PIXEL_TOL if mode == "llava_square" else PIXEL_TOL
     convert = _docowl if mode == "docowl_bbox" else _llava
     for t, msg in enumerate(messages):
-        msg.content = _split(msg.content, pattern, lambda match, n, t=t: _region(
-            convert(match, f"{where} turn {t} box {n}"), m.size, regions, tol,
-            f"{where} turn {t} box {n}"))  # fmt: skip
+        msg.content = _split(
+            msg.content,
+            pattern,
+            lambda match, n, t=t: _region(
+                convert(match, f"{where} turn {t} box {n}"),
+                m.size,
+                regions,
+                tol,
+                f"{where} turn {t} box {n}",
+            ),
+        )
 
 
 def _docowl(match: re.Match, where: str) -> tuple[list[float], str]:
@@ -100,8 +115,13 @@ def _llava(match: re.Match, where: str) -> tuple[list[float], str]:
     return [float(v) for v in match.groups()], "norm01_xyxy_padsq"
 
 
-def _region(conv: tuple[list[float], str], size: tuple[int, int], regions: list[Region],
-            tol: float, where: str) -> int:  # fmt: skip
+def _region(
+    conv: tuple[list[float], str],
+    size: tuple[int, int],
+    regions: list[Region],
+    tol: float,
+    where: str,
+) -> int:
     values, convention = conv
     try:
         box = to_box(values, convention, size, 0, tolerance_px=tol)  # type: ignore[arg-type]

@@ -40,30 +40,51 @@ class VideoChat2Reader(ConversationReader):
     """Map-style reader of VideoChat2-IT annotation files (module docstring); the options are
     the conversation reader's (``root``, ``video_root``, ``allow_absolute_paths``, ``fmt``)."""
 
-    def __init__(self, paths: PathLike | Sequence[PathLike], *, source: str,
-                 category: Category = "video", stage: Stage = "sft", **kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        paths: PathLike | Sequence[PathLike],
+        *,
+        source: str,
+        category: Category = "video",
+        stage: Stage = "sft",
+        **kwargs: Any,
+    ):
         super().__init__(paths, source=source, category=category, stage=stage, **kwargs)
 
     def __getitem__(self, i: int) -> Sample:
         rec, where, row = self._record(i)
         absolute = self.allow_absolute_paths
-        images = [_media_path(e, self.root, "image", where, absolute)
-                  for e in _as_list(rec.get("image"), "image", where)]  # fmt: skip
-        videos = [_media_path(e, self.video_root, "video", where, absolute)
-                  for e in _as_list(rec.get("video"), "video", where)]  # fmt: skip
+        images = [
+            _media_path(e, self.root, "image", where, absolute)
+            for e in _as_list(rec.get("image"), "image", where)
+        ]
+        videos = [
+            _media_path(e, self.video_root, "video", where, absolute)
+            for e in _as_list(rec.get("video"), "video", where)
+        ]
         if not images and not videos:
             raise SampleError("missing", f"{where}: no 'video' or 'image'")
         media = [Media(path=str(p)) for p in images]
         media += [Media(kind="video", path=str(p)) for p in videos]
-        messages = build_messages(_qa_turns(rec.get("QA"), where), num_images=len(images),
-                                  num_videos=len(videos), fmt=self.fmt, where=where)  # fmt: skip
+        messages = build_messages(
+            _qa_turns(rec.get("QA"), where),
+            num_images=len(images),
+            num_videos=len(videos),
+            fmt=self.fmt,
+            where=where,
+        )
         meta: dict[str, Any] = {}
         if rec.get("start") is not None or rec.get("end") is not None:
             meta["clip"] = _clip(rec.get("start"), rec.get("end"), where)
         sample = Sample(
-            id=self._sample_id(rec, i, row), source=self.source, category=self.category,
-            stage=self.stage, media=media, messages=messages, meta=meta,
-        )  # fmt: skip
+            id=self._sample_id(rec, i, row),
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=media,
+            messages=messages,
+            meta=meta,
+        )
         return finish(sample, where)
 
 
@@ -132,8 +153,10 @@ class ActivityNetQAReader:
         if answers is not None:
             a_files = as_paths(answers)
             if len(a_files) != len(q_files):
-                raise ValueError(f"answers: {len(a_files)} file(s) for {len(q_files)} *_q.json "
-                                 "file(s); give one per question file, in order")  # fmt: skip
+                raise ValueError(
+                    f"answers: {len(a_files)} file(s) for {len(q_files)} *_q.json "
+                    "file(s); give one per question file, in order"
+                )
         a_of = dict(zip(q_files, a_files, strict=True))
         self._parts: list[list[Any] | RowStore] = []
         self._index: list[tuple[int, int]] = []
@@ -144,8 +167,10 @@ class ActivityNetQAReader:
                 part = RowStore([path], ANET_COLUMNS)
                 part.check_columns()
             else:
-                raise ValueError(f"{path}: expected a *_q.json question file or an lmms-eval "
-                                 "table (.parquet / .arrow / .jsonl)")  # fmt: skip
+                raise ValueError(
+                    f"{path}: expected a *_q.json question file or an lmms-eval "
+                    "table (.parquet / .arrow / .jsonl)"
+                )
             self._parts.append(part)
             self._index += [(fi, j) for j in range(len(part))]
 
@@ -163,33 +188,43 @@ class ActivityNetQAReader:
             raise SampleError("malformed", f"{where}: row is {type(row).__name__}, not an object")
         question, answer, name = row.get("question"), row.get("answer"), row.get("video_name")
         if answer is None and "answer" not in row:
-            raise SampleError("missing", f"{where}: no answer with question_id "
-                                         f"{row.get('question_id')!r}")  # fmt: skip
+            raise SampleError(
+                "missing", f"{where}: no answer with question_id {row.get('question_id')!r}"
+            )
         for col, v in (("question", question), ("answer", answer), ("video_name", name)):
             if not isinstance(v, str) or not v.strip():
-                raise SampleError("empty" if isinstance(v, str) or v is None else "malformed",
-                                  f"{where}: {col} is {v!r:.60}")  # fmt: skip
+                raise SampleError(
+                    "empty" if isinstance(v, str) or v is None else "malformed",
+                    f"{where}: {col} is {v!r:.60}",
+                )
         video = self._video(name, where)
         messages = [Message("user", [Part.m(0), Part.t(self.prompt.format(question=question))])]
         if self.stage != "eval":
             messages.append(Message("assistant", [Part.t(answer)]))
         qid = row.get("question_id")
         sample = Sample(
-            id=str(qid) if qid is not None else key, source=self.source,
-            category=self.category, stage=self.stage, media=[Media(kind="video", path=str(video))],
-            messages=messages, answers=[answer],
+            id=str(qid) if qid is not None else key,
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=[Media(kind="video", path=str(video))],
+            messages=messages,
+            answers=[answer],
             meta={"video_name": name, **({"type": row["type"]} if "type" in row else {})},
-        )  # fmt: skip
+        )
         return finish(sample, where)
 
     def _video(self, name: str, where: str) -> Path:
         stems = [f"v_{name}"] + ([name] if name.startswith("v_") else [])
         for rel in (f"{stem}.{ext}" for stem in stems for ext in self.video_exts):
             if (self.root / rel).exists():
-                return media_under_root(self.root, rel, where,
-                                        allow_absolute=self.allow_absolute_paths)  # fmt: skip
-        raise SampleError("missing", f"{where}: no video v_{name}.{{{','.join(self.video_exts)}}} "
-                                     f"under {self.root}")  # fmt: skip
+                return media_under_root(
+                    self.root, rel, where, allow_absolute=self.allow_absolute_paths
+                )
+        raise SampleError(
+            "missing",
+            f"{where}: no video v_{name}.{{{','.join(self.video_exts)}}} under {self.root}",
+        )
 
 
 def _join(q_path: Path, a_path: Path) -> list[Any]:

@@ -73,7 +73,9 @@ class TarIndex:
                     if not info.isfile() or m is None or base.startswith(("_", ".")):
                         continue
                     groups.setdefault(m.group(1), {})[m.group(2).lower()] = (
-                        info.offset_data, info.size)  # fmt: skip
+                        info.offset_data,
+                        info.size,
+                    )
         except tarfile.ReadError as e:
             if not groups:
                 raise ValueError(f"{path}: not a readable uncompressed tar shard: {e}") from None
@@ -93,15 +95,17 @@ class TarIndex:
     def read(self, i: int, ext: str) -> bytes:
         """The bytes of member ``key.ext``; ``missing`` if absent, ``corrupt`` if cut short."""
         if ext not in self.members[i]:
-            raise SampleError("missing", f"{self.where(i)}: no .{ext} member "
-                                         f"(has {sorted(self.members[i])})")  # fmt: skip
+            raise SampleError(
+                "missing", f"{self.where(i)}: no .{ext} member (has {sorted(self.members[i])})"
+            )
         offset, size = self.members[i][ext]
         with open(self.paths[self.keys[i][0]], "rb") as f:
             f.seek(offset)
             data = f.read(size)
         if len(data) != size:
-            raise SampleError("corrupt", f"{self.where(i)}.{ext}: member cut short, "
-                                         f"{len(data)} of {size} bytes")  # fmt: skip
+            raise SampleError(
+                "corrupt", f"{self.where(i)}.{ext}: member cut short, {len(data)} of {size} bytes"
+            )
         return data
 
     def first_ext(self, i: int, exts: Sequence[str]) -> str | None:
@@ -118,8 +122,9 @@ def _text_member(data: bytes, where: str) -> str:
 class CaptionShards:
     """img2dataset-style caption shards → ``Message("document", [image, caption])``."""
 
-    def __init__(self, paths: PathLike | Sequence[PathLike], *, source: str,
-                 category: Category, stage: Stage):  # fmt: skip
+    def __init__(
+        self, paths: PathLike | Sequence[PathLike], *, source: str, category: Category, stage: Stage
+    ):
         self.index = TarIndex(as_paths(paths))
         self.name = self.source = source
         self.category, self.stage = category, stage
@@ -131,8 +136,10 @@ class CaptionShards:
         idx, where = self.index, self.index.where(i)
         ext = idx.first_ext(i, IMAGE_EXTS)
         if ext is None:
-            raise SampleError("missing", f"{where}: no image member ({'/'.join(IMAGE_EXTS)}); "
-                                         f"has {sorted(idx.members[i])}")  # fmt: skip
+            raise SampleError(
+                "missing",
+                f"{where}: no image member ({'/'.join(IMAGE_EXTS)}); has {sorted(idx.members[i])}",
+            )
         info = parse_json(idx.read(i, "json"), f"{where}.json") if "json" in idx.members[i] else {}
         if not isinstance(info, dict):
             raise SampleError("malformed", f"{where}.json: not an object")
@@ -143,11 +150,14 @@ class CaptionShards:
         if not isinstance(caption, str) or not caption.strip():
             raise SampleError("empty", f"{where}: empty caption")
         sample = Sample(
-            id=idx.keys[i][1], source=self.source, category=self.category, stage=self.stage,
+            id=idx.keys[i][1],
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
             media=[Media(bytes=idx.read(i, ext))],
             messages=[Message("document", [Part.m(0), Part.t(caption.strip())])],
             meta={k: info[k] for k in ("url", "key") if k in info},
-        )  # fmt: skip
+        )
         return finish(sample, where)
 
 
@@ -158,8 +168,11 @@ def _page_lines(page: Any, where: str) -> tuple[list[Any], list[Any]]:
     lines = page["lines"] if isinstance(page.get("lines"), dict) else page
     texts, boxes = lines.get("text") or [], lines.get("bbox") or []
     if not isinstance(texts, list) or not isinstance(boxes, list) or len(texts) != len(boxes):
-        raise SampleError("malformed", f"{where}: lines need equal-length text and bbox lists, "
-                                       f"got {len(texts)} texts and {len(boxes)} boxes")  # fmt: skip
+        raise SampleError(
+            "malformed",
+            f"{where}: lines need equal-length text and bbox lists, "
+            f"got {len(texts)} texts and {len(boxes)} boxes",
+        )
     return texts, boxes
 
 
@@ -172,9 +185,17 @@ class PdfOcrShards:
     ``box_tolerance_px`` of slack at the page edges.
     """
 
-    def __init__(self, paths: PathLike | Sequence[PathLike], *, source: str, category: Category,
-                 stage: Stage, dpi: float = 100.0, max_pixels: int = 16_000_000,
-                 box_tolerance_px: float = PIXEL_TOL):  # fmt: skip
+    def __init__(
+        self,
+        paths: PathLike | Sequence[PathLike],
+        *,
+        source: str,
+        category: Category,
+        stage: Stage,
+        dpi: float = 100.0,
+        max_pixels: int = 16_000_000,
+        box_tolerance_px: float = PIXEL_TOL,
+    ):
         if dpi <= 0 or max_pixels < 1:
             raise ValueError(f"dpi and max_pixels must be positive, got {dpi}, {max_pixels}")
         self.index = TarIndex(as_paths(paths))
@@ -222,11 +243,15 @@ class PdfOcrShards:
         if not kept:
             raise SampleError("empty", f"{where}: no text lines")
         sample = Sample(
-            id=f"{self.index.keys[k][1]}/p{p}", source=self.source, category=self.category,
-            stage=self.stage, media=[Media(bytes=png, size=size)], regions=regions,
+            id=f"{self.index.keys[k][1]}/p{p}",
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=[Media(bytes=png, size=size)],
+            regions=regions,
             messages=[Message("document", [Part.m(0), Part.t("\n".join(kept))])],
             meta={"page": p, "num_pages": len(pages), "dpi": self.dpi},
-        )  # fmt: skip
+        )
         return finish(sample, where)
 
     def _render(self, k: int, p: int, where: str) -> tuple[bytes, tuple[int, int]]:
@@ -236,8 +261,10 @@ class PdfOcrShards:
         try:
             doc = pdfium.PdfDocument(self.index.read(k, "pdf"))
             if p >= len(doc):
-                raise SampleError("malformed", f"{where}: the json lists this page but the PDF "
-                                               f"has {len(doc)} pages")  # fmt: skip
+                raise SampleError(
+                    "malformed",
+                    f"{where}: the json lists this page but the PDF has {len(doc)} pages",
+                )
             page = doc[p]
             w_pt, h_pt = page.get_size()
             scale = min(self.dpi / 72.0, math.sqrt(self.max_pixels / max(w_pt * h_pt, 1e-9)))
@@ -260,9 +287,16 @@ class RenderedTextShards:
     (``quad01``); absent → no regions (the HF shards' box keys are unverified, §8.6).
     """
 
-    def __init__(self, paths: PathLike | Sequence[PathLike], *, source: str, category: Category,
-                 stage: Stage, box_key: str = "line_bboxes",
-                 box_tolerance_px: float = PIXEL_TOL):  # fmt: skip
+    def __init__(
+        self,
+        paths: PathLike | Sequence[PathLike],
+        *,
+        source: str,
+        category: Category,
+        stage: Stage,
+        box_key: str = "line_bboxes",
+        box_tolerance_px: float = PIXEL_TOL,
+    ):
         self.index = TarIndex(as_paths(paths))
         self.name = self.source = source
         self.category, self.stage = category, stage
@@ -281,8 +315,9 @@ class RenderedTextShards:
         lines = ocr.get("text") if isinstance(ocr, dict) else None
         lines = [lines] if isinstance(lines, str) else lines
         if not isinstance(lines, list) or not all(isinstance(t, str) for t in lines):
-            raise SampleError("malformed", f"{where}.json: ocr_annotation.text must be a list "
-                                           "of strings")  # fmt: skip
+            raise SampleError(
+                "malformed", f"{where}.json: ocr_annotation.text must be a list of strings"
+            )
         if not "".join(lines).strip():
             raise SampleError("empty", f"{where}: no text lines")
         media = Media(bytes=idx.read(i, ext))
@@ -290,8 +325,10 @@ class RenderedTextShards:
         regions = []
         if quads is not None:
             if not isinstance(quads, list) or len(quads) != len(lines):
-                raise SampleError("malformed", f"{where}.json: {self.box_key} must hold one quad "
-                                               f"per line ({len(lines)})")  # fmt: skip
+                raise SampleError(
+                    "malformed",
+                    f"{where}.json: {self.box_key} must hold one quad per line ({len(lines)})",
+                )
             media.size = header_size(media.bytes, where=f"{where}.{ext}")
             for n, (quad, text) in enumerate(zip(quads, lines, strict=True)):
                 try:
@@ -300,8 +337,12 @@ class RenderedTextShards:
                     raise coord_error(e, f"{where} line {n}") from None
                 regions.append(Region(media=0, box=(box.x1, box.y1, box.x2, box.y2), label=text))
         sample = Sample(
-            id=idx.keys[i][1], source=self.source, category=self.category, stage=self.stage,
-            media=[media], regions=regions,
+            id=idx.keys[i][1],
+            source=self.source,
+            category=self.category,
+            stage=self.stage,
+            media=[media],
+            regions=regions,
             messages=[Message("document", [Part.m(0), Part.t("\n".join(lines))])],
-        )  # fmt: skip
+        )
         return finish(sample, where)

@@ -21,9 +21,17 @@ from mm15.demo.data import images as si
 Metric = Literal["exact", "mc", "iou50"]
 Split = Literal["train", "test"]
 
-POSITIONS = ("in the top left corner", "at the top", "in the top right corner", "on the left",
-             "in the centre", "on the right", "in the bottom left corner", "at the bottom",
-             "in the bottom right corner")  # fmt: skip
+POSITIONS = (
+    "in the top left corner",
+    "at the top",
+    "in the top right corner",
+    "on the left",
+    "in the centre",
+    "on the right",
+    "in the bottom left corner",
+    "at the bottom",
+    "in the bottom right corner",
+)
 # Ten labels whose ink is at most 14 px tall at 18 px (no ascender with a descender), so that at
 # WORD_FONT they stay under 4 px in a text_rich overview.
 UI_LABELS = ("OK", "Cancel", "Back", "Next", "Save", "Send", "Menu", "Home", "Edit", "Done")
@@ -33,8 +41,25 @@ REGIONS = tuple(
 )
 ORDINALS = ("first", "second", "third", "fourth")
 DIRECTIONS = ("left", "right", "up", "down")
-WORDS = ("the", "total", "page", "date", "name", "code", "price", "order", "item", "room",
-         "box", "note", "sum", "line", *si.COLOURS, *si.SHAPES, *UI_LABELS)  # fmt: skip
+WORDS = (
+    "the",
+    "total",
+    "page",
+    "date",
+    "name",
+    "code",
+    "price",
+    "order",
+    "item",
+    "room",
+    "box",
+    "note",
+    "sum",
+    "line",
+    *si.COLOURS,
+    *si.SHAPES,
+    *UI_LABELS,
+)
 SIGN_FONT = 14  # digit ink 10 px: 10 px in a tile, 2.5 px in the overview (checked per sample)
 # text_rich/word: a sign shows one of the UI labels (one vocabulary for the encoder's word head),
 # ink 13–14 px at WORD_FONT: at least 8 px in a tile, under 4 px in the overview (checked).
@@ -138,16 +163,28 @@ def _facts(rng: random.Random) -> Draft:
     for _ in range(rng.randint(3, 5)):
         a, b, s = _uniform_add(rng)
         w = rng.choice(TRAIN_WORDS)  # never a held-out test word of text_only/reverse
-        facts.append(rng.choice([f"{a} + {b} = {s}.", f"The letters {w} reversed are {w[::-1]}.",
-                                 f"After {a} comes {a + 1}."]))  # fmt: skip
+        facts.append(
+            rng.choice(
+                [
+                    f"{a} + {b} = {s}.",
+                    f"The letters {w} reversed are {w[::-1]}.",
+                    f"After {a} comes {a + 1}.",
+                ]
+            )
+        )
     return Draft([], [Part.t(" ".join(facts))])
 
 
 def _ocr_page(rng: random.Random) -> Draft:
     size = rng.choice([(224, 224), (224, 112)])
     n_lines = rng.randint(3, 8) if size[1] == 224 else rng.randint(2, 4)
-    tokens = lambda: [rng.choice(WORDS) if rng.random() < 0.7 else str(rng.randint(1, 999))  # noqa: E731
-                      for _ in range(rng.randint(1, 3))]  # fmt: skip
+
+    def tokens() -> list[str]:
+        return [
+            rng.choice(WORDS) if rng.random() < 0.7 else str(rng.randint(1, 999))
+            for _ in range(rng.randint(1, 3))
+        ]
+
     lines = [" ".join(tokens()) for _ in range(n_lines)]
     image, drawn = si.page_scene(rng, lines, size=size, font_size=12)
     regions = [Region(media=0, box=_xyxy(d.box), label=d.text) for d in drawn]
@@ -196,8 +233,10 @@ def _long_sign(rng: random.Random, text: str, font_size: int) -> tuple[Image.Ima
     image, sign = si.sign_scene(rng, text, size=size, tile=cfg.resolution, font_size=font_size)
     tile, overview = si.text_px(size, sign.box.height, cfg)
     if not (tile >= si.MIN_TILE_TEXT_PX and overview < si.MAX_OVERVIEW_TEXT_PX):
-        raise AssertionError(f"sign text {sign.box.height} px on {size}: {tile:.1f} px in a tile,"
-                             f" {overview:.1f} px in the overview")  # fmt: skip
+        raise AssertionError(
+            f"sign text {sign.box.height} px on {size}: {tile:.1f} px in a tile,"
+            f" {overview:.1f} px in the overview"
+        )
     return image, sign.box.height
 
 
@@ -288,8 +327,11 @@ def _ui_read(rng: random.Random) -> Draft:
     return Draft([image], prompt, label, regions=[Region(media=0, point=point)])
 
 
-def _ui_answer_screen(rng: random.Random, fills_for: Callable[[int], list[str | None]],
-                      question: Callable[[list[str | None]], str]) -> Draft:  # fmt: skip
+def _ui_answer_screen(
+    rng: random.Random,
+    fills_for: Callable[[int], list[str | None]],
+    question: Callable[[list[str | None]], str],
+) -> Draft:
     """A screen of 3–5 buttons in random order; the answer is the first label, drawn on
     ``fills_for(n)[0]``.  ``meta["labels"]`` lists the screen's labels top to bottom."""
     label = rng.choice(UI_LABELS)
@@ -304,8 +346,11 @@ def _ui_answer_screen(rng: random.Random, fills_for: Callable[[int], list[str | 
 
 def _ui_read_colour(rng: random.Random) -> Draft:
     """A screen of 3–5 buttons, each filled with another colour; read the named one's label."""
-    return _ui_answer_screen(rng, lambda n: rng.sample(list(si.COLOURS), n),
-                             lambda fills: f"What does the {fills[0]} button say?")  # fmt: skip
+    return _ui_answer_screen(
+        rng,
+        lambda n: rng.sample(list(si.COLOURS), n),
+        lambda fills: f"What does the {fills[0]} button say?",
+    )
 
 
 def _ui_read_selected(rng: random.Random) -> Draft:
@@ -313,8 +358,11 @@ def _ui_read_selected(rng: random.Random) -> Draft:
     selected tab is often drawn); read the selected label.  Finding it needs no match to a word
     of the question, unlike ``ui/read_colour``, and, as on the text_rich signs, the answer is
     dark ink on white."""
-    return _ui_answer_screen(rng, lambda n: [None, *rng.sample(list(si.COLOURS), n - 1)],
-                             lambda _: "What does the highlighted button say?")  # fmt: skip
+    return _ui_answer_screen(
+        rng,
+        lambda n: [None, *rng.sample(list(si.COLOURS), n - 1)],
+        lambda _: "What does the highlighted button say?",
+    )
 
 
 # ---- stage 3: multi-image, video, text-only -------------------------------------------------
@@ -328,8 +376,9 @@ def _find_image(rng: random.Random) -> Draft:
     images = [si.grid_scene(rng, [it], grid=1, fill=(0.35, 0.6))[0] for it in items]
     options = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(ORDINALS))
     text = f"Which image shows the {colour} {kind}?\n{options}\nAnswer with the letter."
-    return Draft(images, [*map(Part.m, range(4)), Part.t(text)], "ABCD"[answer],
-                 options=list(ORDINALS))  # fmt: skip
+    return Draft(
+        images, [*map(Part.m, range(4)), Part.t(text)], "ABCD"[answer], options=list(ORDINALS)
+    )
 
 
 def _common_colour(rng: random.Random) -> Draft:
@@ -338,8 +387,10 @@ def _common_colour(rng: random.Random) -> Draft:
     colour, *others = rng.sample(list(si.COLOURS), 3)
     colours = [colour, colour, *others]
     rng.shuffle(colours)
-    images = [si.grid_scene(rng, [(rng.choice(si.SHAPES), c)], grid=1, fill=(0.35, 0.6))[0]
-              for c in colours]  # fmt: skip
+    images = [
+        si.grid_scene(rng, [(rng.choice(si.SHAPES), c)], grid=1, fill=(0.35, 0.6))[0]
+        for c in colours
+    ]
     text = "Two of these images show the same colour. Which colour is it?"
     return Draft(images, [*map(Part.m, range(4)), Part.t(text)], colour)
 

@@ -19,10 +19,16 @@ from mm15.demo.data.tasks import SFT_TASKS, TASKS, Metric, Split, make_samples
 # ---- the corpus on disk ---------------------------------------------------------------------
 
 DEFAULT_SIZES: dict[str, int] = {
-    "caption/shapes": 1000, "caption/object": 500, "caption/grounded": 500, "interleaved/shapes": 300,
-    "text/facts": 600, "ocr/pages": 500, "ocr/words": 500,
-    **{t: 400 for t in SFT_TASKS}, **{f"test/{t}": 100 for t in SFT_TASKS},
-}  # fmt: skip
+    "caption/shapes": 1000,
+    "caption/object": 500,
+    "caption/grounded": 500,
+    "interleaved/shapes": 300,
+    "text/facts": 600,
+    "ocr/pages": 500,
+    "ocr/words": 500,
+    **{t: 400 for t in SFT_TASKS},
+    **{f"test/{t}": 100 for t in SFT_TASKS},
+}
 
 
 @dataclass(frozen=True)

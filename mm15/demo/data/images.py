@@ -236,8 +236,9 @@ def ui_scene(
             image, rgb, lambda d, a=(x0, y0, x0 + bw - 1, y0 + bh - 1): d.rectangle(a, fill=255)
         )
         tw, th = text_wh(label, font_size)
-        paint_text(image, (x0 + (bw - tw) // 2, y0 + (bh - th) // 2), label, font_size,
-                   fill=ink_for(rgb))  # fmt: skip
+        paint_text(
+            image, (x0 + (bw - tw) // 2, y0 + (bh - th) // 2), label, font_size, fill=ink_for(rgb)
+        )
         out.append(Drawn("button", box, colour=fill, text=label, cell=slot))
     return image, out
 

@@ -145,9 +145,15 @@ def _assemble(task: Task, draft: Draft, split: Split, index: int) -> Sample:
     """A schema :class:`Sample` (media bytes embedded) from a builder's draft."""
     media = [Media(kind="image", bytes=png_bytes(im), size=im.size) for im in draft.images]
     meta = {"task": task.name, **draft.meta}
-    sample = Sample(id=f"{task.name.replace('/', '_')}-{split}-{index:06d}",
-                    source=f"synthetic/{task.name}", category=task.category,
-                    stage=task.stage, media=media, regions=list(draft.regions), meta=meta)  # fmt: skip
+    sample = Sample(
+        id=f"{task.name.replace('/', '_')}-{split}-{index:06d}",
+        source=f"synthetic/{task.name}",
+        category=task.category,
+        stage=task.stage,
+        media=media,
+        regions=list(draft.regions),
+        meta=meta,
+    )
     if task.stage != "sft":
         sample.messages = [Message("document", draft.prompt)]
     elif split == "train":
@@ -174,8 +180,9 @@ def _assemble(task: Task, draft: Draft, split: Split, index: int) -> Sample:
     return sample
 
 
-def make_samples(task: str, n: int, seed: int, *, split: Split = "train", start: int = 0
-                 ) -> list[Sample]:  # fmt: skip
+def make_samples(
+    task: str, n: int, seed: int, *, split: Split = "train", start: int = 0
+) -> list[Sample]:
     """``n`` samples ``start … start + n − 1`` of ``task`` (a ``TASKS`` key), PNG bytes embedded.
 
     ``split="test"`` gives evaluation samples of an SFT task (see the module docstring).
