@@ -248,8 +248,8 @@ def floors(model, batch: int, context: int) -> dict[str, tuple[float, float]]:
 def run_mm(model, encoded, new: int, mode: str, device: torch.device) -> tuple[float, float]:
     """(seconds to the first token, seconds per later token) of one generation, from the
     moments row 0's tokens reach the host (``on_token`` runs after each step's sync)."""
-    from mm15.inference import prompt_embeddings
     from mm15.model.generate import generate
+    from mm15.services.inference import prompt_embeddings
 
     stamps: list[float] = []
     sync(device)

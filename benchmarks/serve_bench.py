@@ -4,7 +4,7 @@ concurrencies (docs/serving.md records the figures).
     .venv/bin/python benchmarks/serve_bench.py                       # random tiny model
     .venv/bin/python benchmarks/serve_bench.py --model out/demo/model --concurrency 1,4,16
 
-The server runs as a subprocess (``python -m mm15.serve.cli``) so the load generator does not
+The server runs as a subprocess (``python -m mm15.cli.serve``) so the load generator does not
 share its interpreter; ``--in-process`` runs it in a thread instead and also prints how many
 requests each generate call batched.  Every client is a thread with one keep-alive connection
 that sends the same non-streaming request (one image as a data URL, greedy, ``max_tokens``)
@@ -37,9 +37,9 @@ def tiny_checkpoint(out: Path) -> Path:
     """A random ``tiny`` preset model with the byte tokenizer (what the tests serve)."""
     import torch
 
-    from mm15.checkpoint import save_checkpoint
     from mm15.model.mm15 import MM15
     from mm15.presets import tiny
+    from mm15.services.checkpoint import save_checkpoint
     from mm15.tokenizer import byte_tokenizer
 
     tok = byte_tokenizer()
@@ -75,7 +75,7 @@ def start_subprocess(model_dir: Path, port: int, args: argparse.Namespace) -> su
     cmd = [
         sys.executable,
         "-m",
-        "mm15.serve.cli",
+        "mm15.cli.serve",
         "--model",
         str(model_dir),
         "--port",
@@ -210,10 +210,10 @@ def main() -> int:
 
 
 def _in_process(model_dir: Path, args: argparse.Namespace):
-    from mm15.checkpoint import load_checkpoint
     from mm15.serve.app import create_app
     from mm15.serve.config import EngineConfig, ServeConfig
     from mm15.serve.server import BackgroundServer
+    from mm15.services.checkpoint import load_checkpoint
 
     model, tok = load_checkpoint(model_dir)
     cfg = ServeConfig(

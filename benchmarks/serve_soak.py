@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/serve_soak.py --quick          # 20 s
     .venv/bin/python benchmarks/serve_soak.py --seconds 3 --concurrency 2 --in-process
 
-The server runs as a subprocess (``python -m mm15.serve.cli`` on 127.0.0.1, a free port) with a
+The server runs as a subprocess (``python -m mm15.cli.serve`` on 127.0.0.1, a free port) with a
 random tiny model unless ``--model`` names one; nothing is downloaded.  The time is split evenly
 over the concurrency levels; at each, that many client threads pick scenarios at random (seeded)
 from the mix in ``SCENARIOS``: good requests through the official ``openai`` client (text or a
@@ -306,10 +306,10 @@ def start_server(
 ) -> tuple[int, int, Callable[[], None]]:
     """(port, pid, stop) of a server on 127.0.0.1: a subprocess, or a thread with --in-process."""
     if args.in_process:
-        from mm15.checkpoint import load_checkpoint
         from mm15.serve.app import create_app
         from mm15.serve.config import EngineConfig, LimitsConfig, ServeConfig
         from mm15.serve.server import BackgroundServer
+        from mm15.services.checkpoint import load_checkpoint
 
         model, tok = load_checkpoint(model_dir)
         cfg = ServeConfig(
@@ -324,7 +324,7 @@ def start_server(
     cmd = [
         sys.executable,
         "-m",
-        "mm15.serve.cli",
+        "mm15.cli.serve",
         "--model",
         str(model_dir),
         "--port",

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from mm15.checkpoint import load_checkpoint
 from mm15.demo.config import DemoConfig
 from mm15.demo.data.corpus import CorpusIndex, generate_corpus
 from mm15.demo.data.tasks import SFT_TASKS
 from mm15.demo.recipe import _pretrain_encoder, _texts, corpus_sizes, demo_train_config
 from mm15.eval.synthetic_suite import evaluate_synthetic
 from mm15.overrides import apply_overrides
+from mm15.services.checkpoint import load_checkpoint
 from mm15.tokenizer import MM15Tokenizer, train_bpe_tokenizer
 from mm15.train.loop import train
 

@@ -37,12 +37,12 @@ import time
 
 import torch
 
-from mm15.checkpoint import load_checkpoint
 from mm15.data.coords import format_box
 from mm15.data.splitting import tile_image
 from mm15.demo.data import images as si
 from mm15.eval.metrics import box_iou50, first_region
 from mm15.model.mm15 import MM15, next_token_loss_sum
+from mm15.services.checkpoint import load_checkpoint
 
 torch.set_num_threads(1)
 enc, steps, flags = sys.argv[1], int(sys.argv[2]), set(sys.argv[3].split("_"))

@@ -13,9 +13,9 @@ import sys
 
 import torch
 
-from mm15.checkpoint import load_checkpoint
 from mm15.demo.data.corpus import CorpusIndex
 from mm15.eval.synthetic_suite import evaluate_synthetic
+from mm15.services.checkpoint import load_checkpoint
 
 
 def cell(box: list[int]) -> tuple[int, int]:

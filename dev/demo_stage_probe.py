@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from mm15.checkpoint import load_checkpoint
 from mm15.data.pipeline import format_sample, materialize_pixels
 from mm15.demo.config import DemoConfig
 from mm15.demo.data import images as si
@@ -24,6 +23,7 @@ from mm15.demo.data import tasks as syn
 from mm15.demo.data.corpus import CorpusIndex
 from mm15.demo.recipe import demo_train_config
 from mm15.overrides import apply_overrides
+from mm15.services.checkpoint import load_checkpoint
 from mm15.train.loop import train
 
 torch.set_num_threads(2)

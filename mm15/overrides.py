@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from mm15.config import to_dict
+from mm15.config import from_dict, to_dict
 from mm15.errors import validation_summary
 
 T = TypeVar("T")
@@ -106,6 +106,26 @@ def set_path(data: Any, path: str, value: Any, *, cls: Any = None) -> None:
                 f"{where}: {parent} is {node!r}, which has no settings; set it whole "
                 f"with {parent}='{{...}}'"
             )
+
+
+def read_config(path: Path, cls: type[T], *, flag: str = "--config") -> T:
+    """The ``cls`` config in JSON file ``path`` (as ``--print-config`` writes it), validated
+    like overrides; a directory, a missing file, bad JSON or a bad field is one ValueError (or
+    FileNotFoundError) naming ``flag`` and the file."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give the JSON file --print-config writes")
+    if not path.exists():
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{flag} {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag} {path} holds {type(data).__name__}, not a {cls.__name__} object")
+    try:  # the one JSON codec of configs: unknown keys and wrong types name the field
+        return from_dict(cls, data)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{flag} {path} is not a valid {cls.__name__}: {e}") from None
 
 
 def apply_overrides(cfg: T, overrides: Sequence[str], *, context: str | None = None) -> T:

@@ -77,9 +77,9 @@ def tiny_ckpt_dir(tmp_path_factory) -> Path:
     """A randomly initialised tiny MM15 with the byte tokenizer, saved as an mm15 checkpoint
     directory (what `mm15 chat/eval/serve --model` load). Its answers are noise, but they are
     deterministic under greedy decoding."""
-    from mm15.checkpoint import save_checkpoint
     from mm15.model.mm15 import MM15
     from mm15.presets import tiny
+    from mm15.services.checkpoint import save_checkpoint
 
     tok = byte_tokenizer()
     cfg = tiny(vocab_size=len(tok))

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mm15.chat_cli import main
-from mm15.chat_session import ChatError, ChatSession, load_media, parse_visual_prompt
-from mm15.checkpoint import load_checkpoint
+from mm15.cli.chat import main
 from mm15.config import FormatConfig
 from mm15.data.coords import Box, Point, format_box, format_point
 from mm15.data.layout import plan_image
 from mm15.data.pipeline import format_sample
 from mm15.data.schema import Media, Message, Part, Sample
-from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.generate import GenerationResult
+from mm15.services.chat_session import ChatError, ChatSession, load_media, parse_visual_prompt
+from mm15.services.checkpoint import load_checkpoint
+from mm15.services.inference import GenerationSettings, generate_for_samples
 
 GREY = (128, 128, 128)
 

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from mm15.checkpoint import init_from_parts, load_checkpoint, save_checkpoint
 from mm15.presets import tiny
+from mm15.services.checkpoint import init_from_parts, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_failed_save_keeps_the_previous_checkpoint(ckpt, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("mm15.checkpoint.save_tensors", boom)
+    monkeypatch.setattr("mm15.services.checkpoint.save_tensors", boom)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(model, tok, target)
     assert sorted(os.listdir(target)) == before

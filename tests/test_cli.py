@@ -9,7 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
-from mm15.cli import ASSETS, main
+from mm15.cli import main
+from mm15.cli.split import ASSETS
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

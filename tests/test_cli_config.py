@@ -14,15 +14,16 @@ from PIL import Image
 
 import mm15.eval.runner
 import mm15.serve.app
-from mm15.chat_cli import ChatConfig
-from mm15.cli import SplitConfig, build_parser, main
+from mm15.cli import build_parser, main
+from mm15.cli.chat import ChatConfig
+from mm15.cli.eval import EvalConfig
+from mm15.cli.serve import config_from_args
+from mm15.cli.split import SplitConfig
 from mm15.config import from_dict
 from mm15.data.layout import plan_image
-from mm15.eval.cli import EvalConfig
-from mm15.image_settings import with_image_settings
 from mm15.presets import tiny
-from mm15.serve.cli import config_from_args
 from mm15.serve.config import ServeConfig
+from mm15.services.image_settings import with_image_settings
 
 WIDE = (112 * 16, 112)  # the tiny preset's tiles are 112 px: a 1x16 grid when n_max allows
 
@@ -147,12 +148,12 @@ BAD_IMAGE = [
 def test_bad_image_settings_are_one_error_line(
     tiny_ckpt_dir, tmp_path, capsys, monkeypatch, captured, verb, flags, needle
 ):
-    import mm15.checkpoint
+    import mm15.services.checkpoint
 
     def never(*a, **kw):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(mm15.checkpoint, "load_checkpoint", never)
+    monkeypatch.setattr(mm15.services.checkpoint, "load_checkpoint", never)
     ckpt = str(tiny_ckpt_dir)
     argv = {
         "eval": _eval_argv(ckpt, tmp_path),
@@ -291,3 +292,66 @@ def test_split_set_reaches_the_plan(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["grid"] == [1, 4]
     assert main(["split", str(wide), "--preset", "tiny", "--set", "image.n_max=16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["grid"] == [1, 16]
+
+
+# --config FILE: every verb starts from a saved config (as --print-config writes it)
+
+SAVED = {
+    "eval": ["--model", "m", "--task", "pope", "--data", "d", "--set", "limit=5", "--n-max", "16"],
+    "serve": ["--model", "m", "--port", "9000", "--set", "engine.max_queue=3"],
+    "chat": ["--model", "m", "--temperature", "0.5", "--set", "top_p=0.9"],
+    "split": ["--preset", "tiny", "--set", "image.static_grid=[3,3]"],
+    "demo": ["--set", "sft.steps=7"],
+}
+
+
+def _printed(capsys, argv: list[str]) -> dict:
+    assert main([*argv, "--print-config"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("verb", sorted(SAVED))
+def test_config_file_round_trips_and_flags_apply_on_top(capsys, tmp_path, verb):
+    saved = _printed(capsys, [verb, *SAVED[verb]])
+    f = tmp_path / f"{verb}.json"
+    f.write_text(json.dumps(saved))
+    assert _printed(capsys, [verb, "--config", str(f)]) == saved
+    # A --set on top changes one field and keeps the rest of the file.
+    key, value = {
+        "chat": ("seed", 3),
+        "demo": ("seed", 3),
+        "eval": ("limit", 7),
+        "serve": ("port", 9001),
+        "split": ("tokens_per_tile", 9),
+    }[verb]
+    again = _printed(capsys, [verb, "--config", str(f), "--set", f"{key}={value}"])
+    assert again == {**saved, key: value}
+
+
+def test_serve_runs_from_a_config_file(tiny_ckpt_dir, tmp_path, captured, capsys):
+    cfg = _printed(capsys, ["serve", "--model", str(tiny_ckpt_dir), "--n-max", "16"])
+    cfg["port"] = int(_free_port())
+    f = tmp_path / "serve.json"
+    f.write_text(json.dumps(cfg))
+    assert main(["serve", "--config", str(f)]) == 0
+    assert _tiles(captured["model"].cfg.image) == 17
+
+
+@pytest.mark.parametrize("verb", ["eval", "serve", "chat", "split", "demo"])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "no such file"),
+        ("dir", "is a directory"),
+        ("{not json", "is not valid JSON"),
+        ('{"no_such_field": 1}', "no_such_field"),
+    ],
+)
+def test_bad_config_files_are_one_error_line(capsys, tmp_path, verb, content, needle):
+    f = tmp_path / "cfg.json"
+    if content == "dir":
+        f.mkdir()
+    elif content is not None:
+        f.write_text(content)
+    err = _one_error(capsys, [verb, "--config", str(f), "--print-config"])
+    assert needle in err and str(f) in err

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mm15.chat_session import ChatSession
 from mm15.cli import main
 from mm15.model.generate import GenerationResult
+from mm15.services.chat_session import ChatSession
 from tests.train_fixtures import train_config, write_corpus
 
 SHEET = str(Path(__file__).parents[1] / "mm15" / "assets" / "order_sheet.png")
@@ -45,7 +45,7 @@ def _refused(capsys, argv: list[str], *needles: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Broken checkpoints (chat, eval and serve all load through mm15.checkpoint.load_checkpoint)
+# Broken checkpoints (chat, eval and serve all load through mm15.services.checkpoint.load_checkpoint)
 
 
 @pytest.fixture
@@ -275,7 +275,11 @@ def test_one_shot_prompt_that_is_not_utf8(tiny_ckpt_dir, capsys):
         (lambda p: p.mkdir(), "is a directory"),
         (lambda p: None, "no such file"),
         (lambda p: p.write_text('{"stages": [}'), "is not valid JSON"),
-        (lambda p: p.write_text('{"stages": 3}'), "stages: Input should be a valid list"),
+        (
+            lambda p: p.write_text('{"stages": 3}'),
+            "TrainConfig.stages must be a list, got 3 (at stages)",
+        ),
+        (lambda p: p.write_text('{"stages": [], "bogus": 1}'), "unknown TrainConfig keys"),
     ],
 )
 def test_train_config_file(tmp_path, capsys, make, needle):
@@ -395,11 +399,11 @@ def test_init_never_replaces_what_is_not_a_checkpoint(
 
 
 def test_unexpected_errors_are_not_swallowed(monkeypatch):
-    import mm15.cli
+    import mm15.cli.model
 
     def boom(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(mm15.cli, "cmd_info", boom)
+    monkeypatch.setattr(mm15.cli.model, "cmd_info", boom)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["info", "--preset", "tiny"])

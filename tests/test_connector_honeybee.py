@@ -203,7 +203,7 @@ def _run(capsys, *argv):
 
 
 def test_mm15_init_connector_round_trips(hf_clip_dir, hf_llama_dir, tmp_path, capsys):
-    from mm15.checkpoint import load_checkpoint
+    from mm15.services.checkpoint import load_checkpoint
 
     ref, path = _honeybee_file(tmp_path)
     out = tmp_path / "ckpt"

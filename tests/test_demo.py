@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from mm15.checkpoint import load_checkpoint
 from mm15.demo import DemoConfig, run_demo
 from mm15.demo.config import BindStage, CorpusSizes, DecoderKnobs, PretrainStage, SftStage
 from mm15.overrides import apply_overrides
+from mm15.services.checkpoint import load_checkpoint
 
 
 def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mm15.checkpoint import load_checkpoint
-from mm15.eval.cli import main, register, task_data
+from mm15.cli.eval import main, register, task_data
 from mm15.eval.runner import EvalSettings, run_eval
+from mm15.services.checkpoint import load_checkpoint
 
 
 def png(colour, size=(40, 30)) -> bytes:
@@ -228,4 +228,5 @@ def test_task_data_pairing(tmp_path):
     p = argparse.ArgumentParser()
     register(p.add_subparsers(dest="verb", required=True))
     args = p.parse_args(["eval", "--model", "m", "--task", "a", "--task", "b", "--data", "d"])
-    assert args.task == ["a", "b"] and args.batch_size == 8 and callable(args.func)
+    assert args.task == ["a", "b"] and callable(args.func)
+    assert args.batch_size is None  # a flag not given overrides nothing (--config FILE)

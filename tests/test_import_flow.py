@@ -50,16 +50,15 @@ PIPELINE_ONLY = {
 PIPELINE_EXCEPTIONS = {
     "data/pipeline.py": "the pipeline itself",
     "data/split_report.py": "`mm15 split`: reports what the planner does with an image",
-    "cli.py": "`mm15 split --save-tiles`: pictures of the tiles",
+    "cli/split.py": "`mm15 split --save-tiles`: pictures of the tiles",
     "data/chat_template.py": "the Hugging Face template's messages: region sizes, frame counts",
     "data/check.py": "`mm15 data check` contact sheet: draws regions on the image",
-    "demo_encoder.py": "the demo's toy encoder: one tile per image (mm15/demo*, another owner)",
-    "demo/encoder.py": "the same, after the demo's move into a package",
+    "demo/encoder.py": "the demo's toy encoder: one tile per image",
 }
 ENTRY_POINTS = [
     "serve/prepare.py",
-    "chat_session.py",
-    "inference.py",
+    "services/chat_session.py",
+    "services/inference.py",
     "eval/lmms_plugin.py",
     "train/data.py",
     "data/check.py",
@@ -93,6 +92,39 @@ def test_entry_points_use_the_pipeline(rel):
     assert any(m == "mm15.data.pipeline" for m, _ in _imported_names(PKG / rel)), rel
 
 
+# Verbs in one place (mm15/cli), the services they call in others: nothing outside mm15/cli
+# builds an argument parser or imports the CLI, and the services sit below every verb.
+PARSER_CALLS = {"ArgumentParser", "add_parser", "add_argument", "add_subparsers"}
+VERB_PACKAGES = ("mm15.cli", "mm15.serve", "mm15.eval", "mm15.train", "mm15.demo")
+
+
+def _calls(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            out.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+    return out
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in PKG.rglob("*.py") if "cli" not in p.relative_to(PKG).parts),
+    ids=lambda p: str(p.relative_to(PKG)),
+)
+def test_verbs_live_in_the_cli_package(path):
+    rel = str(path.relative_to(PKG))
+    assert not _calls(path) & PARSER_CALLS, f"{rel} builds a parser: verbs live in mm15/cli"
+    bad = [n for n in _imports(path) if n == "mm15.cli" or n.startswith("mm15.cli.")]
+    assert not bad, f"{rel} imports {bad}: the CLI calls services, not the other way round"
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "services").rglob("*.py")), ids=lambda p: p.name)
+def test_services_sit_below_the_verbs(path):
+    bad = [n for n in _imports(path) if n.startswith(VERB_PACKAGES)]
+    assert not bad, f"services/{path.name} imports {bad}"
+
+
 def test_checker_sees_a_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("from mm15.model.lm import Decoder\nimport numpy\n")
@@ -100,3 +132,6 @@ def test_checker_sees_a_violation(tmp_path):
     g = tmp_path / "y.py"
     g.write_text("from mm15.data.splitting import tile_image\n")
     assert ("mm15.data.splitting", "tile_image") in _imported_names(g)
+    h = tmp_path / "z.py"
+    h.write_text("import argparse\np = argparse.ArgumentParser()\np.add_argument('--x')\n")
+    assert {"ArgumentParser", "add_argument"} <= _calls(h)

@@ -16,9 +16,9 @@ import sys
 import pytest
 from PIL import Image
 
-from mm15.checkpoint import load_checkpoint
 from mm15.eval import lmms_plugin as lp
-from mm15.inference import GenerationSettings, generate_for_samples
+from mm15.services.checkpoint import load_checkpoint
+from mm15.services.inference import GenerationSettings, generate_for_samples
 
 HAS_LMMS = importlib.util.find_spec("lmms_eval") is not None
 

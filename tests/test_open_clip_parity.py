@@ -160,7 +160,7 @@ def test_plain_bicubic_does_not_reproduce_open_clip(oc_dir):
 def test_mm15_init_from_an_open_clip_directory(oc_dir, hf_llama_dir, tmp_path, capsys):
     """``mm15 init --vision DIR`` keeps the open_clip kernel in the saved config and the model
     it builds encodes the preset's 112-px tiles as open_clip created at 112 px does."""
-    from mm15.checkpoint import load_checkpoint
+    from mm15.services.checkpoint import load_checkpoint
 
     out = tmp_path / "ckpt"
     argv = ["init", "--vision", str(oc_dir), "--llm", str(hf_llama_dir), "--preset", "tiny"]

@@ -8,9 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mm15.inference as inference
-from mm15.chat_session import ChatSession, load_media, parse_visual_prompt
-from mm15.checkpoint import load_checkpoint
+import mm15.services.inference as inference
 from mm15.data.coords import Box, format_box
 from mm15.data.media import load_image, media_size, video_frame_count
 from mm15.data.pipeline import (
@@ -26,6 +24,8 @@ from mm15.serve.engine import SamplingParams
 from mm15.serve.media import Fetcher
 from mm15.serve.prepare import prepare_prompt
 from mm15.serve.schemas import ChatRequest
+from mm15.services.chat_session import ChatSession, load_media, parse_visual_prompt
+from mm15.services.checkpoint import load_checkpoint
 from tests.serve_fixtures import config, data_url, png_bytes
 
 BOX = (20.0, 10.0, 150.0, 90.0)  # pixels of the 200x100 image

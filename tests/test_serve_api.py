@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from mm15.checkpoint import load_checkpoint
+from mm15.cli.serve import config_from_args, register
 from mm15.data.coords import dequantize_box, dequantize_point
-from mm15.inference import generate_encoded
 from mm15.serve.app import create_app
-from mm15.serve.cli import config_from_args, register
 from mm15.serve.server import BackgroundServer
+from mm15.services.checkpoint import load_checkpoint
+from mm15.services.inference import generate_encoded
 from tests.serve_fixtures import Scripted, config, data_url, get, image_message, png_bytes
 
 IMAGE = data_url(png_bytes((200, 100)))

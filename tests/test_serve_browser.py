@@ -8,9 +8,9 @@ import shutil
 import pytest
 from PIL import Image
 
-from mm15.checkpoint import load_checkpoint
 from mm15.serve.app import create_app
 from mm15.serve.server import BackgroundServer
+from mm15.services.checkpoint import load_checkpoint
 from tests.serve_fixtures import Scripted, config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

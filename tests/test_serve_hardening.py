@@ -15,12 +15,12 @@ import time
 import pytest
 
 import mm15.cli
-from mm15.checkpoint import load_checkpoint
 from mm15.data.pipeline import EncodedPrompt, _Stream
 from mm15.serve.app import create_app
 from mm15.serve.config import EngineConfig, LimitsConfig, MediaConfig
 from mm15.serve.engine import Engine, SamplingParams
 from mm15.serve.server import BackgroundServer
+from mm15.services.checkpoint import load_checkpoint
 from tests.serve_fixtures import (
     Scripted,
     config,
@@ -466,7 +466,7 @@ def test_foreign_origin_refused_own_page_allowed(plain):
 
 
 def test_cli_default_allowed_hosts_follow_the_bind_address(tiny_ckpt_dir):
-    from mm15.serve.cli import config_from_args
+    from mm15.cli.serve import config_from_args
 
     parser = mm15.cli.build_parser()
     local = config_from_args(parser.parse_args(["serve", "--model", str(tiny_ckpt_dir)]))

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from starlette.routing import Route
 
-from mm15.checkpoint import load_checkpoint
 from mm15.serve.app import create_app
 from mm15.serve.server import BackgroundServer
+from mm15.services.checkpoint import load_checkpoint
 from tests.serve_fixtures import Scripted, config, data_url, get, image_message, png_bytes, post
 
 KEY = "test-key"

@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mm15.checkpoint import load_checkpoint
 from mm15.serve.app import create_app
 from mm15.serve.config import MediaConfig
 from mm15.serve.media import (
@@ -25,6 +24,7 @@ from mm15.serve.media import (
 )
 from mm15.serve.schemas import APIError
 from mm15.serve.server import BackgroundServer
+from mm15.services.checkpoint import load_checkpoint
 from tests.serve_fixtures import Scripted, config, image_message, png_bytes, post
 
 PNG = png_bytes((40, 30))

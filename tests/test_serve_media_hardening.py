@@ -16,12 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mm15.checkpoint import load_checkpoint
 from mm15.serve.app import create_app
 from mm15.serve.config import MediaConfig
 from mm15.serve.media import Fetcher, load_image_url, read_local_file
 from mm15.serve.schemas import APIError
 from mm15.serve.server import BackgroundServer
+from mm15.services.checkpoint import load_checkpoint
 from tests.serve_fixtures import Scripted, config, get, image_message, png_bytes, post
 
 PNG = png_bytes((40, 30))

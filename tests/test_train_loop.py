@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mm15.train.loop as loop
-from mm15.checkpoint import load_checkpoint
+from mm15.services.checkpoint import load_checkpoint
 from mm15.train.data import StageStream
 from tests.train_fixtures import train_config, write_corpus
 

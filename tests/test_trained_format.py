@@ -17,9 +17,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 import mm15.data.pipeline as pipeline
-import mm15.inference as inference
-from mm15.chat_session import ChatSession, load_media
-from mm15.checkpoint import init_from_parts, load_checkpoint
+import mm15.services.inference as inference
 from mm15.config import FormatConfig, load_model_config, to_dict
 from mm15.data.chat_template import TOKENIZER_CONFIG, chat_template, sample_messages
 from mm15.data.pipeline import format_sample
@@ -28,6 +26,8 @@ from mm15.eval.runner import EvalSettings, run_eval
 from mm15.presets import tiny
 from mm15.serve.app import create_app
 from mm15.serve.server import BackgroundServer
+from mm15.services.chat_session import ChatSession, load_media
+from mm15.services.checkpoint import init_from_parts, load_checkpoint
 from mm15.train.config import TrainConfig, model_format, stage_format
 from mm15.train.loop import train
 from tests.serve_fixtures import Scripted, config, data_url, png_bytes, post

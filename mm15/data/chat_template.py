@@ -6,7 +6,7 @@ a Jinja template that renders exactly the text :func:`mm15.data.pipeline.format_
 ``AutoTokenizer.from_pretrained(ckpt).apply_chat_template(messages)`` gives the token ids mm15
 trained on, with one image token per image where mm15 expands it into its tiles.  It is
 generated from the config (a non-default format gets its own template) and written by
-:func:`mm15.checkpoint.save_checkpoint` into ``tokenizer_config.json`` (:func:`hf_tokenizer_config`).
+:func:`mm15.services.checkpoint.save_checkpoint` into ``tokenizer_config.json`` (:func:`hf_tokenizer_config`).
 
 **Messages** (the Hugging Face convention): ``{"role": "system"|"user"|"assistant", "content":
 str | [part, ...]}``.  A string is written as it is (it may hold ``<image>`` placeholders).

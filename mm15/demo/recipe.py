@@ -179,9 +179,9 @@ def demo_train_config(
 
 def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -> Path:
     """The seeded initial model with its encoder pre-trained (:mod:`mm15.demo.encoder`)."""
-    from mm15.checkpoint import save_checkpoint
     from mm15.demo.encoder import EncoderPretrainConfig, pretrain_encoder
     from mm15.model.mm15 import MM15
+    from mm15.services.checkpoint import save_checkpoint
 
     torch.manual_seed(cfg.seed)
     model = MM15(dataclasses.replace(train_cfg.model, image_token_id=tok.image_token_id))
@@ -200,9 +200,9 @@ def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -
 
 
 def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
-    from mm15.checkpoint import load_checkpoint
     from mm15.demo.report import write_report
     from mm15.eval.synthetic_suite import evaluate_synthetic
+    from mm15.services.checkpoint import load_checkpoint
     from mm15.train.loop import train
 
     cfg = cfg or DemoConfig()

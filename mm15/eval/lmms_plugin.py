@@ -44,7 +44,7 @@ from PIL import Image
 
 from mm15.data.pipeline import encode_sample, placeholder_parts
 from mm15.data.schema import Media, Message, Part, Sample
-from mm15.inference import GenerationSettings, generate_for_samples
+from mm15.services.inference import GenerationSettings, generate_for_samples
 
 try:
     from lmms_eval.api.instance import Instance
@@ -173,7 +173,7 @@ if lmms is not None:
             **kwargs: Any,
         ) -> None:
             super().__init__()
-            from mm15.checkpoint import load_checkpoint
+            from mm15.services.checkpoint import load_checkpoint
 
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"

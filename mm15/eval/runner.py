@@ -1,7 +1,7 @@
 """Benchmark evaluation: read, generate in batches, score, summarise (MM1.5 §4.1, Tables 4–14).
 
 Zero-shot greedy decoding with the chat template the model was trained with
-(:func:`mm15.inference.generate_for_samples`), ``batch_size`` prompts at a time, streamed from
+(:func:`mm15.services.inference.generate_for_samples`), ``batch_size`` prompts at a time, streamed from
 the reader (a benchmark's images are never all in memory), one tqdm bar (items done, rate, ETA
 estimated from the files' row counts) over all tasks.  A batch that fails on an item's data
 (an image whose header reads but whose pixels do not decode) is retried one item at a time, so
@@ -38,8 +38,8 @@ from mm15.data.schema import SampleError
 from mm15.eval.metrics import category_scores
 from mm15.eval.readers import ItemReader
 from mm15.eval.tasks import EvalItem, TaskSpec, aggregate, get_task, score_item
-from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.mm15 import MM15
+from mm15.services.inference import GenerationSettings, generate_for_samples
 from mm15.tokenizer import MM15Tokenizer
 
 METRIC_NAMES = {

@@ -18,8 +18,8 @@ from mm15.demo.data.chance import chance_baseline
 from mm15.demo.data.corpus import CorpusIndex
 from mm15.demo.data.tasks import SFT_TASKS, TASKS
 from mm15.eval.metrics import category_scores, score_sample
-from mm15.inference import GenerationSettings, generate_for_samples
 from mm15.model.mm15 import MM15
+from mm15.services.inference import GenerationSettings, generate_for_samples
 from mm15.tokenizer import MM15Tokenizer
 
 # Tokens generated beyond the longest reference answer, so that a longer wrong answer is read

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mm15.image_settings import check_image_settings
+from mm15.services.image_settings import check_image_settings
 
 
 def _need(ok: bool, what: str, value: object) -> None:
@@ -154,7 +154,7 @@ class ServeConfig:
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: as saved
     # Inference-time ImageConfig fields over the checkpoint's (Table 2), e.g. {"n_max": 16}:
-    # mm15.image_settings.with_image_settings.
+    # mm15.services.image_settings.with_image_settings.
     image: dict[str, Any] = field(default_factory=dict)
     model_name: str = "mm15"  # the id /v1/models lists and requests must name
     api_key: str | None = None  # when set, every route but /health and the web page needs it

@@ -40,9 +40,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mm15.data.pipeline import EncodedPrompt
-from mm15.inference import GenerationSettings, generate_encoded
 from mm15.model.generate import GREEDY_BELOW, TokenCallback
 from mm15.serve.config import EngineConfig
+from mm15.services.inference import GenerationSettings, generate_encoded
 
 log = logging.getLogger("mm15.serve")
 
@@ -99,7 +99,7 @@ class Job:
 
 class Engine:
     """The generation worker (see the module docstring).  ``generate_fn(prompts, settings,
-    on_token)`` defaults to :func:`mm15.inference.generate_encoded` on ``model``; tests give
+    on_token)`` defaults to :func:`mm15.services.inference.generate_encoded` on ``model``; tests give
     their own to hold work or script answers."""
 
     def __init__(

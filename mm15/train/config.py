@@ -172,7 +172,7 @@ def model_format(cfg: TrainConfig) -> FormatConfig:
     else ``cfg.model``'s.  An unreadable init_from falls back to ``cfg.model`` (loading the
     checkpoint is what reports it)."""
     if cfg.init_from:
-        path = Path(cfg.init_from) / "config.json"  # mm15.checkpoint.CONFIG_FILE
+        path = Path(cfg.init_from) / "config.json"  # mm15.services.checkpoint.CONFIG_FILE
         try:
             return load_model_config(str(path)).format
         except (OSError, ValueError):

@@ -29,12 +29,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mm15.checkpoint import load_checkpoint, save_checkpoint
 from mm15.config import to_dict
 from mm15.data.check import check_tokenizer, preflight
 from mm15.data.registry import registry
 from mm15.model.mm15 import MM15
 from mm15.model.params import recipe_peak_lr
+from mm15.services.checkpoint import load_checkpoint, save_checkpoint
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
 from mm15.train.config import StageConfig, TrainConfig, stage_format
 from mm15.train.data import (

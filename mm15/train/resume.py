@@ -1,6 +1,6 @@
 """Training-state checkpoints: save, find the latest, resume (model, optimiser, RNG, data, step).
 
-These are *training* checkpoints, not the exported model directories of :mod:`mm15.checkpoint`.
+These are *training* checkpoints, not the exported model directories of :mod:`mm15.services.checkpoint`.
 A run directory holds::
 
     run_dir/checkpoints/

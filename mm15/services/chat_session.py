@@ -48,9 +48,9 @@ from mm15.data.pipeline import EncodedPrompt, Example, format_sample, materializ
 from mm15.data.schema import Media, Message, Part, Region, Sample, SampleError
 from mm15.data.sources.conversation import ConversationFormat, build_messages
 from mm15.data.video import load_video_frames
-from mm15.inference import GenerationSettings, generate_encoded
 from mm15.model.generate import GenerationResult
 from mm15.model.mm15 import MM15
+from mm15.services.inference import GenerationSettings, generate_encoded
 from mm15.tokenizer import MM15Tokenizer
 
 REGION_MARKER = "<region>"  # where a visual prompt goes in the user's text

@@ -11,6 +11,7 @@ round-trips through JSON (:func:`mm15.config.to_dict` / ``from_dict``):
   a verb lists them as ``{flag: dotted path}`` (:data:`Shorthands`) and :func:`config_overrides`
   turns the ones given into overrides placed before the ``--set`` ones, so ``--set`` wins;
   ``--help`` lists them (:func:`shorthand_epilog`);
+* ``--config FILE`` starts from a saved config instead of the defaults;
 * ``--print-config`` prints the resolved config as JSON and exits before any work.
 
 Light imports only: the verbs' parsers import this module when ``mm15 --help`` runs.
@@ -22,6 +23,7 @@ import argparse
 import json
 import textwrap
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from mm15.config import to_dict
@@ -44,8 +46,18 @@ SPLIT_IMAGE_SHORTHANDS: dict[str, str] = {
 }
 
 
-def add_config_args(p: argparse.ArgumentParser, *, example: str, print_config: bool = True) -> None:
-    """``--set KEY=VALUE`` (repeatable) and ``--print-config`` on verb parser ``p``."""
+def add_config_args(
+    p: argparse.ArgumentParser, *, example: str, print_config: bool = True, config_file: bool = True
+) -> None:
+    """``--config FILE`` (unless the verb adds its own), ``--set KEY=VALUE`` (repeatable) and
+    ``--print-config`` on verb parser ``p``."""
+    if config_file:
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            help="start from this config (JSON, as --print-config writes) instead of the "
+            "defaults; flags and --set apply on top",
+        )
     p.add_argument(
         "--set",
         action="append",
@@ -80,9 +92,18 @@ def add_image_flags(p: argparse.ArgumentParser, *, everything: bool = False) -> 
         g.add_argument("--indicator", choices=["none", "index", "seps"])
 
 
-def shorthand_epilog(shorthands: Shorthands, *, note: str = "") -> str:
-    """``--help`` text listing which field each shorthand flag sets."""
-    pairs = ", ".join(f"{flag} = {_path(spec)}" for flag, spec in shorthands.items())
+def shorthand_epilog(shorthands: Shorthands, *, defaults: Any = None, note: str = "") -> str:
+    """``--help`` text listing which field each shorthand flag sets, with the field's value in
+    config ``defaults`` (flags themselves default to "not given", so that only the flags given
+    override ``--config FILE``)."""
+    data = to_dict(defaults) if defaults is not None else {}
+
+    def shown(spec: str | tuple[str, Callable[[Any], Any]]) -> str:
+        value = _get(data, _path(spec))
+        keep = value is not _MISSING and value not in (None, [], {})
+        return _path(spec) + (f" [{json.dumps(value)}]" if keep else "")
+
+    pairs = ", ".join(f"{flag} = {shown(spec)}" for flag, spec in shorthands.items())
     text = f"Flags are shorthands for config fields (FLAG V = --set FIELD=V; --set comes last): {pairs}. {note}"
     return "\n".join(textwrap.wrap(text.strip(), 90, break_on_hyphens=False))
 
@@ -106,9 +127,13 @@ def config_overrides(base: Any, args: argparse.Namespace, shorthands: Shorthands
 
 
 def resolve_config(base: T, args: argparse.Namespace, shorthands: Shorthands) -> T:
-    """``base`` with the shorthand flags of ``args`` and then its ``--set`` overrides applied,
-    validated against ``base``'s dataclass (a ValueError naming the field when wrong)."""
-    from mm15.overrides import apply_overrides  # pydantic: only when a verb runs
+    """``base`` (or the config in ``--config FILE``) with the shorthand flags of ``args`` and
+    then its ``--set`` overrides applied, validated against ``base``'s dataclass (a ValueError
+    naming the field when wrong)."""
+    from mm15.overrides import apply_overrides, read_config  # pydantic: when a verb runs
+
+    if getattr(args, "config", None):
+        base = read_config(Path(args.config), type(base))
 
     overrides = config_overrides(base, args, shorthands)
     return apply_overrides(base, overrides, context=f"invalid {type(base).__name__}")

@@ -20,7 +20,7 @@ from mm15.errors import number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``data`` verb to the subparsers of :func:`mm15.cli.build_parser`."""
+    """Add the ``data`` verb to the subparsers of :func:`mm15.cli.main.build_parser`."""
     d = sub.add_parser(
         "data",
         help="the dataset registry; a dry run of a config's data",
@@ -81,7 +81,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mm15.cli import train_config_from_args
+    from mm15.cli.train import train_config_from_args
     from mm15.data.check import check_config, contact_sheet, format_report, report_json
 
     cfg = train_config_from_args(args)

@@ -2,7 +2,7 @@
 
 Its settings are one :class:`mm15.serve.config.ServeConfig`: every flag is a shorthand for one
 of its fields and ``--set`` reaches them all (``--set limits.max_images=8``, ``--set
-image.n_max=16``; :mod:`mm15.cli_config`).  :func:`register` adds the verb to ``mm15``'s subparsers; :func:`main` runs it alone.
+image.n_max=16``; :mod:`mm15.cli.config`).  :func:`register` adds the verb to ``mm15``'s subparsers; :func:`main` runs it alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from mm15.cli_config import (
+from mm15.cli.config import (
     IMAGE_SHORTHANDS,
     add_config_args,
     add_image_flags,
@@ -31,7 +31,7 @@ _D_ENG, _D_HTTP = EngineConfig(), HTTPConfig()
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-# Every flag is a shorthand for a ServeConfig field (mm15.cli_config); --set reaches all of them.
+# Every flag is a shorthand for a ServeConfig field (mm15.cli.config); --set reaches all of them.
 SHORTHANDS = {
     "--model": "model",
     "--host": "host",
@@ -65,13 +65,14 @@ SHORTHANDS = {
 
 
 def register(sub) -> None:
-    """Add ``serve`` to the subparsers ``sub`` (from ``mm15.cli.build_parser``)."""
+    """Add ``serve`` to the subparsers ``sub`` (from ``mm15.cli.main.build_parser``)."""
     p = sub.add_parser(
         "serve",
         help="OpenAI-compatible HTTP server with a web page",
         description=__doc__.split("\n\n")[0],
         epilog=shorthand_epilog(
             SHORTHANDS,
+            defaults=ServeConfig(),
             note="Unset: --served-model-name is "
             "the checkpoint directory's name, --api-key $MM15_API_KEY, "
             "--allowed-hosts follows --host, --default-max-tokens is at most "
@@ -80,11 +81,11 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="mm15 checkpoint directory (required)")
-    p.add_argument("--host", default=_D.host, help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=_D.port)
+    p.add_argument("--host", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int)
     p.add_argument("--served-model-name", help="model id of the API (default: the dir's name)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MM15_API_KEY)")
-    p.add_argument("--device", default=_D.device, help="torch device, e.g. cuda")
+    p.add_argument("--device", help="torch device, e.g. cuda")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--no-web-ui", action="store_true", help="do not serve the page at /")
     p.add_argument(
@@ -97,7 +98,6 @@ def register(sub) -> None:
     p.add_argument(
         "--header-timeout",
         type=float,
-        default=_D_HTTP.header_timeout_s,
         metavar="S",
         help="close connections whose request head takes longer",
     )
@@ -106,35 +106,32 @@ def register(sub) -> None:
     g.add_argument(
         "--allow-fetch",
         nargs="+",
-        default=[],
         metavar="HOST",
         help="allow http(s) image URLs from these hosts (public addresses only)",
     )
     g.add_argument("--media-root", metavar="DIR", help="allow file:// URLs inside DIR")
-    g.add_argument("--max-image-bytes", type=int, default=_D_MEDIA.max_image_bytes)
-    g.add_argument("--max-image-pixels", type=int, default=_D_MEDIA.max_image_pixels)
-    g.add_argument("--fetch-timeout", type=float, default=_D_MEDIA.fetch_timeout_s, metavar="S")
+    g.add_argument("--max-image-bytes", type=int)
+    g.add_argument("--max-image-pixels", type=int)
+    g.add_argument("--fetch-timeout", type=float, metavar="S")
     g.add_argument(
         "--max-pixels-in-flight",
         type=int,
-        default=_D_MEDIA.max_pixels_in_flight,
         help="decoded pixels all requests being prepared may hold together",
     )
     g = p.add_argument_group("limits and batching")
-    g.add_argument("--max-images", type=int, default=_D_LIM.max_images)
-    g.add_argument("--max-body-bytes", type=int, default=_D_LIM.max_body_bytes)
+    g.add_argument("--max-images", type=int)
+    g.add_argument("--max-body-bytes", type=int)
     g.add_argument("--max-prompt-tokens", type=int, help="default: the model's max_seq_len")
     g.add_argument(
         "--max-prompt-bytes",
         type=int,
         help="UTF-8 bytes of text per request (default: derived from the token limit)",
     )
-    g.add_argument("--max-messages", type=int, default=_D_LIM.max_messages)
-    g.add_argument("--max-content-parts", type=int, default=_D_LIM.max_content_parts)
+    g.add_argument("--max-messages", type=int)
+    g.add_argument("--max-content-parts", type=int)
     g.add_argument(
         "--max-tokens-limit",
         type=int,
-        default=_D_LIM.max_tokens,
         help="largest max_tokens a request may ask for",
     )
     g.add_argument(
@@ -146,19 +143,16 @@ def register(sub) -> None:
     g.add_argument(
         "--max-batch",
         type=int,
-        default=_D_ENG.max_batch,
         help="requests batched into one generate call",
     )
     g.add_argument(
         "--max-queue",
         type=int,
-        default=_D_ENG.max_queue,
         help="requests waiting beyond the running batch; more get 429",
     )
     g.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=_D_ENG.batch_wait_ms,
         help="how long an idle worker waits for requests still being prepared",
     )
     add_image_flags(p)
@@ -169,24 +163,24 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The ServeConfig of ``args``: flags, then ``--set``, then what was left unset derived
     (the model's name from its directory, the API key from $MM15_API_KEY, the allowed Host
     names from the bind address, the default max_tokens within the limit)."""
-    from mm15.overrides import apply_overrides
+    from mm15.overrides import apply_overrides, read_config
 
+    if args.config:  # a saved config is whole: nothing left unset to derive
+        base = read_config(Path(args.config), ServeConfig)
+    else:  # default_max_tokens 1 fits any max_tokens until the unset one is derived below
+        base = ServeConfig(limits=LimitsConfig(default_max_tokens=1))
     if args.default_max_tokens is not None:  # as before: never above --max-tokens-limit
+        limit = args.max_tokens_limit or base.limits.max_tokens
         args = argparse.Namespace(
-            **{
-                **vars(args),
-                "default_max_tokens": min(args.default_max_tokens, args.max_tokens_limit),
-            }
+            **{**vars(args), "default_max_tokens": min(args.default_max_tokens, limit)}
         )
-    # default_max_tokens 1 fits any max_tokens until the unset one is derived below.
-    base = ServeConfig(limits=LimitsConfig(default_max_tokens=1))
     cfg = apply_overrides(
         base, config_overrides(base, args, SHORTHANDS), context="invalid ServeConfig"
     )
     if cfg.model is None:
         raise ValueError("no checkpoint: give --model DIR")
     unset = {
-        path: getattr(args, dest) is None and not set_by_overrides(args, path)
+        path: not args.config and getattr(args, dest) is None and not set_by_overrides(args, path)
         for dest, path in (
             ("served_model_name", "model_name"),
             ("api_key", "api_key"),
@@ -248,10 +242,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from mm15.checkpoint import load_checkpoint
-    from mm15.image_settings import apply_image_settings, checkpoint_image_settings
     from mm15.serve.app import create_app
     from mm15.serve.server import uvicorn_config
+    from mm15.services.checkpoint import load_checkpoint
+    from mm15.services.image_settings import apply_image_settings, checkpoint_image_settings
 
     cfg = config_from_args(args)
     if args.print_config:

@@ -27,13 +27,13 @@ import torch
 
 from mm15.config import ModelConfig, load_model_config, save_json
 from mm15.data.chat_template import write_hf_tokenizer_config
-from mm15.devices import resolve_device
 from mm15.model.hf_lm import load_hf_decoder
 from mm15.model.hf_vision import load_vision_encoder
 from mm15.model.honeybee import honeybee_connector
 from mm15.model.mm15 import MM15
 from mm15.model.moe import upcycle_decoder_state_dict
 from mm15.model.weights_io import load_tensors, save_tensors, tensor_file
+from mm15.services.devices import resolve_device
 from mm15.tokenizer import MM15Tokenizer
 
 CONFIG_FILE = "config.json"

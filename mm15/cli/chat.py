@@ -9,7 +9,7 @@ One-shot::
 
 Without a prompt the session is interactive: one user turn per stdin line, the conversation
 (history) kept across turns; ``/reset`` forgets it, ``/quit`` or end of input ends the session.
-Prompt building, visual prompts and region parsing: :mod:`mm15.chat_session`.
+Prompt building, visual prompts and region parsing: :mod:`mm15.services.chat_session`.
 Bad inputs (a missing image, an unreadable video, more ``<image>`` placeholders than images, a
 point outside its image, a NaN temperature, a ``--device`` this machine lacks) print ``error: …``
 and exit with status 2, without a traceback; in the interactive session such a turn (or a line of
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from mm15.cli_config import (
+from mm15.cli.config import (
     IMAGE_SHORTHANDS,
     add_config_args,
     add_image_flags,
@@ -36,7 +36,7 @@ from mm15.cli_config import (
     shorthand_epilog,
 )
 from mm15.errors import EXIT_BAD_INPUT, number, one_line
-from mm15.image_settings import check_image_settings
+from mm15.services.image_settings import check_image_settings
 
 
 @dataclass(kw_only=True)
@@ -79,6 +79,7 @@ SHORTHANDS = {
 _D = ChatConfig()
 _EPILOG = shorthand_epilog(
     SHORTHANDS,
+    defaults=_D,
     note="The settings are one ChatConfig (--print-config "
     "shows it); any ImageConfig field is --set image.FIELD=VALUE.",
 )
@@ -88,7 +89,7 @@ HELP = "commands: /reset (forget the conversation), /quit (or end of input), /he
 
 def _visual(kind: str) -> Callable[[str], object]:
     def parse(spec: str):
-        from mm15.chat_session import ChatError, parse_visual_prompt
+        from mm15.services.chat_session import ChatError, parse_visual_prompt
 
         try:
             return parse_visual_prompt(spec, kind)  # type: ignore[arg-type]
@@ -100,7 +101,7 @@ def _visual(kind: str) -> Callable[[str], object]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``chat`` verb to ``sub`` (the subparsers of :func:`mm15.cli.build_parser`)."""
+    """Add the ``chat`` verb to ``sub`` (the subparsers of :func:`mm15.cli.main.build_parser`)."""
     p = sub.add_parser(
         "chat",
         help="chat with a checkpoint about images or a video (one-shot or interactive)",
@@ -122,11 +123,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     media.add_argument("--video", metavar="PATH", help="a video file or folder of frames (§5)")
     size = number(int, minimum=1)
-    p.add_argument("--max-new-tokens", type=size, default=_D.max_new_tokens)
+    p.add_argument("--max-new-tokens", type=size)
     p.add_argument(
         "--temperature",
         type=number(float, minimum=0.0),
-        default=_D.temperature,
         help="0 = greedy (default)",
     )
     p.add_argument("--seed", type=int, help="sampling seed (with --temperature > 0)")
@@ -149,11 +149,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--draw", metavar="OUT.png", help="draw the answer's regions with labels")
     p.add_argument("--json", action="store_true", help='print {"text", "regions", "issues"}')
-    p.add_argument("--device", default=_D.device, help="cpu, cuda, cuda:1 … (auto: cuda if any)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (auto: cuda if any)")
     p.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],
-        default=_D.dtype,
         help="weights dtype (auto: bfloat16 on cuda, float32 on cpu)",
     )
     add_config_args(p, example="top_p=0.9")
@@ -166,11 +165,11 @@ def _load(args: argparse.Namespace, cfg: ChatConfig):
     weights load)."""
     import torch
 
-    from mm15.chat_session import ChatSession, load_media
-    from mm15.checkpoint import CONFIG_FILE, load_checkpoint
-    from mm15.devices import resolve_device
-    from mm15.image_settings import apply_image_settings, checkpoint_image_settings
-    from mm15.inference import GenerationSettings
+    from mm15.services.chat_session import ChatSession, load_media
+    from mm15.services.checkpoint import CONFIG_FILE, load_checkpoint
+    from mm15.services.devices import resolve_device
+    from mm15.services.image_settings import apply_image_settings, checkpoint_image_settings
+    from mm15.services.inference import GenerationSettings
 
     if cfg.model is None:
         raise ValueError("give --model DIR (see mm15 chat --help)")
@@ -196,7 +195,7 @@ def _load(args: argparse.Namespace, cfg: ChatConfig):
 
 def _show(session, reply, args: argparse.Namespace, out: TextIO) -> None:
     """Print a reply (text + region legend, or JSON) and draw it when asked."""
-    from mm15.chat_session import region_json
+    from mm15.services.chat_session import region_json
 
     if args.json:
         print(json.dumps(reply.to_json(), ensure_ascii=False), file=out, flush=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mm15.cli_config import (
+from mm15.cli.config import (
     IMAGE_SHORTHANDS,
     add_config_args,
     add_image_flags,
@@ -31,7 +31,7 @@ from mm15.cli_config import (
 )
 from mm15.errors import number
 from mm15.eval.tasks import TASKS, get_task
-from mm15.image_settings import check_image_settings
+from mm15.services.image_settings import check_image_settings
 
 
 @dataclass(kw_only=True)
@@ -74,12 +74,12 @@ _D = EvalConfig()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``eval`` verb to the subparsers of :func:`mm15.cli.build_parser`."""
+    """Add the ``eval`` verb to the subparsers of :func:`mm15.cli.main.build_parser`."""
     e = sub.add_parser(
         "eval",
         help="zero-shot greedy evaluation on benchmarks (MM1.5 §4.1, Tables 4–14)",
         description=__doc__,
-        epilog=shorthand_epilog(SHORTHANDS),
+        epilog=shorthand_epilog(SHORTHANDS, defaults=_D),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--model", help="mm15 checkpoint directory (required)")
@@ -95,20 +95,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="(required) benchmark data per task (same order), or one root for all tasks",
     )
-    e.add_argument("--out", default=_D.out, help="where items.jsonl and summary.* go")
+    e.add_argument("--out", help="where items.jsonl and summary.* go")
     e.add_argument(
         "--batch-size",
         type=number(int, minimum=1),
-        default=_D.batch_size,
         help="prompts generated together",
     )
     e.add_argument("--limit", type=number(int, minimum=0), help="first N items of each task")
     e.add_argument("--max-new-tokens", type=number(int, minimum=1), help="default: each task's own")
-    e.add_argument("--device", default=_D.device, help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
+    e.add_argument("--device", help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
     e.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16"],
-        default=_D.dtype,
         help="auto: bfloat16 on cuda, float32 on cpu",
     )
     add_config_args(e, example="image.n_max=16")
@@ -214,10 +212,10 @@ def _check_out(out: Path) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from mm15.checkpoint import load_checkpoint
-    from mm15.devices import resolve_device
     from mm15.eval.runner import EvalSettings, run_eval
-    from mm15.image_settings import apply_image_settings, checkpoint_image_settings
+    from mm15.services.checkpoint import load_checkpoint
+    from mm15.services.devices import resolve_device
+    from mm15.services.image_settings import apply_image_settings, checkpoint_image_settings
 
     cfg = config_from_args(args)
     if args.print_config:

@@ -56,8 +56,8 @@ def with_image_settings(
 def checkpoint_image_settings(model_dir: str | Path, settings: Mapping[str, Any]) -> ModelConfig:
     """The ModelConfig of checkpoint ``model_dir`` with ``settings`` applied, read from its
     ``config.json`` alone: bad settings fail before any weights are read."""
-    from mm15.checkpoint import CONFIG_FILE  # torch: only when a verb runs
     from mm15.config import load_model_config
+    from mm15.services.checkpoint import CONFIG_FILE  # torch: only when a verb runs
 
     path = Path(model_dir) / CONFIG_FILE
     if not path.is_file():
