@@ -69,7 +69,7 @@ def main() -> None:
     args = p.parse_args()
 
     from mm15.cli import main as mm15_main
-    from mm15.config import to_dict
+    from mm15.config_json import to_dict
     from mm15.data import check as check_mod
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -111,7 +111,7 @@ def check_parity(hf, ours) -> float:
 
 @torch.inference_mode()
 def decode_steps_ours(ours, ids, steps: int) -> None:
-    from mm15.model.lm import KVCache
+    from mm15.model.attention import KVCache
 
     B, T = ids.shape
     w = ours.embed.weight
@@ -270,7 +270,7 @@ def run_mm(model, encoded, new: int, mode: str, device: torch.device) -> tuple[f
 def part_mm(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     from PIL import Image
 
-    from mm15.data.pipeline import encode_prompt
+    from mm15.data.prompt_encoding import encode_prompt
 
     model, tok = build_mm(args.preset, device, dtype)
     r = model.cfg.image.resolution

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from mm15.data.pipeline import format_sample, materialize_pixels
+from mm15.data.pipeline import format_sample
+from mm15.data.sample_images import materialize_pixels
 from mm15.demo.config import DemoConfig
 from mm15.demo.data import images as si
 from mm15.demo.data import tasks as syn

@@ -1,21 +1,21 @@
-"""Typed configuration for every part of mm15.
+"""Typed configuration of the model: what a checkpoint's ``config.json`` stores.
 
 The dataclasses mirror the module tree (``ModelConfig.vision`` configures ``model.vision`` and so
 on); a sub-module's settings live in its own config, never flattened into the parent.  Presets in
-:mod:`mm15.presets` are functions that return complete configs.  Section numbers refer to the
-MM1.5 paper (Zhang et al. 2024, arXiv:2409.20566) unless marked MM1 (McKinzie et al. 2024,
-arXiv:2403.09611).
+:mod:`mm15.presets` are functions that return complete configs; :func:`load_model_config` reads a
+checkpoint's and :func:`check_model_config` checks that its sizes fit together.  The data
+pipeline's configs (packing, mixtures) live in :mod:`mm15.data.config`, training's in
+:mod:`mm15.train.config`, and the JSON codec of them all in :mod:`mm15.config_json`.  Section
+numbers refer to the MM1.5 paper (Zhang et al. 2024, arXiv:2409.20566) unless marked MM1
+(McKinzie et al. 2024, arXiv:2403.09611).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mm15.config_json import from_dict
 from mm15.errors import read_json_object
 
 # CLIP's pixel statistics (OpenAI CLIP, also used by the DFN5B CLIP checkpoints).
@@ -185,10 +185,14 @@ class FormatConfig:
 
     system_prefix: str = "System: "
     user_prefix: str = "User: "
-    assistant_prefix: str = "Assistant: "
+    assistant_prefix: str = "Assistant:\n"
     turn_end: str = "\n"  # after system/user turns, and after an assistant's EOS when more follow
     add_bos: bool = True  # when the tokenizer has a BOS token (Qwen2 has none)
     region_image_index: RegionImageIndex = "multi_image"
+
+
+# The assistant prefix of every model saved before ModelConfig.format existed.
+LEGACY_ASSISTANT_PREFIX = "Assistant: "
 
 
 @dataclass(kw_only=True)
@@ -204,105 +208,16 @@ class ModelConfig:
     image_token: str = "<image>"
     image_token_id: int = -1  # -1: not resolved yet (set from the tokenizer by `mm15 init`)
     # The chat format the model was trained with (training records its last stage's); a
-    # config.json saved before this field loads the default, the format those models used.
+    # config.json saved before this field loads the format those models used (upgrade_saved).
     format: FormatConfig = field(default_factory=FormatConfig)
 
-
-# ---------------------------------------------------------------------------------------------
-# Serialisation: configs round-trip through plain JSON (saved beside every checkpoint).
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def from_dict(cls: type, data: dict[str, Any], *, path: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and values of the wrong type are
-    errors naming the field (``LMConfig.dim``) and its JSON path (``path`` is ``data``'s)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names, key=str)
-    if unknown:
-        at = f" at {path}" if path else ""
-        raise ValueError(f"unknown {cls.__name__} keys{at}: {unknown} (known: {sorted(names)})")
-    return cls(
-        **{
-            k: _coerce(hints[k], v, _Where(f"{cls.__name__}.{k}", _join(path, k)))
-            for k, v in data.items()
-        }
-    )
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-@dataclass(frozen=True)
-class _Where:
-    """A field being read: its dataclass name (``LMConfig.dim``) and JSON path (``lm.dim``)."""
-
-    field: str
-    path: str
-
-    def error(self, problem: str) -> ValueError:
-        return ValueError(f"{self.field} {problem} (at {self.path})")
-
-    def item(self, i: int) -> _Where:
-        return _Where(f"{self.field}[{i}]", f"{self.path}[{i}]")
-
-
-def _coerce(tp: Any, value: Any, where: _Where) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) not in args:
-                raise where.error("may not be null")
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(non_none[0], value, where)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise where.error(f"must be an object, got {value!r}")
-        return from_dict(tp, value, path=where.path)
-    if origin is tuple:
-        items = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise where.error(f"must be a list, got {value!r}")
-        if len(items) == 2 and items[1] is Ellipsis:
-            items = (items[0],) * len(value)
-        elif len(items) != len(value):
-            raise where.error(f"must be a list of {len(items)}, got {value!r}")
-        pairs = enumerate(zip(items, value, strict=True))
-        return tuple(_coerce(t, v, where.item(i)) for i, (t, v) in pairs)
-    if origin is list and value is not None:
-        (item,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, list):
-            raise where.error(f"must be a list, got {value!r}")
-        return [_coerce(item, v, where.item(i)) for i, v in enumerate(value)]
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise where.error(f"must be one of {allowed}, got {value!r}")
-        return value
-    return _scalar(tp, value, where)
-
-
-def _scalar(tp: Any, value: Any, where: _Where) -> Any:
-    """JSON scalars as the annotated type: an int is a float, nothing else is converted."""
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    if tp in kinds and type(value) is not tp:
-        raise where.error(f"must be {kinds[tp]}, got {value!r}")
-    return value
-
-
-def save_json(cfg: Any, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
-        f.write("\n")
+    @staticmethod
+    def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+        """A config.json saved before ``format`` was recorded trained with the format of that
+        time, whose assistant prefix ended in a space: it loads with that format."""
+        if isinstance(data, dict) and "format" not in data:
+            return {**data, "format": {"assistant_prefix": LEGACY_ASSISTANT_PREFIX}}
+        return data
 
 
 def load_model_config(path: str) -> ModelConfig:
@@ -368,100 +283,3 @@ def check_model_config(cfg: ModelConfig) -> None:
         )
     if image.n_max < image.n_min:
         raise ValueError(f"image.n_max ({image.n_max}) is below image.n_min ({image.n_min})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Data pipeline: formatting (mm15.data.pipeline), packing (mm15.data.packing) and mixtures
-# (mm15.data.mixture).  The paper's numbers are the defaults (MM1.5 §3.2.2, §4).
-
-# The categories a mixture source may have; equal to mm15.data.schema.Category (a test checks).
-MixCategory = Literal[
-    "caption",
-    "interleaved",
-    "text",
-    "ocr",
-    "synthetic_caption",
-    "general",
-    "text_rich",
-    "refer_ground",
-    "science",
-    "math",
-    "code",
-    "multi_image",
-    "text_only",
-    "video",
-    "ui",
-    "eval",
-]
-# How sources of one group share the group's weight: "equal" (stage 2: the four OCR sets are
-# "sampled equally", §3.3) or in proportion to their sizes ("by_size").
-Within = Literal["equal", "by_size"]
-
-
-@dataclass(kw_only=True)
-class PackingConfig:
-    """Fixed-length packed rows (mm15.data.packing; MM1.5 §3–4: sequence length 4096)."""
-
-    seq_len: int = 4096
-    # Stage 1 packs at most 16 images per sequence (MM1.5 §3–4); None = no cap (video SFT shows 24
-    # frames per sample, so its recipe must raise or drop the cap).
-    max_images_per_sequence: int | None = 16
-
-
-@dataclass(kw_only=True)
-class PretrainWeights:
-    """Stage 1 (§4): image–caption : interleaved : text-only = 50 : 10 : 40 (MM1 used 45:45:10)."""
-
-    caption: float = 50.0
-    interleaved: float = 10.0
-    text: float = 40.0
-    within: Within = "by_size"
-
-
-@dataclass(kw_only=True)
-class CPTWeights:
-    """Stage 2 (§3.3): the OCR sets sampled equally; synthetic captions optional (weight 0)."""
-
-    ocr: float = 1.0
-    synthetic_caption: float = 0.0
-    within: Within = "equal"
-
-
-@dataclass(kw_only=True)
-class SFTWeights:
-    """Stage 3 (§3.2.2, Fig. 6–8).  Single-image: general and text-rich mixed by size, each other
-    category at ratio α to general; then the groups single : multi : text = w_single : w_multi :
-    w_text.  With sizes in the paper's ratio this gives text-rich 37.2, refer&ground 22.5,
-    general 11.3, math 5.6, code 2.3, science 1.1, multi-image 10, text-only 10 (%)."""
-
-    alpha_science: float = 0.1
-    alpha_math: float = 0.5
-    alpha_code: float = 0.2
-    alpha_refer_ground: float = 2.0
-    w_single: float = 0.8
-    w_multi: float = 0.1
-    w_text: float = 0.1
-    within: Within = "by_size"  # sources of one category
-
-
-@dataclass(kw_only=True)
-class SourceConfig:
-    """One data source of a mixture."""
-
-    name: str  # e.g. "cauldron/chartqa"; the key of its dataset
-    category: MixCategory
-    size: int | None = None  # samples counted for "by_size" weights; None: len(dataset)
-
-
-@dataclass(kw_only=True)
-class MixtureConfig:
-    """Which weights apply (``rule``) and to which sources.  "flat" mixes all sources by
-    ``flat_within`` regardless of category (video SFT §5, UI SFT §6)."""
-
-    rule: Literal["pretrain", "cpt", "sft", "flat"] = "sft"
-    pretrain: PretrainWeights = field(default_factory=PretrainWeights)
-    cpt: CPTWeights = field(default_factory=CPTWeights)
-    sft: SFTWeights = field(default_factory=SFTWeights)
-    flat_within: Within = "by_size"
-    sources: list[SourceConfig] = field(default_factory=list)
-    seed: int = 0

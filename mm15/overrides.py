@@ -4,7 +4,9 @@
 JSON (numbers, true/false, null, lists, objects) and plain strings otherwise; ``key=@FILE`` takes
 the JSON in FILE (``registry=@my_datasets.json``).  The whole config is
 then re-validated by pydantic against its dataclass type, so a wrong type or an unknown Literal
-is an error that names the field, and nothing is coerced silently.
+is an error that names the field, and nothing is coerced silently; a key the dataclass does not
+declare (which pydantic would drop) is an error too.  A tagged union (``mixture.weights``, one
+dataclass per ``rule``) is validated as the member its tag names.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from mm15.config import from_dict, to_dict
+from mm15.config_json import from_dict, to_dict
 from mm15.errors import validation_summary
 
 T = TypeVar("T")
@@ -142,8 +144,34 @@ def apply_overrides(cfg: T, overrides: Sequence[str], *, context: str | None = N
             set_path(data, key.strip(), parse_value(raw), cls=type(cfg))
         except KeyError as e:
             raise ValueError(f"override {item!r}: {e.args[0]}") from None
+    what = context or f"invalid overrides {list(overrides)}"
     try:
-        return TypeAdapter(type(cfg)).validate_python(data)
+        out = TypeAdapter(type(cfg)).validate_python(data)
     except ValidationError as e:
-        what = context or f"invalid overrides {list(overrides)}"
         raise ValueError(f"{what}: {validation_summary(e)}") from None
+    dropped = _dropped_key(out, data)
+    if dropped:
+        raise ValueError(f"{what}: {dropped}")
+    return out
+
+
+def _dropped_key(obj: Any, data: Any, path: str = "") -> str | None:
+    """Where ``data`` has a key that dataclass ``obj`` (validated from it) does not declare:
+    pydantic ignores such keys, so ``mixture.weights={"rule": "cpt", "alpha_math": 0.3}`` would
+    lose ``alpha_math`` without a word.  None when every key was read."""
+    if dataclasses.is_dataclass(obj) and isinstance(data, dict):
+        names = {f.name for f in dataclasses.fields(obj)}
+        extra = sorted(set(data) - names, key=str)
+        if extra:
+            where, cls = path or "the config", type(obj).__name__
+            return f"{where}: {cls} has no {extra} (its settings: {sorted(names)})"
+        pairs = [(getattr(obj, k), v, f"{path}.{k}" if path else k) for k, v in data.items()]
+    elif isinstance(obj, list | tuple) and isinstance(data, list):
+        pairs = [(o, d, f"{path}.{i}") for i, (o, d) in enumerate(zip(obj, data, strict=False))]
+    else:
+        return None
+    for o, d, at in pairs:
+        problem = _dropped_key(o, d, at)
+        if problem:
+            return problem
+    return None

@@ -17,7 +17,8 @@ from PIL import Image
 from mm15.config import FormatConfig, ImageConfig
 from mm15.data.image_io import open_image
 from mm15.data.media import load_image, media_size
-from mm15.data.pipeline import IGNORE_INDEX, format_sample, materialize_pixels
+from mm15.data.pipeline import IGNORE_INDEX, format_sample
+from mm15.data.sample_images import materialize_pixels
 from mm15.data.schema import Media, Message, Part, Region, Sample, SampleError
 from mm15.data.splitting import tile_image
 from mm15.presets import tiny
@@ -77,7 +78,7 @@ def test_chat_template_and_loss_on_assistant_turns_only():
     ex = _fmt(s)
     assert _text(ex) == (
         "<|bos|>System: Be brief.\nUser: (0,1,1)[T]What is it?\n"
-        "Assistant: A cat.<|eos|>\nUser: Sure?\nAssistant: Yes.<|eos|>"
+        "Assistant:\nA cat.<|eos|>\nUser: Sure?\nAssistant:\nYes.<|eos|>"
     )
     assert _trained(ex) == "A cat.<|eos|>Yes.<|eos|>"
     assert len(ex.input_ids) == len(ex.labels)
@@ -219,7 +220,7 @@ def test_generation_prompt_is_a_prefix_of_the_training_example():
     q = Message("user", [Part.m(0), Part.t("Describe.")])
     gen = _fmt(_chat(q, media=media), for_generation=True)
     train = _fmt(_chat(q, Message("assistant", [Part.t("Noise.")]), media=media))
-    assert _text(gen).endswith("Describe.\nAssistant: ")
+    assert _text(gen).endswith("Describe.\nAssistant:\n")
     assert train.input_ids[: len(gen.input_ids)] == gen.input_ids
     assert set(gen.labels) == {IGNORE_INDEX}
 

@@ -113,7 +113,7 @@ def test_one_shot_single_image_matches_the_training_formatter_and_generation(ckp
     session = ChatSession(ckpt.model, ckpt.tok, load_media([imgs.a], cfg=ckpt.model.cfg))
     assert session.example("What is this?").input_ids == want.input_ids
     assert _collapse(session.prompt_text("What is this?")).startswith("<|bos|>User: (0,")
-    assert session.prompt_text("What is this?").endswith("What is this?\nAssistant: ")
+    assert session.prompt_text("What is this?").endswith("What is this?\nAssistant:\n")
 
     settings = GenerationSettings(max_new_tokens=6, stop_strings=["\nUser:"])
     (ref,) = generate_for_samples(ckpt.model, ckpt.tok, [sample], settings)
@@ -134,7 +134,7 @@ def test_two_images_at_their_placeholders(ckpt, imgs, capsys, fake):
     assert ks == [0, 1]
     t = call.text
     # Whitespace next to a media part is dropped, as the conversation reader does.
-    assert t.index("User: Compare(0,") < t.index("]with(1,") < t.index("]please\nAssistant: ")
+    assert t.index("User: Compare(0,") < t.index("]with(1,") < t.index("]please\nAssistant:\n")
     sizes = [ref.plan.size_wh for ref in call.ex.images]
     assert sizes == [(200, 100), (120, 80)]
 
@@ -154,7 +154,7 @@ def test_video_frames_sampled_per_video_config(ckpt, tmp_path, capsys, fake):
     assert [r.frame for r in call.ex.images] == list(range(n))
     assert _image_tokens(call.ex, ckpt) == n * ckpt.model.cfg.connector.num_tokens
     assert all(f"({k},1,1)" in call.text for k in range(n))
-    assert call.text.endswith("]What changes?\nAssistant: ")
+    assert call.text.endswith("]What changes?\nAssistant:\n")
 
 
 def test_video_real_generation_runs(ckpt, tmp_path, capsys):
@@ -176,11 +176,11 @@ def test_interactive_history_grows_and_reset_forgets(ckpt, imgs, capsys, monkeyp
     assert out.splitlines() == ["reply one", "reply two", "reply three"]
     assert [len(c.history) for c in fake.calls] == [0, 1, 0]
     first, second, third = (c.text for c in fake.calls)
-    assert first.endswith("]first question\nAssistant: ")
+    assert first.endswith("]first question\nAssistant:\n")
     # The second prompt holds the first exchange, closed by EOS, as training renders it.
     assert second.startswith(first)
-    assert second[len(first) :] == "reply one<|eos|>\nUser: second question\nAssistant: "
-    assert "first question" not in third and third.endswith("]third\nAssistant: ")
+    assert second[len(first) :] == "reply one<|eos|>\nUser: second question\nAssistant:\n"
+    assert "first question" not in third and third.endswith("]third\nAssistant:\n")
     assert third.count("(0,1,1)") == 1  # the image is shown again after /reset
 
 
@@ -227,7 +227,7 @@ def test_visual_prompts_render_in_the_coordinate_language(ckpt, imgs, capsys, fa
         "What is at <region> and in <region>?",
     )
     assert code == 0, err
-    assert "]What is at <250,250> and in <100,100,499,499>?\nAssistant: " in fake.calls[0].text
+    assert "]What is at <250,250> and in <100,100,499,499>?\nAssistant:\n" in fake.calls[0].text
     # Without markers they are appended; with two images every tag names its image (MM1.5 §3.1, Fig. 1, Fig. 3).
     code, _, err = _run(
         capsys,
@@ -243,7 +243,7 @@ def test_visual_prompts_render_in_the_coordinate_language(ckpt, imgs, capsys, fa
         "Describe",
     )
     assert code == 0, err
-    assert "]Describe <1:250,250,499,499> <0:250,250>\nAssistant: " in fake.calls[1].text
+    assert "]Describe <1:250,250,499,499> <0:250,250>\nAssistant:\n" in fake.calls[1].text
     # The same text the coordinate library renders.
     assert format_box(Box(30, 20, 60, 40, image=1), (120, 80), image_index="always") == (
         "<1:250,250,499,499>"
@@ -376,7 +376,7 @@ def test_missing_checkpoint_and_bad_flag(capsys, imgs):
 
 def test_text_only_chat_and_context_limit(ckpt):
     session = ChatSession(ckpt.model, ckpt.tok, settings=GenerationSettings(max_new_tokens=3))
-    assert session.prompt_text("Hi") == "<|bos|>User: Hi\nAssistant: "
+    assert session.prompt_text("Hi") == "<|bos|>User: Hi\nAssistant:\n"
     assert session.answer("Hi").finish_reason in ("stop", "length")
     limit = ckpt.model.cfg.lm.max_seq_len
     long = ChatSession(ckpt.model, ckpt.tok, settings=GenerationSettings(max_new_tokens=limit))

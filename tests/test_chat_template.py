@@ -2,7 +2,8 @@
 
 Every conversation shape is rendered (a) by transformers' ``PreTrainedTokenizerFast
 .from_pretrained(dir).apply_chat_template(messages, tokenize=True)`` and (b) by
-:func:`mm15.data.pipeline.format_sample`, and the token ids must be identical.  The template writes
+:func:`mm15.data.pipeline.format_sample`, and the token ids must be identical, with the byte
+tokenizer and with a BPE vocabulary whose merges cross role prefixes.  The template writes
 one ``<image>`` per image (per video frame) where mm15 expands the image into its tiles, so (b)
 is compared two ways: on a model config whose images are exactly one token (one tile, 1 token per
 tile, no indicators: the formatter's own output, nothing rewritten), and on the tiny preset with
@@ -20,11 +21,12 @@ import pytest
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
-from mm15.config import FormatConfig
+from mm15.config import LEGACY_ASSISTANT_PREFIX, FormatConfig
 from mm15.data.chat_template import TOKENIZER_CONFIG, sample_messages, write_hf_tokenizer_config
 from mm15.data.layout import TextPiece
 from mm15.data.pipeline import format_sample
 from mm15.data.schema import Media, Message, Part, Region, Sample
+from mm15.data.token_stream import prefix_merges
 from mm15.presets import tiny
 from mm15.tokenizer import byte_tokenizer, train_bpe_tokenizer
 
@@ -37,6 +39,7 @@ ONE_TOKEN = dataclasses.replace(
 )
 FORMATS = {
     "default": FormatConfig(),
+    "legacy": FormatConfig(assistant_prefix=LEGACY_ASSISTANT_PREFIX),  # ends in a space
     "custom": FormatConfig(
         system_prefix="<<SYS>> ",
         user_prefix="### Human:\n",
@@ -61,36 +64,26 @@ def _png(w: int, h: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _shapes(root) -> dict[str, tuple[Sample, bool]]:
-    """Name → (sample, for_generation): ≥ 20 conversation shapes."""
-    frames = []
-    for i in range(3):
-        (root / f"f{i}.png").write_bytes(_png(40, 30, i))
-        frames.append(str(root / f"f{i}.png"))
-    wide, small, tall = (
-        Media(bytes=_png(300, 100)),
-        Media(bytes=_png(50, 40, 1)),
-        Media(bytes=_png(60, 200, 2)),
-    )
-    video = Media(kind="video", frames=frames)
-    U = lambda *p: Message("user", list(p))  # noqa: E731
-    A = lambda *p: Message("assistant", list(p))  # noqa: E731
-    S = lambda *p: Message("system", list(p))  # noqa: E731
-    t, m, r = Part.t, Part.m, Part.r
+def U(*parts: Part) -> Message:
+    return Message("user", list(parts))
 
-    def s(*msgs, media=(), regions=()):
-        return Sample(
-            id="x",
-            source="t",
-            category="general",
-            stage="sft",
-            media=list(media),
-            messages=list(msgs),
-            regions=list(regions),
-        )
 
-    box0, pt0 = Region(media=0, box=(10.0, 5.0, 150.5, 80.0)), Region(media=0, point=(299.0, 0.0))
-    box1, pt1 = Region(media=1, box=(0.0, 0.0, 50.0, 40.0)), Region(media=1, point=(3.3, 7.7))
+def A(*parts: Part) -> Message:
+    return Message("assistant", list(parts))
+
+
+def S(*parts: Part) -> Message:
+    return Message("system", list(parts))
+
+
+t, m, r = Part.t, Part.m, Part.r
+
+
+def s(*msgs: Message) -> Sample:
+    return Sample(id="x", source="t", category="general", stage="sft", messages=list(msgs))
+
+
+def _text_shapes() -> dict[str, tuple]:
     return {
         "text_single": (s(U(t("Hi")), A(t("Hello."))), False),
         "text_system": (s(S(t("Be brief.")), U(t("Hi")), A(t("Hello."))), False),
@@ -100,6 +93,11 @@ def _shapes(root) -> dict[str, tuple[Sample, bool]]:
         "gen_multi_turn": (s(U(t("a")), A(t("b")), U(t("c"))), True),
         "gen_after_assistant": (s(U(t("a")), A(t("b"))), True),
         "unicode_newlines": (s(U(t("Ünï\ncødé «»\n\n 😀")), A(t(" spaced \t"))), False),
+    }
+
+
+def _image_shapes(wide: Media, small: Media, tall: Media, video: Media) -> dict[str, tuple]:
+    return {
         "image_first": (s(U(m(0), t("Describe.")), A(t("A wide image."))), False, [wide]),
         "image_last": (s(U(t("Describe: "), m(0)), A(t("ok"))), False, [wide]),
         "image_middle": (s(U(t("before "), m(0), t(" after")), A(t("ok"))), False, [small]),
@@ -113,6 +111,13 @@ def _shapes(root) -> dict[str, tuple[Sample, bool]]:
         "image_in_answer": (s(U(t("Show me.")), A(t("Here: "), m(0))), False, [small]),
         "video": (s(U(m(0), t("What happens?")), A(t("It moves."))), False, [video]),
         "video_and_image": (s(U(m(0), t("and"), m(1))), True, [video, small]),
+    }
+
+
+def _region_shapes(wide: Media, small: Media, tall: Media, video: Media) -> dict[str, tuple]:
+    box0, pt0 = Region(media=0, box=(10.0, 5.0, 150.5, 80.0)), Region(media=0, point=(299.0, 0.0))
+    box1, pt1 = Region(media=1, box=(0.0, 0.0, 50.0, 40.0)), Region(media=1, point=(3.3, 7.7))
+    return {
         "box_single": (
             s(U(m(0), t("What is in "), r(0), t("?")), A(t("A cat."))),
             False,
@@ -150,6 +155,21 @@ def _shapes(root) -> dict[str, tuple[Sample, bool]]:
             [Region(media=0, box=(1.0, 2.0, 59.0, 199.0))],
         ),
     }
+
+
+def _shapes(root) -> dict[str, tuple]:
+    """Name → (sample, for_generation[, media[, regions]]): ≥ 20 conversation shapes."""
+    frames = []
+    for i in range(3):
+        (root / f"f{i}.png").write_bytes(_png(40, 30, i))
+        frames.append(str(root / f"f{i}.png"))
+    media = (
+        Media(bytes=_png(300, 100)),
+        Media(bytes=_png(50, 40, 1)),
+        Media(bytes=_png(60, 200, 2)),
+        Media(kind="video", frames=frames),
+    )
+    return {**_text_shapes(), **_image_shapes(*media), **_region_shapes(*media)}
 
 
 def _sample(shape) -> tuple[Sample, bool]:
@@ -240,13 +260,13 @@ def test_messages_written_by_hand(tmp_path):
     two = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, *regions]}]
     assert render(two) == "<|bos|>User: <image><image><0:1,2,3,4> and <1:500,999>\n"
     one = [{"role": "user", "content": [{"type": "image"}, regions[0]]}]
-    assert render(one, add_generation_prompt=True) == "<|bos|>User: <image><1,2,3,4>\nAssistant: "
+    assert render(one, add_generation_prompt=True) == "<|bos|>User: <image><1,2,3,4>\nAssistant:\n"
     video = [
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]},
         {"role": "assistant", "content": "Left."},
     ]
     n = BASE.video.num_frames
-    assert render(video) == f"<|bos|>User: {'<image>' * n}?\nAssistant: Left.<|eos|>"
+    assert render(video) == f"<|bos|>User: {'<image>' * n}?\nAssistant:\nLeft.<|eos|>"
     strings = [{"role": "system", "content": "S"}, {"role": "user", "content": "<image>hi"}]
     assert render(strings) == "<|bos|>System: S\nUser: <image>hi\n"
     with pytest.raises(Exception, match="unknown role"):
@@ -255,22 +275,73 @@ def test_messages_written_by_hand(tmp_path):
         render([{"role": "user", "content": [{"type": "image"}, regions[2]]}])
 
 
-def test_bpe_tokenizer_same_text_and_ids_where_spans_agree(shapes, tmp_path):
-    """A real BPE vocabulary: the rendered text is always mm15's.  The token ids agree except
-    where mm15 tokenises separately what the template renders as one string: an earlier
-    assistant turn's content is encoded apart from its role prefix (its loss mask differs),
-    so a merge across that boundary differs (a limit of any template, not of this one)."""
-    corpus = ["User: what is in the image? Assistant: A cat on a mat. " * 3, "System: Be brief."]
-    tok = train_bpe_tokenizer(corpus, vocab_size=400).with_image_token()
-    cfg = dataclasses.replace(ONE_TOKEN, image_token_id=tok.image_token_id)
-    hf = _hf_dir(tmp_path, tok, cfg)
+BPE_CORPUS = ["User: what is in the image? Assistant: A cat on a mat. " * 3, "System: Be brief."]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A real BPE vocabulary whose merges cross a role prefix into the content: after
+    ``Assistant:`` the answer's first word carries the prefix's space (``" A"``)."""
+    tok = train_bpe_tokenizer(BPE_CORPUS, vocab_size=400).with_image_token()
+    assert tok.encode("Assistant: A") != tok.encode("Assistant: ") + tok.encode("A")
+    return tok
+
+
+def _bpe_configs(tok, fmt):
+    return tuple(
+        dataclasses.replace(c, image_token_id=tok.image_token_id, format=fmt)
+        for c in (ONE_TOKEN, BASE)
+    )
+
+
+@pytest.mark.parametrize("fmt_name", sorted(FORMATS))
+def test_bpe_tokenizer_gives_the_template_ids_on_every_shape(shapes, bpe, fmt_name, tmp_path):
+    """mm15 tokenises the text between special tokens and images whole, as the template's
+    rendering is tokenised (mm15.data.token_stream), so the ids equal apply_chat_template's on
+    every shape, also where a merge crosses from a role prefix into the content."""
+    one, base = _bpe_configs(bpe, FORMATS[fmt_name])
+    hf = _hf_dir(tmp_path, bpe, base)
+    assert len(shapes) >= 20
     for name, (sample, gen) in shapes.items():
-        msgs = sample_messages(sample, cfg)
-        ex = format_sample(sample, tokenizer=tok, model_cfg=cfg, for_generation=gen)
-        assert hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) == (
-            tok.decode(ex.input_ids, skip_special=False)
-        ), name
-        has_answer = any(m.role == "assistant" for m in sample.messages)
-        if not has_answer:  # no assistant content: every span is split where HF splits it
-            got = hf.apply_chat_template(msgs, add_generation_prompt=gen)["input_ids"]
-            assert got == ex.input_ids, name
+        msgs = sample_messages(sample, base)
+        got = hf.apply_chat_template(msgs, add_generation_prompt=gen)["input_ids"]
+        ex1 = format_sample(sample, tokenizer=bpe, model_cfg=one, for_generation=gen)
+        assert got == ex1.input_ids, f"{fmt_name}/{name}: one-token images differ"
+        ex = format_sample(sample, tokenizer=bpe, model_cfg=base, for_generation=gen)
+        assert got == _collapse(ex, bpe), f"{fmt_name}/{name}: collapsed images differ"
+
+
+def _trained_runs(ex, tok) -> list[str]:
+    """The text of each maximal run of tokens that carry loss."""
+    runs, run = [], []
+    for i, label in zip(ex.input_ids, ex.labels, strict=True):
+        if label == i:
+            run.append(i)
+        elif run:
+            runs, run = [*runs, tok.decode(run, skip_special=False)], []
+    return runs + ([tok.decode(run, skip_special=False)] if run else [])
+
+
+@pytest.mark.parametrize("fmt_name", sorted(FORMATS))
+def test_bpe_labels_train_what_the_byte_tokenizer_trains(shapes, bpe, fmt_name):
+    """The loss covers the same text with either vocabulary: each run of trained tokens is the
+    byte tokenizer's run (assistant content and EOS), except that a BPE token straddling the
+    prefix and the content (``" A"``) is trained, so the run may start with the end of the
+    assistant prefix and nothing else."""
+    fmt = FORMATS[fmt_name]
+    one_bpe, _ = _bpe_configs(bpe, fmt)
+    one_byte = dataclasses.replace(ONE_TOKEN, format=fmt)
+    straddles = 0
+    for name, (sample, gen) in shapes.items():
+        ex_bpe = format_sample(sample, tokenizer=bpe, model_cfg=one_bpe, for_generation=gen)
+        ex_byte = format_sample(sample, tokenizer=TOK, model_cfg=one_byte, for_generation=gen)
+        runs_bpe, runs_byte = _trained_runs(ex_bpe, bpe), _trained_runs(ex_byte, TOK)
+        assert len(runs_bpe) == len(runs_byte), name
+        for got, want in zip(runs_bpe, runs_byte, strict=True):
+            extra = got[: len(got) - len(want)]
+            assert got.endswith(want) and fmt.assistant_prefix.endswith(extra), (name, got, want)
+            straddles += bool(extra)
+    # Only a prefix ending in a space the vocabulary joins to the answer straddles ("Bot> ",
+    # the legacy "Assistant: "); the default and "### Assistant:\n" end at a newline.
+    assert bool(straddles) == prefix_merges(bpe, fmt.assistant_prefix), fmt_name
+    assert prefix_merges(bpe, fmt.assistant_prefix) == (fmt_name in ("legacy", "odd"))

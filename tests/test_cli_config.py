@@ -19,7 +19,7 @@ from mm15.cli.chat import ChatConfig
 from mm15.cli.eval import EvalConfig
 from mm15.cli.serve import config_from_args
 from mm15.cli.split import SplitConfig
-from mm15.config import from_dict
+from mm15.config_json import from_dict
 from mm15.data.layout import plan_image
 from mm15.presets import tiny
 from mm15.serve.config import ServeConfig

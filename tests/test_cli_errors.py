@@ -255,7 +255,7 @@ def test_interactive_chat_survives_a_line_that_is_not_utf8(tiny_ckpt_dir, capsys
     assert code == 0, err
     assert "error: input line 1 is not valid utf-8 (byte 0xe9 at offset 3)" in err
     assert "Traceback" not in err and out.splitlines() == ["ok"]
-    assert len(prompts) == 1 and prompts[0].endswith("User: hello\nAssistant: ")
+    assert len(prompts) == 1 and prompts[0].endswith("User: hello\nAssistant:\n")
 
 
 def test_one_shot_prompt_that_is_not_utf8(tiny_ckpt_dir, capsys):
@@ -307,7 +307,7 @@ def test_train_dataset_path_that_is_a_directory(tmp_path, capsys):
 
 
 def _as_json(cfg):
-    from mm15.config import to_dict
+    from mm15.config_json import to_dict
 
     return to_dict(cfg)
 

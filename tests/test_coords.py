@@ -1,4 +1,5 @@
-"""Tests for mm15.data.coords: the coordinate language of referring and grounding (MM1.5 §3.1, Fig. 1, Fig. 3)."""
+"""Tests for mm15.data.coords and mm15.data.coord_conventions: the coordinate language of referring
+and grounding (MM1.5 §3.1, Fig. 1, Fig. 3)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mm15.data.coord_conventions import (
+    box_from_coco,
+    box_from_docowl,
+    box_from_ferret_ints,
+    box_from_quad,
+    from_box,
+    from_point,
+    to_box,
+    to_point,
+)
 from mm15.data.coord_parse import parse_regions, replace_regions, strip_regions
 from mm15.data.coords import (
     Box,
     CoordinateError,
     Point,
-    box_from_coco,
-    box_from_docowl,
-    box_from_ferret_ints,
-    box_from_quad,
     dequantize_box,
     format_box,
     format_point,
     format_region,
-    from_box,
-    from_point,
     iou,
     quantize_box,
-    to_box,
-    to_point,
 )
 
 SETTINGS = settings(max_examples=150, deadline=None)

@@ -57,7 +57,7 @@ def _finetune(tmp_path, datasets: list[dict], *extra: str) -> list[str]:
 
 
 def _tiny(tmp_path):
-    from mm15.config import to_dict
+    from mm15.config_json import to_dict
     from mm15.presets import get_preset
 
     path = tmp_path / "tiny.json"

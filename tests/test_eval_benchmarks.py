@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from mm15.data.coords import Box
 from mm15.eval import benchmarks as bm
-from mm15.eval.tasks import TASKS, EvalItem, aggregate, score_item
+from mm15.eval.task_spec import EvalItem
+from mm15.eval.tasks import TASKS, aggregate, score_item
 
 # ---- VQA accuracy -----------------------------------------------------------------------------
 

@@ -332,7 +332,7 @@ def test_flickr_any_box_jsonl_and_seed_filter(tmp_path):
 
 
 def test_rows_come_through_the_training_row_store(tmp_path, monkeypatch):
-    """Row access is RowStore's (mm15.data.sources.table): a JSON list's rows count from 0 like
+    """Row access is RowStore's (mm15.data.sources.rows): a JSON list's rows count from 0 like
     Parquet rows and item keys, a JSONL row names its line, an unreadable row group gives one
     error item per row, and an undecodable .json file is a ValueError."""
     (tmp_path / "a.png").write_bytes(png())

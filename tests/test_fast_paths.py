@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
-import mm15.model.lm as lm
-from mm15.model.lm import Decoder, document_causal_mask, rope_cos_sin, rope_inv_freq
+import mm15.model.attention as attention
+from mm15.model.attention import document_causal_mask
+from mm15.model.lm import Decoder
+from mm15.model.rope import rope_cos_sin, rope_inv_freq
 from mm15.presets import tiny
 from mm15.train.parallel import (
     BlockPolicy,
@@ -73,7 +75,7 @@ def test_flex_equals_sdpa_on_packed_rows_and_is_used(monkeypatch):
     ids = torch.randint(0, 512, (2, 150), generator=torch.Generator().manual_seed(1))
     doc = packed_docs()
     calls = {"flex": 0, "sdpa": 0}
-    real_for, real_sdpa = lm.flex_attention_for, F.scaled_dot_product_attention
+    real_for, real_sdpa = attention.flex_attention_for, F.scaled_dot_product_attention
 
     def counting_for(device):
         calls["flex"] += 1
@@ -83,7 +85,7 @@ def test_flex_equals_sdpa_on_packed_rows_and_is_used(monkeypatch):
         calls["sdpa"] += 1
         return real_sdpa(*a, **k)
 
-    monkeypatch.setattr(lm, "flex_attention_for", counting_for)
+    monkeypatch.setattr(attention, "flex_attention_for", counting_for)
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
     with torch.no_grad():
         want = ref(ids, document_ids_BT=doc).logits
@@ -94,7 +96,7 @@ def test_flex_equals_sdpa_on_packed_rows_and_is_used(monkeypatch):
     # without document ids (plain causal) and with a KV cache, flex configs keep SDPA
     with torch.no_grad():
         flex(ids)
-        cache = lm.KVCache.allocate(flex.cfg, 2, 160, torch.float32, "cpu")
+        cache = attention.KVCache.allocate(flex.cfg, 2, 160, torch.float32, "cpu")
         flex(ids, document_ids_BT=doc, cache=cache)
     assert calls["flex"] == 4
 
@@ -112,7 +114,7 @@ def test_parallelize_sets_the_attention_kernel():
 def test_flex_block_mask_skips_masked_tiles():
     """Two 128-token documents: the key tile of document 0 is never visited by document 1."""
     doc = torch.cat([torch.zeros(128), torch.ones(128)]).long()[None]
-    mask = lm.document_block_mask(doc)
+    mask = attention.document_block_mask(doc)
     dense = mask.to_dense()[0, 0]  # (query blocks, key blocks) visited
     assert dense.tolist() == [[1, 0], [0, 1]]
 
@@ -165,7 +167,7 @@ def test_flex_decoder_block_compiles_without_graph_breaks():
     """The BlockMask is a graph input like the dense mask (forward only: no CPU flex backward)."""
     block = tiny_model().lm.layers[0]
     x, cos_sin, doc = block_inputs()
-    block_mask = lm.document_block_mask(doc)
+    block_mask = attention.document_block_mask(doc)
     with torch.no_grad():
         eager = block(x, cos_sin, block_mask, None, None)[0]
         stats = steady_state_breaks(block, lambda: block(x, cos_sin, block_mask, None, None))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mm15.config import LMConfig, MoEConfig
+from mm15.model.attention import KVCache
 from mm15.model.generate import generate, sample_next
-from mm15.model.lm import Decoder, KVCache
+from mm15.model.lm import Decoder
 from tests.decoder_fixtures import NEW, PROMPTS, lm_config, sharp_decoder, tokens
 
 CFG = lm_config(max_seq_len=64)

@@ -1,6 +1,6 @@
 """Imports flow one way (STYLE.md): model/ → torch + config; data/ never imports model/.  One
-input pipeline (mm15.data.pipeline): nothing else plans image tokens, cuts tiles or decodes media
-for the model, and every entry point goes through it."""
+input pipeline (mm15.data.pipeline and its modules, PIPELINE_MODULES): nothing else plans image
+tokens, cuts tiles or decodes media for the model, and every entry point goes through it."""
 
 import ast
 import sys
@@ -40,6 +40,13 @@ def test_data_never_imports_model(path):
     assert not bad, f"{path.name} imports {bad}"
 
 
+# The input pipeline's modules (the rooms of mm15.data.pipeline's docstring).
+PIPELINE_MODULES = {
+    "mm15.data.pipeline": "a sample → ids, labels and image plans",
+    "mm15.data.sample_images": "the plans and tiles of the images a sample shows",
+    "mm15.data.token_stream": "text, special tokens and image blocks → ids and loss mask",
+    "mm15.data.prompt_encoding": "prompts to generate from: ids and tiles",
+}
 # The primitives of planning, tiling and decoding media for the model, by defining module.
 PIPELINE_ONLY = {
     "mm15.data.layout": {"plan_image", "plan_sample", "plan_video", "sample_allows_split"},
@@ -48,7 +55,7 @@ PIPELINE_ONLY = {
 }
 # Modules that use a primitive for something other than feeding the model, and why.
 PIPELINE_EXCEPTIONS = {
-    "data/pipeline.py": "the pipeline itself",
+    **{m.removeprefix("mm15.").replace(".", "/") + ".py": "the pipeline" for m in PIPELINE_MODULES},
     "data/split_report.py": "`mm15 split`: reports what the planner does with an image",
     "cli/split.py": "`mm15 split --save-tiles`: pictures of the tiles",
     "data/chat_template.py": "the Hugging Face template's messages: region sizes, frame counts",
@@ -62,6 +69,8 @@ ENTRY_POINTS = [
     "eval/lmms_plugin.py",
     "train/data.py",
     "data/check.py",
+    "hf/processing.py",
+    "vllm/inputs.py",
 ]
 
 
@@ -75,21 +84,36 @@ def _imported_names(path: Path) -> set[tuple[str, str]]:
     return out
 
 
+def _pipeline_violations(path: Path, rel: str) -> list[str]:
+    """What ``path`` (``rel`` to mm15/) imports that only the pipeline may."""
+    if rel in PIPELINE_EXCEPTIONS or rel.startswith("model/"):
+        return []
+    bad = []
+    for module, name in _imported_names(path):
+        if name in PIPELINE_ONLY.get(module, ()):
+            bad.append(f"{rel} imports {module}.{name}: go through mm15.data.pipeline")
+        if module in ("mm15.data.chat", "mm15.data.prompt"):
+            bad.append(f"{rel}: {module} is gone")
+    return bad
+
+
+def _uses_the_pipeline(path: Path) -> bool:
+    return any(m in PIPELINE_MODULES for m, _ in _imported_names(path))
+
+
+def test_the_pipeline_modules_exist():
+    for module in PIPELINE_MODULES:
+        assert (PKG.parent / (module.replace(".", "/") + ".py")).is_file(), module
+
+
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_only_the_pipeline_plans_tiles_and_decodes(path):
-    rel = str(path.relative_to(PKG))
-    if rel in PIPELINE_EXCEPTIONS or path.parent == PKG / "model":
-        return
-    for module, name in _imported_names(path):
-        assert name not in PIPELINE_ONLY.get(module, ()), (
-            f"{rel} imports {module}.{name}: go through mm15.data.pipeline"
-        )
-        assert module not in ("mm15.data.chat", "mm15.data.prompt"), f"{rel}: {module} is gone"
+    assert not _pipeline_violations(path, str(path.relative_to(PKG)))
 
 
 @pytest.mark.parametrize("rel", ENTRY_POINTS)
 def test_entry_points_use_the_pipeline(rel):
-    assert any(m == "mm15.data.pipeline" for m, _ in _imported_names(PKG / rel)), rel
+    assert _uses_the_pipeline(PKG / rel), rel
 
 
 # Verbs in one place (mm15/cli), the services they call in others: nothing outside mm15/cli
@@ -132,6 +156,11 @@ def test_checker_sees_a_violation(tmp_path):
     g = tmp_path / "y.py"
     g.write_text("from mm15.data.splitting import tile_image\n")
     assert ("mm15.data.splitting", "tile_image") in _imported_names(g)
+    assert _pipeline_violations(g, "serve/y.py") and _pipeline_violations(g, "data/y.py")
+    assert not _pipeline_violations(g, "data/sample_images.py")  # a pipeline module may
+    assert not _uses_the_pipeline(g)
+    g.write_text("from mm15.data.prompt_encoding import encode_sample\n")
+    assert _uses_the_pipeline(g)
     h = tmp_path / "z.py"
     h.write_text("import argparse\np = argparse.ArgumentParser()\np.add_argument('--x')\n")
     assert {"ArgumentParser", "add_argument"} <= _calls(h)

@@ -14,9 +14,10 @@ from torch._dynamo.utils import counters
 
 import mm15.model.generate as gen
 from mm15.config import LMConfig, MoEConfig
-from mm15.data.pipeline import encode_prompt
+from mm15.data.prompt_encoding import encode_prompt
+from mm15.model.attention import KVCache
 from mm15.model.generate import generate, static_decode_step
-from mm15.model.lm import Decoder, KVCache
+from mm15.model.lm import Decoder
 from mm15.model.mm15 import MM15
 from mm15.presets import tiny
 from mm15.services.inference import GenerationSettings, Prompt, generate_text, prompt_embeddings

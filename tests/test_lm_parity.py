@@ -11,13 +11,14 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from mm15.config import LMConfig
+from mm15.model.attention import document_causal_mask
 from mm15.model.hf_lm import (
     hf_to_mm15_state_dict,
     lm_config_from_hf,
     load_hf_decoder,
     mm15_to_hf_state_dict,
 )
-from mm15.model.lm import Decoder, document_causal_mask
+from mm15.model.lm import Decoder
 
 assert transformers.__version__ == "5.23.0", "parity tests are pinned to transformers 5.23.0"
 

@@ -188,7 +188,11 @@ def test_generate_until_with_real_instances(plugin, model_tok):
             GenerationSettings(max_new_tokens=kw["max_new_tokens"]),
         )[0]
         assert out[k] == ref.text
-    assert len(tok.encode(out[3])) <= 2
+    # Request 3's own max_new_tokens=2 applied: five tokens would have given another answer.
+    five = generate_for_samples(
+        model, tok, [lp.request_sample(reqs[3][0], [_docs()[3]["img"]])], GenerationSettings()
+    )[0]
+    assert len(five.tokens) > 2 and out[3] != five.text
     stop = out[0][1:2]
     cut = plugin.generate_until(
         _instances([(reqs[0][0], {**greedy, "until": [stop]}, *reqs[0][2:])])

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import typing
+from typing import Any
 
 import pytest
 
-from mm15.config import (
+from mm15.config import FormatConfig
+from mm15.config_json import from_dict, to_dict
+from mm15.data.config import (
     CPTWeights,
-    FormatConfig,
+    FlatWeights,
     MixCategory,
     MixtureConfig,
     PackingConfig,
+    PretrainWeights,
     SFTWeights,
     SourceConfig,
-    from_dict,
-    to_dict,
 )
 from mm15.data.mixture import (
     MixtureSampler,
@@ -54,9 +56,16 @@ class Fake:
         return f"{self.name}/{i}"
 
 
-def _mix(rule: str, spec: dict[str, tuple[str, int]], **kw) -> tuple[MixtureConfig, dict]:
+RULES = {"pretrain": PretrainWeights, "cpt": CPTWeights, "sft": SFTWeights, "flat": FlatWeights}
+
+
+def _mix(weights: Any, spec: dict[str, tuple[str, int]], **kw) -> tuple[MixtureConfig, dict]:
+    """A mixture over ``spec`` (name → (category, size)); ``weights`` is a rule's name (its
+    default weights) or a weights dataclass."""
     cfg = MixtureConfig(
-        rule=rule, sources=[SourceConfig(name=n, category=c) for n, (c, _) in spec.items()], **kw
+        weights=RULES[weights]() if isinstance(weights, str) else weights,
+        sources=[SourceConfig(name=n, category=c) for n, (c, _) in spec.items()],
+        **kw,
     )
     return cfg, {n: Fake(n, size) for n, (_, size) in spec.items()}
 
@@ -94,7 +103,7 @@ def test_config_categories_match_the_schema():
 
 
 def test_data_configs_round_trip_through_json_including_lists_of_sources():
-    cfg, _ = _mix("sft", STAGE3, sft=SFTWeights(alpha_math=0.3), seed=7)
+    cfg, _ = _mix(SFTWeights(alpha_math=0.3), STAGE3, seed=7)
     cfg.sources[0].size = 123
     for c in (cfg, FormatConfig(turn_end="\n\n"), PackingConfig(max_images_per_sequence=None)):
         back = from_dict(type(c), json.loads(json.dumps(to_dict(c))))
@@ -137,7 +146,7 @@ def test_stage_rules_group_then_split_within():
     cfg, ds = _mix("cpt", STAGE2)
     w = mixture_weights(cfg, {n: len(d) for n, d in ds.items()})
     assert list(w.values()) == pytest.approx([0.25] * 4)  # "sampled equally", whatever the size
-    cfg, ds = _mix("cpt", STAGE2, cpt=CPTWeights(within="by_size"))
+    cfg, ds = _mix(CPTWeights(within="by_size"), STAGE2)
     assert mixture_weights(cfg, {n: len(d) for n, d in ds.items()})["pdfa"] == pytest.approx(
         2000 / 2660
     )
@@ -150,7 +159,7 @@ def test_stage_rules_group_then_split_within():
     [
         ("pretrain", {"a": ("caption", 5), "p": ("ocr", 5)}, r"not \['ocr'\]"),
         ("sft", {"m": ("math", 5), "t": ("text_rich", 5)}, "no general data"),
-        ("sft", {"g": ("general", 5), "v": ("video", 5)}, "rule='flat'"),
+        ("sft", {"g": ("general", 5), "v": ("video", 5)}, '"rule": "flat"'),
         ("cpt", {"a": ("ocr", 0)}, "has 0 samples"),
     ],
 )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mm15.data.pipeline import encode_prompt
+from mm15.data.prompt_encoding import encode_prompt
 from mm15.model.mm15 import IGNORE_INDEX, MM15, next_token_loss
 from mm15.presets import tiny
 from mm15.services.inference import GenerationSettings, Prompt, generate_text, prompt_embeddings

@@ -12,15 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mm15.config import (
-    LMConfig,
-    ModelConfig,
-    MoEConfig,
-    from_dict,
-    load_model_config,
-    save_json,
-    to_dict,
-)
+from mm15.config import LMConfig, ModelConfig, MoEConfig, load_model_config
+from mm15.config_json import from_dict, save_json, to_dict
 from mm15.model import moe as moe_mod
 from mm15.model.lm import Decoder
 from mm15.model.moe import MoEFeedForward, upcycle_decoder_state_dict

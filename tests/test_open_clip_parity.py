@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from mm15.cli import main
-from mm15.config import VisionConfig, from_dict
+from mm15.config import VisionConfig
+from mm15.config_json import from_dict
 from mm15.model.hf_vision import OPEN_CLIP_WEIGHTS, load_vision_encoder
 from mm15.model.vision import VisionTransformer
 from mm15.presets import tiny, vit_h14_378

@@ -12,10 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mm15.config import FormatConfig, PackingConfig
+from mm15.config import FormatConfig
+from mm15.data.config import PackingConfig
 from mm15.data.layout import plan_image
 from mm15.data.packing import Packer, collate, pack
-from mm15.data.pipeline import IGNORE_INDEX, Example, ImageRef, format_sample, materialize_pixels
+from mm15.data.pipeline import IGNORE_INDEX, Example, format_sample
+from mm15.data.sample_images import ImageRef, materialize_pixels
 from mm15.data.schema import Media, Message, Part, Sample
 from mm15.model.mm15 import MM15
 from mm15.presets import tiny

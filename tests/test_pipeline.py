@@ -11,17 +11,13 @@ from PIL import Image
 import mm15.services.inference as inference
 from mm15.data.coords import Box, format_box
 from mm15.data.media import load_image, media_size, video_frame_count
-from mm15.data.pipeline import (
-    encode_prompt,
-    encode_sample,
-    format_sample,
-    materialize_pixels,
-    placeholder_parts,
-)
+from mm15.data.pipeline import format_sample
+from mm15.data.prompt_encoding import encode_prompt, encode_sample, placeholder_parts
+from mm15.data.sample_images import materialize_pixels
 from mm15.data.schema import Media, Message, Part, Region, Sample, sample_to_json
 from mm15.eval.lmms_plugin import request_sample
 from mm15.serve.engine import SamplingParams
-from mm15.serve.media import Fetcher
+from mm15.serve.fetch import Fetcher
 from mm15.serve.prepare import prepare_prompt
 from mm15.serve.schemas import ChatRequest
 from mm15.services.chat_session import ChatSession, load_media, parse_visual_prompt

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from mm15.config import ModelConfig, from_dict, to_dict
+from mm15.config import ModelConfig
+from mm15.config_json import from_dict, to_dict
 from mm15.model.params import count_params, mm1_peak_lr, recipe_peak_lr
 from mm15.presets import PRESETS, get_preset
 from tests.snapshot_util import check_snapshot

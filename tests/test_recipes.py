@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mm15.config import to_dict
+from mm15.config_json import to_dict
+from mm15.data.config import CPTWeights, PretrainWeights, SFTWeights
 from mm15.model.params import recipe_peak_lr
 from mm15.train.recipes import TRAIN_PRESETS, get_train_preset
 from tests.snapshot_util import check_snapshot
@@ -25,12 +26,15 @@ def test_paper_recipe_numbers(name):
     assert pre.lr is None and recipe_peak_lr(cfg.model) > 0  # MM1 Eq. 1
     assert (cpt.lr, sft.lr) == (1e-5, 2e-5)
     assert cpt.optim.kind == sft.optim.kind == "adafactor"
-    w = pre.mixture.pretrain
+    w = pre.mixture.weights
+    assert isinstance(w, PretrainWeights)
     assert (w.caption, w.interleaved, w.text) == (50, 10, 40)
     assert pre.image.split == "none" and pre.image.resolution == cfg.model.vision.image_size
     assert pre.packing.max_images_per_sequence == 16 and pre.packing.seq_len == 4096
-    assert cpt.mixture.cpt.within == "equal" and len(cpt.mixture.sources) == 4
-    a = sft.mixture.sft
+    assert isinstance(cpt.mixture.weights, CPTWeights)
+    assert cpt.mixture.weights.within == "equal" and len(cpt.mixture.sources) == 4
+    a = sft.mixture.weights
+    assert isinstance(a, SFTWeights)
     assert (a.alpha_science, a.alpha_math, a.alpha_code, a.alpha_refer_ground) == (
         0.1,
         0.5,

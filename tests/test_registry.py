@@ -15,8 +15,8 @@ import pytest
 from registry_fixtures import BUILDERS, write_registry_fixtures
 
 from mm15.cli import main
-from mm15.config import MixCategory, PackingConfig
-from mm15.data.coords import BoxConvention
+from mm15.data.config import MixCategory, PackingConfig
+from mm15.data.coord_conventions import BoxConvention
 from mm15.data.registry import builtin_entries, registry
 from mm15.data.sources import KINDS
 from mm15.presets import get_preset

@@ -15,7 +15,8 @@ import time
 import pytest
 
 import mm15.cli
-from mm15.data.pipeline import EncodedPrompt, _Stream
+from mm15.data.prompt_encoding import EncodedPrompt
+from mm15.data.token_stream import TokenStream
 from mm15.serve.app import create_app
 from mm15.serve.config import EngineConfig, LimitsConfig, MediaConfig
 from mm15.serve.engine import Engine, SamplingParams
@@ -305,7 +306,7 @@ class _CountingStr(str):
 
 
 def test_4_stream_text_is_joined_once_not_added_per_message():
-    stream, _CountingStr.adds = _Stream(), 0
+    stream, _CountingStr.adds = TokenStream(), 0
     for i in range(1000):
         stream.text(_CountingStr(f"m{i} "), train=False)
     assert _CountingStr.adds == 0  # no string rebuilt per message: O(n), not O(n²)

@@ -14,14 +14,9 @@ import pytest
 
 from mm15.serve.app import create_app
 from mm15.serve.config import MediaConfig
-from mm15.serve.media import (
-    Fetcher,
-    address_refused,
-    decode_data_url,
-    load_image_url,
-    read_local_file,
-    resolve_host,
-)
+from mm15.serve.fetch import Fetcher, address_refused, resolve_host
+from mm15.serve.local_files import read_local_file
+from mm15.serve.media import decode_data_url, load_image_url
 from mm15.serve.schemas import APIError
 from mm15.serve.server import BackgroundServer
 from mm15.services.checkpoint import load_checkpoint

@@ -18,7 +18,8 @@ from PIL import Image
 
 from mm15.data.schema import SampleError, sample_to_json
 from mm15.data.sources import open_source
-from mm15.data.sources.table import COLUMN_MAPS, ColumnMap, RowStore, TableReader
+from mm15.data.sources.rows import RowStore
+from mm15.data.sources.table import COLUMN_MAPS, ColumnMap, TableReader
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Image
 TEXTS = pa.list_(

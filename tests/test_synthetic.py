@@ -14,9 +14,9 @@ from mm15.data.coords import Box, Point, dequantize_point, format_box, quantize_
 from mm15.data.schema import Sample, sample_from_json, sample_to_json
 from mm15.data.splitting import tile_geometry
 from mm15.data.video import load_video_frames
-from mm15.demo.data import builders
 from mm15.demo.data import chance as synchance
 from mm15.demo.data import corpus as corpus_mod
+from mm15.demo.data import drafts
 from mm15.demo.data import tasks as syn
 from mm15.demo.data.images import BACKGROUND, COLOURS, SHAPES
 from mm15.eval.metrics import score_sample
@@ -254,7 +254,7 @@ def test_text_rich_words_are_illegible_in_the_overview_and_are_the_answer(test_s
     """The honesty criterion for the word signs: >= 8 px tall in a tile, < 4 px in the overview,
     inside one tile; and the ink drawn is the answer's (its width matches the answer alone)."""
     cfg = tiny().image
-    widths = {w: _ink_width(w, builders.WORD_FONT) for w in syn.SIGN_WORDS}
+    widths = {w: _ink_width(w, drafts.WORD_FONT) for w in syn.SIGN_WORDS}
     for s in test_sets["text_rich/word"]:
         arr, (w, h) = pixels(s), s.media[0].size
         x1, y1, x2, y2 = ink_box((arr < 100).all(-1))  # the word is the only near-black ink
@@ -278,7 +278,7 @@ def assert_label_on_button(s: Sample, arr: np.ndarray, rgb: tuple[int, int, int]
     label = (np.abs(arr[y1:y2, x1:x2].astype(int) - rgb) > 60).any(-1)  # ink, dark or white
     lx1, _, lx2, _ = ink_box(label)
     im = Image.new("RGB", (200, 40), rgb)  # the answer alone, in the same ink on that fill
-    syn.si.paint_text(im, (4, 4), s.answers[0], builders.UI_FONT, fill=syn.si.ink_for(rgb))
+    syn.si.paint_text(im, (4, 4), s.answers[0], drafts.UI_FONT, fill=syn.si.ink_for(rgb))
     rx1, _, rx2, _ = ink_box((np.abs(np.asarray(im).astype(int) - rgb) > 60).any(-1))
     assert lx2 - lx1 == rx2 - rx1, s.id
 

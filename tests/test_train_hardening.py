@@ -17,15 +17,16 @@ import torch
 from train_fixtures import _png, train_config, write_corpus
 
 from mm15.cli import main
-from mm15.config import MixtureConfig, PackingConfig, SourceConfig, to_dict
+from mm15.config_json import to_dict
+from mm15.data.config import FlatWeights, MixtureConfig, PackingConfig, SourceConfig
 from mm15.data.schema import SampleError
 from mm15.data.sources.canonical import CanonicalReader, write_canonical
 from mm15.data.sources.conversation import ConversationReader
-from mm15.data.sources.table import image_media
+from mm15.data.sources.rows import image_media
 from mm15.model.mm15 import MM15
 from mm15.presets import tiny
 from mm15.tokenizer import byte_tokenizer
-from mm15.train import loop
+from mm15.train import loop, stage
 from mm15.train.config import DatasetConfig, StageConfig
 from mm15.train.data import StageStream, open_datasets
 from mm15.train.integrity import (
@@ -35,10 +36,12 @@ from mm15.train.integrity import (
     load_metadata,
     verify_checkpoint,
 )
-from mm15.train.loop import NonFiniteTrainingError, export_model, train
+from mm15.train.loop import export_model, train
+from mm15.train.nonfinite import NonFiniteTrainingError
 from mm15.train.optim import OptimConfig, build_optimizer
 from mm15.train.parallel import DistInfo
-from mm15.train.resume import latest_checkpoint, load_training_state, save_training_state
+from mm15.train.resume import latest_checkpoint, load_training_state
+from mm15.train.state_save import save_training_state
 
 ONE_PROCESS = DistInfo(
     rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="none"
@@ -271,7 +274,7 @@ def test_nonfinite_model_is_never_checkpointed_and_earlier_checkpoints_survive(
     good = latest_checkpoint(run)
     before = {p.name: p.read_bytes() for p in good.rglob("*") if p.is_file()}
 
-    real_step = loop.train_step
+    real_step = stage.train_step
 
     def step_that_breaks_the_weights(model, *args, **kwargs):
         out = real_step(model, *args, **kwargs)
@@ -279,7 +282,7 @@ def test_nonfinite_model_is_never_checkpointed_and_earlier_checkpoints_survive(
             next(model.parameters()).view(-1)[0] = float("nan")
         return out
 
-    monkeypatch.setattr(loop, "train_step", step_that_breaks_the_weights)
+    monkeypatch.setattr(stage, "train_step", step_that_breaks_the_weights)
     cfg.stages[0].steps = 6  # resume at step 2; the next save point is step 4
     with pytest.raises(NonFiniteTrainingError, match="refusing to save a checkpoint at step 4"):
         train(cfg)
@@ -381,7 +384,7 @@ def test_escaping_media_paths_are_counted_skips_in_training(dataset):
         batch_rows=4,
         packing=PackingConfig(seq_len=320),
         mixture=MixtureConfig(
-            rule="flat", sources=[SourceConfig(name="llava", category="general")]
+            weights=FlatWeights(), sources=[SourceConfig(name="llava", category="general")]
         ),
         datasets=[
             DatasetConfig(

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
+import mm15.train.batches as batches
 import mm15.train.loop as loop
+import mm15.train.stage as stage
 from mm15.services.checkpoint import load_checkpoint
 from mm15.train.data import StageStream
 from tests.train_fixtures import train_config, write_corpus
@@ -17,7 +19,7 @@ class Interrupt(Exception):
     pass
 
 
-ORIG_NEXT_ROWS, ORIG_STEP = StageStream.next_rows, loop.train_step
+ORIG_NEXT_ROWS, ORIG_STEP = StageStream.next_rows, stage.train_step
 
 
 def _run(cfg, monkeypatch, *, stop_after: int | None = None) -> tuple[list[float], list[list[str]]]:
@@ -39,7 +41,7 @@ def _run(cfg, monkeypatch, *, stop_after: int | None = None) -> tuple[list[float
         return out
 
     monkeypatch.setattr(StageStream, "next_rows", next_rows)
-    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(stage, "train_step", step)
     try:
         result = loop.train(cfg)
     except Interrupt:
@@ -88,7 +90,7 @@ def test_prefetch_trains_the_same_batches_in_the_same_order(corpus, tmp_path, mo
 
 def test_an_error_while_prefetching_pixels_stops_the_run(corpus, tmp_path, monkeypatch):
     calls = {"n": 0}
-    orig = loop.rank_batches
+    orig = batches.rank_batches
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -96,7 +98,7 @@ def test_an_error_while_prefetching_pixels_stops_the_run(corpus, tmp_path, monke
             raise OSError("disk went away")
         return orig(*a, **k)
 
-    monkeypatch.setattr(loop, "rank_batches", flaky)
+    monkeypatch.setattr(batches, "rank_batches", flaky)
     cfg = train_config(corpus, tmp_path / "run")
     cfg.prefetch = "on"
     with pytest.raises(OSError, match="disk went away"):
@@ -105,12 +107,12 @@ def test_an_error_while_prefetching_pixels_stops_the_run(corpus, tmp_path, monke
 
 def test_auto_prefetch_only_when_a_core_is_free_or_the_step_is_not_on_the_cpu(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(batches.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert not loop.use_prefetch("auto", cpu) and loop.use_prefetch("auto", gpu)
-    assert loop.use_prefetch("on", cpu) and not loop.use_prefetch("off", gpu)
+    assert not batches.use_prefetch("auto", cpu) and batches.use_prefetch("auto", gpu)
+    assert batches.use_prefetch("on", cpu) and not batches.use_prefetch("off", gpu)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert loop.use_prefetch("auto", cpu)
+    assert batches.use_prefetch("auto", cpu)
 
 
 @pytest.mark.parametrize("broken", ["data", "rng"])

@@ -20,14 +20,10 @@ from torch import nn
 
 from mm15.model.mm15 import MM15
 from mm15.presets import tiny
-from mm15.train import resume as ck
-from mm15.train.resume import (
-    capture_rng,
-    latest_checkpoint,
-    load_training_state,
-    restore_rng,
-    save_training_state,
-)
+from mm15.train import state_save
+from mm15.train.resume import latest_checkpoint, load_training_state
+from mm15.train.rng import capture_rng, restore_rng
+from mm15.train.state_save import COMPLETE, CONFIG, DCP_DIR, LATEST, save_training_state
 
 IMAGE_ID = 5  # a token id of the tiny vocabulary used as the image placeholder here
 K = 16  # image tokens per tile in the tiny preset
@@ -219,21 +215,21 @@ def _crash_after_dcp(monkeypatch):
 
 
 def _crash_config(monkeypatch):
-    real = ck._write_json_durable
+    real = state_save._write_json_durable
 
     def fake(path, obj):
-        if path.name == ck.CONFIG:
+        if path.name == CONFIG:
             raise OSError("injected")
         real(path, obj)
 
-    monkeypatch.setattr(ck, "_write_json_durable", fake)
+    monkeypatch.setattr(state_save, "_write_json_durable", fake)
 
 
 def _crash_latest(monkeypatch):
     real = os.replace
 
     def fake(src, dst, *a, **kw):
-        if Path(dst).name == ck.LATEST:
+        if Path(dst).name == LATEST:
             raise OSError("injected")
         real(src, dst, *a, **kw)
 
@@ -298,7 +294,7 @@ def test_half_written_directories_are_ignored(tmp_path):
     (ckpts / "step_000007").mkdir()
     (ckpts / "step_000007" / "trainer_state.json").write_text('{"step": 7}')
     (ckpts / "step_000008.tmp-dead").mkdir()
-    (ckpts / "step_000008.tmp-dead" / ck.COMPLETE).write_text("{}")
+    (ckpts / "step_000008.tmp-dead" / COMPLETE).write_text("{}")
     assert latest_checkpoint(tmp_path) == ckpts / "step_000003"
     (ckpts / "latest").write_text("step_000007\n")  # even when ``latest`` names it
     assert latest_checkpoint(tmp_path) == ckpts / "step_000003"
@@ -390,8 +386,8 @@ def test_fsdp2_two_process_save_load_round_trip(tmp_path):
     mp.spawn(_fsdp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     ckpt = tmp_path / "checkpoints" / "step_000002"
     assert sorted(p.name for p in ckpt.glob("rank_*.pt")) == ["rank_00000.pt", "rank_00001.pt"]
-    assert json.loads((ckpt / ck.COMPLETE).read_text())["world_size"] == 2
-    assert len(list((ckpt / ck.DCP_DIR).glob("*.distcp"))) == 2
+    assert json.loads((ckpt / COMPLETE).read_text())["world_size"] == 2
+    assert len(list((ckpt / DCP_DIR).glob("*.distcp"))) == 2
     # resharding: the 2-rank checkpoint resumes in one process (a different world size)
     plain = _mm15(3)
     opt = _adamw(plain)

@@ -16,9 +16,10 @@ import shutil
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-import mm15.data.pipeline as pipeline
+import mm15.data.prompt_encoding as prompt_encoding
 import mm15.services.inference as inference
-from mm15.config import FormatConfig, load_model_config, to_dict
+from mm15.config import LEGACY_ASSISTANT_PREFIX, FormatConfig, load_model_config
+from mm15.config_json import to_dict
 from mm15.data.chat_template import TOKENIZER_CONFIG, chat_template, sample_messages
 from mm15.data.pipeline import format_sample
 from mm15.data.schema import Media, Message, Part, Sample
@@ -148,7 +149,7 @@ def test_eval_prompts_in_the_trained_format(trained, tmp_path, monkeypatch):
     ]
     (tmp_path / "pope" / "pope.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     samples, prompts = [], []
-    real_format, real_generate = pipeline.format_sample, inference._generate
+    real_format, real_generate = prompt_encoding.format_sample, inference._generate
 
     def spy_format(sample, **kw):
         samples.append(sample)
@@ -158,7 +159,7 @@ def test_eval_prompts_in_the_trained_format(trained, tmp_path, monkeypatch):
         prompts.extend(e.input_ids for e in encoded)
         return real_generate(model, tokenizer, encoded, settings, on_token)
 
-    monkeypatch.setattr(pipeline, "format_sample", spy_format)
+    monkeypatch.setattr(prompt_encoding, "format_sample", spy_format)
     monkeypatch.setattr(inference, "_generate", spy_generate)
     run_eval(
         model,
@@ -194,16 +195,19 @@ def test_hugging_face_template_of_the_trained_checkpoint(trained):
     assert got["input_ids"] == want != default
 
 
-def test_old_checkpoints_without_a_format_load_the_default(tiny_ckpt_dir, tmp_path):
+def test_old_checkpoints_without_a_format_load_the_format_they_trained_with(
+    tiny_ckpt_dir, tmp_path
+):
     old = tmp_path / "old"
     shutil.copytree(tiny_ckpt_dir, old)
     data = json.loads((old / "config.json").read_text())
     data.pop("format")
     (old / "config.json").write_text(json.dumps(data))
     (old / TOKENIZER_CONFIG).unlink()  # checkpoints saved before it had none
-    assert load_model_config(str(old / "config.json")).format == DEFAULT
+    legacy = FormatConfig(assistant_prefix=LEGACY_ASSISTANT_PREFIX)  # "Assistant: "
+    assert load_model_config(str(old / "config.json")).format == legacy != DEFAULT
     model, _ = load_checkpoint(old)
-    assert model.cfg.format == DEFAULT
+    assert model.cfg.format == legacy
 
 
 def test_init_writes_the_default_and_stages_inherit_the_models_format(

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mm15.config import MixtureConfig, PackingConfig, SourceConfig
+from mm15.data.config import FlatWeights, MixtureConfig, PackingConfig, SourceConfig
 from mm15.data.schema import Media, Message, Part, Region, Sample
 from mm15.data.sources.canonical import write_canonical
 from mm15.model.mm15 import IGNORE_INDEX, MM15
@@ -125,7 +125,7 @@ def train_config(
             optim=OptimConfig(kind=optim),
             packing=PackingConfig(seq_len=320),
             mixture=MixtureConfig(
-                rule="flat", sources=[SourceConfig(name=source, category=category)]
+                weights=FlatWeights(), sources=[SourceConfig(name=source, category=category)]
             ),
             datasets=[
                 DatasetConfig(

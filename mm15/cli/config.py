@@ -2,7 +2,7 @@
 
 Each verb (``train``, ``demo``, ``eval``, ``serve``, ``chat``, ``split``) runs from one plain
 dataclass config (``EvalConfig``, ``ServeConfig``, ``ChatConfig``, ``SplitConfig``, …) that
-round-trips through JSON (:func:`mm15.config.to_dict` / ``from_dict``):
+round-trips through JSON (:func:`mm15.config_json.to_dict` / ``from_dict``):
 
 * ``--set KEY=VALUE`` (repeatable) sets a field by dotted path with
   :func:`mm15.overrides.apply_overrides`: JSON values, ``KEY=@FILE`` for JSON in a file, and the
@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mm15.config import to_dict
+from mm15.config_json import to_dict
 from mm15.errors import number
 
 T = TypeVar("T")

@@ -10,6 +10,7 @@ Verbs:
     mm15 serve --model DIR         an OpenAI-compatible HTTP server with a web page
     mm15 eval --model DIR --task T --data PATH   zero-shot benchmark evaluation (MM1.5 §4.1, Tables 4–14)
     mm15 data list | check         the dataset registry; a recipe's data checked before training
+    mm15 export --hf OUT --model DIR   a checkpoint as a transformers model directory
 
 train, demo, eval, serve, chat and split each run from one typed dataclass config: ``--set
 KEY=VALUE`` sets any field, the everyday flags are shorthands for fields, ``--print-config``
@@ -31,7 +32,7 @@ import sys
 from mm15.errors import USER_ERRORS, UsageError, one_line
 
 # One module per verb (or pair of verbs); each adds its parser with ``register(sub)``.
-VERBS = ("split", "model", "train", "chat", "serve", "eval", "data")
+VERBS = ("split", "model", "train", "chat", "serve", "eval", "data", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

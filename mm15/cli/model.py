@@ -8,7 +8,7 @@ import json
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from mm15.config import to_dict
+    from mm15.config_json import to_dict
     from mm15.model.params import count_params, recipe_peak_lr
     from mm15.presets import get_preset
 

@@ -27,7 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args)
     if args.print_config:
         return print_config(cfg)
-    from mm15.train.loop import NonFiniteTrainingError, train
+    from mm15.train.loop import train
+    from mm15.train.nonfinite import NonFiniteTrainingError
 
     try:
         result = train(cfg)

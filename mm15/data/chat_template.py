@@ -4,7 +4,9 @@ An mm15 checkpoint's ``config.json`` holds the chat format the model was trained
 (``ModelConfig.format``, :class:`~mm15.config.FormatConfig`); :func:`chat_template` turns it into
 a Jinja template that renders exactly the text :func:`mm15.data.pipeline.format_sample` renders, so
 ``AutoTokenizer.from_pretrained(ckpt).apply_chat_template(messages)`` gives the token ids mm15
-trained on, with one image token per image where mm15 expands it into its tiles.  It is
+trained on, with one image token per image where mm15 expands it into its tiles (mm15 tokenises
+the text between special tokens and images whole, as the template's rendering is tokenised, so
+the ids agree with a BPE vocabulary too: :mod:`mm15.data.token_stream`).  It is
 generated from the config (a non-default format gets its own template) and written by
 :func:`mm15.services.checkpoint.save_checkpoint` into ``tokenizer_config.json`` (:func:`hf_tokenizer_config`).
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mm15.config import ModelConfig
 from mm15.data.mixture import mixture_weights
 from mm15.data.pipeline import format_sample
-from mm15.data.registry import registry, resolve_dataset
+from mm15.data.registry import RegistryEntry, registry, resolve_dataset
 from mm15.data.schema import SampleError
+from mm15.data.token_stream import prefix_merges
 from mm15.tokenizer import MM15Tokenizer, byte_tokenizer
-from mm15.train.config import StageConfig, TrainConfig, model_format, stage_format
+from mm15.train.config import DatasetConfig, StageConfig, TrainConfig, model_format, stage_format
 from mm15.train.data import evenly_spaced, expand_paths, open_datasets, run_stage
 
 
@@ -78,6 +80,19 @@ def check_tokenizer(cfg: TrainConfig) -> MM15Tokenizer:
     return MM15Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else byte_tokenizer()
 
 
+@dataclass
+class _Run:
+    """What the checks of every stage share: the config, tokenizer, registry, sample count,
+    skip limit and the report's problem lines."""
+
+    cfg: TrainConfig
+    tok: MM15Tokenizer
+    entries: dict[str, RegistryEntry]
+    samples: int
+    limit: float
+    problems: list[str]
+
+
 def check_config(
     cfg: TrainConfig,
     *,
@@ -96,55 +111,81 @@ def check_config(
                 f"init_from/tokenizer: {e} (token counts below use the byte tokenizer)"
             )
             tokenizer = byte_tokenizer()
-    tok = tokenizer
     if not cfg.init_from and not cfg.allow_random_init:
         report.problems.append(
             "init_from: not set, and this recipe starts from pre-trained parts "
             "(set init_from=DIR, or allow_random_init=true)"
         )
-    entries = registry(cfg.registry)
+    run = _Run(cfg, tokenizer, registry(cfg.registry), samples, limit, report.problems)
     start = model_format(cfg)
     for index in range(len(cfg.stages)):
-        stage, model_cfg = _as_run(cfg, index, start, tok)
-        sr = StageReport(stage.name)
-        report.stages.append(sr)
-        readers: dict[str, Any] = {}
-        if not stage.datasets:
-            report.problems.append(
-                f"stage {stage.name}: no datasets; name them in "
-                "the stage's datasets (registry names, `mm15 data list`)"
-            )
-        for spec in stage.datasets:
-            dr = DatasetReport(stage.name, spec.name, spec.kind, spec.category)
-            sr.datasets.append(dr)
-            try:
-                opened = open_datasets(
-                    [spec],
-                    stage=stage.kind,
-                    stage_name=stage.name,
-                    data_root=cfg.data_root,
-                    registry=entries,
-                    missing=cfg.missing_datasets,
-                )
-            except (ValueError, OSError, KeyError) as e:
-                report.problems.append(str(e).splitlines()[0])
-                continue
-            if spec.name not in opened:  # missing_datasets=skip: the run trains without it
-                dr.missing = True
-                continue
-            reader = readers[spec.name] = opened[spec.name]
-            resolved = resolve_dataset(spec, data_root=cfg.data_root, entries=entries)
-            dr.kind, dr.category = resolved.kind, resolved.category
-            dr.files = len(expand_paths(resolved.paths, spec.name))
-            _read(dr, reader, stage, tok, model_cfg, samples)
-            report.problems += _problems(dr, limit)
-        if stage.datasets and all(d.missing for d in sr.datasets):
-            report.problems.append(
-                f"stage {stage.name}: none of its datasets has files under "
-                f"data_root {cfg.data_root!r}"
-            )
-        _shares(sr, stage, readers, report)
+        stage, model_cfg = _as_run(cfg, index, start, tokenizer)
+        _check_format(run, stage, model_cfg)
+        report.stages.append(_check_stage(run, stage, model_cfg))
     return report
+
+
+def _check_format(run: _Run, stage: StageConfig, model_cfg: ModelConfig) -> None:
+    """A format whose assistant prefix merges into the answer under the run's tokenizer trains
+    answers that no generation prompt can lead into (mm15.data.token_stream)."""
+    prefix = model_cfg.format.assistant_prefix
+    if prefix_merges(run.tok, prefix):
+        run.problems.append(
+            f"stage {stage.name}: format.assistant_prefix {prefix!r} merges into the first "
+            "token of an answer with this tokenizer, so generation prompts would end on a "
+            "token training never saw there; end it at a token boundary, e.g. with a newline"
+        )
+
+
+def _check_stage(run: _Run, stage: StageConfig, model_cfg: ModelConfig) -> StageReport:
+    """Open and sample every dataset of ``stage``, then its category shares."""
+    sr = StageReport(stage.name)
+    readers: dict[str, Any] = {}
+    if not stage.datasets:
+        run.problems.append(
+            f"stage {stage.name}: no datasets; name them in "
+            "the stage's datasets (registry names, `mm15 data list`)"
+        )
+    for spec in stage.datasets:
+        dr = DatasetReport(stage.name, spec.name, spec.kind, spec.category)
+        sr.datasets.append(dr)
+        reader = _open_dataset(run, stage, spec, dr)
+        if reader is not None:
+            readers[spec.name] = reader
+            _read(dr, reader, stage, run.tok, model_cfg, run.samples)
+            run.problems += _problems(dr, run.limit)
+    if stage.datasets and all(d.missing for d in sr.datasets):
+        run.problems.append(
+            f"stage {stage.name}: none of its datasets has files under "
+            f"data_root {run.cfg.data_root!r}"
+        )
+    _shares(sr, stage, readers, run.problems)
+    return sr
+
+
+def _open_dataset(run: _Run, stage: StageConfig, spec: DatasetConfig, dr: DatasetReport) -> Any:
+    """The reader of ``spec`` as ``mm15 train`` opens it, its files counted into ``dr``; None
+    when it does not open (a problem line) or has no files (missing_datasets=skip)."""
+    cfg = run.cfg
+    try:
+        opened = open_datasets(
+            [spec],
+            stage=stage.kind,
+            stage_name=stage.name,
+            data_root=cfg.data_root,
+            registry=run.entries,
+            missing=cfg.missing_datasets,
+        )
+    except (ValueError, OSError, KeyError) as e:
+        run.problems.append(str(e).splitlines()[0])
+        return None
+    if spec.name not in opened:  # missing_datasets=skip: the run trains without it
+        dr.missing = True
+        return None
+    resolved = resolve_dataset(spec, data_root=cfg.data_root, entries=run.entries)
+    dr.kind, dr.category = resolved.kind, resolved.category
+    dr.files = len(expand_paths(resolved.paths, spec.name))
+    return opened[spec.name]
 
 
 def preflight(
@@ -208,7 +249,9 @@ def _read(dr: DatasetReport, reader: Any, stage: StageConfig, tok, model_cfg, n:
             dr.samples.append(sample)
 
 
-def _shares(sr: StageReport, stage: StageConfig, readers: dict[str, Any], report) -> None:
+def _shares(
+    sr: StageReport, stage: StageConfig, readers: dict[str, Any], problems: list[str]
+) -> None:
     """Category shares as configured (the mixture rule over the sources that opened) and as
     they will reach training (each source's share × its measured kept fraction)."""
     mix = run_stage(stage, readers).mixture
@@ -217,7 +260,7 @@ def _shares(sr: StageReport, stage: StageConfig, readers: dict[str, Any], report
     try:
         weights = mixture_weights(mix, {n: len(r) for n, r in readers.items()})
     except ValueError as e:
-        report.problems.append(f"stage {stage.name}: mixture: {e}")
+        problems.append(f"stage {stage.name}: mixture: {e}")
         return
     kept = {d.name: (1.0 - d.skip_fraction) for d in sr.datasets}
     cats = {s.name: s.category for s in mix.sources}

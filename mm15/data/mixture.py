@@ -1,6 +1,7 @@
 """Data mixtures: per-source sampling weights from the recipe, and a resumable, audited sampler.
 
-**Weights** (:func:`mixture_weights`, MM1.5 §3–4), by ``MixtureConfig.rule``:
+**Weights** (:func:`mixture_weights`, MM1.5 §3–4), by the rule of ``MixtureConfig.weights``
+(each rule's weights are their own dataclass in :mod:`mm15.data.config`):
 
 * ``pretrain`` (stage 1): groups caption : interleaved : text = 50 : 10 : 40;
 * ``cpt`` (stage 2): the OCR sets "sampled equally" (§3.3), synthetic captions optional;
@@ -31,7 +32,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mm15.config import MixtureConfig, SFTWeights, Within
+from mm15.data.config import (
+    CPTWeights,
+    FlatWeights,
+    MixtureConfig,
+    PretrainWeights,
+    SFTWeights,
+    Within,
+)
 
 SINGLE_IMAGE_BY_SIZE = ("general", "text_rich")
 SFT_GROUPS = {"multi_image": "w_multi", "text_only": "w_text"}
@@ -72,7 +80,7 @@ def sft_category_weights(w: SFTWeights, sizes: Mapping[str, int]) -> dict[str, f
     if unknown:
         raise ValueError(
             f"SFT mixtures take categories {sorted(known)}; got {unknown} "
-            "(use rule='flat' for video or UI SFT)"
+            '(use weights={"rule": "flat"} for video or UI SFT)'
         )
     single = {c: float(sizes[c]) for c in SINGLE_IMAGE_BY_SIZE if c in sizes}
     for cat, alpha in alphas.items():
@@ -97,23 +105,20 @@ def _normalised(weights: Mapping[str, float], what: str) -> dict[str, float]:
     return {k: v / total for k, v in weights.items()}
 
 
-def _group_weights(cfg: MixtureConfig, cat_sizes: Mapping[str, int]) -> dict[str, float]:
+def _group_weights(
+    w: PretrainWeights | CPTWeights | SFTWeights, cat_sizes: Mapping[str, int]
+) -> dict[str, float]:
     """Weight of each category group present, and check that every category has a rule."""
-    if cfg.rule == "sft":
-        return sft_category_weights(cfg.sft, cat_sizes)
-    table = (
-        {
-            "caption": cfg.pretrain.caption,
-            "interleaved": cfg.pretrain.interleaved,
-            "text": cfg.pretrain.text,
-        }
-        if cfg.rule == "pretrain"
-        else {"ocr": cfg.cpt.ocr, "synthetic_caption": cfg.cpt.synthetic_caption}
-    )
+    if isinstance(w, SFTWeights):
+        return sft_category_weights(w, cat_sizes)
+    if isinstance(w, PretrainWeights):
+        table = {"caption": w.caption, "interleaved": w.interleaved, "text": w.text}
+    else:
+        table = {"ocr": w.ocr, "synthetic_caption": w.synthetic_caption}
     unknown = sorted(set(cat_sizes) - set(table))
     if unknown:
-        raise ValueError(f"rule {cfg.rule!r} has weights for {sorted(table)}, not {unknown}")
-    return _normalised({c: table[c] for c in cat_sizes}, f"{cfg.rule} groups")
+        raise ValueError(f"rule {w.rule!r} has weights for {sorted(table)}, not {unknown}")
+    return _normalised({c: table[c] for c in cat_sizes}, f"{w.rule} groups")
 
 
 def _within(rule: Within, sizes: Mapping[str, int]) -> dict[str, float]:
@@ -141,13 +146,13 @@ def mixture_weights(cfg: MixtureConfig, sizes: Mapping[str, int]) -> dict[str, f
     by_cat: dict[str, dict[str, int]] = {}
     for s in cfg.sources:
         by_cat.setdefault(s.category, {})[s.name] = n_of[s.name]
-    if cfg.rule == "flat":
-        return _within(cfg.flat_within, n_of)
-    groups = _group_weights(cfg, {c: sum(d.values()) for c, d in by_cat.items()})
-    within = {"pretrain": cfg.pretrain.within, "cpt": cfg.cpt.within, "sft": cfg.sft.within}
+    w = cfg.weights
+    if isinstance(w, FlatWeights):
+        return _within(w.within, n_of)
+    groups = _group_weights(w, {c: sum(d.values()) for c, d in by_cat.items()})
     out: dict[str, float] = {}
     for cat, members in by_cat.items():
-        for name, share in _within(within[cfg.rule], members).items():
+        for name, share in _within(w.within, members).items():
             out[name] = groups[cat] * share
     return out
 

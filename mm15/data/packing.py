@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mm15.config import PackingConfig
-from mm15.data.pipeline import IGNORE_INDEX, Example, ImageRef
+from mm15.data.config import PackingConfig
+from mm15.data.pipeline import IGNORE_INDEX, Example
+from mm15.data.sample_images import ImageRef
 
 MAX_SKIP_RECORDS = 100  # skipped (sample id, why) pairs kept for the report
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from mm15.config import MixCategory
+from mm15.data.config import MixCategory
 from mm15.errors import validation_summary
 
 RegistryStage = Literal["pretrain", "cpt", "sft", "video", "ui"]

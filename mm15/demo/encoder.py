@@ -31,7 +31,7 @@ from mm15.data.coords import Box, intersection_area
 from mm15.data.splitting import tile_image
 from mm15.demo.config import ENCODER_HEADS
 from mm15.demo.data import images as si
-from mm15.demo.data.builders import SIGN_WORDS, UI_FONT, UI_LABELS, WORD_FONT
+from mm15.demo.data.drafts import SIGN_WORDS, UI_FONT, UI_LABELS, WORD_FONT
 from mm15.model.mm15 import MM15
 
 COLOURS, SHAPES = tuple(si.COLOURS), si.SHAPES

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mm15.data.pipeline import encode_sample, placeholder_parts
+from mm15.data.prompt_encoding import encode_sample, placeholder_parts
 from mm15.data.schema import Media, Message, Part, Sample
 from mm15.services.inference import GenerationSettings, generate_for_samples
 

@@ -1,4 +1,4 @@
-"""Benchmark rows from local copies → :class:`~mm15.eval.tasks.EvalItem` s (MM1.5 §4.1).
+"""Benchmark rows from local copies → :class:`~mm15.eval.task_spec.EvalItem` s (MM1.5 §4.1).
 
 Layouts users have:
 
@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mm15.data.coords import Box, CoordinateError, to_box
+from mm15.data.coord_conventions import to_box
+from mm15.data.coords import Box, CoordinateError
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
 from mm15.data.sources.canonical import header_size
-from mm15.data.sources.table import RowStore, image_media
-from mm15.eval.tasks import EvalItem, TaskSpec
+from mm15.data.sources.rows import RowStore, image_media
+from mm15.eval.task_spec import EvalItem, TaskSpec
 
 SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
 _MARKER = re.compile(r"<image (\d+)>")  # MMMU's interleaved image references
@@ -95,7 +96,7 @@ RowOrError = tuple[dict[str, Any] | SampleError, str, str]  # (row, or why not; 
 
 
 def iter_rows(path: Path, required: Sequence[str], optional: Sequence[str]) -> Iterator[RowOrError]:
-    """Rows of one file through the training tables' :class:`~mm15.data.sources.table.RowStore`
+    """Rows of one file through the training tables' :class:`~mm15.data.sources.rows.RowStore`
     (the same row access, errors and ``where`` / key naming); an unreadable row (undecodable
     JSON line, not an object, unreadable row group) is yielded as its ``SampleError``.  A file
     that cannot be read at all, or lacks a ``required`` column, is a ``ValueError``."""

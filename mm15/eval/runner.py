@@ -37,7 +37,8 @@ from tqdm import tqdm
 from mm15.data.schema import SampleError
 from mm15.eval.metrics import category_scores
 from mm15.eval.readers import ItemReader
-from mm15.eval.tasks import EvalItem, TaskSpec, aggregate, get_task, score_item
+from mm15.eval.task_spec import EvalItem, TaskSpec
+from mm15.eval.tasks import aggregate, get_task, score_item
 from mm15.model.mm15 import MM15
 from mm15.services.inference import GenerationSettings, generate_for_samples
 from mm15.tokenizer import MM15Tokenizer

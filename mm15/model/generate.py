@@ -1,8 +1,8 @@
 """Autoregressive generation with a static KV cache (evaluation decodes greedily, MM1.5 §4.1, Tables 4–14).
 
 Batched prompts are left-padded: padding carries document id -1 (so real tokens never attend
-to it, see :mod:`mm15.model.lm`) and position ids start at 0 at each prompt's first real token,
-so a padded row computes what it would compute alone.
+to it, see :mod:`mm15.model.attention`) and position ids start at 0 at each prompt's first real
+token, so a padded row computes what it would compute alone.
 
 Trimming convention for :class:`GenerationResult`:
 - ``tokens`` never contain the eos token that ended a row;
@@ -40,7 +40,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mm15.model.lm import Decoder, KVCache, rope_cos_sin, rope_inv_freq
+from mm15.model.attention import KVCache
+from mm15.model.lm import Decoder
+from mm15.model.rope import rope_cos_sin, rope_inv_freq
 
 DecodeMode = Literal["eager", "static", "compile"]
 
@@ -153,9 +155,9 @@ def static_decode_step(
     """(B, V) logits of one new token per row, written to cache column ``idx_1`` (a (1,) long
     tensor; all rows share it: prompts are left-padded).  Every tensor has the same shape at
     every step: attention runs over the whole buffer (S = ``cache.max_len``) under the rule of
-    :func:`mm15.model.lm.document_causal_mask` — key column ≤ ``idx_1`` and the same document
-    id (0: prompt and generated tokens; padding and unwritten columns carry -1) — with the
-    query's position a tensor, not a Python int.  ``cache.length`` is neither read nor moved."""
+    :func:`mm15.model.attention.document_causal_mask` — key column ≤ ``idx_1`` and the same
+    document id (0: prompt and generated tokens; padding and unwritten columns carry -1) — with
+    the query's position a tensor, not a Python int.  ``cache.length`` is neither read nor moved."""
     x_B1D = decoder.embed(tokens_B1)
     cos_sin = rope_cos_sin(rope_inv_freq(decoder.cfg, x_B1D.device), pos_B1)
     cache.doc_ids_BS.index_fill_(1, idx_1, 0)
@@ -300,19 +302,36 @@ def generate(
             idx_1 = torch.full((1,), T0 + step, dtype=torch.long, device=weight.device)
             logits_BV = step_fn(decoder, cache, next_B[:, None], new_pos, idx_1)
             continue
-        new_x = decoder.embed(next_B[:, None])
-        new_doc = torch.zeros_like(next_B)[:, None]
-        if use_cache:
-            step_x, step_doc, step_pos = new_x, new_doc, new_pos
-        else:
-            step_x = torch.cat([step_x, new_x], dim=1)
-            step_doc = torch.cat([step_doc, new_doc], dim=1)
-            step_pos = torch.cat([step_pos, new_pos], dim=1)
+        step_x, step_doc, step_pos = _eager_inputs(
+            decoder, next_B, new_pos, None if use_cache else (step_x, step_doc, step_pos)
+        )
         logits_BV = _last_logits(decoder, step_x, step_pos, step_doc, cache)
-    results = []
-    for r in rows:
-        text = decode(r.tokens) if decode is not None else None
-        if text is not None and r.stop_at is not None:
-            text = text[: r.stop_at]
-        results.append(GenerationResult(r.tokens, r.finish_reason or "length", text))
-    return results
+    return [_result(r, decode) for r in rows]
+
+
+def _eager_inputs(
+    decoder: Decoder,
+    next_B: Tensor,
+    new_pos_B1: Tensor,
+    so_far: tuple[Tensor, Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The eager step's embeddings, document ids and positions: the new tokens alone (with a
+    cache), or appended to ``so_far``, the whole sequence (without one)."""
+    new_x = decoder.embed(next_B[:, None])
+    new_doc = torch.zeros_like(next_B)[:, None]
+    if so_far is None:
+        return new_x, new_doc, new_pos_B1
+    step_x, step_doc, step_pos = so_far
+    return (
+        torch.cat([step_x, new_x], dim=1),
+        torch.cat([step_doc, new_doc], dim=1),
+        torch.cat([step_pos, new_pos_B1], dim=1),
+    )
+
+
+def _result(row: _Row, decode: Callable[[list[int]], str] | None) -> GenerationResult:
+    """A finished row as returned: ``text`` cut before its stop string (module docstring)."""
+    text = decode(row.tokens) if decode is not None else None
+    if text is not None and row.stop_at is not None:
+        text = text[: row.stop_at]
+    return GenerationResult(row.tokens, row.finish_reason or "length", text)

@@ -166,18 +166,26 @@ def hf_to_mm15_state_dict(hf_sd: dict[str, Tensor], cfg: LMConfig) -> dict[str, 
 def mm15_to_hf_state_dict(sd: dict[str, Tensor], cfg: LMConfig) -> dict[str, Tensor]:
     """The inverse of :func:`hf_to_mm15_state_dict` (tied: no ``lm_head.weight``, as HF saves)."""
     check_state_dict(sd, cfg, "decoder state dict")
-    top = {v: k for k, v in _TOP_NAMES.items()}
-    layer = {v: k for k, v in _LAYER_NAMES.items()}
     out = {}
     for name, t in sd.items():
-        m = _OUR_LAYER.fullmatch(name)
-        if name in top:
-            out[top[name]] = t
-        elif m and m.group(2) in layer:
-            out[f"model.layers.{m.group(1)}.{layer[m.group(2)]}.{m.group(3)}"] = t
-        else:
+        hf = hf_name(name)
+        if hf is None:
             raise ValueError(f"decoder tensor {name!r} has no HF counterpart")
+        out[hf] = t
     return out
+
+
+def hf_name(name: str) -> str | None:
+    """The HF Llama/Qwen2 name of :class:`Decoder` tensor ``name``; None when HF Llama/Qwen2 has
+    none (an MoE layer's router and experts: mm15.hf.weights names those)."""
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    layer = {v: k for k, v in _LAYER_NAMES.items()}
+    m = _OUR_LAYER.fullmatch(name)
+    if name in top:
+        return top[name]
+    if m and m.group(2) in layer:
+        return f"model.layers.{m.group(1)}.{layer[m.group(2)]}.{m.group(3)}"
+    return None
 
 
 def load_hf_decoder(path: str | Path) -> tuple[LMConfig, dict[str, Tensor]]:

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm15.config import ModelConfig
+from mm15.model.attention import KVCache
 from mm15.model.connector import CAbstractor
-from mm15.model.lm import Decoder, DecoderOutput, KVCache
+from mm15.model.lm import Decoder, DecoderOutput
 from mm15.model.vision import VisionTransformer
 
 IGNORE_INDEX = -100

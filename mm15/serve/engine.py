@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mm15.data.pipeline import EncodedPrompt
+from mm15.data.prompt_encoding import EncodedPrompt
 from mm15.model.generate import GREEDY_BELOW, TokenCallback
 from mm15.serve.config import EngineConfig
 from mm15.services.inference import GenerationSettings, generate_encoded

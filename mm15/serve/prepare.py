@@ -19,11 +19,13 @@ from PIL import Image
 
 from mm15.data.coord_parse import parse_regions
 from mm15.data.coords import Box
-from mm15.data.pipeline import EncodedPrompt, encode_example, format_sample
+from mm15.data.pipeline import format_sample
+from mm15.data.prompt_encoding import EncodedPrompt, encode_example
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
-from mm15.serve.config import ServeConfig
+from mm15.serve.config import LimitsConfig, ServeConfig
 from mm15.serve.engine import SamplingParams
-from mm15.serve.media import Fetcher, load_image_url
+from mm15.serve.fetch import Fetcher
+from mm15.serve.media import load_image_url
 from mm15.serve.schemas import APIError, ChatRequest, ImagePart
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -75,8 +77,26 @@ def check_request(
     req: ChatRequest, cfg: ServeConfig, *, max_prompt_bytes: int | None = None
 ) -> SamplingParams:
     """Everything that can be checked without images and without tokenising; the sampling
-    settings.  ``max_prompt_bytes``: see :func:`prompt_bytes_limit`."""
-    lim = cfg.limits
+    settings.  ``max_prompt_bytes``: see :func:`prompt_bytes_limit`.  The checks run in this
+    order, so a request with several faults always gets the same error."""
+    _check_model_and_features(req, cfg)
+    max_tokens = _max_tokens(req, cfg.limits)
+    stop = _stop_strings(req, cfg.limits)
+    _check_images(req, cfg.limits)
+    _check_text_bytes(req, max_prompt_bytes)
+    temperature = cfg.default_temperature if req.temperature is None else req.temperature
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        seed=req.seed,
+        stop=tuple(stop),
+    )
+
+
+def _check_model_and_features(req: ChatRequest, cfg: ServeConfig) -> None:
+    """404 for another model's name; 400 for OpenAI features mm15 serve does not have."""
     if req.model != cfg.model_name:
         raise APIError(
             404,
@@ -91,6 +111,9 @@ def check_request(
     ):
         if bad:
             raise _bad(f"{name} is not supported by mm15 serve (n must be 1)", name, "unsupported")
+
+
+def _max_tokens(req: ChatRequest, lim: LimitsConfig) -> int:
     if req.max_tokens and req.max_completion_tokens and req.max_tokens != req.max_completion_tokens:
         raise _bad("max_tokens and max_completion_tokens disagree", "max_tokens")
     max_tokens = req.max_completion_tokens or req.max_tokens or lim.default_max_tokens
@@ -100,9 +123,18 @@ def check_request(
             "max_tokens",
             "max_tokens_too_large",
         )
+    return max_tokens
+
+
+def _stop_strings(req: ChatRequest, lim: LimitsConfig) -> list[str]:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > lim.max_stop or any(not s for s in stop):
         raise _bad(f"stop: at most {lim.max_stop} non-empty strings, got {stop!r}", "stop")
+    return stop
+
+
+def _check_images(req: ChatRequest, lim: LimitsConfig) -> None:
+    """Images only in user messages, at most ``max_images`` in the whole conversation."""
     n_images = 0
     for i, msg in enumerate(req.messages):
         parts = msg.content if isinstance(msg.content, list) else []
@@ -119,6 +151,9 @@ def check_request(
             "messages",
             "too_many_images",
         )
+
+
+def _check_text_bytes(req: ChatRequest, max_prompt_bytes: int | None) -> None:
     n_bytes = _text_bytes(req)
     if max_prompt_bytes is not None and n_bytes > max_prompt_bytes:
         raise _bad(
@@ -127,15 +162,6 @@ def check_request(
             "messages",
             "prompt_too_long",
         )
-    temperature = cfg.default_temperature if req.temperature is None else req.temperature
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        seed=req.seed,
-        stop=tuple(stop),
-    )
 
 
 class PixelBudget:

@@ -7,7 +7,7 @@ become media parts; with no placeholder the media are prepended to the first use
 next to a media part loses its adjacent whitespace), earlier replies become assistant messages,
 and :func:`~mm15.data.pipeline.format_sample` with ``for_generation`` renders the chat template the
 model was trained with (``ModelConfig.format`` of its checkpoint, by default
-``User: …\\nAssistant: …[EOS]\\n…Assistant: ``).  Image tokens and tiles come from the one input
+``User: …\\nAssistant:\\n…[EOS]\\n…Assistant:\\n``).  Image tokens and tiles come from the one input
 pipeline (:mod:`mm15.data.pipeline`); ``n_min`` / ``n_max`` may be raised at inference without retraining
 (Table 2).
 
@@ -44,7 +44,9 @@ from mm15.data.coord_parse import ParsedRegion, ParseIssue, parse_regions
 from mm15.data.coords import Box, CoordinateError, Point
 from mm15.data.draw import draw_on_images
 from mm15.data.image_io import open_image
-from mm15.data.pipeline import EncodedPrompt, Example, format_sample, materialize_pixels
+from mm15.data.pipeline import Example, format_sample
+from mm15.data.prompt_encoding import EncodedPrompt
+from mm15.data.sample_images import materialize_pixels
 from mm15.data.schema import Media, Message, Part, Region, Sample, SampleError
 from mm15.data.sources.conversation import ConversationFormat, build_messages
 from mm15.data.video import load_video_frames

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from mm15.config import ModelConfig, load_model_config, save_json
+from mm15.config import ModelConfig, load_model_config
+from mm15.config_json import save_json
 from mm15.data.chat_template import write_hf_tokenizer_config
 from mm15.model.hf_lm import load_hf_decoder
 from mm15.model.hf_vision import load_vision_encoder

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mm15.config import ImageConfig, ModelConfig, check_model_config, from_dict, to_dict
+from mm15.config import ImageConfig, ModelConfig, check_model_config
+from mm15.config_json import from_dict, to_dict
 
 
 def check_image_settings(settings: Mapping[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Multimodal generation: prompts with images in, text out.
 
-Each prompt is encoded by the input pipeline (:mod:`mm15.data.pipeline`: :func:`encode_prompt` for
+Each prompt is encoded by the input pipeline (:mod:`mm15.data.prompt_encoding`: :func:`encode_prompt` for
 text with ``<image>`` placeholders, :func:`encode_sample` for schema samples); all tiles of the batch are
 encoded in one encoder call; image features are placed at the image-token positions; the decoder
 then generates with its KV cache (:func:`mm15.model.generate.generate`).
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from mm15.data.pipeline import EncodedPrompt, encode_prompt, encode_sample
+from mm15.data.prompt_encoding import EncodedPrompt, encode_prompt, encode_sample
 from mm15.data.schema import Sample
 from mm15.model.generate import GenerationResult, TokenCallback, generate
 from mm15.model.mm15 import MM15
@@ -66,7 +66,7 @@ def generate_for_samples(
     settings: GenerationSettings | None = None,
 ) -> list[GenerationResult]:
     """Answer schema samples (their user turns) with the chat template the model was trained
-    with, ``model.cfg.format`` from its checkpoint (:func:`mm15.data.pipeline.encode_sample`)."""
+    with, ``model.cfg.format`` from its checkpoint (:func:`mm15.data.prompt_encoding.encode_sample`)."""
     encoded = [encode_sample(s, tokenizer=tokenizer, model_cfg=model.cfg) for s in samples]
     return _generate(model, tokenizer, encoded, settings or GenerationSettings())
 

@@ -15,14 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mm15.config import (
-    FormatConfig,
-    ImageConfig,
-    MixtureConfig,
-    ModelConfig,
-    PackingConfig,
-    load_model_config,
-)
+from mm15.config import FormatConfig, ImageConfig, ModelConfig, load_model_config
+from mm15.data.config import MixtureConfig, PackingConfig
 from mm15.data.registry import RegistryEntry
 from mm15.train.optim import OptimConfig
 from mm15.train.parallel import ParallelConfig

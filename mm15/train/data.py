@@ -27,12 +27,14 @@ from typing import Any, Literal
 
 import torch
 
-from mm15.config import ModelConfig, SourceConfig
+from mm15.config import ModelConfig
+from mm15.data.config import SourceConfig
 from mm15.data.mixture import build_sampler
 from mm15.data.packing import PackedRow, Packer, collate
-from mm15.data.pipeline import IGNORE_INDEX, Example, format_sample, materialize_pixels
+from mm15.data.pipeline import IGNORE_INDEX, Example, format_sample
 from mm15.data.registry import RegistryEntry, resolve_dataset
 from mm15.data.registry import registry as registry_entries
+from mm15.data.sample_images import materialize_pixels
 from mm15.data.schema import SampleError
 from mm15.data.sources import open_source
 from mm15.tokenizer import MM15Tokenizer

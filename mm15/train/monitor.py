@@ -2,7 +2,7 @@
 
 ``run_dir/metrics.jsonl`` holds one JSON object per line, appended and flushed per record, written
 by rank 0 only.  Every record has ``step`` (the global optimiser-step count *after* the update,
-the number passed to :func:`mm15.train.resume.save_training_state`), ``stage`` (the stage
+the number passed to :func:`mm15.train.state_save.save_training_state`), ``stage`` (the stage
 name) and ``time`` (Unix seconds), plus the scalars logged.  Non-finite numbers are written as
 ``null`` (strict JSON; a null loss means the step diverged).
 

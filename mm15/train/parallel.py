@@ -40,7 +40,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from mm15.model.lm import AttentionKernel
+from mm15.model.attention import AttentionKernel
 from mm15.model.mm15 import MM15
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -69,7 +69,7 @@ class ParallelConfig:
     without torchrun ignores ``strategy`` and the FSDP2 settings."""
 
     strategy: Literal["none", "ddp", "fsdp2"] = "fsdp2"
-    # Packed-document attention (mm15.model.lm): "sdpa" dense mask, runs everywhere; "flex" block
+    # Packed-document attention (mm15.model.attention): "sdpa" dense mask, runs everywhere; "flex" block
     # mask, the fast path on CUDA (torch 2.13 has no flex backward on CPU).
     attention: AttentionKernel = "sdpa"
     # Shorthand for full recomputation: "decoder" = every decoder block, "all" = also every ViT

@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from mm15.config import (
+from mm15.config import ModelConfig
+from mm15.data.config import (
     CPTWeights,
+    FlatWeights,
     MixtureConfig,
-    ModelConfig,
     PackingConfig,
     PretrainWeights,
+    SFTWeights,
     SourceConfig,
 )
 from mm15.data.registry import RegistryStage, stage_entries
@@ -57,7 +59,7 @@ def paper_stages(model: ModelConfig) -> list[StageConfig]:
             warmup_steps=2000,
             image=low_res,
             optim=OptimConfig(kind="adamw"),
-            mixture=MixtureConfig(rule="pretrain", pretrain=PretrainWeights(), sources=pre_src),
+            mixture=MixtureConfig(weights=PretrainWeights(), sources=pre_src),
             datasets=pre_ds,
             packing=PackingConfig(seq_len=4096, max_images_per_sequence=16),
         ),
@@ -69,7 +71,7 @@ def paper_stages(model: ModelConfig) -> list[StageConfig]:
             lr=1e-5,
             warmup_steps=500,
             optim=ADAFACTOR,
-            mixture=MixtureConfig(rule="cpt", cpt=CPTWeights(), sources=ocr_src),
+            mixture=MixtureConfig(weights=CPTWeights(), sources=ocr_src),
             datasets=ocr_ds,
         ),
         StageConfig(
@@ -80,7 +82,7 @@ def paper_stages(model: ModelConfig) -> list[StageConfig]:
             lr=2e-5,
             warmup_steps=500,
             optim=ADAFACTOR,
-            mixture=MixtureConfig(rule="sft", sources=sft_src),
+            mixture=MixtureConfig(weights=SFTWeights(), sources=sft_src),
             datasets=sft_ds,
         ),
     ]
@@ -114,7 +116,7 @@ def variant_sft(size: str, kind: str) -> TrainConfig:
         lr=2e-5,
         warmup_steps=500,
         optim=ADAFACTOR,
-        mixture=MixtureConfig(rule="flat", sources=src),
+        mixture=MixtureConfig(weights=FlatWeights(), sources=src),
         datasets=ds,
         packing=packing,
     )
@@ -142,7 +144,7 @@ def finetune() -> TrainConfig:
         lr=2e-5,
         warmup_steps=0,
         optim=ADAFACTOR,
-        mixture=MixtureConfig(rule="flat"),
+        mixture=MixtureConfig(weights=FlatWeights()),
         datasets=[],
     )
     return TrainConfig(

@@ -62,29 +62,18 @@ def train_step(
     for i, mb in enumerate(micro_batches):
         # Gradients of all micro-batches but the last accumulate locally (no collective).
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else skip_grad_sync(model)
-        targets_BT = next_token_targets(mb["labels_BT"], mb["document_ids_BT"])
-        has_target_BT = F.pad(targets_BT != IGNORE_INDEX, (0, 1))  # position t predicts t + 1
-        with sync, autocast or contextlib.nullcontext():
-            out = model(
-                mb["input_ids_BT"],
-                pixels_NCHW=mb.get("pixels_NCHW"),
-                position_ids_BT=mb["position_ids_BT"],
-                document_ids_BT=mb["document_ids_BT"],
-                always_encode=world_size > 1,
-                logits_at_BT=has_target_BT,
-            )
-            # Logits only where there is a target (same loss and gradients as all positions).
-            total = F.cross_entropy(
-                out.logits.float(), targets_BT[targets_BT != IGNORE_INDEX], reduction="sum"
-            )
-            loss = total * scale
-            if out.aux_loss is not None:
-                loss = loss + out.aux_loss / len(micro_batches)
-                aux_sum += out.aux_loss.detach() / len(micro_batches)
-                stats = out.decoder.moe_stats.tokens_per_expert
-                experts = stats if experts is None else experts + stats
-            loss.backward()
-        loss_sum += total.detach()
+        total, aux, stats = _forward_backward(
+            model,
+            mb,
+            context=(sync, autocast or contextlib.nullcontext()),
+            scale=scale,
+            n_micro=len(micro_batches),
+            always_encode=world_size > 1,
+        )
+        if aux is not None:
+            aux_sum += aux
+            experts = stats if experts is None else experts + stats
+        loss_sum += total
     grad_norm = _clip(model, grad_clip)
     bad = torch.tensor(
         float(not (math.isfinite(grad_norm) and torch.isfinite(loss_sum).item())), device=device
@@ -103,6 +92,44 @@ def train_step(
         skipped=skipped,
         tokens_per_expert=experts,
     )
+
+
+def _forward_backward(
+    model: MM15,
+    mb: dict[str, Tensor],
+    *,
+    context: tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager],
+    scale: float,
+    n_micro: int,
+    always_encode: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Forward and backward one micro-batch under ``context`` (gradient sync, autocast);
+    returns its summed next-token loss, its share of the MoE aux loss and its tokens per expert
+    (detached; None for a dense model)."""
+    targets_BT = next_token_targets(mb["labels_BT"], mb["document_ids_BT"])
+    has_target_BT = F.pad(targets_BT != IGNORE_INDEX, (0, 1))  # position t predicts t + 1
+    sync, autocast = context
+    aux = stats = None
+    with sync, autocast:
+        out = model(
+            mb["input_ids_BT"],
+            pixels_NCHW=mb.get("pixels_NCHW"),
+            position_ids_BT=mb["position_ids_BT"],
+            document_ids_BT=mb["document_ids_BT"],
+            always_encode=always_encode,
+            logits_at_BT=has_target_BT,
+        )
+        # Logits only where there is a target (same loss and gradients as all positions).
+        total = F.cross_entropy(
+            out.logits.float(), targets_BT[targets_BT != IGNORE_INDEX], reduction="sum"
+        )
+        loss = total * scale
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss / n_micro
+            aux = out.aux_loss.detach() / n_micro
+            stats = out.decoder.moe_stats.tokens_per_expert
+        loss.backward()
+    return total.detach(), aux, stats
 
 
 def _count_targets(mb: dict[str, Tensor]) -> int:

@@ -25,31 +25,26 @@ module                    formats
 ``video_qa``              VideoChat2-IT ``QA`` JSON; ActivityNet-QA q/a join or lmms-eval table
 ``text_boxes``            boxes inside conversation text (DocOwl ``<bbox>``, LLaVA floats)
 ``canonical``             canonical JSONL (``sample_to_json`` lines), and shared helpers
+``rows``                  random access to Parquet / Arrow / JSON(L) rows, image cells (shared)
 ========================  =====================================================================
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = (
-    "conversation",
-    "table",
-    "captions",
-    "pdf_ocr",
-    "rendered_text",
-    "obelics",
-    "canonical",
-    "text",
-    "synthdog",
-    "coco_captions",
-    "refcoco",
-    "videochat2",
-    "activitynet_qa",
-)
-# kind → (module, class) of the readers whose options are all plain keyword arguments
-_SIMPLE = {
+# kind → (module of mm15.data.sources, reader class); every other key of a spec is the reader's
+# keyword argument (a table's ``columns`` and a conversation ``fmt`` are built from plain data).
+_READERS = {
+    "conversation": ("conversation", "ConversationReader"),
+    "table": ("table", "TableReader"),
+    "captions": ("wds", "CaptionShards"),
+    "pdf_ocr": ("wds", "PdfOcrShards"),
+    "rendered_text": ("wds", "RenderedTextShards"),
+    "obelics": ("obelics", "ObelicsReader"),
+    "canonical": ("canonical", "CanonicalReader"),
     "text": ("text", "TextReader"),
     "synthdog": ("synthdog", "SynthdogReader"),
     "coco_captions": ("coco", "CocoCaptionsReader"),
@@ -57,6 +52,7 @@ _SIMPLE = {
     "videochat2": ("video_qa", "VideoChat2Reader"),
     "activitynet_qa": ("video_qa", "ActivityNetQAReader"),
 }
+KINDS = tuple(_READERS)
 
 
 def open_source(spec: Mapping[str, Any]) -> Any:
@@ -74,60 +70,37 @@ def open_source(spec: Mapping[str, Any]) -> Any:
     paths = kwargs.pop("paths", None)
     if paths is None:
         raise ValueError(f"source spec {dict(spec)} has no 'paths'")
+    if kind not in _READERS:
+        raise ValueError(f"source spec has kind {kind!r}; expected one of {KINDS}")
     if isinstance(kwargs.get("fmt"), Mapping):
         from mm15.data.sources.conversation import ConversationFormat
 
         kwargs["fmt"] = ConversationFormat(**kwargs["fmt"])
-    if kind == "conversation":
-        from mm15.data.sources.conversation import ConversationReader
-
-        return ConversationReader(paths, **kwargs)
     if kind == "table":
-        from mm15.data.sources.table import COLUMN_MAPS, ColumnMap, TableReader
+        kwargs["columns"] = _column_map(kwargs.pop("columns", None))
+    module, cls = _READERS[kind]
+    return getattr(importlib.import_module(f"mm15.data.sources.{module}"), cls)(paths, **kwargs)
 
-        cols = kwargs.pop("columns", None)
-        if isinstance(cols, str):
-            if cols not in COLUMN_MAPS:
-                raise ValueError(f"unknown column map {cols!r}; presets: {sorted(COLUMN_MAPS)}")
-            cols = COLUMN_MAPS[cols]
-        elif isinstance(cols, Mapping):
-            try:
-                cols = ColumnMap(
-                    **{k: tuple(v) if isinstance(v, list) else v for k, v in cols.items()}
-                )
-            except TypeError as e:  # an unknown field name
-                raise ValueError(
-                    f"columns: {e}; ColumnMap fields are images, texts, messages, "
-                    "question, system, answer, answers, options, box, "
-                    "box_convention, id, row_source"
-                ) from None
-        else:
-            raise ValueError(
-                f"a table needs the option 'columns': one of {sorted(COLUMN_MAPS)} "
-                'or a dict of ColumnMap fields, e.g. {"question": ["prompt"], '
-                '"answer": "response"}'
-            )
-        return TableReader(paths, columns=cols, **kwargs)
-    if kind in ("captions", "pdf_ocr", "rendered_text"):
-        from mm15.data.sources import wds
 
-        cls = {
-            "captions": wds.CaptionShards,
-            "pdf_ocr": wds.PdfOcrShards,
-            "rendered_text": wds.RenderedTextShards,
-        }[kind]
-        return cls(paths, **kwargs)
-    if kind == "obelics":
-        from mm15.data.sources.obelics import ObelicsReader
+def _column_map(cols: Any) -> Any:
+    """A table's ``columns`` option: a preset name of ``COLUMN_MAPS`` or a dict of fields."""
+    from mm15.data.sources.table import COLUMN_MAPS, ColumnMap
 
-        return ObelicsReader(paths, **kwargs)
-    if kind == "canonical":
-        from mm15.data.sources.canonical import CanonicalReader
-
-        return CanonicalReader(paths, **kwargs)
-    if kind in _SIMPLE:
-        import importlib
-
-        module, cls = _SIMPLE[kind]
-        return getattr(importlib.import_module(f"mm15.data.sources.{module}"), cls)(paths, **kwargs)
-    raise ValueError(f"source spec has kind {kind!r}; expected one of {KINDS}")
+    if isinstance(cols, str):
+        if cols not in COLUMN_MAPS:
+            raise ValueError(f"unknown column map {cols!r}; presets: {sorted(COLUMN_MAPS)}")
+        return COLUMN_MAPS[cols]
+    if not isinstance(cols, Mapping):
+        raise ValueError(
+            f"a table needs the option 'columns': one of {sorted(COLUMN_MAPS)} "
+            'or a dict of ColumnMap fields, e.g. {"question": ["prompt"], '
+            '"answer": "response"}'
+        )
+    try:
+        return ColumnMap(**{k: tuple(v) if isinstance(v, list) else v for k, v in cols.items()})
+    except TypeError as e:  # an unknown field name
+        raise ValueError(
+            f"columns: {e}; ColumnMap fields are images, texts, messages, "
+            "question, system, answer, answers, options, box, "
+            "box_convention, id, row_source"
+        ) from None

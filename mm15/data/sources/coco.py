@@ -29,7 +29,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mm15.data.coords import BoxConvention, CoordinateError, to_box
+from mm15.data.coord_conventions import BoxConvention, to_box
+from mm15.data.coords import CoordinateError
 from mm15.data.schema import Category, Media, Message, Part, Region, Sample, SampleError, Stage
 from mm15.data.sources.canonical import (
     PathLike,
@@ -40,8 +41,8 @@ from mm15.data.sources.canonical import (
     media_under_root,
     parse_json,
 )
+from mm15.data.sources.rows import RowStore, image_media
 from mm15.data.sources.synthdog import ocr_messages
-from mm15.data.sources.table import RowStore, image_media
 
 REFER_PROMPT = "Where is {phrase}? Answer with a bounding box."  # as mm15.eval.tasks asks
 

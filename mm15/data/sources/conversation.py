@@ -11,7 +11,7 @@ record from its keys:
 * **Mantis local JSON**: ``images`` list (strings or ``{path}``) with ``<image>`` in order.
 * **Ferret GRIT / Ferret-UI**: ``<bbox_locationN>`` in turn ``t`` refers to
   ``box_x1y1x2y2[t][N]`` (pixel xyxy on the original image, converted once by
-  :func:`mm15.data.coords.to_box`); ``Media.size`` comes from the image header and must equal
+  :func:`mm15.data.coord_conventions.to_box`); ``Media.size`` comes from the image header and must equal
   ``image_w`` / ``image_h`` when given.  Each such box is one :class:`Region` and a region part.
 * **Boxes in the text** (DocOwl ``<bbox>`` 0..999, LLaVA-665k ``[0.12, …]`` on the padded
   square): the ``text_boxes`` option converts them to regions
@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mm15.data.coords import BoxConvention, CoordinateError, to_box
+from mm15.data.coord_conventions import BoxConvention, to_box
+from mm15.data.coords import CoordinateError
 from mm15.data.schema import (
     Category,
     Media,

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from mm15.data.schema import Category, Media, Message, Part, Sample, SampleError, Stage
 from mm15.data.sources.canonical import PathLike, as_paths, finish, parse_json
-from mm15.data.sources.table import RowStore
+from mm15.data.sources.rows import RowStore
 
 PARAGRAPH_SEP = "\n\n"
 

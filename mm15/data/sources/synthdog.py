@@ -17,7 +17,7 @@ from typing import Any
 
 from mm15.data.schema import Category, Message, Part, Sample, SampleError, Stage
 from mm15.data.sources.canonical import PathLike, as_paths, finish, parse_json
-from mm15.data.sources.table import RowStore, image_media
+from mm15.data.sources.rows import RowStore, image_media
 
 
 def ocr_messages(text: str, prompt: str | None) -> list[Message]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from mm15.data.schema import Category, Message, Part, Sample, SampleError, Stage
 from mm15.data.sources.canonical import PathLike, as_paths, finish
-from mm15.data.sources.table import RowStore
+from mm15.data.sources.rows import RowStore
 
 
 class TextReader:

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from mm15.data.coords import PIXEL_TOL, CoordinateError, to_box
+from mm15.data.coord_conventions import to_box
+from mm15.data.coords import PIXEL_TOL, CoordinateError
 from mm15.data.schema import Media, Message, Part, Region, SampleError
 from mm15.data.sources.canonical import coord_error, header_size
 

@@ -31,7 +31,7 @@ from mm15.data.sources.conversation import (
     _media_path,
     build_messages,
 )
-from mm15.data.sources.table import RowStore
+from mm15.data.sources.rows import RowStore
 
 ANET_COLUMNS = ("video_name", "question", "answer", "question_id")
 

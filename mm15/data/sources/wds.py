@@ -37,7 +37,8 @@ from typing import Any
 
 import pypdfium2 as pdfium
 
-from mm15.data.coords import PIXEL_TOL, CoordinateError, to_box
+from mm15.data.coord_conventions import to_box
+from mm15.data.coords import PIXEL_TOL, CoordinateError
 from mm15.data.schema import Category, Media, Message, Part, Region, Sample, SampleError, Stage
 from mm15.data.sources.canonical import (
     PathLike,

@@ -43,7 +43,7 @@ from PIL import Image
 from mm15.data.coords import Box, format_box
 from mm15.data.schema import Category, Media, Message, Part, Sample, Stage
 from mm15.demo.data import images as si
-from mm15.demo.data.builders import (
+from mm15.demo.data.drafts import (
     DIRECTIONS,
     LETTERS,
     REGIONS,
@@ -52,22 +52,26 @@ from mm15.demo.data.builders import (
     Draft,
     Metric,
     Split,
-    _add_image,
-    _add_text,
-    _caption,
-    _colour_q,
-    _common_colour,
-    _count,
-    _direction,
-    _facts,
-    _find_image,
-    _ground,
-    _grounded_caption,
     _held_out_word,
+)
+from mm15.demo.data.pretrain_builders import (
+    _caption,
+    _facts,
+    _grounded_caption,
     _interleaved,
     _object_caption,
     _ocr_page,
     _ocr_words,
+)
+from mm15.demo.data.sft_builders import (
+    _add_image,
+    _add_text,
+    _colour_q,
+    _common_colour,
+    _count,
+    _direction,
+    _find_image,
+    _ground,
     _refer,
     _region,
     _rev_held_out,
