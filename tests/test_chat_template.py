@@ -345,3 +345,20 @@ def test_bpe_labels_train_what_the_byte_tokenizer_trains(shapes, bpe, fmt_name):
     # the legacy "Assistant: "); the default and "### Assistant:\n" end at a newline.
     assert bool(straddles) == prefix_merges(bpe, fmt.assistant_prefix), fmt_name
     assert prefix_merges(bpe, fmt.assistant_prefix) == (fmt_name in ("legacy", "odd"))
+
+
+def test_data_check_reports_an_assistant_prefix_that_merges_into_answers(bpe):
+    """`mm15 data check` names the stage whose format would make generation prompts end on a
+    token that no answer followed in training (the legacy "Assistant: " with this BPE)."""
+    from mm15.data.check import check_config
+    from mm15.overrides import apply_overrides
+    from mm15.train.recipes import get_train_preset
+
+    base = get_train_preset("finetune")
+    legacy = apply_overrides(
+        base, [f"model.format.assistant_prefix={json.dumps(LEGACY_ASSISTANT_PREFIX)}"]
+    )
+    merging = [p for p in check_config(legacy, tokenizer=bpe).problems if "merges" in p]
+    assert len(merging) == len(legacy.stages) and "'Assistant: '" in merging[0]
+    assert not [p for p in check_config(base, tokenizer=bpe).problems if "merges" in p]
+    assert not [p for p in check_config(legacy, tokenizer=TOK).problems if "merges" in p]

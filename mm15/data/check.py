@@ -120,15 +120,15 @@ def check_config(
     start = model_format(cfg)
     for index in range(len(cfg.stages)):
         stage, model_cfg = _as_run(cfg, index, start, tokenizer)
-        _check_format(run, stage, model_cfg)
+        _check_format(run, stage)
         report.stages.append(_check_stage(run, stage, model_cfg))
     return report
 
 
-def _check_format(run: _Run, stage: StageConfig, model_cfg: ModelConfig) -> None:
+def _check_format(run: _Run, stage: StageConfig) -> None:
     """A format whose assistant prefix merges into the answer under the run's tokenizer trains
     answers that no generation prompt can lead into (mm15.data.token_stream)."""
-    prefix = model_cfg.format.assistant_prefix
+    prefix = stage.format.assistant_prefix  # resolved by _as_run
     if prefix_merges(run.tok, prefix):
         run.problems.append(
             f"stage {stage.name}: format.assistant_prefix {prefix!r} merges into the first "
