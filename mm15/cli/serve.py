@@ -102,6 +102,14 @@ def register(sub) -> None:
         help="close connections whose request head takes longer",
     )
     add_config_args(p, example="limits.max_images=8")
+    _add_media_flags(p)
+    _add_limit_flags(p)
+    add_image_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_media_flags(p: argparse.ArgumentParser) -> None:
+    """Which image URLs a request may use, and the bounds on fetching and decoding them."""
     g = p.add_argument_group("media (image_url)")
     g.add_argument(
         "--allow-fetch",
@@ -118,6 +126,10 @@ def register(sub) -> None:
         type=int,
         help="decoded pixels all requests being prepared may hold together",
     )
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """Per-request limits (4xx past them) and the batching engine's sizes (429 past them)."""
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-images", type=int)
     g.add_argument("--max-body-bytes", type=int)
@@ -155,8 +167,6 @@ def register(sub) -> None:
         type=float,
         help="how long an idle worker waits for requests still being prepared",
     )
-    add_image_flags(p)
-    p.set_defaults(func=cmd_serve)
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
