@@ -3,8 +3,18 @@
 #   TORCH_SPEC  the torch requirement to install first (default: the CPU-friendly pin below;
 #               on a GPU machine e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index configured)
 #   PYTHON      the interpreter that creates the venv (default: python3)
+# --with-vllm   also make .venv-vllm (scripts/setup-vllm.sh: vLLM and the mm15 plugin, ~4 GB)
+#               for the vLLM test tier; where it cannot be installed, say so and go on (those
+#               tests then skip, saying why).  The README's test command passes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_vllm=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-vllm) with_vllm=1 ;;
+    *) echo "setup: unknown argument $arg (known: --with-vllm)" >&2; exit 2 ;;
+  esac
+done
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
@@ -36,4 +46,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     echo "setup: chromium/chromedriver not found (install Debian's chromium chromium-driver);" \
       "the browser test will skip" >&2
   fi
+fi
+if [ "$with_vllm" = 1 ]; then
+  bash scripts/setup-vllm.sh \
+    || echo "setup: vLLM could not be installed (see above); tests/test_vllm_plugin.py will skip" >&2
 fi
