@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import typing
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ from mm15.config_json import from_dict, to_dict
 from mm15.data.config import (
     CPTWeights,
     FlatWeights,
-    MixCategory,
     MixtureConfig,
     PackingConfig,
     PretrainWeights,
@@ -27,7 +25,6 @@ from mm15.data.mixture import (
     mixture_weights,
     sft_category_weights,
 )
-from mm15.data.schema import Category
 
 # §4 / MM1.5 §3–4: the final SFT shares (%) the paper reports.
 PAPER_SFT_SHARES = {
@@ -96,10 +93,6 @@ STAGE3 = {
     "orca": ("text_only", 200),
     "dolly": ("text_only", 11),
 }
-
-
-def test_config_categories_match_the_schema():
-    assert typing.get_args(MixCategory) == typing.get_args(Category)
 
 
 def test_data_configs_round_trip_through_json_including_lists_of_sources():

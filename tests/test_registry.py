@@ -15,9 +15,10 @@ import pytest
 from registry_fixtures import BUILDERS, write_registry_fixtures
 
 from mm15.cli import main
-from mm15.data.config import MixCategory, PackingConfig
+from mm15.data.config import PackingConfig
 from mm15.data.coord_conventions import BoxConvention
 from mm15.data.registry import builtin_entries, registry
+from mm15.data.schema import Category
 from mm15.data.sources import KINDS
 from mm15.presets import get_preset
 from mm15.train.config import TrainConfig
@@ -39,7 +40,7 @@ def test_registry_entries_are_complete_and_consistent():
     entries = builtin_entries()
     names = [e.name for e in entries]
     assert len(names) == len(set(names))
-    categories = set(typing.get_args(MixCategory))
+    categories = set(typing.get_args(Category))
     conventions = {*typing.get_args(BoxConvention), "none"}
     for e in entries:
         assert e.kind in KINDS, e.name

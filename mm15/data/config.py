@@ -19,25 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-# The categories a mixture source may have; equal to mm15.data.schema.Category (a test checks).
-MixCategory = Literal[
-    "caption",
-    "interleaved",
-    "text",
-    "ocr",
-    "synthetic_caption",
-    "general",
-    "text_rich",
-    "refer_ground",
-    "science",
-    "math",
-    "code",
-    "multi_image",
-    "text_only",
-    "video",
-    "ui",
-    "eval",
-]
+from mm15.data.schema import Category
+
 # How sources of one group share the group's weight: "equal" (stage 2: the four OCR sets are
 # "sampled equally", §3.3) or in proportion to their sizes ("by_size").
 Within = Literal["equal", "by_size"]
@@ -112,7 +95,7 @@ class SourceConfig:
     """One data source of a mixture."""
 
     name: str  # e.g. "cauldron/chartqa"; the key of its dataset
-    category: MixCategory
+    category: Category  # mm15.data.schema: the one list of categories
     size: int | None = None  # samples counted for "by_size" weights; None: len(dataset)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from mm15.data.config import MixCategory
+from mm15.data.schema import Category
 from mm15.errors import validation_summary
 
 RegistryStage = Literal["pretrain", "cpt", "sft", "video", "ui"]
@@ -34,7 +34,7 @@ class RegistryEntry:
 
     name: str
     stage: RegistryStage
-    category: MixCategory
+    category: Category
     kind: str
     dir: str
     files: list[str]

@@ -32,6 +32,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mm15.hf.configuration import MM15Config
 from mm15.model.connector import CAbstractor
+from mm15.model.mm15 import place_image_features
 from mm15.model.vision import VisionTransformer
 
 
@@ -108,20 +109,14 @@ class MM15ForConditionalGeneration(PreTrainedModel, GenerationMixin):
         is_image_BT = input_ids == self.config.image_token_id
         if pixel_values is None and not prefill:
             return embeds_BTD
-        n_slots = int(is_image_BT.sum())
-        n_tiles = 0 if pixel_values is None else pixel_values.shape[0]
-        k = self.connector.cfg.num_tokens
-        if n_slots != n_tiles * k:
-            raise ValueError(
-                f"the text has {n_slots} image-token positions but {n_tiles} tiles × {k} tokens "
-                f"= {n_tiles * k} image features were given; image tokens must be counted by "
-                "the mm15 processor (mm15's one input pipeline)"
-            )
-        if n_tiles == 0:
-            return embeds_BTD
-        image_ND = self.get_image_features(pixel_values).reshape(-1, embeds_BTD.shape[-1])
-        mask_BTD = is_image_BT.unsqueeze(-1).expand_as(embeds_BTD)
-        return embeds_BTD.masked_scatter(mask_BTD, image_ND.to(embeds_BTD.dtype))
+        return place_image_features(
+            embeds_BTD,
+            is_image_BT,
+            pixel_values,
+            encode_tiles=self.get_image_features,
+            tokens_per_tile=self.connector.cfg.num_tokens,
+            counted_by="the mm15 processor (mm15's one input pipeline)",
+        )
 
     # ---- forward -------------------------------------------------------------------------------
 

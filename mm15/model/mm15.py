@@ -12,6 +12,7 @@ Shape legend: B batch, T sequence, N tiles, K tokens per tile, D decoder width, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -70,20 +71,14 @@ class MM15(nn.Module):
             raise ValueError("ModelConfig.image_token_id is not set; take it from the tokenizer")
         embeds_BTD = self.lm.embed(input_ids_BT)
         is_image_BT = input_ids_BT == self.cfg.image_token_id
-        n_slots = int(is_image_BT.sum())
-        n_tiles = 0 if pixels_NCHW is None else pixels_NCHW.shape[0]
-        k = self.cfg.connector.num_tokens
-        if n_slots != n_tiles * k:
-            raise ValueError(
-                f"the text has {n_slots} image-token positions but {n_tiles} tiles × {k} tokens "
-                f"= {n_tiles * k} image features were given; image tokens must be counted by "
-                "mm15.data.layout.plan_image"
-            )
-        if n_tiles == 0:
-            return embeds_BTD
-        image_ND = self.encode_tiles(pixels_NCHW).reshape(-1, embeds_BTD.shape[-1])
-        mask_BTD = is_image_BT.unsqueeze(-1).expand_as(embeds_BTD)
-        return embeds_BTD.masked_scatter(mask_BTD, image_ND.to(embeds_BTD.dtype))
+        return place_image_features(
+            embeds_BTD,
+            is_image_BT,
+            pixels_NCHW,
+            encode_tiles=self.encode_tiles,
+            tokens_per_tile=self.cfg.connector.num_tokens,
+            counted_by="mm15.data.layout.plan_image",
+        )
 
     # ---- forward ------------------------------------------------------------------------------
 
@@ -137,6 +132,35 @@ class MM15(nn.Module):
         return MM15Output(
             logits=out.logits, loss=loss, lm_loss=lm_loss, aux_loss=out.aux_loss, decoder=out
         )
+
+
+def place_image_features(
+    embeds_BTD: Tensor,
+    is_image_BT: Tensor,
+    pixels_NCHW: Tensor | None,
+    *,
+    encode_tiles: Callable[[Tensor], Tensor],
+    tokens_per_tile: int,
+    counted_by: str,
+) -> Tensor:
+    """``embeds_BTD`` with the tiles' image tokens at the image-placeholder positions (the
+    indicators and separators around them stay text, MM1.5 §3.5, Table 3).  Tiles fill the
+    positions in order, row by row through the batch, K tokens each; a count that does not
+    match is a ValueError naming ``counted_by``, the one place image tokens are counted."""
+    n_slots = int(is_image_BT.sum())
+    n_tiles = 0 if pixels_NCHW is None else pixels_NCHW.shape[0]
+    k = tokens_per_tile
+    if n_slots != n_tiles * k:
+        raise ValueError(
+            f"the text has {n_slots} image-token positions but {n_tiles} tiles × {k} tokens "
+            f"= {n_tiles * k} image features were given; image tokens must be counted by "
+            f"{counted_by}"
+        )
+    if pixels_NCHW is None or n_tiles == 0:
+        return embeds_BTD
+    image_ND = encode_tiles(pixels_NCHW).reshape(-1, embeds_BTD.shape[-1])
+    mask_BTD = is_image_BT.unsqueeze(-1).expand_as(embeds_BTD)
+    return embeds_BTD.masked_scatter(mask_BTD, image_ND.to(embeds_BTD.dtype))
 
 
 def next_token_loss(
