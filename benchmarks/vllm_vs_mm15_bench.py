@@ -30,8 +30,6 @@ import dataclasses
 import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,13 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from serve_bench import free_port, request_body, run_level, start_subprocess  # noqa: E402
-from vllm_fixtures import (  # noqa: E402
-    MAX_IMAGES,
-    _wait_healthy,
-    make_checkpoint,
-    vllm_env,
-    vllm_python,
-)
+from vllm_fixtures import make_checkpoint, vllm_python, vllm_server  # noqa: E402
 
 from mm15.tokenizer import byte_tokenizer  # noqa: E402
 
@@ -82,37 +74,6 @@ def tree_cpu_s(root: int) -> float:
         total += ticks.get(pid, 0)
         todo += [p for p, pp in parent.items() if pp == pid]
     return total / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def vllm_subprocess(
-    python: Path, model: Path, log: Path, *, prefix_caching: bool
-) -> Iterator[tuple[int, int]]:
-    """tests/vllm_fixtures.py's ``vllm_server`` command (it takes no extra flags), with vLLM's
-    prefix cache off unless ``prefix_caching``: every request here is the same, so with it on
-    vLLM would skip the vision tower and most of the prefill that mm15 serve does each time.
-    Yields the server's pid and port."""
-    args = ["--model", str(model), "--served-model-name", "bench", "--dtype", "float32"]
-    args += ["--max-model-len", "2048", "--enforce-eager", "--distributed-executor-backend", "uni"]
-    args += ["--limit-mm-per-prompt", json.dumps({"image": MAX_IMAGES}), "--host", "127.0.0.1"]
-    args += ["--port", str(port := free_port())]
-    args += [] if prefix_caching else ["--no-enable-prefix-caching"]
-    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", *args]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, env=vllm_env(python), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        _wait_healthy(proc, f"http://127.0.0.1:{port}/health", log, 600)
-        yield proc.pid, port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def settle(servers: dict[str, Server], step: float = 0.25, limit: float = 5.0) -> None:
@@ -194,9 +155,14 @@ def run(args: argparse.Namespace, python: Path, tmp: Path) -> tuple[dict, dict]:
     port = free_port()
     with _environ({"OMP_NUM_THREADS": str(args.mm15_threads)} if args.mm15_threads else {}):
         mm15_proc = start_subprocess(ckpt, port, args)  # inherits this process's environment
-    vllm = vllm_subprocess(python, hf, tmp / "vllm.log", prefix_caching=args.vllm_prefix_caching)
+    # Every request here is the same: with vLLM's prefix cache on it would skip the vision tower
+    # and most of the prefill that mm15 serve does each time.
+    extra = ["--served-model-name", "bench"]
+    extra += [] if args.vllm_prefix_caching else ["--no-enable-prefix-caching"]
+    vllm = vllm_server(python, hf, tmp / "vllm.log", extra_args=extra)
     try:
-        with vllm as (vllm_pid, vllm_port):
+        with vllm as srv:
+            vllm_pid, vllm_port = srv.pid, srv.port
             servers = {
                 MM15: Server(
                     port, request_body("bench", IMAGE_SIZE, args.max_tokens), mm15_proc.pid

