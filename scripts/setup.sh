@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install mm15 with everything its tests need, from this repo's own files.
 #   TORCH_SPEC  the torch requirement to install first (default: the CPU-friendly pin below;
-#               on a GPU machine e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index configured)
+#               on a GPU machine e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index configured;
+#               the lock pins torch 2.13.0 by version only, so any build of it satisfies it)
 #   PYTHON      the interpreter that creates the venv (default: python3)
 # --with-vllm   also make .venv-vllm (scripts/setup-vllm.sh: vLLM and the mm15 plugin, ~4 GB)
 #               for the vLLM test tier; where it cannot be installed, say so and go on (those
@@ -19,11 +20,14 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 # torch first and pinned: an unpinned torch pulls the newest build with GBs of CUDA packages.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# Every distribution at the version measured (scripts/lock.txt, written by scripts/lock.sh).
+LOCK=(-c scripts/lock.txt)
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${LOCK[@]}" \
+  "${TORCH_SPEC:-torch==2.13.0}"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${LOCK[@]}" -e ".[test]"
 # The lmms-eval harness for the mm15 plugin (docs/evaluation.md), without the dependencies it
 # declares: resolving them downgrades av and installs a CUDA torchvision that breaks transformers.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${LOCK[@]}" --no-deps \
   -r scripts/lmms-requirements.txt
 # Reference implementations for the parity tests (timm, open_clip and the torchvision they
 # import), kept out of site-packages; scripts/reference-requirements.txt says why.
