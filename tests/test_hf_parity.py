@@ -3,20 +3,24 @@
 For each decoder family (Llama, Qwen2 with QKV bias + tied embeddings + Llama-3 RoPE scaling,
 Qwen2-MoE), on tiny random fp32 checkpoints exported by ``mm15 export --hf``:
 ``AutoModelForImageTextToText.from_pretrained`` gives mm15's logits within 1e-5 on a chat with
-one image, with two images and text-only; greedy ``generate`` gives mm15's tokens; the
+one image, with two images, text-only, and an image with a video; greedy ``generate`` gives
+mm15's tokens; the
 processor's ``apply_chat_template`` and ``__call__`` give the ids and tiles of mm15's input
 pipeline (:func:`mm15.data.prompt_encoding.encode_sample` / ``encode_prompt``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import mm15  # noqa: F401  (registers the mm15 classes)
 from mm15.data.prompt_encoding import encode_prompt, encode_sample
 from mm15.data.schema import Media, Message, Part, Sample
+from mm15.hf.processing import MM15Processor
 from mm15.services.checkpoint import load_checkpoint
 from mm15.services.inference import GenerationSettings, generate_encoded
 from tests.hf_fixtures import VARIANTS, hf_export_fixture, picture  # noqa: F401  (fixture)
@@ -140,3 +144,66 @@ def test_a_wrong_image_token_count_names_both_numbers(pair):
     batch = processor(text="<image> x", images=[WIDE], return_tensors="pt")
     with pytest.raises(ValueError, match=r"image-token positions but 2 tiles"):
         hf(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"][:2])
+
+
+def _clip(folder, n_frames: int = 12) -> np.ndarray:
+    """A clip of ``n_frames`` random 80x60 frames, also written as PNG files to ``folder``."""
+    frames = np.stack([np.asarray(picture(80, 60, 10 + f)) for f in range(n_frames)])
+    folder.mkdir()
+    for f, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{f:03d}.png")
+    return frames
+
+
+@pytest.mark.parametrize("given_as", ["array", "frames", "folder"])
+def test_a_video_matches_mm15(pair, tmp_path, given_as):
+    """A chat with an image and a video: the export's template writes one ``<video>``, the
+    processor shows the frames mm15's sampler picks (8 of 12, one tile each, MM1.5 §5), and
+    the logits and greedy answer are mm15's on the same clip read from its frame folder."""
+    model, tok, hf, processor = pair
+    frames = _clip(tmp_path / "clip")
+    video = {"array": frames, "frames": list(frames), "folder": str(tmp_path / "clip")}[given_as]
+    sample = Sample(
+        id="v",
+        source="test",
+        category="eval",
+        stage="eval",
+        media=[Media(decoded=SMALL), Media(kind="video", path=str(tmp_path / "clip"))],
+        messages=[Message("user", [Part.m(0), Part.t("Is it in"), Part.m(1), Part.t("?")])],
+    )
+    ref = encode_sample(sample, tokenizer=tok, model_cfg=model.cfg)
+    assert sum(p.n_tiles for p in ref.plans) == 1 + model.cfg.video.num_frames
+    content = [{"type": "image"}, {"type": "text", "text": "Is it in"}, {"type": "video"}]
+    messages = [{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text.count("<video>") == 1
+    batch = processor(text=text, images=[SMALL], videos=[video], return_tensors="pt")
+    assert batch["input_ids"][0].tolist() == ref.input_ids
+    assert torch.equal(batch["pixel_values"], ref.pixels)
+    with torch.no_grad():
+        want = model(torch.tensor([ref.input_ids]), pixels_NCHW=ref.pixels).logits
+        got = hf(**batch).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    gen = generate_encoded(model, tok, [ref], GenerationSettings(max_new_tokens=NEW_TOKENS))
+    out = hf.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert _until_eos(out[0, batch["input_ids"].shape[1] :].tolist(), tok.eos_ids) == gen[0].tokens
+
+
+def test_processor_refuses_bad_videos(pair, tmp_path):
+    processor = pair[3]
+    frames = _clip(tmp_path / "clip", n_frames=3)
+    with pytest.raises(ValueError, match="1 <video> placeholders but 2 videos"):
+        processor(text="<video> x", videos=[frames, frames])
+    with pytest.raises(ValueError, match=r"must be \(frames, H, W, 3\)"):
+        processor(text="<video>", videos=[frames[0, :, :, 0]])
+    with pytest.raises(ValueError, match="takes local videos"):
+        processor(text="<video>", videos=["https://example.com/a.mp4"])
+    old = MM15Processor(
+        processor.tokenizer,
+        image_config=processor.image_config,
+        video_config=processor.video_config,
+        format_config=processor.format_config,
+        tokens_per_tile=processor.tokens_per_tile,
+    )  # as exported before mm15 took videos: no video token
+    with pytest.raises(ValueError, match="export the checkpoint again"):
+        old(text="<video>", videos=[frames])

@@ -12,7 +12,12 @@ import mm15.services.inference as inference
 from mm15.data.coords import Box, format_box
 from mm15.data.media import load_image, media_size, video_frame_count
 from mm15.data.pipeline import format_sample
-from mm15.data.prompt_encoding import encode_prompt, encode_sample, placeholder_parts
+from mm15.data.prompt_encoding import (
+    encode_prompt,
+    encode_sample,
+    media_placeholder_parts,
+    placeholder_parts,
+)
 from mm15.data.sample_images import materialize_pixels
 from mm15.data.schema import Media, Message, Part, Region, Sample, sample_to_json
 from mm15.eval.lmms_plugin import request_sample
@@ -196,3 +201,12 @@ def test_placeholder_parts():
     assert placeholder_parts("<image>", 2, "<image>") is None
     with pytest.raises(ValueError):
         placeholder_parts("x", 0, "")
+
+
+def test_media_placeholder_parts_keeps_the_kinds_in_order():
+    parts, kinds = media_placeholder_parts("<video>A<image><image>B<video>", ["<image>", "<video>"])
+    assert parts == [Part.m(0), Part.t("A"), Part.m(1), Part.m(2), Part.t("B"), Part.m(3)]
+    assert kinds == [1, 0, 0, 1]
+    assert media_placeholder_parts("no media", ["<image>"]) == ([Part.t("no media")], [])
+    with pytest.raises(ValueError, match="non-empty"):
+        media_placeholder_parts("x", ["<image>", ""])

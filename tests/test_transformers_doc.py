@@ -1,5 +1,5 @@
 """docs/transformers.md's own commands run: its `mm15 export` line through the CLI's parsing, then
-its Python blocks (load and generate, trust_remote_code, the PEFT wrap) in one fresh process,
+its Python blocks (load and generate, trust_remote_code, the PEFT wrap, a video) in one fresh process,
 with the page's paths pointed at a tiny checkpoint (issue 22)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mm15.cli import main
+from tests.registry_fixtures import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "transformers.md"
@@ -29,8 +30,10 @@ def test_the_pages_export_and_python_blocks_run(tiny_ckpt_dir, tmp_path):
     assert argv[0].endswith("mm15") and argv[1] == "export", line
     assert main(argv[1:]) == 0
     python = _blocks("python")
-    assert len(python) == 3, "load, trust_remote_code, PEFT"
-    script = "\n".join(python).replace("out/hf-model", str(out))
+    assert len(python) == 4, "load, trust_remote_code, PEFT, video"
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=10)
+    script = "\n".join(python).replace("out/hf-model", str(out)).replace("clip.mp4", str(clip))
     script = script.replace("max_new_tokens=64", "max_new_tokens=4")  # a random tiny model
     run = subprocess.run(
         [sys.executable, "-c", script],

@@ -12,10 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mm15.config import VideoConfig
+from mm15.config import ImageConfig, VideoConfig
 from mm15.data import video as video_mod
 from mm15.data.image_io import ImageDecodeError
-from mm15.data.video import VideoDecodeError, list_frame_files, load_video_frames, uniform_indices
+from mm15.data.video import (
+    VideoDecodeError,
+    list_frame_files,
+    load_video_frames,
+    sample_decoded_frames,
+    uniform_indices,
+)
 
 STEP = 12  # grey level step between frames: frame i is solid grey i·STEP
 CODEC = next(c for c in ("libx264", "mpeg4") if c in av.codecs_available)
@@ -122,3 +128,22 @@ def test_video_file_bounds_and_errors(tmp_path):
             out.mux(pkt)
     with pytest.raises(VideoDecodeError, match=r"sound\.wav: no video stream"):
         load_video_frames(audio, VideoConfig())
+
+
+def test_decoded_frames_are_sampled_like_a_folder(tmp_path):
+    """Frames another library decoded (vLLM's loader, an array) go through the same uniform
+    rule as a folder of the same frames, and come out as RGB images."""
+    folder = _frame_folder(tmp_path / "clip", 20)
+    cfg = VideoConfig(num_frames=4)
+    files = list_frame_files(folder, ImageConfig())
+    arrays = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    from_folder = _frame_ids(load_video_frames(folder, cfg))
+    assert _frame_ids(sample_decoded_frames(arrays, cfg)) == from_folder
+    greys = [Image.fromarray(a[:, :, 0]) for a in arrays]  # mode "L"
+    sampled = sample_decoded_frames(greys, cfg)
+    assert _frame_ids(sampled) == from_folder and {f.mode for f in sampled} == {"RGB"}
+    assert len(sample_decoded_frames(arrays[:3], cfg)) == 3  # fewer than num_frames: all
+    with pytest.raises(VideoDecodeError, match="no frames"):
+        sample_decoded_frames([], cfg)
+    with pytest.raises(ValueError, match="uint8"):
+        sample_decoded_frames(arrays.astype(np.float32), cfg)

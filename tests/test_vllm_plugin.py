@@ -24,13 +24,15 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from mm15.data.coord_parse import parse_regions
+from mm15.data.media import load_video
 from mm15.hf.processing import MM15Processor
 from mm15.tokenizer import byte_tokenizer
-from mm15.vllm.inputs import PromptPipeline, image_blocks, image_token_count, largest_image
+from mm15.vllm.inputs import PromptPipeline, image_token_count, largest_image, media_blocks
 from tests.vllm_fixtures import (
     CONVERSATIONS,
     MAX_IMAGES,
     MAX_TOKENS,
+    MAX_VIDEOS,
     REPO,
     make_checkpoint,
     mm15_reference,
@@ -43,6 +45,7 @@ from tests.vllm_fixtures import (
     with_paths,
     write_images,
 )
+from tests.vllm_side import video_url
 
 VLLM_PYTHON, NO_VLLM = vllm_python()
 needs_vllm = pytest.mark.skipif(VLLM_PYTHON is None, reason=NO_VLLM)
@@ -93,18 +96,23 @@ def test_entry_point_is_declared():
     "index, name", [(i, k) for i, k in enumerate(CONVERSATIONS) if k != "text only"]
 )
 def test_blocks_in_the_chat_template_give_the_pipelines_ids(built, references, index, name):
-    """What vLLM does with a chat: render the checkpoint's template, tokenise, replace each
-    image token by its block (mm15.vllm.inputs).  It must give mm15's ids."""
+    """What vLLM does with a chat: render the export's template, tokenise, replace each image
+    and video token by its block (mm15.vllm.inputs).  It must give mm15's ids."""
     hf_dir = Path(built["ckpts"]["dense"][1])
     conv = built["convs"][name]
     hf_tok = PreTrainedTokenizerFast.from_pretrained(hf_dir)
     messages = [{**m, "content": _template_content(m["content"])} for m in conv]
     text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     pipe = _pipeline(hf_dir)
-    blocks = image_blocks([m.decoded.size for m in mm15_sample(conv).media], pipe)
+    media = [
+        load_video(m, pipe.cfg.video, pipe.cfg.image) if m.kind == "video" else m.decoded.size
+        for m in mm15_sample(conv).media
+    ]
+    blocks = media_blocks(media, pipe)
+    placeholders = {pipe.tokenizer.image_token_id, hf_tok.convert_tokens_to_ids("<video>")}
     ids = []
     for i in hf_tok(text, add_special_tokens=False).input_ids:
-        ids += blocks.pop(0) if i == pipe.tokenizer.image_token_id else [i]
+        ids += blocks.pop(0) if i in placeholders else [i]
     assert not blocks
     assert ids == references["dense"][index]["prompt_token_ids"]
 
@@ -112,7 +120,21 @@ def test_blocks_in_the_chat_template_give_the_pipelines_ids(built, references, i
 def _template_content(content: str | list[dict]) -> str | list[dict]:
     if isinstance(content, str):
         return content
-    return [{"type": "image"} if p["type"] == "image" else p for p in content]
+    return [{"type": p["type"]} if p["type"] in ("image", "video") else p for p in content]
+
+
+def test_a_video_is_one_placeholder_in_the_exports_template(built):
+    """The export's chat template writes one ``<video>`` per video part (expanded into the
+    frames by the processors), the checkpoint's one ``<image>`` per frame."""
+    ckpt, hf_dir = map(Path, built["ckpts"]["dense"])
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]}]
+    render = {"tokenize": False, "add_generation_prompt": True}
+    exported = PreTrainedTokenizerFast.from_pretrained(hf_dir).apply_chat_template(
+        messages, **render
+    )
+    own = PreTrainedTokenizerFast.from_pretrained(ckpt).apply_chat_template(messages, **render)
+    assert exported.count("<video>") == 1 and "<image>" not in exported
+    assert own.count("<image>") == 8 and "<video>" not in own  # tiny: VideoConfig.num_frames
 
 
 @pytest.mark.parametrize("n_max", [4, 9])
@@ -121,7 +143,7 @@ def test_largest_image_follows_n_max(built, n_max):
     n_max sub-images and the overview, K tokens each (MM1.5 Table 1)."""
     pipe = _pipeline(Path(built["ckpts"]["dense"][1]))
     pipe.cfg.image.n_max = n_max
-    block = image_blocks([largest_image(pipe)], pipe)[0]
+    block = media_blocks([largest_image(pipe)], pipe)[0]
     assert image_token_count(block, pipe) == (n_max + 1) * pipe.cfg.connector.num_tokens
 
 
@@ -137,6 +159,7 @@ def vllm_run(built) -> dict:
         "conversations": list(built["convs"].values()),
         "max_tokens": MAX_TOKENS,
         "max_images": MAX_IMAGES,
+        "max_videos": MAX_VIDEOS,
         "max_model_len": 2048,
     }
     out = once(root / "vllm_run.json", lambda: run_vllm_side(VLLM_PYTHON, spec, root))
@@ -187,12 +210,15 @@ def test_vllm_greedy_equals_mm15(vllm_run, references, model, index, name):
 
 @needs_vllm
 @pytest.mark.parametrize("model", MODELS)
-def test_vllm_sizes_its_caches_by_n_max(vllm_run, built, model):
+def test_vllm_sizes_its_caches_by_n_max_and_frames(vllm_run, built, model):
+    """vLLM's worst image: n_max sub-images and the overview; its worst video: num_frames
+    frames, one tile each (MM1.5 §5)."""
     pipe = _pipeline(Path(built["ckpts"][model][1]))
-    img = pipe.cfg.image
-    assert vllm_run["models"][model]["max_image_tokens"] == (img.n_max + 1) * (
-        pipe.cfg.connector.num_tokens
-    )
+    tokens = pipe.cfg.connector.num_tokens
+    assert vllm_run["models"][model]["max_tokens_per_item"] == {
+        "image": (pipe.cfg.image.n_max + 1) * tokens,
+        "video": pipe.cfg.video.num_frames * tokens,
+    }
 
 
 def _answer(tokens: list[int], finish_reason: str, ref: dict) -> list[int]:
@@ -203,9 +229,12 @@ def _answer(tokens: list[int], finish_reason: str, ref: dict) -> list[int]:
 
 
 def _openai_messages(conversation: list[dict]) -> list[dict]:
-    """Spec messages with each image as a ``data:`` URL part, as an OpenAI client sends them."""
+    """Spec messages with each image and video as a ``data:`` URL part, as an OpenAI client
+    sends them (a video as its JPEG frames)."""
 
     def part(p: dict) -> dict:
+        if p["type"] == "video":
+            return {"type": "video_url", "video_url": {"url": video_url(p["path"])}}
         if p["type"] != "image":
             return p
         data = base64.b64encode(Path(p["path"]).read_bytes()).decode()
@@ -229,7 +258,7 @@ GROUNDED = r"the square <0[0-4][0-9],0[0-4][0-9],[5-9][0-9][0-9],[5-9][0-9][0-9]
 @needs_vllm
 def test_openai_client_against_vllm_server(built, references, tmp_path):
     """The official openai client against vLLM's OpenAI server (AsyncLLM in its engine process):
-    image chats give mm15's prompt ids and greedy answer; a grounded answer (its form forced by
+    image and video chats give mm15's prompt ids and greedy answer; a grounded answer (its form forced by
     vLLM's structured outputs, the model being random) parses with mm15's coordinate parser."""
     from openai import OpenAI
 
@@ -238,7 +267,7 @@ def test_openai_client_against_vllm_server(built, references, tmp_path):
         url = srv.url
         client = OpenAI(base_url=url, api_key="unused")
         model = client.models.list().data[0].id
-        for name in ("one image", "two images"):
+        for name in ("one image", "two images", "image and video"):
             ref = references["dense"][names.index(name)]
             reply = client.chat.completions.create(
                 model=model,

@@ -39,7 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 VLLM_SIDE = REPO / "tests" / "vllm_side.py"
 MAX_TOKENS = 12
 MAX_IMAGES = 4
+MAX_VIDEOS = 1
 IMAGE_SIZES = {"wide": (200, 150), "tall": (90, 300), "small": (64, 64), "strip": (300, 120)}
+# A clip of 12 JPEG frames, 80x60: the tiny preset shows 8 (VideoConfig.num_frames), picked by
+# mm15's uniform rule from the 12 frames vLLM decodes.
+CLIP_FRAMES, CLIP_SIZE = 12, (80, 60)
 
 
 def _image(name: str) -> dict:
@@ -48,6 +52,10 @@ def _image(name: str) -> dict:
 
 def _text(text: str) -> dict:
     return {"type": "text", "text": text}
+
+
+def _video() -> dict:
+    return {"type": "video", "name": "clip"}
 
 
 # Image parts name an image of IMAGE_SIZES; with_paths() fills in its PNG file.  Two images are
@@ -69,6 +77,10 @@ CONVERSATIONS: dict[str, list[dict]] = {
         {"role": "user", "content": [_image("strip"), _text("What is it?")]},
         {"role": "assistant", "content": "A box."},
         {"role": "user", "content": "And its colour?"},
+    ],
+    "video": [{"role": "user", "content": [_video(), _text("What happens?")]}],
+    "image and video": [
+        {"role": "user", "content": [_image("small"), _text("Is it in"), _video(), _text("?")]}
     ],
 }
 
@@ -113,16 +125,30 @@ def make_checkpoint(root: Path, *, moe: bool, seed: int) -> tuple[Path, Path]:
 
 
 def write_images(root: Path) -> dict[str, Path]:
+    """The PNG images of IMAGE_SIZES and the clip's JPEG frames (``clip/000.jpg`` …)."""
     rng = np.random.default_rng(0)
     paths = {}
     for name, (w, h) in IMAGE_SIZES.items():
         paths[name] = root / f"{name}.png"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[name])
+    clip = root / "clip"
+    clip.mkdir(exist_ok=True)
+    w, h = CLIP_SIZE
+    for f in range(CLIP_FRAMES):
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(frame).save(clip / f"{f:03d}.jpg", quality=90)
+    paths["clip"] = clip
     return paths
+
+
+def clip_frames(folder: str | Path) -> list[Path]:
+    return sorted(Path(folder).glob("*.jpg"))
 
 
 def with_paths(conversation: list[dict], images: dict[str, Path]) -> list[dict]:
     def part(p: dict) -> dict:
+        if p["type"] == "video":
+            return {"type": "video", "path": str(images[p["name"]])}
         return {"type": "image", "path": str(images[p["name"]])} if p["type"] == "image" else p
 
     return [
@@ -149,6 +175,9 @@ def mm15_sample(conversation: list[dict]) -> Sample:
         for p in content:
             if p["type"] == "image":
                 media.append(Media(decoded=Image.open(p["path"]).convert("RGB")))
+                parts.append(Part.m(len(media) - 1))
+            elif p["type"] == "video":  # the frames, read and sampled by mm15.data.video
+                media.append(Media(kind="video", frames=[str(f) for f in clip_frames(p["path"])]))
                 parts.append(Part.m(len(media) - 1))
             else:
                 parts.append(Part.t(p["text"]))
@@ -254,7 +283,7 @@ def vllm_server(
     port = _free_port()
     args = ["--model", str(model), "--dtype", "float32", "--max-model-len", "2048"]
     args += ["--enforce-eager", "--distributed-executor-backend", "uni"]
-    args += ["--limit-mm-per-prompt", json.dumps({"image": MAX_IMAGES})]
+    args += ["--limit-mm-per-prompt", json.dumps({"image": MAX_IMAGES, "video": MAX_VIDEOS})]
     args += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", *args]
     with open(log, "w") as out:

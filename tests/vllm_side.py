@@ -5,11 +5,12 @@
 the two process starts that cost ~70 s here; ``vllm serve`` uses the multi-process engine) answers
 all conversations greedily in one ``LLM.chat`` batch.  Writes what the test compares with mm15:
 the plugin's registration, every prompt's token ids and generated ids, vLLM's largest image-token
-count per image (what it sizes its caches by), and how long each part took.
+count per image and per video (what it sizes its caches by), and how long each part took.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import json
 import sys
@@ -38,29 +39,42 @@ def registration() -> dict:
     }
 
 
+def video_url(folder: str) -> str:
+    """A folder of JPEG frames as the ``data:video/jpeg`` URL vLLM decodes frame by frame."""
+    frames = sorted(Path(folder).glob("*.jpg"))
+    return "data:video/jpeg;base64," + ",".join(
+        base64.b64encode(f.read_bytes()).decode() for f in frames
+    )
+
+
+def vllm_part(part: dict) -> dict:
+    """A spec part as vLLM takes it: an image as a PIL image, a video as a data URL."""
+    if part["type"] == "image":
+        return {"type": "image_pil", "image_pil": Image.open(part["path"]).convert("RGB")}
+    if part["type"] == "video":
+        return {"type": "video_url", "video_url": {"url": video_url(part["path"])}}
+    return part
+
+
 def vllm_messages(conversation: list[dict]) -> list[dict]:
-    """Spec messages (image parts name a PNG file) as vLLM chat messages with PIL images."""
+    """Spec messages (parts name a PNG file or a folder of JPEG frames) as vLLM chat messages."""
     out = []
     for msg in conversation:
         content = msg["content"]
         if not isinstance(content, str):
-            content = [
-                {"type": "image_pil", "image_pil": Image.open(p["path"]).convert("RGB")}
-                if p["type"] == "image"
-                else p
-                for p in content
-            ]
+            content = [vllm_part(p) for p in content]
         out.append({"role": msg["role"], "content": content})
     return out
 
 
-def max_image_tokens(llm) -> int:
-    """vLLM's largest image-token count of one image (its profiling of the dummy inputs)."""
+def max_tokens_per_item(llm) -> dict[str, int]:
+    """vLLM's largest image-token count of one image and of one video (its profiling of the
+    dummy inputs)."""
     from vllm.multimodal import MULTIMODAL_REGISTRY
     from vllm.multimodal.encoder_budget import get_mm_max_toks_per_item
 
     processor = MULTIMODAL_REGISTRY.create_processor(llm.llm_engine.model_config)
-    return get_mm_max_toks_per_item(processor, {"image": 1}, cache=None)["image"]
+    return dict(get_mm_max_toks_per_item(processor, {"image": 1, "video": 1}, cache=None))
 
 
 def run_model(model_dir: str, spec: dict, timings: dict, name: str) -> dict:
@@ -73,7 +87,7 @@ def run_model(model_dir: str, spec: dict, timings: dict, name: str) -> dict:
         max_model_len=spec["max_model_len"],
         enforce_eager=True,
         distributed_executor_backend="uni",
-        limit_mm_per_prompt={"image": spec["max_images"]},
+        limit_mm_per_prompt={"image": spec["max_images"], "video": spec["max_videos"]},
         seed=0,
     )
     timings[f"{name}.engine_init"] = time.perf_counter() - t
@@ -89,7 +103,7 @@ def run_model(model_dir: str, spec: dict, timings: dict, name: str) -> dict:
         }
         for o in outputs
     ]
-    out = {"results": results, "max_image_tokens": max_image_tokens(llm)}
+    out = {"results": results, "max_tokens_per_item": max_tokens_per_item(llm)}
     del llm
     return out
 

@@ -18,7 +18,9 @@ Parts::
     {"type": "image"}                          one image placeholder (also "image_url")
     {"type": "video", "num_frames": N}         N placeholders, one per frame (mm15 shows a video
                                                as its frames); without num_frames the model's
-                                               VideoConfig.num_frames (a shorter clip has fewer)
+                                               VideoConfig.num_frames (a shorter clip has fewer).
+                                               A template made with a video token (the HF
+                                               export's) writes that one token instead
     {"type": "region", "box": [x1, y1, x2, y2], "image": k}   a box or point in mm15's
     {"type": "region", "point": [x, y], "image": k}           coordinate text
 
@@ -72,6 +74,7 @@ _BODY = """
     {%- for part in message['content'] -%}
       {%- if part['type'] == 'text' -%}{{ part['text'] }}
       {%- elif part['type'] in ['image', 'image_url'] -%}{{ image_token }}
+      {%- elif part['type'] == 'video' and video_token -%}{{ video_token }}
       {%- elif part['type'] == 'video' -%}
         {{- image_token * (part.num_frames | default(video_frames)) -}}
       {%- elif part['type'] == 'region' -%}
@@ -107,10 +110,12 @@ def _literal(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def chat_template(cfg: ModelConfig) -> str:
+def chat_template(cfg: ModelConfig, *, video_token: str | None = None) -> str:
     """The Jinja chat template rendering ``cfg.format`` as :func:`~mm15.data.pipeline.format_sample`
     does (image placeholder ``cfg.image_token``, a video's default frame count from
-    ``cfg.video``)."""
+    ``cfg.video``).  With ``video_token`` a video part is that one placeholder, which the
+    processor expands into the frames it samples (``mm15 export --hf``: :mod:`mm15.hf.processing`,
+    :mod:`mm15.vllm`); without, one image placeholder per frame."""
     fmt = cfg.format
     names = {
         "system_prefix": fmt.system_prefix,
@@ -121,6 +126,7 @@ def chat_template(cfg: ModelConfig) -> str:
         "region_image_index": fmt.region_image_index,
         "image_token": cfg.image_token,
         "video_frames": cfg.video.num_frames,
+        "video_token": video_token or "",
     }
     head = "".join(f"{{%- set {k} = {_literal(v)} -%}}\n" for k, v in names.items())
     header = "{#- mm15 chat template, generated from the checkpoint's config.json format -#}\n"

@@ -148,6 +148,21 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def decoded_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    """An image another library already decoded (a PIL image, or an ``(H, W[, C])`` uint8 array
+    or tensor such as vLLM hands over) as the RGB image :func:`open_image` returns: same alpha
+    and 16-bit rules, a detached copy."""
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+            raise ValueError(
+                f"a decoded image must be an (H, W) or (H, W, C) uint8 array, got "
+                f"{arr.dtype} of shape {tuple(arr.shape)}"
+            )
+        image = Image.fromarray(arr)
+    return _to_rgb(image) if image.mode != "RGB" else image.copy()
+
+
 Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height

@@ -11,6 +11,7 @@ pixels already decoded (``Media.decoded``): a server or chat session hands them 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,6 +69,28 @@ def placeholder_parts(text: str, n_media: int, placeholder: str) -> list[Part] |
         parts += [Part.t(chunk)] if chunk else []
         parts += [Part.m(n)] if n < n_media else []
     return parts
+
+
+def media_placeholder_parts(
+    text: str, placeholders: Sequence[str]
+) -> tuple[list[Part], list[int]]:
+    """``text`` as parts with medium ``n`` at its n-th placeholder of any kind, empty text
+    dropped, and which of ``placeholders`` each medium's was (an image's, a video's)."""
+    if not placeholders or not all(placeholders):
+        raise ValueError("placeholders must be non-empty strings")
+    pattern = "|".join(re.escape(p) for p in sorted(placeholders, key=len, reverse=True))
+    parts: list[Part] = []
+    kinds: list[int] = []
+    start = 0
+    for match in re.finditer(pattern, text):
+        if match.start() > start:
+            parts.append(Part.t(text[start : match.start()]))
+        parts.append(Part.m(len(kinds)))
+        kinds.append(list(placeholders).index(match.group()))
+        start = match.end()
+    if start < len(text):
+        parts.append(Part.t(text[start:]))
+    return parts, kinds
 
 
 def encode_prompt(

@@ -18,14 +18,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
 import av.error
+import numpy as np
 from PIL import Image
 
 from mm15.config import ImageConfig, VideoConfig
-from mm15.data.image_io import open_image
+from mm15.data.image_io import decoded_rgb, open_image
 
 
 class VideoDecodeError(ValueError):
@@ -43,6 +45,17 @@ def uniform_indices(num_available: int, num_wanted: int) -> list[int]:
     if num_available <= num_wanted:
         return list(range(max(0, num_available)))
     return [((2 * i + 1) * num_available) // (2 * num_wanted) for i in range(num_wanted)]
+
+
+def sample_decoded_frames(
+    frames: Sequence[Image.Image | np.ndarray], cfg: VideoConfig
+) -> list[Image.Image]:
+    """The frames mm15 shows of a clip whose K frames another library already decoded (vLLM's
+    video loader, a ``(K, H, W, 3)`` uint8 array, a list of PIL images): the same uniform
+    selection as for a file or a folder, as RGB images (:func:`mm15.data.image_io.decoded_rgb`)."""
+    if len(frames) == 0:
+        raise VideoDecodeError("video", "no frames")
+    return [decoded_rgb(frames[i]) for i in uniform_indices(len(frames), cfg.num_frames)]
 
 
 def _natural_key(name: str) -> list[object]:

@@ -1,22 +1,30 @@
-"""A vLLM prompt's images through mm15's one input pipeline (MM1.5 §3.1, §3.5, Table 3).
+"""A vLLM prompt's images and videos through mm15's one input pipeline (MM1.5 §3.1, §3.5, §5,
+Table 3).
 
-vLLM renders the checkpoint's chat template and tokenises the text itself; each image is one
-``<image>`` token there (:mod:`mm15.data.chat_template`).  vLLM then replaces that token by the
-image's *block* and places the image's features at the block's image-token positions.  mm15's
-pipeline (:func:`mm15.data.pipeline.format_sample`, :func:`mm15.data.sample_images.materialize_pixels`)
+vLLM renders the export's chat template and tokenises the text itself; each image is one
+``<image>`` token there and each video one ``<video>`` token (:mod:`mm15.data.chat_template`,
+:mod:`mm15.hf.processing`).  vLLM then replaces that token by the medium's *block* and places
+its features at the block's image-token positions.  mm15's pipeline
+(:func:`mm15.data.pipeline.format_sample`, :func:`mm15.data.sample_images.materialize_pixels`)
 decides both, exactly as in training:
 
-* :func:`image_blocks`: per image, the token ids of its block, sub-image indicators (text, no
-  features) and image-token runs in encoder order, from the images' sizes alone;
-* :func:`encode_images`: the ``(N, 3, r, r)`` tiles of all images and each image's tile count;
+* :func:`media_blocks`: per medium, the token ids of its block: for an image its sub-image
+  indicators (text, no features) and image-token runs in encoder order, for a video its frames'
+  blocks, one tile each;
+* :func:`encode_media`: the ``(N, 3, r, r)`` tiles of all media and each medium's tile count;
 * :func:`largest_image`: the size whose block has the most image tokens under the checkpoint's
   ``n_max``, vLLM's worst case for sizing its encoder cache and KV cache.
 
-An image's block depends on the prompt's other images: splitting applies only when the prompt
-shows fewer than ``ImageConfig.split_below_images`` images (§4), and the ``index`` indicators
-write the image's number ``k``.  So all images of one prompt always go through the pipeline
-together, as one document sample that shows them in order; the text around them is vLLM's
-(tokenised whole between special tokens and images, as :mod:`mm15.data.token_stream` does).
+A medium's block depends on the prompt's other media: splitting applies only when the prompt
+shows fewer than ``ImageConfig.split_below_images`` images, a video's frames counted (§4), and
+the ``index`` indicators write the image's number ``k``.  So all media of one prompt always go
+through the pipeline together, as one document sample that shows them in the prompt's order;
+the text around them is vLLM's (tokenised whole between special tokens and media, as
+:mod:`mm15.data.token_stream` does).
+
+A medium is given as :data:`MediumInput`: an image (PIL), an image's ``(W, H)`` size (to plan
+without pixels), or a video's frames as mm15 shows them (:func:`video_frames`: mm15's uniform
+sampling of the frames vLLM decoded).
 """
 
 from __future__ import annotations
@@ -30,13 +38,17 @@ import torch
 from PIL import Image
 
 from mm15.config import ModelConfig
+from mm15.data.image_io import decoded_rgb
 from mm15.data.pipeline import Example, format_sample
 from mm15.data.sample_images import materialize_pixels
 from mm15.data.schema import Media, Message, Part, Sample
 from mm15.data.token_stream import TokenStream
+from mm15.data.video import sample_decoded_frames
 from mm15.tokenizer import MM15Tokenizer
 
 SizeWH = tuple[int, int]
+Frames = list[Image.Image]
+MediumInput = Image.Image | SizeWH | Frames  # module docstring
 
 
 @dataclass(frozen=True)
@@ -49,35 +61,42 @@ class PromptPipeline:
 
 
 @dataclass
-class EncodedImages:
-    """Tiles of all images of a prompt, in order, and how many belong to each image."""
+class EncodedMedia:
+    """Tiles of all media of a prompt, in order, and how many belong to each medium."""
 
     pixels: torch.Tensor  # (N, 3, r, r) float32
-    tiles_per_image: list[int]
+    tiles_per_medium: list[int]
 
 
-def as_rgb(image: Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
-    """An image as vLLM hands it over (PIL, or an HWC uint8 array) as the RGB PIL image the
-    pipeline takes (``Media.decoded``)."""
-    if isinstance(image, torch.Tensor):
-        image = image.numpy()
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+def video_frames(video: object, pipe: PromptPipeline) -> Frames:
+    """The frames mm15 shows of a video as vLLM hands it over (a ``(K, H, W, 3)`` array or a
+    list of frames, possibly with vLLM's metadata as ``(frames, metadata)``): mm15's uniform
+    sampling of ``VideoConfig.num_frames`` of the K (:func:`mm15.data.video.sample_decoded_frames`)."""
+    if isinstance(video, tuple) and len(video) == 2 and isinstance(video[1], dict):
+        video = video[0]
+    if isinstance(video, torch.Tensor):
+        video = video.numpy()
+    if isinstance(video, np.ndarray) and video.ndim != 4:
+        raise ValueError(f"a video must be (frames, H, W, 3), got shape {video.shape}")
+    return sample_decoded_frames(video, pipe.cfg.video)  # type: ignore[arg-type]
 
 
-def prompt_sample(images: Sequence[Image.Image | SizeWH]) -> Sample:
-    """The images of one prompt as a document sample showing each once, in order: PIL images
-    with their pixels, or ``(W, H)`` sizes to plan without pixels."""
-    media = [
-        Media(decoded=as_rgb(im)) if not isinstance(im, tuple) else Media(size=im) for im in images
-    ]
+def _medium(item: MediumInput) -> Media:
+    if isinstance(item, list):
+        return Media(kind="video", decoded=item)
+    if isinstance(item, tuple):
+        return Media(size=item)
+    return Media(decoded=decoded_rgb(item))
+
+
+def prompt_sample(media: Sequence[MediumInput]) -> Sample:
+    """The media of one prompt as a document sample showing each once, in order."""
     return Sample(
         id="vllm-prompt",
         source="vllm",
         category="eval",
         stage="eval",
-        media=media,
+        media=[_medium(m) for m in media],
         messages=[Message("document", [Part.m(i) for i in range(len(media))])],
     )
 
@@ -91,19 +110,19 @@ def _format(sample: Sample, pipe: PromptPipeline) -> Example:
 
 
 def _per_media(ex: Example, n_media: int) -> list[list]:
-    """The example's ImageRefs grouped by medium (a video would have one per frame)."""
+    """The example's ImageRefs grouped by medium (a video has one per frame)."""
     refs: list[list] = [[] for _ in range(n_media)]
     for ref in ex.images:
         refs[ref.media_index].append(ref)
     return refs
 
 
-def image_blocks(sizes_wh: Sequence[SizeWH], pipe: PromptPipeline) -> list[list[int]]:
-    """Per image of a prompt showing images of ``sizes_wh`` in order, the token ids that replace
-    its ``<image>`` token: what :func:`format_sample` writes for it (checked)."""
-    ex = _format(prompt_sample(list(sizes_wh)), pipe)
+def media_blocks(media: Sequence[MediumInput], pipe: PromptPipeline) -> list[list[int]]:
+    """Per medium of a prompt showing ``media`` in order, the token ids that replace its
+    placeholder: what :func:`format_sample` writes for it (checked)."""
+    ex = _format(prompt_sample(media), pipe)
     blocks = []
-    for refs in _per_media(ex, len(sizes_wh)):
+    for refs in _per_media(ex, len(media)):
         stream = TokenStream()
         for ref in refs:
             stream.image(ref.plan)
@@ -114,12 +133,12 @@ def image_blocks(sizes_wh: Sequence[SizeWH], pipe: PromptPipeline) -> list[list[
     return blocks
 
 
-def encode_images(images: Sequence[Image.Image], pipe: PromptPipeline) -> EncodedImages:
-    """The tiles of a prompt's images (all of them: see the module docstring)."""
-    ex = _format(prompt_sample(images), pipe)
+def encode_media(media: Sequence[MediumInput], pipe: PromptPipeline) -> EncodedMedia:
+    """The tiles of a prompt's media (all of them: see the module docstring)."""
+    ex = _format(prompt_sample(media), pipe)
     pixels = materialize_pixels(ex, pipe.cfg)
-    tiles = [sum(r.n_tiles for r in refs) for refs in _per_media(ex, len(images))]
-    return EncodedImages(pixels=pixels, tiles_per_image=tiles)
+    tiles = [sum(r.n_tiles for r in refs) for refs in _per_media(ex, len(media))]
+    return EncodedMedia(pixels=pixels, tiles_per_medium=tiles)
 
 
 def image_token_count(block: Sequence[int], pipe: PromptPipeline) -> int:
@@ -136,7 +155,7 @@ def largest_image(pipe: PromptPipeline) -> SizeWH:
     sizes = [(c * r, rows * r) for rows in range(1, n_max + 1) for c in range(1, n_max // rows + 1)]
 
     def cost(size: SizeWH) -> tuple[int, int]:
-        block = image_blocks([size], pipe)[0]
+        block = media_blocks([size], pipe)[0]
         return image_token_count(block, pipe), len(block)
 
     return max(sizes, key=cost)

@@ -4,7 +4,8 @@ The network of :class:`mm15.model.mm15.MM15` (MM1 §3, Fig. 1) on vLLM's engine:
 
 * ``vision_tower`` and ``connector``: mm15's own CLIP ViT and C-Abstractor
   (:mod:`mm15.model.vision`, :mod:`mm15.model.connector`), plain PyTorch modules run once per
-  image by :meth:`MM15ForConditionalGeneration.embed_multimodal` (no tensor parallelism inside
+  image or video by :meth:`MM15ForConditionalGeneration.embed_multimodal` (a video's frames are
+  one tile each, MM1.5 §5; no tensor parallelism inside
   them: every rank computes the whole tower);
 * ``language_model``: vLLM's own ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` or
   ``Qwen2MoeForCausalLM``, built from the export's native ``text_config``, so vLLM's kernels,
@@ -42,6 +43,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
 from mm15.hf.configuration import MM15Config
+from mm15.hf.processing import VIDEO_TOKEN
 from mm15.model.connector import CAbstractor
 from mm15.model.vision import VisionTransformer
 from mm15.vllm.processing import (
@@ -75,7 +77,9 @@ class MM15ForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         if modality.startswith("image"):
             return "<image>"  # mm15's image token (ModelConfig.image_token)
-        raise ValueError(f"mm15 takes images, not {modality}")
+        if modality.startswith("video"):
+            return VIDEO_TOKEN  # the export's video token (mm15.hf.processing)
+        raise ValueError(f"mm15 takes images and videos, not {modality}")
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -86,7 +90,7 @@ class MM15ForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
             vocab_size=text.vocab_size, mm_token_ids=[config.image_token_id]
         )
         vision = config.vision_config()
-        with self._mark_tower_model(vllm_config, "image"):
+        with self._mark_tower_model(vllm_config, {"image", "video"}):
             self.vision_tower = VisionTransformer(vision)
             self.connector = CAbstractor(
                 config.connector_config(),
@@ -104,11 +108,14 @@ class MM15ForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
-        """Per image, its ``(n_tiles·K, D)`` features in block order (all tiles in one call)."""
-        pixels = kwargs.get("pixel_values")
-        if pixels is None:
+        """Per image (or per video: vLLM asks one modality at a time), its ``(n_tiles·K, D)``
+        features in block order (all tiles in one call)."""
+        if kwargs.get("pixel_values") is not None:
+            pixels, tiles = kwargs["pixel_values"], kwargs["image_num_tiles"]
+        elif kwargs.get("video_pixel_values") is not None:
+            pixels, tiles = kwargs["video_pixel_values"], kwargs["video_num_frames"]
+        else:
             return []
-        tiles = kwargs["image_num_tiles"]
         if isinstance(pixels, list | tuple):
             pixels = torch.cat(list(pixels))
         counts = [int(n) for n in (tiles.tolist() if torch.is_tensor(tiles) else tiles)]
