@@ -30,6 +30,7 @@ from mm15.cli.config import (
     shorthand_epilog,
 )
 from mm15.errors import number
+from mm15.eval.judge import JudgeConfig
 from mm15.eval.tasks import TASKS, get_task
 from mm15.services.image_settings import check_image_settings
 
@@ -49,6 +50,9 @@ class EvalConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 on cuda, else fp32
     # Inference-time ImageConfig fields over the checkpoint's (Table 2), e.g. {"n_max": 16}.
     image: dict[str, Any] = field(default_factory=dict)
+    # The judge of the judged tasks (mathvista, mmvet, llava_bench, ferret_bench): any
+    # OpenAI-compatible endpoint, e.g. --set judge.url=https://api.openai.com/v1
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self) -> None:
         for name, least in (("batch_size", 1), ("limit", 0), ("max_new_tokens", 1)):
@@ -209,6 +213,18 @@ def _check_out(out: Path) -> None:
             return
 
 
+def _judge(cfg: EvalConfig, pairs: list[tuple[str, Path]]) -> Any:
+    """The judge, when a task needs one (its replies cached in ``judge.cache``, by default
+    ``<out>/judge_cache.jsonl``); None otherwise."""
+    from mm15.eval.judged_tasks import JUDGED_METRICS
+
+    if not any(get_task(name)[0].metric in JUDGED_METRICS for name, _ in pairs):
+        return None
+    from mm15.eval.judge import Judge
+
+    return Judge(cfg.judge, cfg.judge.cache or Path(cfg.out) / "judge_cache.jsonl")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -223,6 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _require(cfg)
     pairs = task_data(cfg.tasks, cfg.data)
     _check_out(Path(cfg.out))
+    judge = _judge(cfg, pairs)  # a missing judge or key fails before the weights load
     device = resolve_device(cfg.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.dtype)
     if cfg.dtype == "auto":
@@ -232,7 +249,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_checkpoint(cfg.model, device=device, dtype=dtype)
     apply_image_settings(model, cfg.image)
     settings = EvalSettings(
-        batch_size=cfg.batch_size, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens
+        batch_size=cfg.batch_size, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, judge=judge
     )
     summary = run_eval(model, tokenizer, pairs, cfg.out, settings)
     out = Path(cfg.out)
@@ -247,6 +264,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "evaluated and count as 0 (reasons: the 'error' field of items.jsonl)",
             file=sys.stderr,
         )
+    for name, b in summary["benchmarks"].items():
+        if b["details"].get("n_judge_failed"):
+            print(
+                f"warning: {name}: the judge failed on {b['details']['n_judge_failed']} items, "
+                "which count as 0 (reasons: 'judge.failed' in items.jsonl)",
+                file=sys.stderr,
+            )
     return 0 if summary["n_items"] > 0 else 1
 
 

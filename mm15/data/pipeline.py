@@ -26,7 +26,9 @@ the model's is ``ModelConfig.format``, saved in its checkpoint, and
 Loss on assistant content and its EOS only (MM1.5 §4: loss on assistant turns); role markers,
 system and user turns carry none.  ``Message.train`` overrides a message's default.  With
 ``for_generation`` the text ends with the assistant marker, where the model takes over (a
-document then ends without EOS: the model continues it).  The text between special tokens and
+document then ends without EOS: the model continues it), followed by
+``Sample.meta["answer_prefix"]`` when a sample sets one (the start of the reply an evaluation
+prompt writes for the model: MM1.5 §5's "Best Option: (").  The text between special tokens and
 images is tokenised whole, as the Jinja template's is, and a token is trained when it covers a
 trained character (:mod:`mm15.data.token_stream`).
 
@@ -154,8 +156,8 @@ def _write_chat(w: _Writer, eos: int, for_generation: bool) -> None:
                 w.stream.text(fmt.turn_end, False)
         else:
             w.stream.text(fmt.turn_end, False)
-    if for_generation:
-        w.stream.text(fmt.assistant_prefix, False)
+    if for_generation:  # an answer prompt in meta starts the reply (MM1.5 §5: "Best Option: (")
+        w.stream.text(fmt.assistant_prefix + w.sample.meta.get("answer_prefix", ""), False)
 
 
 def _check_tokenizer(tokenizer: MM15Tokenizer, model_cfg: ModelConfig) -> None:

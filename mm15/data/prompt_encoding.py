@@ -71,9 +71,7 @@ def placeholder_parts(text: str, n_media: int, placeholder: str) -> list[Part] |
     return parts
 
 
-def media_placeholder_parts(
-    text: str, placeholders: Sequence[str]
-) -> tuple[list[Part], list[int]]:
+def media_placeholder_parts(text: str, placeholders: Sequence[str]) -> tuple[list[Part], list[int]]:
     """``text`` as parts with medium ``n`` at its n-th placeholder of any kind, empty text
     dropped, and which of ``placeholders`` each medium's was (an image's, a video's)."""
     if not placeholders or not all(placeholders):

@@ -370,3 +370,29 @@ def any_box_iou50(pred_text: str, ref_boxes: Sequence[Box], size: Size | Sequenc
     if not isinstance(shape, Box):
         return 0.0
     return float(any(iou(shape, ref) >= IOU_THRESHOLD for ref in ref_boxes))
+
+
+# ---------------------------------------------------------------------------------------------
+# LVIS-Ref (Ferret's referring object classification)
+
+_NOT_PHRASE = (re.compile(r"\s+not[^,.]*[,.]"), re.compile(r"\s+no[^,.]*[,.]"))
+
+
+def ferret_class_names(name: str, synonyms: Sequence[str]) -> list[str]:
+    """The class name and its synonyms as Ferret's ``eval_lvis.py`` reads them: "_" → " ", and
+    a synonym "a_(b)" counts as both "a" and "b"."""
+    names = [name.replace("_", " ").strip()]
+    for syn in synonyms:
+        pieces = syn.split("(") if "(" in syn else [syn]
+        names += [p.replace("_", " ").replace(")", "").strip() for p in pieces]
+    return [n for n in names if n]
+
+
+def lvis_ref_match(pred: str, name: str, synonyms: Sequence[str]) -> float:
+    """Ferret's LVIS-Ref accuracy for one answer: after dropping negated phrases (a space, then
+    "not" or "no", up to the next "," or "." — which also drops words starting with "no"), the
+    class name or a synonym occurs in the answer (case-sensitive substring)."""
+    text = pred
+    for pattern in _NOT_PHRASE:
+        text = pattern.sub("", text)
+    return float(any(n in text for n in ferret_class_names(name, synonyms)))

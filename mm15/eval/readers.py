@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
+import fnmatch
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ from mm15.data.coords import Box, CoordinateError
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
 from mm15.data.sources.canonical import header_size
 from mm15.data.sources.rows import RowStore, image_media
+from mm15.eval.regions import place_region, prompt_region
+from mm15.eval.submission import has_answers, question_id
 from mm15.eval.task_spec import EvalItem, TaskSpec
 
 SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
@@ -56,9 +60,15 @@ class ReadResult:
 
 
 def find_files(
-    data: str | Path, split: str | None, config: str | None, *, split_required: bool = False
+    data: str | Path,
+    split: str | None,
+    config: str | None,
+    *,
+    split_required: bool = False,
+    name_glob: str | None = None,
 ) -> list[Path]:
-    """The table files of ``data`` (a file, or a directory searched recursively)."""
+    """The table files of ``data`` (a file, or a directory searched recursively; there, only
+    names matching ``name_glob`` when given: DocDownstream's ``test/TabFact_test.jsonl``)."""
     data = Path(data)
     if data.is_file():
         return [data]
@@ -67,6 +77,10 @@ def find_files(
     files = sorted(p for p in data.rglob("*") if p.suffix in SUFFIXES and p.is_file())
     if not files:
         raise FileNotFoundError(f"{data} holds no {'/'.join(SUFFIXES)} files")
+    if name_glob:
+        files = [p for p in files if fnmatch.fnmatch(p.name, name_glob)]
+        if not files:
+            raise FileNotFoundError(f"{data} holds no file named {name_glob!r}")
     if config and any(config in p.relative_to(data).parts[:-1] for p in files):
         files = [p for p in files if config in p.relative_to(data).parts[:-1]]
     if split:
@@ -228,10 +242,19 @@ def _boxes(spec: TaskSpec, value: Any, size: tuple[int, int], where: str) -> lis
 
 
 def row_items(
-    spec: TaskSpec, row: dict[str, Any], where: str, key: str, root: Path
+    spec: TaskSpec, row: dict[str, Any], where: str, key: str, root: Path, *, answered: bool = True
 ) -> list[EvalItem]:
-    """The items of one row (several for exploded columns); a bad row gives one error item."""
+    """The items of one row (several for exploded columns); a bad row gives one error item.
+    ``answered=False``: the file has no references (a test split), its items are predicted
+    for the submission file only."""
     cols = spec.columns
+    if spec.nested:
+        try:
+            row = spec.nested.flatten(row, where, int(key.rsplit(":", 1)[1]))
+        except SampleError as e:  # named by the raw row's id where it has one
+            rid = row.get(cols.id) if cols.id else None
+            rid = key if rid is None else str(rid)
+            return [EvalItem(spec.name, rid, None, error=str(e), unanswered=not answered)]
     base = str(row[cols.id]) if cols.id and row.get(cols.id) is not None else key
     texts = row.get(cols.explode) if cols.explode else None
     texts = [texts] if isinstance(texts, str) else texts
@@ -240,13 +263,23 @@ def row_items(
         if cols.explode and not (isinstance(texts, list) and texts):
             raise _bad("empty", f"{where}: column {cols.explode!r} has no expressions")
         exprs = texts if cols.explode else [None]
-        return [_item(spec, row, where, i, root, e) for i, e in zip(ids, exprs, strict=True)]
+        return [
+            _item(spec, row, where, i, root, e, answered) for i, e in zip(ids, exprs, strict=True)
+        ]
     except SampleError as e:  # every item of the row fails: one error item each
         refs: list[str] = []
         with contextlib.suppress(SampleError):  # best effort: POPE / MME place errors by answer
             refs = _references(spec, row.get(cols.answer), where) if cols.answer else []
         return [
-            EvalItem(spec.name, i, None, refs, meta=_meta(spec, row), error=str(e))
+            EvalItem(
+                spec.name,
+                i,
+                None,
+                refs if answered else [],
+                meta=_meta(spec, row),
+                error=str(e),
+                unanswered=not answered,
+            )
             for i in ids or [base]
         ]
 
@@ -256,7 +289,13 @@ def _meta(spec: TaskSpec, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _item(
-    spec: TaskSpec, row: dict[str, Any], where: str, item_id: str, root: Path, expression: Any
+    spec: TaskSpec,
+    row: dict[str, Any],
+    where: str,
+    item_id: str,
+    root: Path,
+    expression: Any,
+    answered: bool = True,
 ) -> EvalItem:
     cols = spec.columns
     question = row.get(cols.question) if cols.question else ""
@@ -271,6 +310,9 @@ def _item(
     options = _options(spec, row, question, where) if is_mc else None
     if spec.metric in ("box", "any_box"):
         refs = []
+    elif not answered:
+        refs = []
+        question_id(spec, row, where)
     elif options:
         refs = [_letter(row.get(cols.answer), options, spec.answer_is_index, where)]
     else:
@@ -284,6 +326,11 @@ def _item(
     }
     parts, shown = _content(spec.prompt(fields), slots, where)
     sizes = [header_size(m.bytes if m.bytes is not None else m.path, where=where) for m in shown]
+    regions = []
+    if cols.region:
+        regions = [prompt_region(spec, row.get(cols.region), sizes, where)]
+        parts = place_region(parts, where)
+        shown[0] = dataclasses.replace(shown[0], size=sizes[0])  # regions need the media size
     boxes = []
     if spec.metric in ("box", "any_box"):
         if not sizes:
@@ -296,20 +343,26 @@ def _item(
         stage="eval",
         media=shown,
         messages=[Message("user", parts)],
+        regions=regions,
         answers=refs,
         options=options,
     )
     meta = _meta(spec, row) | ({"expression": expression} if cols.explode else {})
-    return EvalItem(spec.name, item_id, sample, refs, options, boxes, sizes, meta)
+    return EvalItem(
+        spec.name, item_id, sample, refs, options, boxes, sizes, meta, unanswered=not answered
+    )
 
 
-def _wanted(spec: TaskSpec) -> tuple[list[str], list[str]]:
+def _wanted(spec: TaskSpec, answered: bool = True) -> tuple[list[str], list[str]]:
     c = spec.columns
-    required = [x for x in (c.question, c.answer, c.box, c.explode) if x] + list(c.options)
+    if spec.nested:
+        return list(spec.nested.reads), []
+    answer = c.answer if answered else None
+    required = [x for x in (c.question, answer, c.box, c.explode) if x] + list(c.options)
     if not c.images_optional:
         required += list(c.images)
     optional = [x for x in (c.hint, c.id, c.where[0] if c.where else None) if x]
-    return required, optional + list(c.keep) + list(c.images)
+    return required, optional + list(c.keep) + list(c.images) + ([] if answered else [c.answer])
 
 
 class ItemReader:
@@ -327,7 +380,11 @@ class ItemReader:
     ) -> None:
         self.spec, self.limit, self.filtered = spec, limit, 0
         self.files = find_files(
-            data, split or spec.split, spec.config, split_required=split is not None
+            data,
+            split or spec.split,
+            spec.config,
+            split_required=split is not None,
+            name_glob=spec.files,
         )
 
     def row_count(self) -> int:
@@ -338,11 +395,16 @@ class ItemReader:
 
     def __iter__(self) -> Iterator[EvalItem]:
         spec, done = self.spec, 0
-        required, optional = _wanted(spec)
         for path in self.files:
+            answered = has_answers(spec, path)
+            required, optional = _wanted(spec, answered)
+            up = spec.nested is not None and spec.nested.images_from == "parent"
+            root = path.parent.parent if up else path.parent
             for row, where, key in iter_rows(path, required, optional):
                 if isinstance(row, SampleError):
-                    items = [EvalItem(spec.name, key, None, error=str(row))]
+                    items = [
+                        EvalItem(spec.name, key, None, error=str(row), unanswered=not answered)
+                    ]
                 elif spec.columns.where and row.get(spec.columns.where[0]) not in (
                     None,
                     spec.columns.where[1],
@@ -350,7 +412,7 @@ class ItemReader:
                     self.filtered += 1
                     continue
                 else:
-                    items = row_items(spec, row, where, key, path.parent)
+                    items = row_items(spec, row, where, key, root, answered=answered)
                 for item in items:
                     if self.limit is not None and done >= self.limit:
                         return

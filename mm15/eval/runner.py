@@ -35,8 +35,11 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from mm15.data.schema import SampleError
+from mm15.eval.judge import Judge
+from mm15.eval.judged_tasks import JUDGED_METRICS, judge_rows
 from mm15.eval.metrics import category_scores
 from mm15.eval.readers import ItemReader
+from mm15.eval.submission import submission_entries, submission_file, write_submission
 from mm15.eval.task_spec import EvalItem, TaskSpec
 from mm15.eval.tasks import aggregate, get_task, score_item
 from mm15.model.mm15 import MM15
@@ -54,6 +57,17 @@ METRIC_NAMES = {
     "box": "Acc@IoU>0.5",
     "any_box": "any-box recall",
     "synthetic": "suite MMBase",
+    "wtq": "WTQ accuracy",
+    "tabfact": "accuracy (true/false)",
+    "lvis_ref": "accuracy (Ferret LVIS)",
+    "best_option": "accuracy (Best Option)",
+    "cider": "CIDEr",
+    "vlicl": "VL-ICL accuracy",
+    "mathvista_judge": "accuracy (judge-extracted)",
+    "mmvet_judge": "judge score",
+    "llava_judge": "relative score (judge)",
+    "ferret_judge": "relative score (judge)",
+    "videoqa_judge": "accuracy (judge)",
 }
 
 
@@ -62,6 +76,7 @@ class EvalSettings:
     batch_size: int = 8
     limit: int | None = None  # items per task
     max_new_tokens: int | None = None  # None: each task's default
+    judge: Judge | None = None  # for the judged tasks (mm15.eval.judged_tasks)
 
 
 def _predict(
@@ -128,7 +143,7 @@ def _rows(spec: TaskSpec, name: str, items: list[EvalItem], preds: list[str | No
                 "prediction": pred if ok else None,
                 "reference": reference,
                 "options": item.options,
-                "score": score_item(spec, item, pred) if ok else 0.0,
+                "score": None if item.unanswered else score_item(spec, item, pred) if ok else 0.0,
                 "error": None if ok else item.error,
                 "meta": item.meta,
             }
@@ -137,7 +152,14 @@ def _rows(spec: TaskSpec, name: str, items: list[EvalItem], preds: list[str | No
 
 
 def _benchmark(spec: TaskSpec, name: str, rows: list[dict], extra: dict[str, Any]) -> dict:
-    score, details = aggregate(spec, rows)
+    """Scored over the answered items; items of unanswered files (score None: a test split)
+    go to a submission file instead (:mod:`mm15.eval.submission`), counted in details.
+    A benchmark with no answered item has score None and stays out of the averages."""
+    scored = [r for r in rows if r["score"] is not None]
+    score, details = aggregate(spec, scored) if scored else (None, {})
+    if len(scored) < len(rows):
+        _, counts = submission_entries([r for r in rows if r["score"] is None])
+        details["submission"] = {"file": submission_file(name), **counts}
     errors = Counter(r["error"].split(":", 1)[0] for r in rows if r["error"])
     return {
         "task": name,
@@ -235,10 +257,12 @@ def run_eval(
     for name, data in tasks:  # every path is checked before the first prediction
         spec, split = get_task(name)
         data = Path(data)
+        if spec.metric in JUDGED_METRICS and settings.judge is None:
+            raise ValueError(f"task {name!r} is scored by a judge: give EvalSettings(judge=...)")
         if spec.metric == "synthetic":
             plan.append((name, spec, data, None, _count(data, settings.limit)))
         else:
-            reader = ItemReader(spec, data, split=split, limit=settings.limit)
+            reader = (spec.reader or ItemReader)(spec, data, split=split, limit=settings.limit)
             plan.append((name, spec, data, reader, reader.row_count()))
     all_rows, benches = [], []
     with tqdm(
@@ -258,6 +282,8 @@ def run_eval(
                 rows = _run_task(
                     model, tokenizer, spec, name, reader, max_new, settings.batch_size, bar
                 )
+                if spec.metric in JUDGED_METRICS:  # after generation: the judge scores
+                    judge_rows(spec, rows, settings.judge)  # type: ignore[arg-type]
                 bench = _benchmark(
                     spec,
                     name,
@@ -278,7 +304,7 @@ def run_eval(
 def summarize(benches: list[dict], *, seconds: float = 0.0) -> dict[str, Any]:
     """Category averages are means over benchmark scores (§3.1: "the average score of all
     benchmark numbers"); MMBase is the mean of the general, text-rich and knowledge ones."""
-    cats = category_scores((b["category"], b["score"]) for b in benches)
+    cats = category_scores((b["category"], b["score"]) for b in benches if b["score"] is not None)
     mmbase = cats.pop("mmbase", None)
     return {
         "benchmarks": {b["task"]: b for b in benches},
@@ -295,6 +321,12 @@ def write_outputs(out: Path, rows: list[dict], summary: dict[str, Any]) -> None:
     with open(out / "items.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    for name, bench in summary["benchmarks"].items():
+        if "submission" in bench["details"]:
+            own = [r for r in rows if r["task"] == name and r["score"] is None]
+            write_submission(
+                out / bench["details"]["submission"]["file"], submission_entries(own)[0]
+            )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     plot_summary(summary, out / "summary.png")
@@ -307,11 +339,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     ]
     for name, b in summary["benchmarks"].items():
         errs = ", ".join(f"{k} {v}" for k, v in b["errors"].items()) or "0"
-        lines.append(
-            f"| {name} | {b['category']} | {b['metric']} | {100 * b['score']:.1f} | "
-            f"{b['n']} | {errs} |"
-        )
+        score = "n/a" if b["score"] is None else f"{100 * b['score']:.1f}"
+        lines.append(f"| {name} | {b['category']} | {b['metric']} | {score} | {b['n']} | {errs} |")
         d = b["details"]
+        if "submission" in d:
+            sub = d["submission"]
+            lines.append(f"| {name} test split | | submission | {sub['file']} | {sub['n']} | |")
         if "perception" in d:
             lines.append(
                 f"| {name} perception / cognition | | sums | "
@@ -341,7 +374,7 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    benches = list(summary["benchmarks"].values())
+    benches = [b for b in summary["benchmarks"].values() if b["score"] is not None]
     colour = {
         c: colormaps["tab10"](i % 10)
         for i, c in enumerate(sorted({b["category"] for b in benches}))

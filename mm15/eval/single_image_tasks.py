@@ -42,6 +42,7 @@ def text_rich_specs() -> list[TaskSpec]:
             split="validation",
             config="DocVQA",
             columns=Columns(answer="answers", id="questionId"),
+            submission_id="questionId",  # the test split: a submission file
         ),
         TaskSpec(
             name="infovqa",
@@ -50,6 +51,7 @@ def text_rich_specs() -> list[TaskSpec]:
             split="validation",
             config="InfographicVQA",
             columns=Columns(answer="answers", id="questionId"),
+            submission_id="questionId",  # the test split: a submission file
         ),
         TaskSpec(
             name="chartqa",

@@ -6,8 +6,9 @@ and the MMBase category (Table 4).  The tasks are listed by family: general, tex
 knowledge in :mod:`mm15.eval.single_image_tasks` (SEED, POPE, MME, RealWorldQA; TextVQA, DocVQA,
 InfoVQA, ChartQA, OCRBench; AI2D, ScienceQA-IMG, MMMU), multi_image in
 :mod:`mm15.eval.multi_image_tasks` (Q-Bench2, Mantis, NLVR2, BLINK, MuirBench), refer_ground in
-:mod:`mm15.eval.grounding_tasks` (RefCOCO/+/g, Flickr30k); the synthetic suite of the demo is its
-own category and never enters MMBase.
+:mod:`mm15.eval.grounding_tasks` (RefCOCO/+/g, Flickr30k, LVIS-Ref box / point), the table
+benchmarks WTQ and TabFact (text_rich) in :mod:`mm15.eval.table_tasks`; the synthetic suite of
+the demo is its own category and never enters MMBase.
 
 Column names are those of the lmms-eval Parquet tables (on-disk layouts:
 mm15/data/registry.toml); a plain JSONL copy uses the same field names, with image fields holding
@@ -20,11 +21,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from mm15.eval import benchmarks as bm
-from mm15.eval.grounding_tasks import grounding_specs
+from mm15.eval.grounding_tasks import grounding_specs, lvis_ref_specs
+from mm15.eval.icl import icl_specs, vlicl_match
+from mm15.eval.judged_tasks import JUDGED_METRICS, aggregate_judged, judged_specs
 from mm15.eval.metrics import box_iou50, exact_match, mc_accuracy
 from mm15.eval.multi_image_tasks import multi_image_specs
 from mm15.eval.single_image_tasks import general_specs, knowledge_specs, text_rich_specs
+from mm15.eval.table_metrics import tabfact_accuracy, wtq_accuracy
+from mm15.eval.table_tasks import table_specs
 from mm15.eval.task_spec import EvalItem, TaskSpec
+from mm15.eval.ui_tasks import cider_aggregate, ui_specs
+from mm15.eval.video_tasks import best_option_score, video_specs
 
 _SYNTHETIC = TaskSpec(
     name="synthetic", category="synthetic", metric="synthetic", max_new_tokens=None
@@ -38,6 +45,12 @@ TASKS: dict[str, TaskSpec] = {
         *general_specs(),
         *multi_image_specs(),
         *grounding_specs(),
+        *table_specs(),
+        *lvis_ref_specs(),
+        *video_specs(),
+        *ui_specs(),
+        *icl_specs(),
+        *judged_specs(),
         _SYNTHETIC,
     ]
 }
@@ -80,6 +93,20 @@ def score_item(spec: TaskSpec, item: EvalItem, pred: str) -> float:
         return box_iou50(pred, item.boxes[0], item.sizes)
     if m == "any_box":
         return bm.any_box_iou50(pred, item.boxes, item.sizes)
+    if m == "wtq":
+        return wtq_accuracy(pred, refs)
+    if m == "tabfact":
+        return tabfact_accuracy(pred, refs[0])
+    if m == "lvis_ref":
+        return bm.lvis_ref_match(pred, refs[0], refs[1:])
+    if m == "best_option":
+        return best_option_score(pred, item.options or [], refs[0])
+    if m == "vlicl":
+        return vlicl_match(spec.name.removeprefix("vlicl_"), pred, refs[0])
+    if m == "cider":  # a corpus metric: aggregate() writes each item's CIDEr
+        return 0.0
+    if m in JUDGED_METRICS:  # the runner's judge_rows scores it after generation
+        return 0.0
     raise ValueError(f"task {spec.name}: metric {m!r} is not scored per item")
 
 
@@ -94,6 +121,10 @@ def aggregate(spec: TaskSpec, rows: Sequence[dict[str, Any]]) -> tuple[float, di
     """
     if not rows:
         return 0.0, {}
+    if spec.metric == "cider":  # UI captioning (Table 12): also sets each row's score
+        return cider_aggregate(rows)
+    if spec.metric in JUDGED_METRICS:  # MathVista, MM-Vet, LLaVA-Bench, Ferret-Bench, video QA
+        return aggregate_judged(spec, list(rows))
     mean = sum(r["score"] for r in rows) / len(rows)
     if spec.metric == "pope":  # a POPE copy without the split column is one split, "all"
         placed = [r for r in rows if r["reference"]]
