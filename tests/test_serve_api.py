@@ -217,6 +217,12 @@ def test_cli_flags_become_the_config(tmp_path, monkeypatch):
             str(tmp_path),
             "--max-images",
             "2",
+            "--max-videos",
+            "3",
+            "--max-video-bytes",
+            "1000",
+            "--max-video-frames",
+            "50",
             "--max-batch",
             "3",
             "--max-queue",
@@ -227,6 +233,8 @@ def test_cli_flags_become_the_config(tmp_path, monkeypatch):
     assert (args.port, cfg.model_name, cfg.api_key) == (9001, "ckpt", "from-env")
     assert cfg.media.allow_fetch_hosts == ("images.example.org", "cdn.example.org")
     assert cfg.media.media_root == str(tmp_path) and cfg.limits.max_images == 2
+    assert cfg.limits.max_videos == 3
+    assert (cfg.media.max_video_bytes, cfg.media.max_video_frames) == (1000, 50)
     assert (cfg.engine.max_batch, cfg.engine.max_queue) == (3, 5)
     assert not cfg.media.allow_private_addresses  # no flag turns the address check off
     args = parser.parse_args(

@@ -1,5 +1,6 @@
 """The upload page at / driven in headless Chromium (Debian's chromium + chromium-driver,
-through Selenium; no browser download): upload an image, ask, see the answer and its box."""
+through Selenium; no browser download): upload an image, ask, see the answer and its box; attach
+a video and see it in the conversation."""
 
 from __future__ import annotations
 
@@ -100,3 +101,44 @@ def test_wrong_key_shows_the_error(server, browser):
     )
     assert answer.get_attribute("data-state") == "error"
     assert "API key" in browser.find_element(By.ID, "status").text
+
+
+@pytest.fixture(scope="module")
+def video_server(tiny_ckpt_dir):
+    """A scripted server that records how many tiles each prompt had."""
+    model, tok = load_checkpoint(tiny_ckpt_dir)
+    scripted, tiles = Scripted(tok, ANSWER), []
+
+    def generate_fn(prompts, settings, on_token):
+        tiles.extend(0 if p.pixels is None else p.pixels.shape[0] for p in prompts)
+        return scripted(prompts, settings, on_token)
+
+    app = create_app(model, tok, config(), generate_fn=generate_fn)
+    with BackgroundServer(app) as srv:
+        srv.tiles, srv.frames = tiles, model.cfg.video.num_frames
+        yield srv
+
+
+def test_attach_a_video_and_see_it_in_the_conversation(video_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.registry_fixtures import write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=12, size=(32, 32))
+    browser.get(f"{video_server.url}/")
+    browser.find_element(By.ID, "video").send_keys(str(clip))
+    browser.find_element(By.ID, "question").send_keys("what happens?")
+    browser.find_element(By.ID, "send").click()
+    answer = browser.find_element(By.ID, "answer")
+    WebDriverWait(browser, 20).until(
+        lambda d: answer.get_attribute("data-state") in ("done", "error")
+    )
+    status = browser.find_element(By.ID, "status").text
+    assert answer.get_attribute("data-state") == "done", status
+    assert answer.text == ANSWER
+    # the server sampled the clip's frames, one tile each; the page shows the video it sent
+    assert video_server.tiles == [video_server.frames]
+    shown = browser.find_elements(By.CSS_SELECTOR, "#images video")
+    assert len(shown) == 1 and shown[0].get_attribute("src").startswith("data:video/mp4;base64,")

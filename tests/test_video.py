@@ -1,4 +1,5 @@
-"""Video frames: uniform sampling rule, file (PyAV) and frame-folder sources, bounds, errors."""
+"""Video frames: uniform sampling rule, file (PyAV), bytes in memory and frame-folder sources,
+bounds, errors."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from mm15.data.image_io import ImageDecodeError
 from mm15.data.video import (
     VideoDecodeError,
     list_frame_files,
+    load_video_bytes,
     load_video_frames,
+    read_video_header,
     sample_decoded_frames,
+    sniff_container,
     uniform_indices,
 )
 
@@ -147,3 +151,38 @@ def test_decoded_frames_are_sampled_like_a_folder(tmp_path):
         sample_decoded_frames([], cfg)
     with pytest.raises(ValueError, match="uint8"):
         sample_decoded_frames(arrays.astype(np.float32), cfg)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_video_bytes_decode_as_the_file(ext, tmp_path):
+    """A server's upload is decoded in memory with the file's sampling rule and bounds."""
+    path = _write_video(tmp_path / f"clip.{ext}", 20)
+    data = path.read_bytes()
+    cfg = VideoConfig(num_frames=4)
+    header = read_video_header(data, cfg)
+    assert (header.frames, header.width, header.height) == (20, 32, 32)
+    frames = load_video_bytes(data, cfg, header=header)
+    assert _frame_ids(frames) == _frame_ids(load_video_frames(path, cfg)) == [2, 7, 12, 17]
+    with pytest.raises(VideoDecodeError, match="upload: frames are 32x32") as err:
+        read_video_header(data, VideoConfig(max_frame_pixels=1000), name="upload")
+    assert err.value.reason == "too_large"
+    with pytest.raises(VideoDecodeError, match="frame 0 is 32x32") as err:  # header not trusted
+        load_video_bytes(data, VideoConfig(max_frame_pixels=1000), header=header)
+    assert err.value.reason == "too_large"
+
+
+def test_video_bytes_only_from_known_containers(tmp_path):
+    """FFmpeg never probes untrusted bytes: a playlist (hls, concat) could open other files."""
+    playlist = b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n"
+    concat = b"ffconcat version 1.0\nfile /etc/passwd\n"
+    png = (tmp_path / "x.png").as_posix()
+    Image.new("RGB", (8, 8)).save(png)
+    for data in (playlist, concat, Path(png).read_bytes(), b""):
+        assert sniff_container(data) is None
+        with pytest.raises(VideoDecodeError, match="not a video container") as err:
+            load_video_bytes(data, VideoConfig())
+        assert err.value.reason == "unreadable"
+    mp4 = _write_video(tmp_path / "clip.mp4", 3).read_bytes()
+    assert sniff_container(mp4) == "mov"
+    with pytest.raises(VideoDecodeError, match=r"cannot decode video|no video stream"):
+        load_video_bytes(mp4[:200], VideoConfig())

@@ -47,9 +47,12 @@ SHORTHANDS = {
     "--media-root": "media.media_root",
     "--max-image-bytes": "media.max_image_bytes",
     "--max-image-pixels": "media.max_image_pixels",
+    "--max-video-bytes": "media.max_video_bytes",
+    "--max-video-frames": "media.max_video_frames",
     "--fetch-timeout": "media.fetch_timeout_s",
     "--max-pixels-in-flight": "media.max_pixels_in_flight",
     "--max-images": "limits.max_images",
+    "--max-videos": "limits.max_videos",
     "--max-body-bytes": "limits.max_body_bytes",
     "--max-prompt-tokens": "limits.max_prompt_tokens",
     "--max-prompt-bytes": "limits.max_prompt_bytes",
@@ -109,17 +112,22 @@ def register(sub) -> None:
 
 
 def _add_media_flags(p: argparse.ArgumentParser) -> None:
-    """Which image URLs a request may use, and the bounds on fetching and decoding them."""
-    g = p.add_argument_group("media (image_url)")
+    """Which image and video URLs a request may use, and the bounds on fetching and decoding
+    them."""
+    g = p.add_argument_group("media (image_url, video_url)")
     g.add_argument(
         "--allow-fetch",
         nargs="+",
         metavar="HOST",
-        help="allow http(s) image URLs from these hosts (public addresses only)",
+        help="allow http(s) image and video URLs from these hosts (public addresses only)",
     )
     g.add_argument("--media-root", metavar="DIR", help="allow file:// URLs inside DIR")
     g.add_argument("--max-image-bytes", type=int)
     g.add_argument("--max-image-pixels", type=int)
+    g.add_argument("--max-video-bytes", type=int)
+    g.add_argument(
+        "--max-video-frames", type=int, help="frames a video may have (decoding is bounded by it)"
+    )
     g.add_argument("--fetch-timeout", type=float, metavar="S")
     g.add_argument(
         "--max-pixels-in-flight",
@@ -132,6 +140,7 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     """Per-request limits (4xx past them) and the batching engine's sizes (429 past them)."""
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-images", type=int)
+    g.add_argument("--max-videos", type=int)
     g.add_argument("--max-body-bytes", type=int)
     g.add_argument("--max-prompt-tokens", type=int, help="default: the model's max_seq_len")
     g.add_argument(

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from mm15.services.image_settings import check_image_settings
 
+MediaKind = Literal["image", "video"]  # an image_url or a video_url part
+
 
 def _need(ok: bool, what: str, value: object) -> None:
     if not ok:
@@ -45,10 +47,15 @@ def _positive(cfg: object, *names: str) -> None:
 
 @dataclass(kw_only=True)
 class MediaConfig:
-    """Where ``image_url`` may point, and how big an image may be."""
+    """Where ``image_url`` and ``video_url`` may point, and how big an image or a video may be."""
 
     max_image_bytes: int = 10 * 2**20  # encoded size, after base64 decoding
     max_image_pixels: int = 16_000_000  # W × H from the header, checked before decoding
+    max_video_bytes: int = 64 * 2**20  # a video's encoded size (all frames of a frame list)
+    # Frames in a video (K, from its header or by counting packets, before decoding): decoding
+    # runs up to the last sampled frame, so K bounds the work.  Each frame is an image for
+    # max_image_pixels (and the model's VideoConfig.max_frame_pixels).
+    max_video_frames: int = 10_000
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")  # PIL plugins allowed to parse
     # http(s) fetching: off unless some hosts are allowed (exact host names or IP literals).
     allow_fetch_hosts: tuple[str, ...] = ()
@@ -68,6 +75,7 @@ class MediaConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "max_image_bytes", "max_image_pixels")
+        _at_least(self, 1, "max_video_bytes", "max_video_frames")
         _at_least(self, 0, "max_redirects", "pixels_wait_s")
         _positive(self, "fetch_timeout_s")
         _need(
@@ -77,12 +85,17 @@ class MediaConfig:
             self.max_pixels_in_flight,
         )
 
+    def max_bytes(self, kind: MediaKind) -> int:
+        """The encoded-size limit of an image or a video."""
+        return self.max_video_bytes if kind == "video" else self.max_image_bytes
+
 
 @dataclass(kw_only=True)
 class LimitsConfig:
     """Per-request limits (each breach is a 4xx naming the limit)."""
 
     max_images: int = 4
+    max_videos: int = 1  # video_url parts; their frames count in the pixel budget, not here
     max_body_bytes: int = 48 * 2**20
     max_prompt_tokens: int | None = None  # None: the model's lm.max_seq_len
     # UTF-8 bytes of all text in a request, checked before tokenising.  None: the prompt-token
@@ -96,7 +109,7 @@ class LimitsConfig:
     max_stop: int = 4  # stop strings per request, as OpenAI
 
     def __post_init__(self) -> None:
-        _at_least(self, 0, "max_images", "max_stop")
+        _at_least(self, 0, "max_images", "max_videos", "max_stop")
         _at_least(self, 1, "max_body_bytes", "max_messages", "max_content_parts", "max_tokens")
         _at_least(self, 1, "max_prompt_tokens", "max_prompt_bytes", unset_ok=True)
         if not 1 <= self.default_max_tokens <= self.max_tokens:

@@ -7,8 +7,8 @@ first), then the connection goes to that vetted address (no second lookup a DNS 
 change).  Redirects are followed by hand, at most ``max_redirects``, each hop checked like the
 first (scheme, host, addresses).  The whole exchange -- connect, TLS handshake, request, status
 line and headers, body -- runs under one overall deadline (``fetch_timeout_s``); the head is at
-most ``MAX_RESPONSE_HEAD_BYTES`` and the body ``max_image_bytes``, so a slow or huge response is
-cut off.  Every refusal is an :class:`APIError` 400 that says why.
+most ``MAX_RESPONSE_HEAD_BYTES`` and the body ``max_image_bytes`` (``max_video_bytes`` for a
+video), so a slow or huge response is cut off.  Every refusal is an :class:`APIError` 400 that says why.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mm15.serve.config import MediaConfig
+from mm15.serve.config import MediaConfig, MediaKind
 from mm15.serve.schemas import APIError
 
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -70,7 +70,8 @@ class Fetcher:
     resolve: Callable[[str, int], list[str]] = field(default=resolve_host)
     dial: Callable[[str, int, float], socket.socket] = field(default=dial_tcp)
 
-    def fetch(self, url: str, where: str = "image_url") -> bytes:
+    def fetch(self, url: str, where: str = "image_url", *, kind: MediaKind = "image") -> bytes:
+        """The body of ``url`` (at most ``cfg.max_bytes(kind)``), under the module's rules."""
         if not self.cfg.allow_fetch_hosts:
             raise _bad(
                 f"{where}: fetching http(s) URLs is disabled on this server (send a data "
@@ -81,7 +82,9 @@ class Fetcher:
         for _ in range(self.cfg.max_redirects + 1):
             scheme, host, port, target = self._check_url(url, where)
             ip = self._vetted_address(host, port, where)
-            status, location, body = self._get(scheme, host, port, ip, target, deadline, where)
+            status, location, body = self._get(
+                scheme, host, port, ip, target, deadline, where, kind
+            )
             if status in _REDIRECTS:
                 if not location:
                     raise _bad(f"{where}: redirect {status} without a Location", "fetch_failed")
@@ -131,9 +134,17 @@ class Fetcher:
         return ips[0]
 
     def _get(
-        self, scheme: str, host: str, port: int, ip: str, target: str, deadline: float, where: str
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        ip: str,
+        target: str,
+        deadline: float,
+        where: str,
+        kind: MediaKind,
     ) -> tuple[int, str | None, bytes]:
-        """One GET to the vetted ``ip``: (status, Location, body ≤ max_image_bytes).  The whole
+        """One GET to the vetted ``ip``: (status, Location, body ≤ ``cfg.max_bytes(kind)``).  The whole
         exchange -- connect, TLS handshake, request, status line and headers, body -- ends by
         ``deadline``; the status line and headers are at most ``MAX_RESPONSE_HEAD_BYTES``."""
         try:
@@ -141,12 +152,13 @@ class Fetcher:
             conn = http.client.HTTPConnection(host, port, timeout=_remaining(deadline, where))
             conn.sock = sock  # connect to the vetted address, never re-resolve
             try:
-                conn.request("GET", target, headers={"Accept": "image/*", "User-Agent": "mm15"})
+                headers = {"Accept": f"{kind}/*", "User-Agent": "mm15"}
+                conn.request("GET", target, headers=headers)
                 resp = conn.getresponse()
-                sock.head_limit = None  # the body is bounded by max_image_bytes below
+                sock.head_limit = None  # the body is bounded by max_bytes(kind) below
                 if resp.status != 200:
                     return resp.status, resp.getheader("Location"), b""
-                return 200, None, self._read_body(resp, where)
+                return 200, None, self._read_body(resp, where, kind)
             finally:
                 conn.close()
                 sock.sock.close()
@@ -172,14 +184,14 @@ class Fetcher:
             raise
         return _DeadlineSocket(sock, deadline, where, head_limit=MAX_RESPONSE_HEAD_BYTES)
 
-    def _read_body(self, resp: http.client.HTTPResponse, where: str) -> bytes:
-        max_bytes = self.cfg.max_image_bytes
+    def _read_body(self, resp: http.client.HTTPResponse, where: str, kind: MediaKind) -> bytes:
+        max_bytes = self.cfg.max_bytes(kind)
         length = resp.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
             raise _bad(
-                f"{where}: image is {int(length):,} bytes, above the limit of "
-                f"{max_bytes:,} (max_image_bytes)",
-                "image_too_large",
+                f"{where}: {kind} is {int(length):,} bytes, above the limit of "
+                f"{max_bytes:,} (max_{kind}_bytes)",
+                f"{kind}_too_large",
             )
         chunks, size = [], 0
         while chunk := resp.read1(65536):
@@ -187,8 +199,8 @@ class Fetcher:
             size += len(chunk)
             if size > max_bytes:
                 raise _bad(
-                    f"{where}: image is over the limit of {max_bytes:,} bytes (max_image_bytes)",
-                    "image_too_large",
+                    f"{where}: {kind} is over the limit of {max_bytes:,} bytes (max_{kind}_bytes)",
+                    f"{kind}_too_large",
                 )
         return b"".join(chunks)
 

@@ -13,7 +13,7 @@ import os
 import stat
 import urllib.parse
 
-from mm15.serve.config import MediaConfig
+from mm15.serve.config import MediaConfig, MediaKind
 from mm15.serve.schemas import APIError
 
 
@@ -21,8 +21,9 @@ def _bad(message: str, code: str = "invalid_image_url") -> APIError:
     return APIError(400, message, code=code)
 
 
-def read_local_file(url: str, cfg: MediaConfig, where: str) -> bytes:
-    """A ``file://`` URL's bytes, only for regular files inside ``cfg.media_root``.
+def read_local_file(url: str, cfg: MediaConfig, where: str, *, kind: MediaKind = "image") -> bytes:
+    """A ``file://`` URL's bytes, only for regular files inside ``cfg.media_root``, at most
+    ``cfg.max_bytes(kind)`` of them.
 
     There is no check-then-open: the root is opened as a directory and every component below it
     is opened relative to its parent's descriptor with ``O_NOFOLLOW`` (openat), so a path swapped
@@ -43,21 +44,22 @@ def read_local_file(url: str, cfg: MediaConfig, where: str) -> bytes:
         raise _bad(f"{where}: malformed file URL: {e}") from e
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise _bad(f"{where}: a file URL must be file:///absolute/path (no host, query, fragment)")
+    max_bytes = cfg.max_bytes(kind)
     names = _names_below_root(parts.path, cfg.media_root, where)
     fd = _open_below_root(cfg.media_root, names, parts.path, where)
     try:
         st = os.fstat(fd)  # the opened file's type and size, not the path's
         if not stat.S_ISREG(st.st_mode):
             raise _bad(f"{where}: {parts.path!r} is not a regular file")
-        if st.st_size > cfg.max_image_bytes:
+        if st.st_size > max_bytes:
             raise _bad(
                 f"{where}: file is {st.st_size:,} bytes, above the limit of "
-                f"{cfg.max_image_bytes:,} (max_image_bytes)",
-                "image_too_large",
+                f"{max_bytes:,} (max_{kind}_bytes)",
+                f"{kind}_too_large",
             )
         chunks, size = [], 0
-        while size <= cfg.max_image_bytes:  # bounded even if the file grows after fstat()
-            chunk = os.read(fd, min(2**20, cfg.max_image_bytes + 1 - size))
+        while size <= max_bytes:  # bounded even if the file grows after fstat()
+            chunk = os.read(fd, min(2**20, max_bytes + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -66,9 +68,10 @@ def read_local_file(url: str, cfg: MediaConfig, where: str) -> bytes:
         raise _bad(f"{where}: cannot read {parts.path!r}: {e.strerror}", "image_missing") from e
     finally:
         os.close(fd)
-    if size > cfg.max_image_bytes:
+    if size > max_bytes:
         raise _bad(
-            f"{where}: file is over the limit of {cfg.max_image_bytes:,} bytes", "image_too_large"
+            f"{where}: file is over the limit of {max_bytes:,} bytes (max_{kind}_bytes)",
+            f"{kind}_too_large",
         )
     return b"".join(chunks)
 

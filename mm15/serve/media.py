@@ -25,7 +25,7 @@ from PIL import Image
 
 from mm15.config import ImageConfig
 from mm15.data.image_io import ImageDecodeError, open_image
-from mm15.serve.config import MediaConfig
+from mm15.serve.config import MediaConfig, MediaKind
 from mm15.serve.fetch import Fetcher
 from mm15.serve.local_files import read_local_file
 from mm15.serve.schemas import APIError
@@ -38,34 +38,53 @@ def _bad(message: str, code: str = "invalid_image_url") -> APIError:
     return APIError(400, message, code=code)
 
 
-def decode_data_url(url: str, max_bytes: int, where: str) -> bytes:
-    """The bytes of a base64 ``data:image/*`` URL, at most ``max_bytes`` of them."""
+def split_data_url(url: str, where: str, kind: MediaKind = "image") -> tuple[str, bytes]:
+    """The media type and the base64 payload (whitespace removed) of a ``data:<kind>/...;base64,``
+    URL; nothing is decoded."""
     m = _DATA_URL.match(url)
     if m is None:
-        raise _bad(f"{where}: malformed data URL (want data:image/<type>;base64,<data>)")
+        raise _bad(
+            f"{where}: malformed data URL (want data:{kind}/<type>;base64,<data>)",
+            f"invalid_{kind}_url",
+        )
     mime, params = (m.group("mime") or "").lower(), m.group("params").lower().split(";")
-    if not mime.startswith("image/"):
-        raise _bad(f"{where}: data URL media type {mime or '(none)'!r} is not image/*")
+    if not mime.startswith(f"{kind}/"):
+        raise _bad(
+            f"{where}: data URL media type {mime or '(none)'!r} is not {kind}/*",
+            f"invalid_{kind}_url",
+        )
     if "base64" not in params:
-        raise _bad(f"{where}: data URL is not base64-encoded (want ';base64,')")
-    payload = _WHITESPACE.sub(b"", url[m.end() :].encode("ascii", errors="replace"))
+        raise _bad(
+            f"{where}: data URL is not base64-encoded (want ';base64,')", f"invalid_{kind}_url"
+        )
+    return mime, _WHITESPACE.sub(b"", url[m.end() :].encode("ascii", errors="replace"))
+
+
+def decode_base64(payload: bytes, max_bytes: int, where: str, kind: MediaKind = "image") -> bytes:
+    """At most ``max_bytes`` decoded from base64 ``payload``; the size is checked from its
+    length before anything is decoded."""
     if len(payload) // 4 * 3 > max_bytes + 2:
         raise _bad(
-            f"{where}: image is about {len(payload) // 4 * 3:,} bytes, above the limit "
-            f"of {max_bytes:,} (max_image_bytes)",
-            "image_too_large",
+            f"{where}: {kind} is about {len(payload) // 4 * 3:,} bytes, above the limit "
+            f"of {max_bytes:,} (max_{kind}_bytes)",
+            f"{kind}_too_large",
         )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise _bad(f"{where}: data URL has invalid base64: {e}") from e
+        raise _bad(f"{where}: data URL has invalid base64: {e}", f"invalid_{kind}_url") from e
     if len(data) > max_bytes:
         raise _bad(
-            f"{where}: image is {len(data):,} bytes, above the limit of {max_bytes:,} "
-            "(max_image_bytes)",
-            "image_too_large",
+            f"{where}: {kind} is {len(data):,} bytes, above the limit of {max_bytes:,} "
+            f"(max_{kind}_bytes)",
+            f"{kind}_too_large",
         )
     return data
+
+
+def decode_data_url(url: str, max_bytes: int, where: str) -> bytes:
+    """The bytes of a base64 ``data:image/*`` URL, at most ``max_bytes`` of them."""
+    return decode_base64(split_data_url(url, where)[1], max_bytes, where)
 
 
 def load_image_url(url: str, cfg: MediaConfig, fetcher: Fetcher, where: str) -> Image.Image:

@@ -3,11 +3,13 @@
 :func:`check_request` is cheap (no image touched) and runs before admission;
 :func:`prepare_prompt` fetches and decodes images and tokenises, after admission, in a worker
 thread.  Text is bounded before it is tokenised (:func:`prompt_bytes_limit`), and decoded
-images server-wide (:class:`PixelBudget`).  The prompt is the chat template the model was trained with
-(:mod:`mm15.data.pipeline`, ``for_generation``; the decoded images travel in the sample as
-``Media.decoded``, so they are neither decoded twice nor re-joined): images are numbered ``k`` in
-order of appearance over the whole conversation, which is the ``k`` of ``<k:x1,y1,x2,y2>`` and
-of the ``image`` field of returned regions.
+images and video frames server-wide (:class:`PixelBudget`).  The prompt is the chat template the
+model was trained with (:mod:`mm15.data.pipeline`, ``for_generation``; the decoded images travel
+in the sample as ``Media.decoded``, so they are neither decoded twice nor re-joined): images are
+numbered ``k`` in order of appearance over the whole conversation, which is the ``k`` of
+``<k:x1,y1,x2,y2>`` and of the ``image`` field of returned regions.  A video is a
+``Media(kind="video")`` whose sampled frames (:mod:`mm15.serve.video`) are planned as training
+plans them (§5: one tile each); each frame is an image ``k``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from mm15.config import VideoConfig
 from mm15.data.coord_parse import parse_regions
 from mm15.data.coords import Box
 from mm15.data.pipeline import format_sample
@@ -26,7 +29,8 @@ from mm15.serve.config import LimitsConfig, ServeConfig
 from mm15.serve.engine import SamplingParams
 from mm15.serve.fetch import Fetcher
 from mm15.serve.media import load_image_url
-from mm15.serve.schemas import APIError, ChatRequest, ImagePart
+from mm15.serve.schemas import APIError, ChatRequest, ImagePart, VideoPart
+from mm15.serve.video import open_video_url
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -34,7 +38,7 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 @dataclass
 class PreparedPrompt:
     encoded: EncodedPrompt
-    sizes: list[tuple[int, int]]  # (W, H) of image k, for parsing regions in the answer
+    sizes: list[tuple[int, int]]  # (W, H) of image (or frame) k, for parsing regions
 
     @property
     def prompt_tokens(self) -> int:
@@ -82,7 +86,7 @@ def check_request(
     _check_model_and_features(req, cfg)
     max_tokens = _max_tokens(req, cfg.limits)
     stop = _stop_strings(req, cfg.limits)
-    _check_images(req, cfg.limits)
+    _check_media(req, cfg.limits)
     _check_text_bytes(req, max_prompt_bytes)
     temperature = cfg.default_temperature if req.temperature is None else req.temperature
     return SamplingParams(
@@ -133,24 +137,28 @@ def _stop_strings(req: ChatRequest, lim: LimitsConfig) -> list[str]:
     return stop
 
 
-def _check_images(req: ChatRequest, lim: LimitsConfig) -> None:
-    """Images only in user messages, at most ``max_images`` in the whole conversation."""
-    n_images = 0
+def _check_media(req: ChatRequest, lim: LimitsConfig) -> None:
+    """Images and videos only in user messages, at most ``max_images`` and ``max_videos`` in
+    the whole conversation."""
+    limits = {"image": lim.max_images, "video": lim.max_videos}
+    counts = dict.fromkeys(limits, 0)
     for i, msg in enumerate(req.messages):
         parts = msg.content if isinstance(msg.content, list) else []
-        images = sum(isinstance(p, ImagePart) for p in parts)
-        if images and msg.role != "user":
+        for kind, what in ((ImagePart, "image"), (VideoPart, "video")):
+            n = sum(isinstance(p, kind) for p in parts)
+            if n and msg.role != "user":
+                raise _bad(
+                    f"messages[{i}]: only user messages may hold {what}s, not {msg.role}",
+                    f"messages.{i}.content",
+                )
+            counts[what] += n
+    for what, n in counts.items():
+        if n > limits[what]:
             raise _bad(
-                f"messages[{i}]: only user messages may hold images, not {msg.role}",
-                f"messages.{i}.content",
+                f"{n} {what}s in the request; at most {limits[what]} are allowed (max_{what}s)",
+                "messages",
+                f"too_many_{what}s",
             )
-        n_images += images
-    if n_images > lim.max_images:
-        raise _bad(
-            f"{n_images} images in the request; at most {lim.max_images} are allowed",
-            "messages",
-            "too_many_images",
-        )
 
 
 def _check_text_bytes(req: ChatRequest, max_prompt_bytes: int | None) -> None:
@@ -195,32 +203,56 @@ class PixelBudget:
 
 @dataclass
 class _Images:
-    """One request's image loading, within the budget; :meth:`close` gives back what it holds."""
+    """One request's image and video loading, within the budget; :meth:`close` gives back what
+    it holds."""
 
     cfg: ServeConfig
     fetcher: Fetcher
     budget: PixelBudget | None
     held: int = 0
 
+    def _take(self, n: int, where: str) -> None:
+        if self.budget is not None and n > 0:
+            self.budget.take(n, where)
+            self.held += n
+
+    def _give(self, n: int) -> None:
+        if self.budget is not None and n > 0:
+            self.budget.give(n)
+            self.held -= n
+
     def load(self, url: str, where: str) -> Image.Image:
-        if self.budget is None:
-            return load_image_url(url, self.cfg.media, self.fetcher, where)
         most = self.cfg.media.max_image_pixels
-        self.budget.take(most, where)
-        self.held += most
+        self._take(most, where)
         image = load_image_url(url, self.cfg.media, self.fetcher, where)
-        unused = most - image.width * image.height
-        self.budget.give(unused)
-        self.held -= unused
+        self._give(most - image.width * image.height)
         return image
 
+    def load_video(self, url: str, where: str, video_cfg: VideoConfig) -> list[Image.Image]:
+        """The sampled frames; the budget holds their pixels (from the headers) before any is
+        decoded, so a video larger than the whole budget is a 400, not a 503 after waiting."""
+        media = self.cfg.media
+        video = open_video_url(url, media, video_cfg, self.fetcher, where)
+        if video.pixels > media.max_pixels_in_flight:
+            raise _bad(
+                f"{where}: the video's {video.frames} sampled frames hold {video.pixels:,} "
+                f"pixels, above the {media.max_pixels_in_flight:,} decoded pixels allowed in "
+                "flight (max_pixels_in_flight)",
+                "messages",
+                "video_too_large",
+            )
+        self._take(video.pixels, where)
+        frames = video.decode()
+        used = sum(f.width * f.height for f in frames)
+        self._take(used - video.pixels, where)  # frames larger than the header said
+        self._give(video.pixels - used)
+        return frames
+
     def close(self) -> None:
-        if self.budget is not None:
-            self.budget.give(self.held)
-            self.held = 0
+        self._give(self.held)
 
 
-def _sample(req: ChatRequest, loader: _Images) -> Sample:
+def _sample(req: ChatRequest, loader: _Images, video_cfg: VideoConfig) -> Sample:
     media, messages = [], []
     for i, msg in enumerate(req.messages):
         content = msg.content if msg.content is not None else ""
@@ -233,12 +265,25 @@ def _sample(req: ChatRequest, loader: _Images) -> Sample:
                 image = loader.load(part.image_url.url, where)
                 parts.append(Part.m(len(media)))
                 media.append(Media(kind="image", decoded=image))
+            elif isinstance(part, VideoPart):
+                where = f"messages[{i}].content[{j}].video_url"
+                frames = loader.load_video(part.video_url.url, where, video_cfg)
+                parts.append(Part.m(len(media)))
+                media.append(Media(kind="video", decoded=frames))
             else:
                 parts.append(Part.t(part.text))
         messages.append(Message(role=_ROLES[msg.role], content=parts))
     return Sample(
         id="request", source="serve", category="eval", stage="eval", media=media, messages=messages
     )
+
+
+def _sizes(sample: Sample) -> list[tuple[int, int]]:
+    """(W, H) of image k: an image's own, or each frame of a video (frames count as images)."""
+    out = []
+    for m in sample.media:
+        out.extend(f.size for f in (m.decoded if m.kind == "video" else [m.decoded]))
+    return out
 
 
 def prepare_prompt(
@@ -260,7 +305,7 @@ def prepare_prompt(
 
 
 def _prepare(req, params, cfg, model_cfg, tokenizer, loader: _Images) -> PreparedPrompt:
-    sample = _sample(req, loader)
+    sample = _sample(req, loader, model_cfg.video)
     try:
         # The chat format the model was trained with (model_cfg.format, from its checkpoint).
         ex = format_sample(sample, tokenizer=tokenizer, model_cfg=model_cfg, for_generation=True)
@@ -281,8 +326,8 @@ def _prepare(req, params, cfg, model_cfg, tokenizer, loader: _Images) -> Prepare
             "max_tokens",
             "context_length_exceeded",
         )
-    # image k is media k (built in order of appearance above); tiles are cut once the limits pass
-    return PreparedPrompt(encode_example(ex, model_cfg), [m.decoded.size for m in sample.media])
+    # media are built in order of appearance above; tiles are cut once the limits pass
+    return PreparedPrompt(encode_example(ex, model_cfg), _sizes(sample))
 
 
 def regions_of(text: str, sizes: list[tuple[int, int]]) -> list[dict]:

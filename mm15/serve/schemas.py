@@ -66,7 +66,19 @@ class ImagePart(_Strict):
     image_url: ImageURL
 
 
-Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class VideoURL(_Strict):
+    url: str
+
+
+class VideoPart(_Strict):
+    """vLLM's OpenAI-server video part (OpenAI's API has none): ``{"type": "video_url",
+    "video_url": {"url": ...}}``."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+Part = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):

@@ -1,10 +1,13 @@
-// The mm15 upload page: images + question -> /v1/chat/completions -> answer, boxes drawn.
+// The mm15 upload page: images and a video + question -> /v1/chat/completions -> answer, boxes
+// drawn on the images. A video is sent as a data URL in a "video_url" part (vLLM's shape); the
+// server samples its frames, which are numbered as images after the images.
 // Model text is only ever inserted with textContent (never as HTML).
 "use strict";
 
 const PALETTE = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf"];
 const $ = (id) => document.getElementById(id);
 let loaded = [];  // [{dataUrl, img}] in the order they are sent (image k of the answer)
+let video = null;  // the attached video's data URL, sent after the images
 
 function readFile(file) {
   return new Promise((resolve, reject) => {
@@ -22,6 +25,20 @@ function loadImage(src) {
     img.onerror = () => reject(new Error("not an image the browser can show"));
     img.src = src;
   });
+}
+
+// The server reads the container from the bytes; it only needs a video/* media type.
+function asVideoUrl(dataUrl) {
+  return dataUrl.startsWith("data:video/") ? dataUrl : dataUrl.replace(/^data:[^;,]*/, "data:video/octet-stream");
+}
+
+function showVideo() {
+  if (!video) return;
+  const el = document.createElement("video");
+  el.src = video;
+  el.controls = true;
+  el.muted = true;
+  $("images").appendChild(el);
 }
 
 function headers() {
@@ -69,6 +86,7 @@ function drawImages(regions) {
     });
     box.appendChild(canvas);
   });
+  showVideo();
   const list = $("regions");
   list.replaceChildren();
   regions.forEach((r, i) => {
@@ -109,11 +127,14 @@ async function ask(event) {
     const files = Array.from($("files").files);
     const urls = await Promise.all(files.map(readFile));
     loaded = await Promise.all(urls.map(async (u) => ({ dataUrl: u, img: await loadImage(u) })));
+    const videoFile = $("video").files[0];
+    video = videoFile ? asVideoUrl(await readFile(videoFile)) : null;
     drawImages([]);
     const models = await fetch("/v1/models", { headers: headers() });
     if (!models.ok) throw new Error(await errorText(models));
     const model = (await models.json()).data[0].id;
     const content = loaded.map((it) => ({ type: "image_url", image_url: { url: it.dataUrl } }));
+    if (video) content.push({ type: "video_url", video_url: { url: video } });
     content.push({ type: "text", text: $("question").value });
     const stream = $("stream").checked;
     const resp = await fetch("/v1/chat/completions", {
