@@ -6,6 +6,11 @@
     mm15 eval --model CKPT --task synthetic --data out/demo/corpus
 
     mm15 eval --model CKPT --task textvqa --data D --n-max 16          # Table 2: more tiles
+    mm15 eval --model CKPT --suite paper --data ~/data/mm15-bench --paper-size 3B
+
+``--suite paper`` runs every task of the paper's Tables 4-12 whose data is under the root
+(``ROOT/<task>``, named as the tasks of ``--task``: ROOT/textvqa, ROOT/docvqa, ...; absent ones are reported as
+"no data") and prints the paper's table beside its numbers for ``--paper-size``.
 
 ``--data`` is given once per task (same order), or once for all: a directory holding one
 entry per task (``ROOT/<task>`` as a directory or ``ROOT/<task>.jsonl`` / ``.parquet``).
@@ -53,8 +58,13 @@ class EvalConfig:
     # The judge of the judged tasks (mathvista, mmvet, llava_bench, ferret_bench): any
     # OpenAI-compatible endpoint, e.g. --set judge.url=https://api.openai.com/v1
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    # "paper": every task of MM1.5's Tables 4-12 with data under --data ROOT (mm15.eval.suite)
+    suite: str | None = None
+    paper_size: str | None = None  # the suite's reference column; None: the checkpoint's size
 
     def __post_init__(self) -> None:
+        if self.suite not in (None, "paper"):
+            raise ValueError(f"suite must be 'paper' (or unset), got {self.suite!r}")
         for name, least in (("batch_size", 1), ("limit", 0), ("max_new_tokens", 1)):
             value = getattr(self, name)
             if value is not None and value < least:
@@ -72,6 +82,8 @@ SHORTHANDS = {
     "--max-new-tokens": "max_new_tokens",
     "--device": "device",
     "--dtype": "dtype",
+    "--suite": "suite",
+    "--paper-size": "paper_size",
     **IMAGE_SHORTHANDS,
 }
 _D = EvalConfig()
@@ -113,6 +125,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16"],
         help="auto: bfloat16 on cuda, float32 on cpu",
     )
+    e.add_argument(
+        "--suite",
+        choices=["paper"],
+        help="instead of --task: every task of the paper's Tables 4-12 whose data is under "
+        "--data ROOT as ROOT/<task> (a folder, or <task>.jsonl/.parquet); absent ones are "
+        "reported as 'no data'. Writes paper_table.md/.json/.png beside the tasks' outputs",
+    )
+    e.add_argument(
+        "--paper-size",
+        metavar="SIZE",
+        help="the suite's reference column: the paper's MM1.5 1B, 1B-MoE, 3B, 3B-MoE, 7B or "
+        "30B (default: the checkpoint's size, when its decoder is a paper preset)",
+    )
     add_config_args(e, example="image.n_max=16")
     add_image_flags(e)
     e.set_defaults(func=cmd_eval)
@@ -124,9 +149,13 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def _require(cfg: EvalConfig) -> EvalConfig:
+    if cfg.suite and cfg.tasks:
+        raise ValueError("--suite and --task are exclusive (the suite picks its own tasks)")
+    if cfg.paper_size and not cfg.suite:
+        raise ValueError("--paper-size goes with --suite paper")
     for what, flag in (
         (cfg.model, "--model DIR"),
-        (cfg.tasks, "--task NAME"),
+        (cfg.tasks or cfg.suite, "--task NAME"),
         (cfg.data, "--data PATH"),
     ):
         if not what:
@@ -237,7 +266,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.print_config:
         return print_config(cfg)
     _require(cfg)
-    pairs = task_data(cfg.tasks, cfg.data)
+    if cfg.suite:  # its size and tasks are checked before the weights load (mm15.eval.suite)
+        from mm15.eval import suite
+
+        plan = suite.plan_suite(cfg.data, suite.paper_size(cfg.model, cfg.paper_size))
+    pairs = [] if cfg.suite else task_data(cfg.tasks, cfg.data)
     _check_out(Path(cfg.out))
     judge = _judge(cfg, pairs)  # a missing judge or key fails before the weights load
     device = resolve_device(cfg.device)
@@ -251,6 +284,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         batch_size=cfg.batch_size, limit=cfg.limit, max_new_tokens=cfg.max_new_tokens, judge=judge
     )
+    if cfg.suite:  # a judge that cannot be made fails only the judged tasks
+        make_judge = lambda: _judge(cfg, plan.present)  # noqa: E731
+        table = suite.run_suite(model, tokenizer, plan, cfg.out, settings, make_judge=make_judge)
+        return suite.report(table, Path(cfg.out))
     summary = run_eval(model, tokenizer, pairs, cfg.out, settings)
     out = Path(cfg.out)
     print((out / "summary.md").read_text(), end="")

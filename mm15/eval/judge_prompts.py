@@ -15,6 +15,14 @@ evaluation script, named beside it; only the layout of the Python literals is ou
 * Open-ended video QA: the correctness prompt of Video-ChatGPT (mbzuai-oryx/Video-ChatGPT,
   ``quantitative_evaluation/evaluate_activitynet_qa.py``), which ActivityNet-QA in lmms-eval
   (``lmms_eval/tasks/activitynetqa/utils.py``) uses as well.
+* VCGBench (Video-ChatGPT's video-based generative performance benchmark): the five prompts of
+  mbzuai-oryx/Video-ChatGPT ``quantitative_evaluation/evaluate_benchmark_{1_correctness,
+  2_detailed_orientation,3_context,4_temporal,5_consistency}.py`` (the same texts in lmms-eval's
+  ``lmms_eval/tasks/videochatgpt/utils.py``), their typo ``{''score': 4.8}`` included.
+* LLaVA-Hound video QA: the caption-grounded grader of RifleZhang/LLaVA-Hound-DPO
+  (``dpo_experiment/test/eval/eval_qa.py``, sent without a system message by
+  ``llava_hound_dpo/inference/chatgpt_inference.py``), after the repo's ``format_docstring``
+  (``re.sub("\\n +", "\\n", text).strip()``), which leaves the text below.
 """
 
 from __future__ import annotations
@@ -161,3 +169,129 @@ VIDEOQA_USER = (
     "EXPLANATION. Only provide the Python dictionary string. For example, your response should "
     "look like this: {{'pred': 'yes', 'score': 4.8}}."
 )
+
+# VCGBench: one system message per dimension; the user message is the shared head, then the
+# dimension's request (the consistency prompt shows two questions and two answers).
+VCG_HEAD = (
+    "Please evaluate the following video-based question-answer pair:\n\nQuestion: {question}\n"
+    "Correct Answer: {answer}\nPredicted Answer: {pred}\n\n"
+)
+VCG_CONSISTENCY_HEAD = (
+    "Please evaluate the following video-based question-answer pair:\n\n"
+    "Question 1: {question1}\nQuestion 2: {question2}\nCorrect Answer: {answer}\n"
+    "Predicted Answer to Question 1: {pred1}\nPredicted Answer to Question 2: {pred2}\n\n"
+)
+_VCG_END = (
+    "DO NOT PROVIDE ANY OTHER OUTPUT TEXT OR EXPLANATION. Only provide the Python dictionary "
+    "string. For example, your response should look like this: {{''score': 4.8}}."
+)
+_VCG_ROLE = (
+    "You are an intelligent chatbot designed for evaluating the {what} of generative outputs for "
+)
+VCG_PROMPTS: dict[str, tuple[str, str]] = {  # dimension → (system, user request after the head)
+    "correctness": (
+        _VCG_ROLE.format(what="factual accuracy") + "video-based question-answer pairs. Your "
+        "task is to compare the predicted answer with the correct answer and determine if they "
+        "are factually consistent. Here's how you can accomplish the task:------##INSTRUCTIONS: "
+        "- Focus on the factual consistency between the predicted answer and the correct answer. "
+        "The predicted answer should not contain any misinterpretations or misinformation.\n"
+        "- The predicted answer must be factually accurate and align with the video content.\n"
+        "- Consider synonyms or paraphrases as valid matches.\n"
+        "- Evaluate the factual accuracy of the prediction compared to the answer.",
+        "Provide your evaluation only as a factual accuracy score where the factual accuracy "
+        "score is an integer value between 0 and 5, with 5 indicating the highest level of "
+        "factual consistency. Please generate the response in the form of a Python dictionary "
+        "string with keys 'score', where its value is the factual accuracy score in INTEGER, not "
+        "STRING." + _VCG_END,
+    ),
+    "detail_orientation": (
+        _VCG_ROLE.format(what="detail orientation") + "video-based question-answer pairs. Your "
+        "task is to compare the predicted answer with the correct answer and determine its level "
+        "of detail, considering both completeness and specificity. Here's how you can accomplish "
+        "the task:------##INSTRUCTIONS: - Check if the predicted answer covers all major points "
+        "from the video. The response should not leave out any key aspects.\n"
+        "- Evaluate whether the predicted answer includes specific details rather than just "
+        "generic points. It should provide comprehensive information that is tied to specific "
+        "elements of the video.\n"
+        "- Consider synonyms or paraphrases as valid matches.\n"
+        "- Provide a single evaluation score that reflects the level of detail orientation of "
+        "the prediction, considering both completeness and specificity.",
+        "Provide your evaluation only as a detail orientation score where the detail orientation "
+        "score is an integer value between 0 and 5, with 5 indicating the highest level of "
+        "detail orientation. Please generate the response in the form of a Python dictionary "
+        "string with keys 'score', where its value is the detail orientation score in INTEGER, "
+        "not STRING." + _VCG_END,
+    ),
+    "context": (
+        _VCG_ROLE.format(what="contextual understanding") + "video-based question-answer pairs. "
+        "Your task is to compare the predicted answer with the correct answer and determine if "
+        "the generated response aligns with the overall context of the video content. Here's how "
+        "you can accomplish the task:------##INSTRUCTIONS: - Evaluate whether the predicted "
+        "answer aligns with the overall context of the video content. It should not provide "
+        "information that is out of context or misaligned.\n"
+        "- The predicted answer must capture the main themes and sentiments of the video.\n"
+        "- Consider synonyms or paraphrases as valid matches.\n"
+        "- Provide your evaluation of the contextual understanding of the prediction compared to "
+        "the answer.",
+        "Provide your evaluation only as a contextual understanding score where the contextual "
+        "understanding score is an integer value between 0 and 5, with 5 indicating the highest "
+        "level of contextual understanding. Please generate the response in the form of a Python "
+        "dictionary string with keys 'score', where its value is contextual understanding score "
+        "in INTEGER, not STRING." + _VCG_END,
+    ),
+    "temporal": (
+        _VCG_ROLE.format(what="temporal understanding") + "video-based question-answer pairs. "
+        "Your task is to compare the predicted answer with the correct answer and determine if "
+        "they correctly reflect the temporal sequence of events in the video content. Here's how "
+        "you can accomplish the task:------##INSTRUCTIONS: - Focus on the temporal consistency "
+        "between the predicted answer and the correct answer. The predicted answer should "
+        "correctly reflect the sequence of events or details as they are presented in the video "
+        "content.\n"
+        "- Consider synonyms or paraphrases as valid matches, but only if the temporal order is "
+        "maintained.\n"
+        "- Evaluate the temporal accuracy of the prediction compared to the answer.",
+        "Provide your evaluation only as a temporal accuracy score where the temporal accuracy "
+        "score is an integer value between 0 and 5, with 5 indicating the highest level of "
+        "temporal consistency. Please generate the response in the form of a Python dictionary "
+        "string with keys 'score', where its value is the temporal accuracy score in INTEGER, not "
+        "STRING." + _VCG_END,
+    ),
+    "consistency": (
+        _VCG_ROLE.format(what="consistency") + "similar video-based question-answer pairs. You "
+        "will be given two very similar questions, a common answer common to both the questions "
+        "and predicted answers for the two questions .Your task is to compare the predicted "
+        "answers for two very similar question, with a common correct answer and determine if "
+        "they are consistent. Here's how you can accomplish the task:------##INSTRUCTIONS: "
+        "- Focus on the consistency between the two predicted answers and the correct answer. "
+        "Both predicted answers should correspond to the correct answer and to each other, and "
+        "should not contain any contradictions or significant differences in the conveyed "
+        "information.\n"
+        "- Both predicted answers must be consistent with each other and the correct answer, in "
+        "terms of the information they provide about the video content.\n"
+        "- Consider synonyms or paraphrases as valid matches, but only if they maintain the "
+        "consistency in the conveyed information.\n"
+        "- Evaluate the consistency of the two predicted answers compared to the correct answer.",
+        "Provide your evaluation only as a consistency score where the consistency score is an "
+        "integer value between 0 and 5, with 5 indicating the highest level of consistency. "
+        "Please generate the response in the form of a Python dictionary string with keys "
+        "'score', where its value is the consistency score in INTEGER, not STRING." + _VCG_END,
+    ),
+}
+
+HOUND_PROMPT = """Given the following inputs:
+
+1. **Ground Truth Video Caption**: {caption}
+2. **Question Related to the Caption**: {question}
+3. **Ground Truth Answer**: {answer}
+4. **Model Predicted Answer**: {prediction}
+
+Your task is to evaluate the model's predicted answer against the ground truth answer, based on the context provided by the video caption and the question. Consider the following criteria for evaluation:
+
+- **Relevance**: Does the predicted answer directly address the question posed, considering the information provided in the video caption?
+- **Accuracy**: Compare the predicted answer to the ground truth answer. Does the prediction accurately reflect the information given in the ground truth answer without introducing factual inaccuracies?
+- **Clarity**: Assess the clarity of the predicted answer. Look for issues such as repetition, unclear descriptions, or any grammatical errors that could hinder understanding.
+- **Completeness**: Determine if the predicted answer fully covers the scope of the ground truth answer. Does it leave out critical information or does it include all necessary details?
+
+**Output Format**:
+Explanation: <brief judgement of prediction>
+Score: <an integer score of quality from 1-5>"""

@@ -25,11 +25,22 @@ the official extraction cannot read) keeps score 0 and stays in the denominator;
 * metric **videoqa_judge** (ActivityNet-QA style, for the video tasks): Video-ChatGPT's prompt;
   the reply is a Python dict with ``pred`` (yes/no) and ``score`` (0–5).  Score: the share of
   "yes"; details: ``average_score``.
+* metric **vcgbench_judge** (VCGBench, Table 10): each dimension asked with its own prompt —
+  correctness, detail orientation and context on the Generic questions, temporal on the
+  Temporal ones, consistency on each pair of paraphrased questions (both answers in one ask);
+  the reply is a Python dict whose ``score`` is read with ``int`` (Video-ChatGPT's
+  ``evaluate_benchmark_*.py``).  Details: each dimension's mean (0–5) and ``average_score``, the
+  mean of the dimensions present (the paper's number); score: ``average_score / 5``.
+* metric **hound_judge** (LLaVA-Hound video QA, Table 11): the caption-grounded grader; the
+  score is LLaVA-Hound's ``get_score`` ("Score: N", else the most frequent number, ties
+  averaged, else 1) and a score >= 3 is correct (MM1.5 §5.1).  Score: accuracy; details:
+  ``average_score`` (1–5).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -43,7 +54,22 @@ from mm15.eval.benchmarks import levenshtein
 from mm15.eval.judge import Judge, Reply
 from mm15.eval.task_spec import Columns, Row, TaskSpec
 
-JUDGED_METRICS = ("mathvista_judge", "mmvet_judge", "llava_judge", "ferret_judge", "videoqa_judge")
+JUDGED_METRICS = (
+    "mathvista_judge",
+    "mmvet_judge",
+    "llava_judge",
+    "ferret_judge",
+    "videoqa_judge",
+    "vcgbench_judge",
+    "hound_judge",
+)
+VCG_DIMENSIONS = ("correctness", "detail_orientation", "context", "temporal", "consistency")
+VCG_SETS = {  # VCGBench question set → the dimensions its answers are judged on
+    "generic": ("correctness", "detail_orientation", "context"),
+    "temporal": ("temporal",),
+    "consistency": ("consistency",),
+}
+HOUND_MAX_WORDS = 256  # LLaVA-Hound's maybe_truncate: longer predictions keep their first 256 words
 Record = dict[str, Any]  # row["judge"]: failed, reply, calls, cached, and the metric's fields
 _UNIT_BOX = re.compile(r"\[\s*([0-9.]+)\s*,\s*([0-9.]+)\s*,\s*([0-9.]+)\s*,\s*([0-9.]+)\s*\]")
 MMVET_CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
@@ -194,21 +220,55 @@ def review_scores(reply: str) -> tuple[float, float] | None:
         return None
 
 
-def videoqa_verdict(reply: str) -> tuple[bool, int] | None:
-    """Video-ChatGPT: the reply as a Python dict literal; "yes" in ``pred`` (lower case) is
-    correct, else "no" in it is wrong; ``score`` as ``int``.  None when any of that fails."""
+def _reply_dict(reply: str) -> tuple[dict, int] | None:
+    """Video-ChatGPT's reading of a reply: a Python dict literal whose ``score`` reads as
+    ``int`` (4.8 → 4, "3" → 3, "4.8" fails); (the dict, the score) or None."""
     try:
         value = ast.literal_eval(reply)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return None
-    if not isinstance(value, dict) or not isinstance(value.get("pred"), str):
+    if not isinstance(value, dict):
         return None
     try:
-        score = int(value.get("score"))  # type: ignore[arg-type]
+        return value, int(value.get("score"))  # type: ignore[arg-type]
     except (ValueError, TypeError, OverflowError):
         return None
-    pred = value["pred"].lower()
-    return ("yes" in pred, score) if "yes" in pred or "no" in pred else None
+
+
+def videoqa_verdict(reply: str) -> tuple[bool, int] | None:
+    """Video-ChatGPT: the reply as a Python dict literal; "yes" in ``pred`` (lower case) is
+    correct, else "no" in it is wrong; ``score`` as ``int``.  None when any of that fails."""
+    read = _reply_dict(reply)
+    if read is None or not isinstance(read[0].get("pred"), str):
+        return None
+    pred = read[0]["pred"].lower()
+    return ("yes" in pred, read[1]) if "yes" in pred or "no" in pred else None
+
+
+def vcg_score(reply: str) -> int | None:
+    """VCGBench (``evaluate_benchmark_*.py``): ``int(ast.literal_eval(reply)["score"])``; the
+    official scripts check no range, and neither does this.  None when it does not read."""
+    read = _reply_dict(reply)
+    return None if read is None else read[1]
+
+
+def hound_score(reply: str) -> float:
+    """LLaVA-Hound's ``get_score``: the number after the first "Score: "; else the most
+    frequent number in the reply (a tie: the mean of the tied numbers); else 1."""
+    m = re.search(r"Score: (\d+\.?\d*)", reply)
+    if m:
+        return float(m.group(1))
+    counts = Counter(float(v) for v in re.findall(r"\b\d+\.?\d*\b", reply)).most_common()
+    if not counts:
+        return 1.0
+    tied = [v for v, n in counts if n == counts[0][1]]
+    return sum(tied) / len(tied)
+
+
+def hound_truncate(pred: str) -> str:
+    """LLaVA-Hound's ``maybe_truncate``: over 256 words, the first 256 joined by spaces."""
+    words = pred.split()
+    return " ".join(words[:HOUND_MAX_WORDS]) if len(words) > HOUND_MAX_WORDS else pred
 
 
 def ferret_answer(pred: str, category: str) -> str:
@@ -343,12 +403,105 @@ def _videoqa(judge: Judge, spec: TaskSpec, row: dict, rec: Record) -> float:
     return float(verdict[0])
 
 
+def _vcg_ask(judge: Judge, rec: Record, dim: str, head: str) -> int | None:
+    system, request = jp.VCG_PROMPTS[dim]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": head + request}]
+    reply = _ask(judge, rec, messages, temperature=0, max_tokens=64)
+    if reply.text is None:
+        return None
+    score = vcg_score(reply.text)
+    if score is None:
+        rec["failed"] = f"unparseable: {dim}: not a dict with an integer 'score'"
+    return score
+
+
+def _vcgbench(judge: Judge, spec: TaskSpec, row: dict, rec: Record, pairs: dict) -> float:
+    """One VCGBench item: its set's dimensions, asked in turn (the first failure ends the
+    item); a consistency pair is judged on its first question's row (module docstring)."""
+    meta = row["meta"]
+    if meta["vcg_set"] == "consistency":
+        first, second = pairs.get(meta["pair"], (None, None))
+        if row is not first:
+            return 0.0  # the pair's second question: _mirror_pairs copies the first's record
+        if second is None or second["prediction"] is None:
+            rec["failed"] = f"unpaired: question 2 of pair {meta['pair']} has no prediction"
+            return 0.0
+        heads = {
+            "consistency": jp.VCG_CONSISTENCY_HEAD.format(
+                question1=meta["question"],
+                question2=second["meta"]["question"],
+                answer=row["reference"][0],
+                pred1=row["prediction"],
+                pred2=second["prediction"],
+            )
+        }
+    else:
+        head = jp.VCG_HEAD.format(
+            question=meta["question"], answer=row["reference"][0], pred=row["prediction"]
+        )
+        heads = {dim: head for dim in VCG_SETS[meta["vcg_set"]]}
+    scores = {}
+    for dim, head in heads.items():
+        score = _vcg_ask(judge, rec, dim, head)
+        if score is None:
+            return 0.0
+        scores[dim] = score
+    rec["scores"] = scores
+    return sum(scores.values()) / len(scores) / 5
+
+
+def _consistency_pairs(rows: list[dict]) -> dict[str, tuple[dict | None, dict | None]]:
+    """VCGBench consistency rows by pair: (question 1's row, question 2's row)."""
+    pairs: dict[str, list[dict | None]] = defaultdict(lambda: [None, None])
+    for r in rows:
+        meta = r["meta"] or {}
+        if meta.get("vcg_set") == "consistency":
+            pairs[meta["pair"]][int(meta["which"]) - 1] = r
+    return {k: (v[0], v[1]) for k, v in pairs.items()}
+
+
+def _mirror_pairs(pairs: dict[str, tuple[dict | None, dict | None]]) -> None:
+    """A pair's second row takes its first row's score and failure (no calls of its own)."""
+    for key, (first, second) in pairs.items():
+        if second is None or second["prediction"] is None or second["score"] is None:
+            continue
+        done = (first or {}).get("judge")
+        failed = done["failed"] if done else f"unpaired: question 1 of pair {key} has no prediction"
+        second["judge"] = {
+            "failed": failed,
+            "reply": None,
+            "calls": 0,
+            "cached": 0,
+            "paired_with": first["id"] if first else None,
+        }
+        second["score"] = 0.0 if failed else first["score"]  # type: ignore[index]
+
+
+def _hound(judge: Judge, spec: TaskSpec, row: dict, rec: Record) -> float:
+    meta = row["meta"]
+    prompt = jp.HOUND_PROMPT.format(
+        caption=meta["caption"],
+        question=meta["question"],
+        answer=row["reference"][0],
+        prediction=hound_truncate(row["prediction"]),
+    )
+    # LLaVA-Hound sends temperature 0 and top_p 1 (the API's default) and no token limit; a
+    # grade ("Explanation: …\nScore: N") fits 256 tokens.
+    reply = _ask(judge, rec, [{"role": "user", "content": prompt}], temperature=0, max_tokens=256)
+    if reply.text is None:
+        return 0.0
+    rec["score_1_5"] = hound_score(reply.text)
+    rec["correct"] = rec["score_1_5"] >= 3.0
+    return float(rec["correct"])
+
+
 _JUDGE: dict[str, Callable[[Judge, TaskSpec, dict, Record], float]] = {
     "mathvista_judge": _mathvista,
     "mmvet_judge": _mmvet,
     "llava_judge": _review,
     "ferret_judge": _review,
     "videoqa_judge": _videoqa,
+    "hound_judge": _hound,
 }
 
 
@@ -356,7 +509,12 @@ def judge_rows(spec: TaskSpec, rows: list[dict], judge: Judge) -> None:
     """Score every answered row of ``rows`` in place: ``score`` and ``judge`` (the record:
     ``failed`` (None or "reason: detail"), ``reply``, ``calls``, ``cached`` and the metric's
     fields); ``judge.concurrency`` rows at a time."""
-    fn = _JUDGE[spec.metric]
+    pairs = _consistency_pairs(rows) if spec.metric == "vcgbench_judge" else {}
+    fn = (
+        functools.partial(_vcgbench, pairs=pairs)
+        if spec.metric == "vcgbench_judge"
+        else _JUDGE[spec.metric]
+    )
 
     def one(row: dict) -> None:
         rec: Record = {"failed": None, "reply": None, "calls": 0, "cached": 0}
@@ -366,6 +524,7 @@ def judge_rows(spec: TaskSpec, rows: list[dict], judge: Judge) -> None:
     todo = [r for r in rows if r["prediction"] is not None and r["score"] is not None]
     with ThreadPoolExecutor(max_workers=judge.cfg.concurrency) as pool:
         list(pool.map(one, todo))  # re-raises a worker's exception here
+    _mirror_pairs(pairs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,4 +585,32 @@ def aggregate_judged(spec: TaskSpec, rows: list[dict]) -> tuple[float, dict[str,
     elif spec.metric == "videoqa_judge":
         total = sum((r.get("judge") or {}).get("score_0_5", 0) for r in rows)
         details["average_score"] = total / len(rows) if rows else 0.0
+    elif spec.metric == "hound_judge":
+        total = sum((r.get("judge") or {}).get("score_1_5", 0) for r in rows)
+        details["average_score"] = total / len(rows) if rows else 0.0
+    elif spec.metric == "vcgbench_judge":
+        dims = vcg_dimensions(rows)
+        details["dimensions"] = dims
+        details["average_score"] = sum(dims.values()) / len(dims) if dims else 0.0
+        return details["average_score"] / 5, details
     return _mean(rows), details
+
+
+def vcg_dimensions(rows: list[dict]) -> dict[str, float]:
+    """Each VCGBench dimension's mean score (0–5) over its set's items (a consistency pair is
+    one item); failed judgements and error items add 0 and stay in the denominator."""
+    units: dict[str, set[str]] = defaultdict(set)
+    sums: Counter[str] = Counter()
+    for r in rows:
+        meta = r["meta"] or {}
+        kind = meta.get("vcg_set")
+        if kind not in VCG_SETS:
+            continue
+        units[kind].add(meta["pair"] if kind == "consistency" else r["id"])
+        sums.update((r.get("judge") or {}).get("scores") or {})
+    return {
+        dim: sums[dim] / len(units[kind])
+        for dim in VCG_DIMENSIONS
+        for kind, dims in VCG_SETS.items()
+        if dim in dims and units[kind]
+    }

@@ -68,6 +68,8 @@ METRIC_NAMES = {
     "llava_judge": "relative score (judge)",
     "ferret_judge": "relative score (judge)",
     "videoqa_judge": "accuracy (judge)",
+    "vcgbench_judge": "VCGBench score / 5 (judge)",
+    "hound_judge": "accuracy (judge score >= 3)",
 }
 
 

@@ -41,6 +41,8 @@ Metric = Literal[
     "llava_judge",
     "ferret_judge",
     "videoqa_judge",
+    "vcgbench_judge",  # VCGBench's five dimensions (mm15.eval.open_video_tasks)
+    "hound_judge",  # LLaVA-Hound video QA
 ]
 BenchCategory = Literal[
     "general",

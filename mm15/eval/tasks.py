@@ -26,6 +26,7 @@ from mm15.eval.icl import icl_specs, vlicl_match
 from mm15.eval.judged_tasks import JUDGED_METRICS, aggregate_judged, judged_specs
 from mm15.eval.metrics import box_iou50, exact_match, mc_accuracy
 from mm15.eval.multi_image_tasks import multi_image_specs
+from mm15.eval.open_video_tasks import open_video_specs
 from mm15.eval.single_image_tasks import general_specs, knowledge_specs, text_rich_specs
 from mm15.eval.table_metrics import tabfact_accuracy, wtq_accuracy
 from mm15.eval.table_tasks import table_specs
@@ -51,6 +52,7 @@ TASKS: dict[str, TaskSpec] = {
         *ui_specs(),
         *icl_specs(),
         *judged_specs(),
+        *open_video_specs(),
         _SYNTHETIC,
     ]
 }
