@@ -5,8 +5,8 @@ the move and the module splits; it was retaken once, when text began to be token
 template renders it and the default assistant prefix became ``"Assistant:\n"`` (same scores:
 4 of 48 items, the same categories).
 
-One thread, so that the float sums (and so the greedy answers) do not depend on the machine's
-core count.  MM15_UPDATE_SNAPSHOTS=1 rewrites the snapshot; review the diff before keeping it."""
+One thread (``DemoConfig.threads``), so that the float sums (and so the greedy answers) do not
+depend on the machine's core count.  MM15_UPDATE_SNAPSHOTS=1 rewrites the snapshot; review the diff before keeping it."""
 
 from __future__ import annotations
 
@@ -56,16 +56,17 @@ def comparable(out) -> dict:
 
 
 def _md_without_times(md: str) -> list[str]:
-    return [line for line in md.splitlines() if not line.startswith("Wall time:")]
+    """The report's markdown less its wall times and the machine it ran on."""
+    return [line for line in md.splitlines() if not line.startswith(("Wall time:", "Environment:"))]
 
 
 def test_short_demo_reproduces_the_snapshot(tmp_path):
+    cfg = short_config()
+    cfg.threads = 1  # as the snapshot was taken
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_demo(out=tmp_path, cfg=short_config())
-    finally:
-        torch.set_num_threads(threads)
+    run_demo(out=tmp_path, cfg=cfg)
+    assert torch.get_num_threads() == threads  # the demo's setting does not leak
+    assert json.loads((tmp_path / "report.json").read_text())["environment"]["threads"] == 1
     current = comparable(tmp_path)
     path = SNAPSHOTS / "demo_short.json"
     if os.environ.get("MM15_UPDATE_SNAPSHOTS"):

@@ -221,6 +221,10 @@ class DemoConfig:
     """The demo's knobs; the defaults finish in under 10 minutes on 2 CPU cores."""
 
     seed: int = 0
+    # Intra-op threads for the whole run (torch.set_num_threads).  Fixed rather than "all cores":
+    # a sum split over another number of threads adds in another order, the greedy answers
+    # follow, and the same seed would give another table on a bigger machine.
+    threads: int = 2
     corpus: CorpusSizes = dataclasses.field(default_factory=CorpusSizes)
     tokenizer: TokenizerKnobs = dataclasses.field(default_factory=TokenizerKnobs)
     lm: DecoderKnobs = dataclasses.field(default_factory=DecoderKnobs)
@@ -239,7 +243,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for key in ("batch_rows", "seq_len"):
+        for key in ("batch_rows", "seq_len", "threads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 

@@ -271,9 +271,18 @@ def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -
 def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
     """The four steps of the module docstring; the report lands in ``out``, the model in
     ``out/model``."""
+    cfg = cfg or DemoConfig()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # DemoConfig.threads: the same table on every machine
+    try:
+        return _run(out, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, cfg: DemoConfig) -> int:
     from mm15.demo.report import write_report
 
-    cfg = cfg or DemoConfig()
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     corpus, tok = _make_corpus(cfg, out, t0)

@@ -3,9 +3,13 @@ drawn on their images."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.metadata
 import io
 import json
+import os
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ def write_report(
         },
         "skipped_steps": train_result.skipped_steps,
         "model_params": count_params(model.cfg).total,
+        "environment": environment(),
         "config": dataclasses.asdict(config),
         "model_dir": str(out / "model"),
     }
@@ -58,6 +63,41 @@ def write_report(
     drawn = _draw_grounded(suite, out / "grounded")
     (out / "report.md").write_text(_markdown(report, drawn))
     return report
+
+
+# The packages whose versions change the numbers (the lock pins them: scripts/lock.txt).
+VERSIONED = ("torch", "numpy", "tokenizers", "pillow", "av")
+
+
+def environment() -> dict[str, Any]:
+    """What the table depends on beyond the config: versions, threads, the CPU."""
+    import torch
+
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "mm15": importlib.metadata.version("mm15"),
+        "python": platform.python_version(),
+        **versions,
+        "threads": torch.get_num_threads(),
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu": _cpu_name(),
+        "machine": platform.machine(),
+    }
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def _task_scores(items: list[dict]) -> dict[str, dict[str, float]]:
@@ -84,6 +124,7 @@ def _markdown(report: dict, drawn: list[str]) -> str:
         "",
         f"Wall time: {w['total']} s (training {w['train']} s, evaluation {w['eval']} s); "
         f"{report['model_params']:,} parameters.",
+        _environment_line(report["environment"]),
         "",
         "Per task:",
         "",
@@ -105,6 +146,14 @@ def _markdown(report: dict, drawn: list[str]) -> str:
         ]
         lines += [f"![{p}]({p})" for p in drawn]
     return "\n".join(lines) + "\n"
+
+
+def _environment_line(env: dict[str, Any]) -> str:
+    return (
+        f"Environment: {env['threads']} threads on {env['cores']} cores ({env['cpu']}), "
+        f"Python {env['python']}, torch {env['torch']}, mm15 {env['mm15']}, numpy {env['numpy']}, "
+        f"tokenizers {env['tokenizers']}, Pillow {env['pillow']}, PyAV {env['av']}."
+    )
 
 
 def _plot_scores(categories: dict, out_png: Path) -> None:
