@@ -1,5 +1,6 @@
-"""Helpers for tests/test_eval_judged.py: a stub OpenAI-compatible endpoint with fixed replies,
-and the judged benchmarks' lmms-eval Parquet layouts with a few rows each."""
+"""Helpers for the judged tasks' tests: a stub OpenAI-compatible endpoint with fixed replies
+(and a grade every judged task reads), and the judged benchmarks' lmms-eval Parquet layouts
+with a few rows each."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from mm15.eval import judge_prompts as jp
 
 
 def png(colour=(200, 30, 30), size=(40, 30)) -> dict:
@@ -80,6 +83,22 @@ class StubJudge:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def readable_grade(messages: list[dict]) -> str:
+    """A grade every judged task reads, in its grader's format: MM-Vet's correctness, the
+    reviewer's two scores (LLaVA-W, Ferret-Bench), MathVista's extracted answer, LLaVA-Hound's
+    "Score:", and the dict of ActivityNet-QA and VCGBench ('pred' and 'score')."""
+    text = messages[-1]["content"]
+    if text.startswith("Compare the ground truth"):
+        return "0.5"
+    if messages[0]["content"] == jp.REVIEWER_SYSTEM:
+        return "7 8"
+    if text.endswith("Extracted answer: "):
+        return "14"
+    if text.startswith("Given the following inputs:"):
+        return "Explanation: close.\nScore: 4"
+    return "{'pred': 'yes', 'score': 4}"
 
 
 def _write(root: Path, task: str, split: str, rows: list[dict]) -> None:

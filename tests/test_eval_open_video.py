@@ -10,7 +10,6 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from registry_fixtures import write_video
 
 from mm15.cli import main
@@ -25,6 +24,7 @@ from mm15.eval.judged_tasks import (
 )
 from mm15.eval.open_video_tasks import activitynetqa_prompt, hound_question
 from mm15.eval.tasks import TASKS
+from tests.eval_fixtures import hound_release
 from tests.judge_fixtures import StubJudge
 
 # ---------------------------------------------------------------------------------------------
@@ -117,22 +117,7 @@ def roots(tmp_path_factory):
         ],
     )  # fmt: skip
     hound = tmp_path_factory.mktemp("hound")
-    frames = hound / "video_data/test/msvd/vid1"
-    frames.mkdir(parents=True)
-    for k in range(4):
-        Image.new("RGB", (16, 16), (40 * k, 90, 90)).save(frames / f"{k:04d}.jpg")
-    test = hound / "video_instruction/test"
-    test.mkdir(parents=True)
-    rows = [
-        {"id": "msvd_0", "video": "msvd/vid1", "caption": "A dog runs on grass.",
-         "conversations": [{"from": "human", "value": "<video>\nWhat runs?"},
-                           {"from": "gpt", "value": "A dog runs on the grass."}]},
-        {"id": "msvd_1", "video": "msvd/nosuch", "caption": "x",
-         "conversations": [{"from": "human", "value": "<video>\nWhat?"},
-                           {"from": "gpt", "value": "y"}]},
-    ]  # fmt: skip
-    (test / "msvd.qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (test / "msrvtt.qa.jsonl").write_text(json.dumps(rows[0]) + "\n")  # another set: not read
+    hound_release(hound)
     return {"anet": anet, "vcg": vcg, "hound": hound}
 
 

@@ -3,15 +3,13 @@ on fixtures in their releases' layouts."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 
 import pytest
-from PIL import Image
 
 from mm15.eval.tasks import TASKS, aggregate
 from mm15.eval.ui_tasks import cider_aggregate, cider_scores, cider_tokens
+from tests.eval_fixtures import screen2words_release, widget_captions_release
 
 
 def test_cider_tokens_drop_punctuation_and_case():
@@ -45,32 +43,13 @@ def test_cider_aggregate_keeps_error_items_in_the_denominator():
     assert aggregate(TASKS["screen2words"], [dict(r) for r in rows])[0] == pytest.approx(2.5)
 
 
-def _jpg(path, size=(54, 96)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (90, 90, 200)).save(path)
-
-
-def _csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def _items(task, root, **kw):
     spec = TASKS[task]
     return list(spec.reader(spec, root, split=None, **kw))
 
 
 def test_screen2words_reader(tmp_path):
-    _csv(
-        tmp_path / "screen_summaries.csv",
-        ["screenId", "summary"],
-        [[1, "login page of an app"], [1, "sign in screen"], [2, "settings"], [9, "train"]],
-    )
-    (tmp_path / "split").mkdir()
-    (tmp_path / "split/test_screens.txt").write_text("1\n2\n3\n")
-    _jpg(tmp_path / "combined/1.jpg")
+    screen2words_release(tmp_path)
     items = _items("screen2words", tmp_path, limit=None)
     assert [i.id for i in items] == ["1", "2", "3"]
     assert items[0].references == ["login page of an app", "sign in screen"]
@@ -85,17 +64,7 @@ def test_screen2words_reader(tmp_path):
 
 
 def test_widget_captioning_reader_boxes_from_the_view_hierarchy(tmp_path):
-    _csv(
-        tmp_path / "widget_captions.csv",
-        ["screenId", "nodeId", "captions"],
-        [["7", "0.1", "go back|back button"], ["7", "0.5", "missing node"], ["8", "0", "x"]],
-    )
-    (tmp_path / "split").mkdir()
-    (tmp_path / "split/test.txt").write_text("7\n")
-    _jpg(tmp_path / "combined/7.jpg", size=(540, 960))  # RICO: 1440×2560 canvas, × 960/2560
-    root = {"bounds": [0, 0, 1440, 2560], "children": [{"bounds": [0, 0, 10, 10]}]}
-    root["children"].append({"bounds": [0, 1280, 1440, 2560]})
-    (tmp_path / "combined/7.json").write_text(json.dumps({"activity": {"root": root}}))
+    widget_captions_release(tmp_path)
     items = _items("widget_captioning", tmp_path, limit=None)
     assert [i.id for i in items] == ["7_0.1", "7_0.5"]  # screen 8 is not in the test split
     ok = items[0]

@@ -4,19 +4,16 @@ lmms-eval / release layouts with real clips, the prompt the model sees, and `mm1
 
 from __future__ import annotations
 
-import csv
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from registry_fixtures import write_video
 
 from mm15.cli.eval import main
 from mm15.data.prompt_encoding import encode_sample
 from mm15.eval.tasks import TASKS, score_item
 from mm15.eval.video_tasks import ANSWER_PREFIX, best_option_choice
 from mm15.services.checkpoint import load_checkpoint
+from tests.eval_fixtures import mvbench_release, video_mc_release, videomme_release
 
 OPTS = ["a cat", "a dog", "a bird", "a fish"]
 
@@ -38,23 +35,7 @@ def _items(task, root, split=None, limit=None):
 @pytest.fixture(scope="module")
 def video_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
-    for name in ("v1", "v2"):
-        write_video(root / f"videomme/data/{name}.mp4", frames=3, size=(16, 16))
-    rows = [
-        {
-            "videoID": vid,
-            "question_id": f"q{k}",
-            "question": "What animal is shown?",
-            "options": [f"{chr(65 + i)}. {o}" for i, o in enumerate(OPTS)],
-            "answer": ans,
-            "duration": "short",
-            "domain": "Knowledge",
-            "task_type": "Counting Problem",
-        }
-        for k, (vid, ans) in enumerate([("v1", "B"), ("v2", "D"), ("gone", "A"), ("v1", "Z")])
-    ]
-    (root / "videomme/videomme").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows), root / "videomme/videomme/test-00000.parquet")
+    videomme_release(root / "videomme", OPTS)
     return root
 
 
@@ -82,18 +63,9 @@ def test_prompt_ends_with_best_option(video_root, tiny_ckpt_dir):
 
 
 def test_egoschema_nextqa_intentqa_layouts(tmp_path):
-    write_video(tmp_path / "videos/e1.mp4", frames=2, size=(16, 16))
-    (tmp_path / "Subset").mkdir()
-    row = {"video_idx": "e1", "question": "why?", "option": ["A. x", "B. y"], "answer": "1"}
-    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "Subset/test-00000.parquet")
+    video_mc_release(tmp_path)
     (ego,) = _items("egoschema", tmp_path)
     assert ego.references == ["B"] and ego.options == ["x", "y"]
-    header = ["video_id", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"]
-    for split, answer in (("val", 2), ("test", 0)):
-        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerow(["e1", "what next?", answer, 0, "CW", "p", "q", "r", "s", "t"])
     (nq,) = _items("nextqa", tmp_path)  # default split: val
     assert nq.references == ["C"] and len(nq.options) == 5 and nq.meta == {"type": "CW"}
     (iq,) = _items("intentqa", tmp_path)  # default split: test
@@ -103,13 +75,7 @@ def test_egoschema_nextqa_intentqa_layouts(tmp_path):
 
 
 def test_mvbench_frames_are_images(tmp_path):
-    write_video(tmp_path / "video/ssv2_video_mp4/c.mp4", frames=20, size=(16, 16))
-    rows = [
-        {"video": "c.mp4", "question": "What happens?", "candidates": ["x", "y"], "answer": "y"},
-        {"video": "c.mp4", "question": "What?", "candidates": ["x", "y"], "answer": "z"},
-    ]
-    (tmp_path / "json").mkdir()
-    (tmp_path / "json/action_antonym.json").write_text(json.dumps(rows))
+    mvbench_release(tmp_path)
     ok, bad = _items("mvbench", tmp_path)
     assert [m.kind for m in ok.sample.media] == ["image"] * 16  # MVBench's 16 frames
     assert ok.references == ["B"] and ok.meta == {"subtask": "action_antonym"}
