@@ -26,7 +26,12 @@ import torch
 from mm15.demo.config import DemoConfig
 from mm15.demo.data.corpus import CorpusIndex, generate_corpus
 from mm15.demo.data.tasks import SFT_TASKS
-from mm15.demo.recipe import _pretrain_encoder, _texts, corpus_sizes, demo_train_config
+from mm15.demo.recipe import (
+    corpus_sizes,
+    corpus_texts,
+    demo_train_config,
+    pretrain_encoder_checkpoint,
+)
 from mm15.eval.synthetic_suite import evaluate_synthetic
 from mm15.overrides import apply_overrides
 from mm15.services.checkpoint import load_checkpoint
@@ -63,7 +68,9 @@ else:
 tok_dir = out / "tokenizer"
 if not tok_dir.exists():
     train_bpe_tokenizer(
-        _texts(corpus), vocab_size=cfg.tokenizer.vocab_size, max_digits=cfg.tokenizer.max_digits
+        corpus_texts(corpus),
+        vocab_size=cfg.tokenizer.vocab_size,
+        max_digits=cfg.tokenizer.max_digits,
     ).save(tok_dir)
 vocab = len(MM15Tokenizer.load(tok_dir))
 
@@ -72,7 +79,7 @@ if init is None and cfg.encoder.steps:  # the demo's encoder stage, cached per s
     enc = cfg.encoder
     init = str(out / f"encoder-{enc.steps}-{'-'.join(enc.heads)}-{enc.lr}")
     if not Path(init).exists():
-        _pretrain_encoder(cfg, tc, MM15Tokenizer.load(tok_dir), Path(init))
+        pretrain_encoder_checkpoint(cfg, tc, MM15Tokenizer.load(tok_dir), Path(init))
 by_name = {s.name: s for s in tc.stages}
 key_cfg = repr({**dataclasses.asdict(cfg), "sft": None})  # settings the prefix ignores
 init_key = init and (Path(init).name if Path(init).parent == out else init)

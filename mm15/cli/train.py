@@ -50,7 +50,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = apply_overrides(base, args.set)
     if args.print_config:
         return print_config(cfg)
+    if args.seeds is not None and args.ablate is None:
+        raise ValueError("--seeds goes with --ablate NAME")
+    if args.ablate is not None:
+        from mm15.demo.ablate import run_ablation
+
+        out = Path(args.out)
+        run_ablation(args.ablate, out=out, base=cfg, seeds=_seeds(args.seeds or "0,1,2"))
+        print((out / f"ablation-{args.ablate}.md").read_text())
+        return 0
     return run_demo(out=Path(args.out), cfg=cfg)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds repeats a seed: {text!r}")
+    return seeds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,5 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = sub.add_parser("demo", help="run the main job on built-in data")
     d.add_argument("--out", default="out/demo", help="where results go")
+    d.add_argument(
+        "--ablate",
+        metavar="NAME",
+        help="instead of the demo, one of the paper's ablation trends over --seeds: splitting, "
+        "refer_ground_data, multi_image_data (docs/demo.md, Ablations)",
+    )
+    d.add_argument(
+        "--seeds", metavar="S,S,...", help="the seeds of --ablate (default 0,1,2; at least two)"
+    )
     add_config_args(d, example="sft.steps=900")
     d.set_defaults(func=cmd_demo)

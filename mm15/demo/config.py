@@ -174,9 +174,15 @@ class SftStage(Stage):
     # Grounding at 2 (the paper's α for refer&ground) lifts it to 0.66 and takes reading down to
     # 0.20–0.32, so the demo keeps equal weights (docs/demo.md, ninth session).
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    # How SFT (and the evaluation after it) splits images: None keeps the model's dynamic
+    # splitting (MM1.5 §3.5); "none" shows every image as one low-resolution tile (Table 1's
+    # no-splitting row; `mm15 demo --ablate splitting`).
+    split: Literal["dynamic", "none"] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.split not in (None, "dynamic", "none"):
+            raise ValueError(f"sft.split must be 'dynamic' or 'none', got {self.split!r}")
         if not self.tasks:
             raise ValueError("sft.tasks is empty; give at least one SFT task")
         _check_tasks("sft.tasks", self.tasks, SFT_TASKS)

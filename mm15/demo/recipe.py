@@ -69,7 +69,7 @@ def corpus_sizes(cfg: DemoConfig) -> dict[str, int]:
     }
 
 
-def _texts(corpus: CorpusIndex) -> list[str]:
+def corpus_texts(corpus: CorpusIndex) -> list[str]:
     """Every text part of the training files (never the test files), plus the numbers 0–999:
     box coordinates are rendered from regions at tokenisation time, so they are not in the text."""
     texts = [" ".join(str(n) for n in range(1000))] * 5
@@ -105,7 +105,7 @@ def demo_train_config(
             _pretrain_stage(cfg, corpus, low_res),
             _cpt_stage(cfg, corpus),
             *(bind if cfg.bind.at == "before_sft" else []),
-            _sft_stage(cfg, corpus),
+            _sft_stage(cfg, corpus, sft_image(cfg, model.image)),
         ],
     )
 
@@ -170,7 +170,15 @@ def _cpt_stage(cfg: DemoConfig, corpus: CorpusIndex) -> StageConfig:
     )
 
 
-def _sft_stage(cfg: DemoConfig, corpus: CorpusIndex) -> StageConfig:
+def sft_image(cfg: DemoConfig, model_image: ImageConfig) -> ImageConfig | None:
+    """The image settings of SFT and of the evaluation after it: the model's, unless
+    ``sft.split`` changes the splitting (None: the stage keeps the model's)."""
+    if cfg.sft.split is None:
+        return None
+    return dataclasses.replace(model_image, split=cfg.sft.split)
+
+
+def _sft_stage(cfg: DemoConfig, corpus: CorpusIndex, image: ImageConfig | None) -> StageConfig:
     """Stage 3 (MM1.5 §3.2): the SFT tasks, each weighted by ``cfg.sft.weights``."""
     return _stage(
         cfg,
@@ -183,6 +191,7 @@ def _sft_stage(cfg: DemoConfig, corpus: CorpusIndex) -> StageConfig:
         warmup=30,
         freeze=list(cfg.sft.freeze),
         weights=cfg.sft.weights,
+        image=image,
     )
 
 
@@ -246,7 +255,7 @@ def _mixture(
     return MixtureConfig(weights=mix, sources=sources)
 
 
-def _pretrain_encoder(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -> Path:
+def pretrain_encoder_checkpoint(cfg: DemoConfig, train_cfg: TrainConfig, tok, out: Path) -> Path:
     """The seeded initial model with its encoder pre-trained (:mod:`mm15.demo.encoder`)."""
     from mm15.demo.encoder import EncoderPretrainConfig, pretrain_encoder
     from mm15.model.mm15 import MM15
@@ -314,7 +323,9 @@ def _make_corpus(cfg: DemoConfig, out: Path, t0: float) -> tuple[CorpusIndex, MM
     print(f"[demo 1/4] generating the synthetic corpus in {out / 'corpus'}", flush=True)
     corpus = generate_corpus(out / "corpus", seed=cfg.seed, sizes=corpus_sizes(cfg))
     tok = train_bpe_tokenizer(
-        _texts(corpus), vocab_size=cfg.tokenizer.vocab_size, max_digits=cfg.tokenizer.max_digits
+        corpus_texts(corpus),
+        vocab_size=cfg.tokenizer.vocab_size,
+        max_digits=cfg.tokenizer.max_digits,
     )
     tok.save(out / "tokenizer")
     print(
@@ -338,7 +349,7 @@ def _train(
     shutil.rmtree(run_dir, ignore_errors=True)
     train_cfg = demo_train_config(cfg, corpus, out / "tokenizer", run_dir, len(tok))
     if cfg.encoder.steps:
-        train_cfg.init_from = str(_pretrain_encoder(cfg, train_cfg, tok, out / "encoder"))
+        train_cfg.init_from = str(pretrain_encoder_checkpoint(cfg, train_cfg, tok, out / "encoder"))
     t1 = time.perf_counter()
     result = train(train_cfg)
     train_seconds = time.perf_counter() - t1
@@ -355,6 +366,7 @@ def _evaluate(cfg: DemoConfig, corpus: CorpusIndex, model_dir: Path) -> tuple[MM
 
     print("[demo 3/4] evaluating held-out test sets per category", flush=True)
     model, tok = load_checkpoint(model_dir)
+    model.cfg.image = sft_image(cfg, model.cfg.image) or model.cfg.image  # as SFT showed images
     suite = evaluate_synthetic(model, tok, corpus, tasks=cfg.sft.tasks, on_batch=_show_progress)
     return model, suite
 

@@ -1,0 +1,304 @@
+"""``mm15 demo --ablate NAME``: one of MM1.5's ablation trends, in miniature, over several seeds.
+
+An ablation is two arms of the demo that differ in one setting (``--set`` overrides of
+:class:`~mm15.demo.config.DemoConfig`); the paper's trend says which arm scores higher on one
+category of the demo's held-out suite:
+
+* ``splitting``: SFT and evaluation with dynamic image splitting against none, on text-rich
+  items (MM1.5 Table 1, §3.5);
+* ``refer_ground_data``: SFT with and without the referring-and-grounding task, on grounding
+  (Acc@0.5; MM1.5 Fig. 5, §3.2);
+* ``multi_image_data``: SFT with and without the multi-image task, on multi-image items
+  (MM1.5 Fig. 7).
+
+Per seed the corpus, the tokenizer, the encoder warm-up and every stage before SFT are trained
+once and kept under ``OUT/seed<S>/`` (keyed by the settings they depend on), so the arms start
+SFT from the same weights, and a second ablation over the same seeds and ``OUT`` trains only the
+arms it has not run: the default arm is shared by all three.  Every arm is evaluated on every
+category of the corpus, trained or not.
+
+The trend holds when the expected arm's mean beats the other's by more than the seed spread
+(the larger of the two arms' max − min over seeds).  ``OUT/ablation-<NAME>.json`` / ``.md`` /
+``.png`` hold the per-seed scores, means, spread and verdict.  The inference-grid trend (Table 2)
+is not here yet: it needs grounding images that split and a grid-dependent coordinate control
+(docs/demo.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mm15.demo.config import DEMO_SFT_TASKS, DemoConfig
+from mm15.demo.data.corpus import CorpusIndex, generate_corpus
+from mm15.demo.recipe import (
+    corpus_sizes,
+    corpus_texts,
+    demo_train_config,
+    pretrain_encoder_checkpoint,
+    sft_image,
+)
+from mm15.overrides import apply_overrides
+from mm15.tokenizer import MM15Tokenizer, train_bpe_tokenizer
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    sets: tuple[str, ...] = ()  # DemoConfig overrides, as `mm15 demo --set` takes them
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    trend: str  # the paper's finding, with where it is reported
+    category: str  # the suite category the trend is about
+    expected: Arm  # the arm the paper's trend puts higher
+    other: Arm
+
+
+def _without(task: str) -> str:
+    return "sft.tasks=" + json.dumps([t for t in DEMO_SFT_TASKS if t != task])
+
+
+ABLATIONS = {
+    a.name: a
+    for a in [
+        Ablation(
+            "splitting",
+            "dynamic image splitting beats no splitting on text-rich data (MM1.5 Table 1, §3.5)",
+            "text_rich",
+            Arm("dynamic splitting"),
+            Arm("no splitting", ("sft.split=none",)),
+        ),
+        Ablation(
+            "refer_ground_data",
+            "referring-and-grounding SFT data creates grounding ability (MM1.5 Fig. 5, §3.2)",
+            "refer_ground",
+            Arm("with refer&ground data"),
+            Arm("without refer&ground data", (_without("refer_ground/box"),)),
+        ),
+        Ablation(
+            "multi_image_data",
+            "multi-image SFT data lifts the multi-image score (MM1.5 Fig. 7)",
+            "multi_image",
+            Arm("with multi-image data"),
+            Arm("without multi-image data", (_without("multi_image/common"),)),
+        ),
+    ]
+}
+
+
+def _key(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_ablation(name: str, *, out: Path, base: DemoConfig, seeds: Sequence[int]) -> dict[str, Any]:
+    """Both arms of ablation ``name`` for every seed (cached stages reused), then the report."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
+    if len(seeds) < 2:
+        raise ValueError("an ablation needs at least two seeds to report a spread")
+    ab = ABLATIONS[name]
+    t0 = time.perf_counter()
+    runs: dict[str, list[dict[str, Any]]] = {ab.expected.label: [], ab.other.label: []}
+    for seed in seeds:
+        cfg = dataclasses.replace(base, seed=seed)
+        seed_dir = out / f"seed{seed}"
+        corpus, tok_dir = _corpus(cfg, seed_dir)
+        prefix = _prefix(cfg, corpus, tok_dir, seed_dir)
+        for arm in (ab.expected, ab.other):
+            arm_cfg = apply_overrides(cfg, list(arm.sets))
+            runs[arm.label].append(_arm(arm_cfg, corpus, tok_dir, prefix, seed_dir, arm.label))
+    report = summarize(ab, list(seeds), runs, seconds=time.perf_counter() - t0)
+    write_report(out, report)
+    return report
+
+
+def _corpus(cfg: DemoConfig, seed_dir: Path) -> tuple[CorpusIndex, Path]:
+    """The seed's corpus (every default SFT task: each arm is evaluated on all of them) and its
+    tokenizer, made once."""
+    corpus_dir, tok_dir = seed_dir / "corpus", seed_dir / "tokenizer"
+    full = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, tasks=list(DEMO_SFT_TASKS)))
+    marker = seed_dir / "corpus.key"
+    key = _key([cfg.seed, corpus_sizes(full), dataclasses.asdict(cfg.tokenizer)])
+    if marker.is_file() and marker.read_text() == key and (tok_dir / "tokenizer.json").is_file():
+        return CorpusIndex.read(corpus_dir), tok_dir
+    _log(f"[seed {cfg.seed}] generating the corpus and tokenizer in {seed_dir}")
+    shutil.rmtree(corpus_dir, ignore_errors=True)
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    corpus = generate_corpus(corpus_dir, seed=cfg.seed, sizes=corpus_sizes(full))
+    tok = cfg.tokenizer
+    train_bpe_tokenizer(
+        corpus_texts(corpus), vocab_size=tok.vocab_size, max_digits=tok.max_digits
+    ).save(tok_dir)
+    marker.write_text(key)
+    return corpus, tok_dir
+
+
+def _prefix(cfg: DemoConfig, corpus: CorpusIndex, tok_dir: Path, seed_dir: Path) -> Path:
+    """The model after the encoder warm-up and every stage before SFT, trained once per
+    seed and the settings those stages read (every field but ``sft``)."""
+    from mm15.train.loop import train
+
+    settings = {**dataclasses.asdict(cfg), "sft": None}
+    folder = seed_dir / f"prefix-{_key(settings)}"
+    if (folder / "model" / "config.json").is_file():
+        _log(f"[seed {cfg.seed}] stages before SFT: cached in {folder}")
+        return folder / "model"
+    shutil.rmtree(folder, ignore_errors=True)
+    tok = MM15Tokenizer.load(tok_dir)
+    tc = demo_train_config(cfg, corpus, tok_dir, folder / "run", len(tok))
+    t = time.perf_counter()
+    if cfg.encoder.steps:
+        tc.init_from = str(pretrain_encoder_checkpoint(cfg, tc, tok, folder / "encoder"))
+    tc.stages = [s for s in tc.stages if s.name != "sft"]
+    result = train(tc)
+    shutil.move(str(result.final_model), folder / "model")
+    _log(f"[seed {cfg.seed}] stages before SFT trained in {time.perf_counter() - t:.0f} s")
+    return folder / "model"
+
+
+def _arm(
+    cfg: DemoConfig,
+    corpus: CorpusIndex,
+    tok_dir: Path,
+    prefix: Path,
+    seed_dir: Path,
+    label: str,
+) -> dict[str, Any]:
+    """SFT from the cached prefix with the arm's settings, then the whole suite (cached)."""
+    from mm15.eval.synthetic_suite import evaluate_synthetic
+    from mm15.services.checkpoint import load_checkpoint
+    from mm15.train.loop import train
+
+    folder = seed_dir / f"arm-{_key([str(prefix), dataclasses.asdict(cfg)])}"
+    scores = folder / "scores.json"
+    if scores.is_file():
+        _log(f"[seed {cfg.seed}] {label}: cached in {folder}")
+        return json.loads(scores.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    tc = demo_train_config(cfg, corpus, tok_dir, folder / "run", len(MM15Tokenizer.load(tok_dir)))
+    tc.stages = [s for s in tc.stages if s.name == "sft"]
+    tc.init_from = str(prefix)
+    t = time.perf_counter()
+    result = train(tc)
+    seconds = time.perf_counter() - t
+    model, tok = load_checkpoint(result.final_model)
+    model.cfg.image = sft_image(cfg, model.cfg.image) or model.cfg.image  # as SFT showed images
+    suite = evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS))
+    out = {
+        "seed": cfg.seed,
+        "arm": label,
+        "categories": suite.categories,
+        "sft_tasks": list(cfg.sft.tasks),
+        "sft_seconds": round(seconds, 1),
+    }
+    scores.write_text(json.dumps(out, indent=1) + "\n")
+    shutil.rmtree(folder / "run", ignore_errors=True)  # the scores are what is kept
+    _log(f"[seed {cfg.seed}] {label}: SFT in {seconds:.0f} s, {_scores_line(suite.categories)}")
+    return out
+
+
+def _scores_line(categories: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{k} {v['score']:.2f}" for k, v in categories.items())
+
+
+def summarize(
+    ab: Ablation, seeds: list[int], runs: dict[str, list[dict[str, Any]]], *, seconds: float
+) -> dict[str, Any]:
+    """Per arm the category's score per seed, mean, min and max; the margin (expected arm's
+    mean − the other's), the spread (the larger max − min) and whether the trend holds."""
+    arms = {}
+    for label, results in runs.items():
+        values = [r["categories"][ab.category]["score"] for r in results]
+        arms[label] = {
+            "scores": values,
+            "mean": sum(values) / len(values),
+            "min": min(values),
+            "max": max(values),
+            "all_categories": [r["categories"] for r in results],
+        }
+    hi, lo = arms[ab.expected.label], arms[ab.other.label]
+    margin = hi["mean"] - lo["mean"]
+    spread = max(a["max"] - a["min"] for a in arms.values())
+    chance = runs[ab.expected.label][0]["categories"][ab.category]["chance"]
+    return {
+        "ablation": ab.name,
+        "trend": ab.trend,
+        "category": ab.category,
+        "chance": chance,
+        "seeds": seeds,
+        "expected": ab.expected.label,
+        "other": ab.other.label,
+        "arms": arms,
+        "margin": margin,
+        "spread": spread,
+        "holds": margin > spread,
+        "seconds": round(seconds, 1),
+    }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"ablation-{report['ablation']}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(report_markdown(report))
+    _plot(report, stem.with_suffix(".png"))
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"# Ablation `{r['ablation']}`: {r['trend']}",
+        "",
+        f"Category: {r['category']} (chance {r['chance']:.3f}); seeds {r['seeds']}; "
+        f"{r['seconds']:.0f} s.",
+        "",
+        "| arm | " + " | ".join(f"seed {s}" for s in r["seeds"]) + " | mean | min–max |",
+        "|---|" + "---|" * (len(r["seeds"]) + 2),
+    ]
+    for label, a in r["arms"].items():
+        cells = " | ".join(f"{v:.2f}" for v in a["scores"])
+        lines.append(f"| {label} | {cells} | {a['mean']:.3f} | {a['min']:.2f}–{a['max']:.2f} |")
+    verdict = "holds" if r["holds"] else "does not hold"
+    lines += [
+        "",
+        f"Margin {r['margin']:+.3f} (mean of “{r['expected']}” − mean of “{r['other']}”), "
+        f"seed spread {r['spread']:.3f}: the paper's trend **{verdict}** "
+        "(it holds when the margin exceeds the spread).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(r: dict[str, Any], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels = list(r["arms"])
+    for x, label in enumerate(labels):
+        a = r["arms"][label]
+        ax.bar(x, a["mean"], 0.6, alpha=0.6)
+        ax.vlines(x, a["min"], a["max"], color="black")
+        ax.scatter([x] * len(a["scores"]), a["scores"], color="black", s=12, zorder=3)
+    ax.axhline(r["chance"], color="grey", linestyle="--", label="chance")
+    ax.set_xticks(range(len(labels)), labels, rotation=10)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(r["category"])
+    ax.set_title(r["ablation"])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)

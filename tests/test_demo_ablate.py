@@ -1,0 +1,102 @@
+"""`mm15 demo --ablate NAME` (issue 24): both arms per seed from shared, cached early stages,
+the report with the spread and the verdict, and its bad inputs.  The runs here are tiny, so
+they check the wiring, not the trends: those are measured with the full demo (docs/demo.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mm15.cli import main
+from mm15.demo.ablate import ABLATIONS, Ablation, Arm, summarize
+
+TINY = [
+    "corpus.train_per_task=12",
+    "corpus.test_per_task=3",
+    "encoder.steps=2",
+    "bind.steps=2",
+    "align.steps=2",
+    "pretrain.steps=2",
+    "cpt.steps=2",
+    "sft.steps=3",
+    "batch_rows=2",
+    "seq_len=384",
+    "tokenizer.vocab_size=600",
+    "threads=1",
+]
+
+
+def _ablate(name: str, out, seeds: str = "0,1") -> int:
+    args = ["demo", "--ablate", name, "--seeds", seeds, "--out", str(out)]
+    return main([*args, *(a for kv in TINY for a in ("--set", kv))])
+
+
+def test_two_ablations_share_the_seeds_early_stages_and_the_default_arm(tmp_path, capsys):
+    assert _ablate("refer_ground_data", tmp_path) == 0
+    first = capsys.readouterr().out
+    assert first.count("stages before SFT trained") == 2  # once per seed
+    report = json.loads((tmp_path / "ablation-refer_ground_data.json").read_text())
+    assert report["category"] == "refer_ground" and report["seeds"] == [0, 1]
+    arms = report["arms"]
+    assert list(arms) == ["with refer&ground data", "without refer&ground data"]
+    for a in arms.values():
+        assert len(a["scores"]) == 2 and a["min"] <= a["mean"] <= a["max"]
+        assert all(set(c) >= {"refer_ground", "general", "text_rich"} for c in a["all_categories"])
+    assert report["holds"] == (report["margin"] > report["spread"])
+    assert (tmp_path / "ablation-refer_ground_data.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "ablation-refer_ground_data.md").read_text()
+    assert "seed spread" in md and md in first
+    without = json.loads(
+        next(
+            p.read_text()
+            for p in (tmp_path / "seed0").glob("arm-*/scores.json")
+            if "without" in p.read_text()
+        )
+    )
+    assert "refer_ground/box" not in without["sft_tasks"]
+
+    assert _ablate("multi_image_data", tmp_path) == 0
+    second = capsys.readouterr().out
+    assert "stages before SFT trained" not in second
+    assert second.count("stages before SFT: cached") == 2
+    assert second.count("with multi-image data: cached") == 2  # the default arm, shared
+    assert second.count("without multi-image data: SFT in") == 2
+
+
+def test_the_verdict_needs_a_margin_above_the_seed_spread():
+    ab = Ablation("x", "a trend", "ui", Arm("a"), Arm("b"))
+
+    def runs(a, b):
+        cat = lambda v: {"categories": {"ui": {"score": v, "chance": 0.1, "n": 50}}}  # noqa: E731
+        return {"a": [cat(v) for v in a], "b": [cat(v) for v in b]}
+
+    r = summarize(ab, [0, 1, 2], runs([0.6, 0.7, 0.8], [0.2, 0.3, 0.2]), seconds=1.0)
+    assert r["margin"] == pytest.approx(0.7 - 0.7 / 3)
+    assert r["spread"] == pytest.approx(0.2) and r["holds"]
+    r = summarize(ab, [0, 1, 2], runs([0.6, 0.2, 0.8], [0.2, 0.3, 0.2]), seconds=1.0)
+    assert r["spread"] == pytest.approx(0.6) and not r["holds"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ablate", "grid"], "unknown ablation 'grid'"),
+        (["--ablate", "splitting", "--seeds", "0"], "at least two seeds"),
+        (["--seeds", "0,1"], "--seeds goes with --ablate"),
+        (["--ablate", "splitting", "--seeds", "0,x"], "comma-separated integers"),
+        (["--ablate", "splitting", "--seeds", "1,1"], "repeats a seed"),
+    ],
+)
+def test_bad_ablation_flags_are_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["demo", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_help_names_every_ablation(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in ABLATIONS)
