@@ -1,4 +1,4 @@
-"""Does the demo's model pick the object the question names?  (docs/demo.md, seventh session)
+"""Does the demo's model pick the object the question names?  (docs/demo-log.md, seventh session)
 
     python dev/demo_answer_hits.py OUT      # OUT of `mm15 demo --out OUT`
 

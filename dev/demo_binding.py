@@ -1,4 +1,4 @@
-"""Can the tiny preset learn question-conditioned binding?  (docs/demo.md, "Open problem")
+"""Can the tiny preset learn question-conditioned binding?  (docs/demo-log.md, "Open problem")
 
 "What colour is the <shape>?" over scenes of N objects with distinct shapes and colours, after a
 50-step solid-colour warm-up that opens the image pathway.  Prints loss and accuracy every 50

@@ -1,4 +1,4 @@
-"""The demo's encoder stage alone, with chosen heads: held-out probe accuracies (docs/demo.md).
+"""The demo's encoder stage alone, with chosen heads: held-out probe accuracies (docs/demo-log.md).
 
     python dev/demo_encoder_heads.py [steps=1000] [heads=colour,shape,place,word] [lr=6e-3]
         [text_share=0.5] [threads=1]

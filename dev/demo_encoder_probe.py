@@ -1,4 +1,4 @@
-"""How fast does the tiny encoder + connector alone learn a scene property?  (docs/demo.md)
+"""How fast does the tiny encoder + connector alone learn a scene property?  (docs/demo-log.md)
 
 Mean-pooled image tokens → a linear head, trained directly (no decoder), 32 images a step:
 

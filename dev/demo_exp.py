@@ -1,4 +1,4 @@
-"""Fast demo experiments: cache the early stages, vary SFT, score chosen tasks (docs/demo.md).
+"""Fast demo experiments: cache the early stages, vary SFT, score chosen tasks (docs/demo-log.md).
 
     python dev/demo_exp.py OUT [prefix=align,pretrain,cpt] [tasks=general/colour,...]
         [sft.steps=N] [sft_lr=X] [freeze=vision,connector] [eval=task,...] [threads=N]

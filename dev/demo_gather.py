@@ -1,4 +1,4 @@
-"""Why the demo's decoder does not learn "Where is the <colour> <shape>?"  (docs/demo.md)
+"""Why the demo's decoder does not learn "Where is the <colour> <shape>?"  (docs/demo-log.md)
 
 A toy of the grounding lookup on the demo's own pieces: the pre-trained encoder of a demo run
 (ViT frozen, as in SFT), the demo tokenizer and chat words, grid scenes of 2-4 objects with

@@ -5,7 +5,7 @@
 
 Evaluates ``refer_ground/box``'s test items greedily and compares the grid cell holding each
 predicted box's centre with the reference's (grid scenes are 3×3; chance is 1/3 for each).
-Used for the grounding rows of docs/demo.md.
+Used for the grounding rows of docs/demo-log.md.
 """
 
 import re

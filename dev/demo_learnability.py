@@ -1,4 +1,4 @@
-"""How fast does the tiny preset learn a visual attribute?  (docs/demo.md, "Open problem")
+"""How fast does the tiny preset learn a visual attribute?  (docs/demo-log.md, "Open problem")
 
 Trains the `tiny` MM15 directly (no data pipeline) on one question per image and prints the
 answer accuracy every 25 steps.  Two image kinds:

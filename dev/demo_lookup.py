@@ -1,4 +1,4 @@
-"""Which question-conditioned lookups can the tiny preset learn, and how fast?  (docs/demo.md)
+"""Which question-conditioned lookups can the tiny preset learn, and how fast?  (docs/demo-log.md)
 
 Toy vocabulary, 16 image tokens + one question token + the answer, 32 scenes a step, AdamW:
 

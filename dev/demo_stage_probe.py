@@ -1,4 +1,4 @@
-"""Does the model still use the image after each demo stage?  (docs/demo.md)
+"""Does the model still use the image after each demo stage?  (docs/demo-log.md)
 
 Trains the demo's stages[:k] from scratch (same seed, so prefixes are identical) and measures
 teacher-forced accuracy on the colour and shape words of 60 fresh single-object captions

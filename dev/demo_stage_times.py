@@ -1,4 +1,4 @@
-"""Per-stage training time and the bind stage's final loss of a demo run (docs/demo.md).
+"""Per-stage training time and the bind stage's final loss of a demo run (docs/demo-log.md).
 
     python dev/demo_stage_times.py OUT        # OUT of `mm15 demo --out OUT`
 

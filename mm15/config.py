@@ -125,7 +125,7 @@ class LMConfig:
     max_seq_len: int = 4096
     dropout: float = 0.0  # residual dropout in training (off in the paper's recipe as far as known)
     # Weight init std (Llama/OLMo use 0.02 at every size; a 64-wide model learns its attention
-    # lookups far faster from a wider init, docs/demo.md).
+    # lookups far faster from a wider init, docs/demo-log.md).
     init_std: float = 0.02
     moe: MoEConfig | None = None
 

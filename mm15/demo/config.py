@@ -16,7 +16,7 @@ from mm15.demo.data.tasks import SFT_TASKS, TASKS
 from mm15.train.config import Part
 
 # One SFT task per category: with all tasks in the budget each task gets too few samples for the
-# tiny model to learn to read images (docs/demo.md); ``--set sft.tasks=[...]`` trains any subset,
+# tiny model to learn to read images (docs/demo-log.md); ``--set sft.tasks=[...]`` trains any subset,
 # SFT_TASKS all of them.
 DEMO_SFT_TASKS = (
     "general/colour",
@@ -96,7 +96,7 @@ class AlignStage(Stage):
 class PretrainStage(Stage):
     """The pre-training stage's sources (MM1.5 §3–4: captions, interleaved, text at 50:10:40 by
     category; sources of one category share its weight).  "caption/grounded" adds GRIT-style
-    captions with each object's box (measured in docs/demo.md; not a default)."""
+    captions with each object's box (measured in docs/demo-log.md; not a default)."""
 
     steps: int = 120
     tasks: list[str] = dataclasses.field(default_factory=lambda: list(PRETRAIN_TASKS))
@@ -131,7 +131,7 @@ class BindStage(Stage):
     yellow star, top left"), so that the decoder learns to look the named object up in the
     image.  MM1.5's decoder is a pre-trained LLM that arrives with such in-context lookups; the
     demo's is trained from scratch, and in the full mixture the many-token answers of the other
-    tasks keep that lookup from being learnt (docs/demo.md).  On the fresh decoder it is learnt
+    tasks keep that lookup from being learnt (docs/demo-log.md).  On the fresh decoder it is learnt
     in 1000 small steps; after pre-training it is not.  0 steps: no stage."""
 
     steps: int = 1000
@@ -163,7 +163,7 @@ class BindStage(Stage):
 @dataclass(kw_only=True)
 class SftStage(Stage):
     """SFT keeps the pre-trained ViT frozen and trains the connector and decoder; a trainable
-    connector lets the decoder read words (docs/demo.md).  ``freeze=[]`` trains everything
+    connector lets the decoder read words (docs/demo-log.md).  ``freeze=[]`` trains everything
     (MM1.5)."""
 
     steps: int = 1200
@@ -172,7 +172,7 @@ class SftStage(Stage):
     # Relative sampling weight per task (1.0 when not listed), the demo's stand-in for the
     # paper's category ratios α: a task at weight w counts as w × its size in the mixer.
     # Grounding at 2 (the paper's α for refer&ground) lifts it to 0.66 and takes reading down to
-    # 0.20–0.32, so the demo keeps equal weights (docs/demo.md, ninth session).
+    # 0.20–0.32, so the demo keeps equal weights (docs/demo-log.md, ninth session).
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
     # How SFT (and the evaluation after it) splits images: None keeps the model's dynamic
     # splitting (MM1.5 §3.5); "none" shows every image as one low-resolution tile (Table 1's
@@ -211,7 +211,7 @@ class TokenizerKnobs:
 @dataclass(kw_only=True)
 class DecoderKnobs:
     # The weight init (LMConfig.init_std): at 64 wide, 0.1 learns several times faster than the
-    # large models' 0.02 (docs/demo.md).
+    # large models' 0.02 (docs/demo-log.md).
     init_std: float = 0.1
     layers: int = 4  # the tiny preset has 4 blocks
 
@@ -235,7 +235,7 @@ class DemoConfig:
     tokenizer: TokenizerKnobs = dataclasses.field(default_factory=TokenizerKnobs)
     lm: DecoderKnobs = dataclasses.field(default_factory=DecoderKnobs)
     # What every stage of the training loop shares unless it says otherwise.
-    lr: float = 1e-3  # 3e-3 learns text priors but not image lookups (docs/demo.md)
+    lr: float = 1e-3  # 3e-3 learns text priors but not image lookups (docs/demo-log.md)
     batch_rows: int = 8
     seq_len: int = 512
     # The stages, in the order they run (bind: where bind.at says).

@@ -2,13 +2,13 @@
 
 MM1.5 starts from a CLIP ViT pre-trained on billions of image–text pairs; nothing here may
 download weights, and a randomly initialised encoder trained only through the decoder learns to
-see far too slowly for a 10-minute demo (docs/demo.md measures this).  This stage trains the
+see far too slowly for a 10-minute demo (docs/demo-log.md measures this).  This stage trains the
 encoder and the connector alone, before the paper's stages, on freshly drawn grid scenes with
 targets that CLIP's features would give a probe for free: per connector token (a cell of the
 tile), the colour and the shape of the object covering most of the cell, or "background" (dense,
 like a detector's pre-training), and optionally the token's own place in the grid, the covering
 object's box and the word written in the cell (``HEADS``; the demo's choice is measured in
-docs/demo.md).  Pooled targets (which colours/shapes occur, the object count) were tried and
+docs/demo-log.md).  Pooled targets (which colours/shapes occur, the object count) were tried and
 made the later SFT learn less, so they are not offered.
 
 Linear heads read the targets and are discarded afterwards; the decoder is not touched.  The

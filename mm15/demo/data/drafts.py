@@ -80,7 +80,7 @@ class Draft:
     # the paper's grounded answers read ("the flour <112,26,316,239>", MM1.5 §3.1, Fig. 1, Fig. 3).  Copied from
     # the question, they carry no information (chance is unchanged), but writing the name
     # first is what lets the demo's decoder learn which object the answer is about
-    # (docs/demo.md, ninth session).  Test samples keep it in ``meta["answer_lead"]``.
+    # (docs/demo-log.md, ninth session).  Test samples keep it in ``meta["answer_lead"]``.
     answer_lead: str = ""
     options: list[str] | None = None
     meta: dict = field(default_factory=dict)

@@ -57,7 +57,7 @@ def _grounded_caption(rng: random.Random) -> Draft:
 def _object_caption(rng: random.Random) -> Draft:
     """One large object filling most of the image: the easiest image–text pair.  A model trained
     from scratch first has to learn that images carry the answer at all; with only small objects
-    it settles on text priors (docs/demo.md measures this), large ones open the pathway."""
+    it settles on text priors (docs/demo-log.md measures this), large ones open the pathway."""
     kind, colour = rng.choice(si.SHAPES), rng.choice(list(si.COLOURS))
     image, _ = si.grid_scene(rng, [(kind, colour)], grid=1, fill=(0.75, 1.0))
     return Draft([image], [Part.m(0), Part.t(f"A {colour} {kind}.")])
