@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from mm15.eval.coverage import coverage_markdown
-from mm15.eval.suite import load_paper_rows
+from mm15.eval.paper_numbers import load_paper_rows
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
 

@@ -10,16 +10,8 @@ import pytest
 
 from mm15.cli.main import main
 from mm15.config_json import save_json
-from mm15.eval.suite import (
-    SIZES,
-    checkpoint_size,
-    find_data,
-    load_paper_rows,
-    paper_size,
-    paper_table,
-    reference,
-    suite_tasks,
-)
+from mm15.eval.paper_numbers import SIZES, load_paper_rows, reference, suite_tasks
+from mm15.eval.suite import checkpoint_size, find_data, paper_size, paper_table
 from mm15.eval.tasks import TASKS, get_task
 from mm15.presets import paper_model
 from tests.test_eval_icl import vlicl_root  # noqa: F401 (a fixture)

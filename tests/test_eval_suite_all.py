@@ -14,7 +14,7 @@ import pytest
 from mm15.cli.main import main
 from mm15.eval.judged_tasks import JUDGED_METRICS
 from mm15.eval.open_video_tasks import HOUND_SETS
-from mm15.eval.suite import CATEGORIES, load_paper_rows, suite_tasks
+from mm15.eval.paper_numbers import CATEGORIES, load_paper_rows, suite_tasks
 from mm15.eval.tasks import get_task
 from tests.eval_fixtures import (
     hound_release,

@@ -267,7 +267,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return print_config(cfg)
     _require(cfg)
     if cfg.suite:  # its size and tasks are checked before the weights load (mm15.eval.suite)
-        from mm15.eval import suite
+        from mm15.eval import suite, suite_report
 
         plan = suite.plan_suite(cfg.data, suite.paper_size(cfg.model, cfg.paper_size))
     pairs = [] if cfg.suite else task_data(cfg.tasks, cfg.data)
@@ -287,7 +287,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if cfg.suite:  # a judge that cannot be made fails only the judged tasks
         make_judge = lambda: _judge(cfg, plan.present)  # noqa: E731
         table = suite.run_suite(model, tokenizer, plan, cfg.out, settings, make_judge=make_judge)
-        return suite.report(table, Path(cfg.out))
+        return suite_report.report(table, Path(cfg.out))
     summary = run_eval(model, tokenizer, pairs, cfg.out, settings)
     out = Path(cfg.out)
     print((out / "summary.md").read_text(), end="")

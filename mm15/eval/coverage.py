@@ -1,12 +1,12 @@
 """Every benchmark of MM1.5's Tables 4–12 with the mm15 task that scores it, its metric and its
 status: the table in docs/evaluation.md ("The paper's benchmarks"), generated from
-``paper_numbers.toml`` (:mod:`mm15.eval.suite`) and the task registry so that it cannot drift
+``paper_numbers.toml`` (:mod:`mm15.eval.paper_numbers`) and the task registry so that it cannot drift
 from either (tests/test_eval_coverage.py).  ``python -m mm15.eval.coverage`` prints it.
 """
 
 from __future__ import annotations
 
-from mm15.eval.suite import CATEGORIES, PaperRow, load_paper_rows
+from mm15.eval.paper_numbers import CATEGORIES, PaperRow, load_paper_rows
 from mm15.eval.tasks import get_task
 
 

@@ -31,123 +31,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import tomllib
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from mm15.errors import USER_ERRORS, one_line
 from mm15.eval.metrics import category_scores
+from mm15.eval.paper_numbers import (
+    CATEGORIES,
+    SIZES,
+    PaperRow,
+    load_paper_rows,
+    reference,
+    suite_tasks,
+)
+from mm15.eval.suite_report import write_table
 from mm15.eval.tasks import get_task
 
-NUMBERS_FILE = Path(__file__).with_name("paper_numbers.toml")
-SIZES = ("1B", "1B-MoE", "3B", "3B-MoE", "7B", "30B")
-# The paper's groups, in its order (Table 4, then Tables 10 and 12).
-CATEGORIES = {
-    "general": "General",
-    "text_rich": "Text-rich",
-    "knowledge": "Knowledge",
-    "refer_ground": "Refer&Ground",
-    "multi_image": "Multi-image",
-    "icl": "In-context learning",
-    "video": "Video",
-    "ui": "UI",
-}
-UNITS = ("%", "sum", "score", "cider", "score5")
-UNIT_LABELS = {"score": "judge score", "cider": "CIDEr", "score5": "judge score, 0–5"}
 MME_MAX = 2800.0  # 14 sub-tasks x 200: the unit of mm15's MME score
 DATA_SUFFIXES = (".jsonl", ".parquet", ".json", ".arrow")
-TABLE_LABELS = {  # how the reference column names where a number comes from
-    "table10": "10 (Video, training-free)",
-    "table10_sft": "10 (Video SFT)",
-    "table11": "11 (Video, training-free)",
-    "table11_sft": "11 (Video SFT)",
-    "table12": "12 (UI)",
-    "table5_pc": "5 (P + C)",
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# The paper's numbers
-
-
-@dataclass(frozen=True)
-class PaperRow:
-    """One row of the paper's tables (a benchmark, a split of one, or an average of rows)."""
-
-    key: str
-    name: str
-    category: str
-    unit: str
-    tasks: tuple[str, ...] = ()
-    parts: tuple[str, ...] = ()
-    parent: str | None = None
-    no_task: str | None = None
-    note: str | None = None
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # "table4" → size → number
-
-
-def load_paper_rows(path: str | Path = NUMBERS_FILE) -> dict[str, PaperRow]:
-    """The rows of ``paper_numbers.toml`` in the file's order, checked: each names known mm15
-    tasks, or parts that are rows of the file, or says why it has no task."""
-    with open(path, "rb") as f:
-        body = tomllib.load(f)
-    rows: dict[str, PaperRow] = {}
-    for key, entry in body.items():
-        where = f"{path}: [{key}]"
-        tables = {k: v for k, v in entry.items() if k.startswith("table")}
-        rest = {k: v for k, v in entry.items() if not k.startswith("table")}
-        try:
-            row = PaperRow(
-                key=key,
-                tables=tables,
-                **{k: tuple(v) if k in ("tasks", "parts") else v for k, v in rest.items()},
-            )
-        except TypeError as e:
-            raise ValueError(f"{where}: {e}") from None
-        if row.category not in CATEGORIES or row.unit not in UNITS:
-            raise ValueError(f"{where}: category {row.category!r} / unit {row.unit!r} unknown")
-        if sum(map(bool, (row.tasks, row.parts, row.no_task))) != 1:
-            raise ValueError(f"{where}: give exactly one of tasks, parts or no_task")
-        for task in row.tasks:
-            get_task(task)  # an unknown task name is a ValueError
-        for table, values in tables.items():
-            bad = sorted(set(values) - set(SIZES))
-            if bad:
-                raise ValueError(f"{where}: {table} has sizes {bad}; sizes are {list(SIZES)}")
-        rows[key] = row
-    for row in rows.values():
-        for k in (*row.parts, *([row.parent] if row.parent else [])):
-            if k not in rows:
-                raise ValueError(f"{path}: [{row.key}] names {k!r}, which is not a row")
-    return rows
-
-
-def reference(rows: dict[str, PaperRow], key: str, size: str) -> tuple[float | None, str | None]:
-    """(the paper's number for ``size`` in the row's unit, the table it comes from): the first
-    table of the row that gives the size; MME's perception + cognition sum (Table 5); for an
-    average row without one, the mean of its parts' numbers ("… derived")."""
-    row = rows[key]
-    for table, values in row.tables.items():
-        if size in values:
-            value = values[size]
-            if table == "table5_pc":
-                return round(sum(value), 1), TABLE_LABELS[table]
-            return float(value), TABLE_LABELS.get(table, table.removeprefix("table"))
-    if row.parts:
-        refs = [reference(rows, p, size) for p in row.parts]
-        if refs and all(v is not None for v, _ in refs):
-            sources = sorted({s for _, s in refs if s})
-            mean = sum(v for v, _ in refs if v is not None) / len(refs)
-            return round(mean, 2), f"{', '.join(sources)} (mean, derived)"
-    return None, None
-
-
-def suite_tasks(rows: dict[str, PaperRow]) -> list[str]:
-    """Every mm15 task (NAME or NAME:SPLIT) the rows name, in the table's order."""
-    return list(dict.fromkeys(t for row in rows.values() for t in row.tasks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,132 +335,3 @@ def paper_table(
         "mmbase": mmbase,
         "tasks": results,
     }
-
-
-def _fmt(value: float | None, unit: str = "%") -> str:
-    if value is None:
-        return "–"
-    return f"{value:.2f}" if unit == "score5" else f"{value:.1f}"
-
-
-def table_markdown(table: dict[str, Any]) -> str:
-    """The paper's layout: rows by category, mm15 beside MM1.5-<size>, averages, MMBase."""
-    size = table["paper_size"]
-    lines = [
-        f"| category | benchmark | mm15 task | mm15 | MM1.5-{size} (paper) | table | status |",
-        "|---|---|---|---:|---:|---|---|",
-    ]
-    for cat, title in CATEGORIES.items():
-        members = [r for r in table["rows"] if r["category"] == cat]
-        for r in members:
-            name = f"↳ {r['name']}" if r["parent"] else r["name"]
-            unit = UNIT_LABELS.get(r["unit"])
-            bench = f"{name} ({unit})" if unit else name
-            lines.append(
-                f"| {title} | {bench} | {', '.join(r['tasks'])} | {_fmt(r['mm15'], r['unit'])} | "
-                f"{_fmt(r['paper'], r['unit'])} | {r['table'] or ''} | {r['status']} |"
-            )
-        c = table["categories"][cat]
-        lines.append(
-            f"| {title} | **average** | | {_fmt(c['mm15'])} | {_fmt(c['paper'])} | | "
-            f"{c['rows_scored']} of {c['rows']} rows scored |"
-        )
-    m = table["mmbase"]
-    lines.append(f"| | **MMBase** | | {_fmt(m['mm15'])} | {_fmt(m['paper'])} | | |")
-    tasks = table["tasks"]
-    counts: dict[str, list[str]] = {}
-    for task, res in tasks.items():
-        counts.setdefault(res["status"], []).append(task)
-    lines += [
-        "",
-        "Units: % unless named; MME is the perception + cognition sum (out of 2800); LLaVA-W "
-        "and Ferret-Bench are judge scores; VCGBench a 0–5 judge score; CIDEr × 100. Averages: "
-        "0–100 (MME as sum / 28, VCGBench × 20), "
-        "over the rows mm15 scored; the paper's over the same rows.",
-        "",
-        "Tasks: " + "; ".join(f"{len(v)} {k}" for k, v in sorted(counts.items())) + ".",
-    ]
-    for r in table["rows"]:
-        if r["note"]:
-            lines.append(f"Note: {r['name']}: {r['note']}.")
-    if counts.get("no data"):
-        lines.append(f"No data under {table['root']}: {', '.join(counts['no data'])}.")
-    for task in counts.get("error", []):
-        lines.append(f"Failed: {task}: {tasks[task]['error']}")
-    return "\n".join(lines) + "\n"
-
-
-def report(table: dict[str, Any], out: Path) -> int:
-    """Print the table and what was written (``mm15 eval --suite``); the exit status: 0 when
-    some task was scored, 1 when none was."""
-    print(table_markdown(table), end="")
-    written = [out / f"paper_table.{ext}" for ext in ("md", "json", "png")]
-    print(
-        f"wrote {', '.join(map(str, written))}, {out / 'summary.json'}; per task: {out / 'tasks'}"
-    )
-    results = table["tasks"].values()
-    failed = [r for r in results if r["status"] == "error"]
-    if failed:
-        print(f"warning: {len(failed)} task(s) failed (listed under the table)", file=sys.stderr)
-    return 0 if any(r.get("n") for r in results) else 1
-
-
-def write_table(out: Path, table: dict[str, Any], *, plot: bool = True) -> list[Path]:
-    """``paper_table.md``, ``paper_table.json`` (and ``paper_table.png``) in ``out``."""
-    paths = [out / "paper_table.md", out / "paper_table.json"]
-    paths[0].write_text(table_markdown(table))
-    paths[1].write_text(json.dumps(table, indent=1, default=str) + "\n")
-    if plot:
-        paths.append(out / "paper_table.png")
-        plot_table(table, paths[-1])
-    return paths
-
-
-def plot_table(table: dict[str, Any], path: Path) -> None:
-    """Grouped bars, mm15 beside the paper, per benchmark, one panel per category with a number;
-    drawn on matplotlib's Agg canvas (the process's pyplot backend is never touched)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = []
-    for cat, title in CATEGORIES.items():
-        rows = [
-            r
-            for r in table["rows"]
-            if r["category"] == cat
-            and r["parent"] is None
-            and (r["mm15_avg_scale"] is not None or r["paper_avg_scale"] is not None)
-        ]
-        if rows:
-            panels.append((title, rows))
-    fig = Figure(figsize=(11, 1.2 + sum(0.45 * len(r) + 0.8 for _, r in panels)))
-    FigureCanvasAgg(fig)
-    if not panels:
-        fig.text(0.5, 0.5, "no numbers to plot", ha="center")
-        fig.savefig(path, dpi=100)
-        return
-    axes = fig.subplots(
-        len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": [len(r) for _, r in panels]}
-    )[:, 0]
-    size = table["paper_size"]
-    for ax, (title, rows) in zip(axes, panels, strict=True):
-        ys = range(len(rows))
-        labels = [
-            r["name"].replace("(sum)", "(sum / 28)") + (" (× 20)" if r["unit"] == "score5" else "")
-            for r in rows
-        ]
-        for offset, key, label, colour in (
-            (-0.2, "mm15_avg_scale", "mm15", "tab:blue"),
-            (0.2, "paper_avg_scale", f"MM1.5-{size} (paper)", "tab:gray"),
-        ):
-            values = [r[key] if r[key] is not None else 0.0 for r in rows]
-            bars = ax.barh([y + offset for y in ys], values, height=0.4, color=colour, label=label)
-            ax.bar_label(bars, labels=[_fmt(r[key]) for r in rows], padding=2, fontsize=7)
-        ax.set_yticks(list(ys), labels, fontsize=8)
-        ax.invert_yaxis()
-        top = max([110.0] + [r["paper_avg_scale"] or 0 for r in rows])
-        top = max([top] + [r["mm15_avg_scale"] or 0 for r in rows])
-        ax.set(xlim=(0, top * 1.1), title=title)
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
