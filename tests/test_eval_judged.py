@@ -12,18 +12,16 @@ import pytest
 from mm15.cli.eval import main
 from mm15.eval import judge_prompts as jp
 from mm15.eval.judge import Judge, JudgeCache, JudgeConfig, cache_key
-from mm15.eval.judged_tasks import (
-    _ferret_prompt,
-    _mathvista_prompt,
+from mm15.eval.judge_scores import (
     aggregate_judged,
     ferret_answer,
-    judge_rows,
     mathvista_normalize,
     mathvista_rule,
     mmvet_score,
     review_scores,
     videoqa_verdict,
 )
+from mm15.eval.judged_tasks import _ferret_prompt, _mathvista_prompt, judge_rows
 from mm15.eval.readers import read_items
 from mm15.eval.runner import EvalSettings, run_eval
 from mm15.eval.task_spec import Columns, TaskSpec

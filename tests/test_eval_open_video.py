@@ -15,13 +15,8 @@ from registry_fixtures import write_video
 from mm15.cli import main
 from mm15.eval import judge_prompts as jp
 from mm15.eval.judge import Judge, JudgeConfig
-from mm15.eval.judged_tasks import (
-    aggregate_judged,
-    hound_score,
-    hound_truncate,
-    judge_rows,
-    vcg_score,
-)
+from mm15.eval.judge_scores import aggregate_judged, hound_score, hound_truncate, vcg_score
+from mm15.eval.judged_tasks import judge_rows
 from mm15.eval.open_video_tasks import activitynetqa_prompt, hound_question
 from mm15.eval.tasks import TASKS
 from tests.eval_fixtures import hound_release

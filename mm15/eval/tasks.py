@@ -23,7 +23,8 @@ from typing import Any
 from mm15.eval import benchmarks as bm
 from mm15.eval.grounding_tasks import grounding_specs, lvis_ref_specs
 from mm15.eval.icl import icl_specs, vlicl_match
-from mm15.eval.judged_tasks import JUDGED_METRICS, aggregate_judged, judged_specs
+from mm15.eval.judge_scores import aggregate_judged
+from mm15.eval.judged_tasks import JUDGED_METRICS, judged_specs
 from mm15.eval.metrics import box_iou50, exact_match, mc_accuracy
 from mm15.eval.multi_image_tasks import multi_image_specs
 from mm15.eval.open_video_tasks import open_video_specs
