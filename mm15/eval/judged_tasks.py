@@ -170,6 +170,25 @@ def _ask(judge: Judge, rec: Record, messages: list[dict[str, str]], **params: An
     return reply
 
 
+def _ask_read(
+    judge: Judge,
+    rec: Record,
+    messages: list[dict[str, str]],
+    read: Callable[[str], Any],
+    unreadable: str,
+    **params: Any,
+) -> Any:
+    """The judge's reply as ``read`` reads it; None when the call failed (``rec["failed"]`` says
+    why) or the reply does not read (``rec["failed"]`` = "unparseable: " + ``unreadable``)."""
+    reply = _ask(judge, rec, messages, **params)
+    if reply.text is None:
+        return None
+    value = read(reply.text)
+    if value is None:
+        rec["failed"] = f"unparseable: {unreadable}"
+    return value
+
+
 def _text(meta: dict[str, Any], key: str) -> str:
     value = meta.get(key)
     return "\n".join(map(str, value)) if isinstance(value, list) else str(value or "")
@@ -236,12 +255,11 @@ def _review(judge: Judge, spec: TaskSpec, row: dict, rec: Record) -> float:
         {"role": "system", "content": jp.REVIEWER_SYSTEM},
         {"role": "user", "content": content},
     ]
-    reply = _ask(judge, rec, messages, temperature=0.2, max_tokens=1024)
-    if reply.text is None:
-        return 0.0
-    pair = review_scores(reply.text)
+    unreadable = "the review's first line is not two scores"
+    pair = _ask_read(
+        judge, rec, messages, review_scores, unreadable, temperature=0.2, max_tokens=1024
+    )
     if pair is None:
-        rec["failed"] = "unparseable: the review's first line is not two scores"
         return 0.0
     rec["scores"] = list(pair)  # [reference, model]
     return pair[1] / 10
@@ -258,12 +276,11 @@ def _videoqa(judge: Judge, spec: TaskSpec, row: dict, rec: Record) -> float:
         {"role": "system", "content": jp.VIDEOQA_SYSTEM},
         {"role": "user", "content": user},
     ]
-    reply = _ask(judge, rec, messages, temperature=0, max_tokens=64)
-    if reply.text is None:
-        return 0.0
-    verdict = videoqa_verdict(reply.text)
+    unreadable = "not a dict with a yes/no 'pred' and an integer 'score'"
+    verdict = _ask_read(
+        judge, rec, messages, videoqa_verdict, unreadable, temperature=0, max_tokens=64
+    )
     if verdict is None:
-        rec["failed"] = "unparseable: not a dict with a yes/no 'pred' and an integer 'score'"
         return 0.0
     rec["correct"], rec["score_0_5"] = verdict
     return float(verdict[0])
@@ -272,13 +289,8 @@ def _videoqa(judge: Judge, spec: TaskSpec, row: dict, rec: Record) -> float:
 def _vcg_ask(judge: Judge, rec: Record, dim: str, head: str) -> int | None:
     system, request = jp.VCG_PROMPTS[dim]
     messages = [{"role": "system", "content": system}, {"role": "user", "content": head + request}]
-    reply = _ask(judge, rec, messages, temperature=0, max_tokens=64)
-    if reply.text is None:
-        return None
-    score = vcg_score(reply.text)
-    if score is None:
-        rec["failed"] = f"unparseable: {dim}: not a dict with an integer 'score'"
-    return score
+    unreadable = f"{dim}: not a dict with an integer 'score'"
+    return _ask_read(judge, rec, messages, vcg_score, unreadable, temperature=0, max_tokens=64)
 
 
 def _vcgbench(judge: Judge, spec: TaskSpec, row: dict, rec: Record, pairs: dict) -> float:
