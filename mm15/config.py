@@ -170,6 +170,7 @@ class VideoConfig:
 # "multi_image": exactly when the sample shows more than one image (MM1.5 §3.1, Fig. 1, Fig. 3); "always"; "auto"
 # (only regions on images k > 0, see mm15.data.coords.format_box).
 RegionImageIndex = Literal["multi_image", "always", "auto"]
+RegionCoords = Literal["image", "grid"]
 
 
 @dataclass(kw_only=True)
@@ -189,6 +190,16 @@ class FormatConfig:
     turn_end: str = "\n"  # after system/user turns, and after an assistant's EOS when more follow
     add_bos: bool = True  # when the tokenizer has a BOS token (Qwen2 has none)
     region_image_index: RegionImageIndex = "multi_image"
+    # What region coordinates are normalised by (mm15.data.layout.ImagePlan.region_frame):
+    # "image", the original image (MM1.5, §3.1; independent of the split grid); "grid", the
+    # split grid's padded canvas: the grid-dependent control that Table 2 row 7 lost 49.5
+    # refer&ground points to (`mm15 demo --ablate inference_grid`).  Only the demo's evaluation
+    # decodes "grid" (it needs the tiling); chat, serve, eval and export refuse such a model.
+    coords: RegionCoords = "image"
+
+    def __post_init__(self) -> None:
+        if self.coords not in ("image", "grid"):
+            raise ValueError(f"format.coords must be 'image' or 'grid', got {self.coords!r}")
 
 
 # The assistant prefix of every model saved before ModelConfig.format existed.

@@ -78,6 +78,41 @@ def test_the_verdict_needs_a_margin_above_the_seed_spread():
     assert r["spread"] == pytest.approx(0.6) and not r["holds"]
 
 
+def test_inference_grid_scores_both_arms_at_both_grids(tmp_path, capsys):
+    assert _ablate("inference_grid", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert out.count("at grid (1, 4):") == 4  # two arms, two seeds
+    report = json.loads((tmp_path / "ablation-inference_grid.json").read_text())
+    assert report["regrid"] == [1, 4] and report["category"] == "refer_ground"
+    for a in report["arms"].values():
+        trained = a["training_grid"]
+        assert len(a["scores"]) == len(trained["scores"]) == 2
+        assert a["drop"] == pytest.approx(trained["mean"] - a["mean"])
+    md = (tmp_path / "ablation-inference_grid.md").read_text()
+    assert "training grid" in md and "grid (1, 4)" in md and "Drop from" in md
+    scores = [json.loads(p.read_text()) for p in (tmp_path / "seed0").glob("arm-*/scores.json")]
+    assert sorted(s["regrid"]["grid"] == [1, 4] for s in scores) == [True, True]
+
+
+def test_the_grid_verdict_needs_the_control_to_lose_more_than_the_spread():
+    ab = Ablation("g", "a trend", "refer_ground", Arm("a"), Arm("b"), regrid=(1, 4))
+
+    def run(trained, changed):
+        cat = lambda v: {"refer_ground": {"score": v, "chance": 0.1, "n": 50}}  # noqa: E731
+        return {"categories": cat(trained), "regrid": {"grid": [1, 4], "categories": cat(changed)}}
+
+    def runs(a, b):
+        return {"a": [run(*v) for v in a], "b": [run(*v) for v in b]}
+
+    # mm15 keeps its grounding, the control loses it: holds
+    r = summarize(ab, [0, 1], runs([(0.6, 0.55), (0.6, 0.6)], [(0.6, 0.1), (0.5, 0.1)]), seconds=1)
+    assert r["margin"] == pytest.approx(0.475) and r["spread"] == pytest.approx(0.1)
+    assert r["arms"]["b"]["drop"] == pytest.approx(0.45) and r["holds"]
+    # the control never learnt to ground: a margin at the new grid, but no loss from the change
+    r = summarize(ab, [0, 1], runs([(0.6, 0.55), (0.6, 0.6)], [(0.1, 0.1), (0.1, 0.1)]), seconds=1)
+    assert r["margin"] > r["spread"] and not r["holds"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

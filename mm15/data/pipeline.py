@@ -39,7 +39,8 @@ position indicators (Table 3) never carry loss.
 **Images.** Every media part expands to the segments of its plan
 (:func:`mm15.data.sample_images.plan_media`).  Each medium must be shown exactly once, so that a
 region's image index ``k`` is well defined.  Regions render through
-:func:`mm15.data.coords.format_box` / ``format_point`` on the original media size.
+:func:`mm15.data.coords.format_box` / ``format_point`` on the original media size (on the split
+grid's canvas under the ``FormatConfig.coords="grid"`` control, ``TileGeometry.region_frame``).
 """
 
 from __future__ import annotations
@@ -109,15 +110,16 @@ class _Writer:
                 "malformed", f"sample {sample.id}: region {part.region} is on a video"
             )
         plan = self.refs[region.media][0].plan
+        frame = plan.geometry.region_frame(self.fmt.coords)
         mode = self.fmt.region_image_index
         if mode == "multi_image":
             mode = "always" if n_images > 1 else "never"
         try:
             if region.box is not None:
                 box = Box(*region.box, image=plan.image_index)
-                return format_box(box, plan.size_wh, image_index=mode)
+                return format_box(box, frame, image_index=mode)
             point = Point(*region.point, image=plan.image_index)
-            return format_point(point, plan.size_wh, image_index=mode)
+            return format_point(point, frame, image_index=mode)
         except CoordinateError as e:
             raise SampleError("malformed", f"sample {sample.id}: region {part.region}: {e}") from e
 

@@ -71,6 +71,20 @@ def plan_media(sample: Sample, cfg: ModelConfig) -> dict[int, list[ImageRef]]:
     return refs
 
 
+def region_frames(sample: Sample, cfg: ModelConfig) -> list[tuple[float, float]]:
+    """Per media of ``sample``, the ``(W, H)`` in original pixels that a model of ``cfg`` writes
+    region coordinates in (``cfg.format.coords``): the media's size, or under the "grid"
+    control the canvas of the grid the image is split into now (the pipeline renders training
+    regions with the same :meth:`~mm15.data.splitting.TileGeometry.region_frame`)."""
+    refs = plan_media(sample, cfg)
+    return [
+        refs[i][0].plan.geometry.region_frame(cfg.format.coords)
+        if m.kind == "image"
+        else m.size  # regions are never on a video
+        for i, m in enumerate(sample.media)
+    ]
+
+
 def materialize_pixels(
     images: Example | Sequence[ImageRef], model_cfg: ModelConfig
 ) -> torch.Tensor:

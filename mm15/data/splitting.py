@@ -148,6 +148,19 @@ class TileGeometry:
         """Sub-images (overview excluded) × r², as Table 1 reports it (10 at 672 → 4.1MP)."""
         return self.n_sub_images * self.resolution**2
 
+    def region_frame(self, coords: str = "image") -> tuple[float, float]:
+        """The ``(W, H)``, in original pixels, that region coordinates are normalised by
+        (``FormatConfig.coords``): the image itself for "image" (mm15, MM1.5 §3.1); for
+        "grid" the whole grid canvas, padding included, so that the same pixel gets other
+        numbers on another grid (the control of Table 2 row 7).  The resized image sits at the
+        canvas's top-left, so the canvas spans ``canvas · size / resized`` original pixels."""
+        if coords == "image":
+            return float(self.size_wh[0]), float(self.size_wh[1])
+        if coords != "grid":
+            raise ValueError(f"unknown region coordinates {coords!r} (image, grid)")
+        (w, h), (w_g, h_g), (cw, ch) = self.size_wh, self.resized_wh, self.canvas_wh
+        return cw * w / w_g, ch * h / h_g
+
 
 def tile_geometry(
     size_wh: tuple[int, int], cfg: ImageConfig, *, allow_split: bool = True

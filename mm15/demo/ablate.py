@@ -9,19 +9,26 @@ category of the demo's held-out suite:
 * ``refer_ground_data``: SFT with and without the referring-and-grounding task, on grounding
   (Acc@0.5; MM1.5 Fig. 5, §3.2);
 * ``multi_image_data``: SFT with and without the multi-image task, on multi-image items
-  (MM1.5 Fig. 7).
+  (MM1.5 Fig. 7);
+* ``inference_grid``: SFT at the grid ``(n_min, n_max) = (2, 2)``, where a square grounding image
+  is a 1×2 grid (the image, a padding tile, the overview), with region coordinates on the
+  original image (mm15) against coordinates on the grid's padded canvas (the grid-dependent
+  control); both are also evaluated at the model's own grid ``(1, 4)``, where the same image
+  is one tile: grounding should survive the change with mm15's coordinates and be lost by the
+  control (MM1.5 Table 2, row 7: ``n_min`` 4 → 1 at inference cost 49.5 refer&ground points).
 
 Per seed the corpus, the tokenizer, the encoder warm-up and every stage before SFT are trained
 once and kept under ``OUT/seed<S>/`` (keyed by the settings they depend on), so the arms start
 SFT from the same weights, and a second ablation over the same seeds and ``OUT`` trains only the
-arms it has not run: the default arm is shared by all three.  Every arm is evaluated on every
+arms it has not run: the default arm is shared by the first three.  Every arm is evaluated on every
 category of the corpus, trained or not.
 
 The trend holds when the expected arm's mean beats the other's by more than the seed spread
-(the larger of the two arms' max − min over seeds).  ``OUT/ablation-<NAME>.json`` / ``.md`` /
-``.png`` hold the per-seed scores, means, spread and verdict.  The inference-grid trend (Table 2)
-is not here yet: it needs grounding images that split and a grid-dependent coordinate control
-(docs/demo.md).
+(the larger of the two arms' max − min over seeds).  For ``inference_grid`` the means compared
+are at the changed grid, the spread covers both grids, and the control must also lose more than
+the spread beyond what mm15's arm loses from the training grid to the changed one.
+``OUT/ablation-<NAME>.json`` / ``.md`` / ``.png`` hold the per-seed scores, means, spread and
+verdict.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ class Ablation:
     category: str  # the suite category the trend is about
     expected: Arm  # the arm the paper's trend puts higher
     other: Arm
+    # (n_min, n_max) at inference for a second evaluation of both arms; the trend is read there
+    regrid: tuple[int, int] | None = None
 
 
 def _without(task: str) -> str:
@@ -92,6 +101,15 @@ ABLATIONS = {
             Arm("with multi-image data"),
             Arm("without multi-image data", (_without("multi_image/common"),)),
         ),
+        Ablation(
+            "inference_grid",
+            "grounding survives a change of the inference grid with coordinates on the original "
+            "image, and a grid-dependent control loses it (MM1.5 Table 2, row 7; §3.1)",
+            "refer_ground",
+            Arm("image coordinates (mm15)", ("sft.grid=[2,2]",)),
+            Arm("grid-canvas coordinates (control)", ("sft.grid=[2,2]", "sft.coords=grid")),
+            regrid=(1, 4),
+        ),
     ]
 }
 
@@ -120,7 +138,9 @@ def run_ablation(name: str, *, out: Path, base: DemoConfig, seeds: Sequence[int]
         prefix = _prefix(cfg, corpus, tok_dir, seed_dir)
         for arm in (ab.expected, ab.other):
             arm_cfg = apply_overrides(cfg, list(arm.sets))
-            runs[arm.label].append(_arm(arm_cfg, corpus, tok_dir, prefix, seed_dir, arm.label))
+            runs[arm.label].append(
+                _arm(arm_cfg, corpus, tok_dir, prefix, seed_dir, arm.label, ab.regrid)
+            )
     report = summarize(ab, list(seeds), runs, seconds=time.perf_counter() - t0)
     write_report(out, report)
     return report
@@ -177,8 +197,10 @@ def _arm(
     prefix: Path,
     seed_dir: Path,
     label: str,
+    regrid: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """SFT from the cached prefix with the arm's settings, then the whole suite (cached)."""
+    """SFT from the cached prefix with the arm's settings, then the whole suite (cached); with
+    ``regrid``, the suite again with that ``(n_min, n_max)`` at inference."""
     from mm15.eval.synthetic_suite import evaluate_synthetic
     from mm15.services.checkpoint import load_checkpoint
     from mm15.train.loop import train
@@ -186,8 +208,10 @@ def _arm(
     folder = seed_dir / f"arm-{_key([str(prefix), dataclasses.asdict(cfg)])}"
     scores = folder / "scores.json"
     if scores.is_file():
-        _log(f"[seed {cfg.seed}] {label}: cached in {folder}")
-        return json.loads(scores.read_text())
+        cached = json.loads(scores.read_text())
+        if regrid is None or cached.get("regrid", {}).get("grid") == list(regrid):
+            _log(f"[seed {cfg.seed}] {label}: cached in {folder}")
+            return cached
     shutil.rmtree(folder, ignore_errors=True)
     tc = demo_train_config(cfg, corpus, tok_dir, folder / "run", len(MM15Tokenizer.load(tok_dir)))
     tc.stages = [s for s in tc.stages if s.name == "sft"]
@@ -195,7 +219,7 @@ def _arm(
     t = time.perf_counter()
     result = train(tc)
     seconds = time.perf_counter() - t
-    model, tok = load_checkpoint(result.final_model)
+    model, tok = load_checkpoint(result.final_model, grid_coords=True)
     model.cfg.image = sft_image(cfg, model.cfg.image) or model.cfg.image  # as SFT showed images
     suite = evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS))
     out = {
@@ -205,6 +229,11 @@ def _arm(
         "sft_tasks": list(cfg.sft.tasks),
         "sft_seconds": round(seconds, 1),
     }
+    if regrid is not None:
+        model.cfg.image = dataclasses.replace(model.cfg.image, n_min=regrid[0], n_max=regrid[1])
+        again = evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS))
+        out["regrid"] = {"grid": list(regrid), "categories": again.categories}
+        _log(f"[seed {cfg.seed}] {label} at grid {regrid}: {_scores_line(again.categories)}")
     scores.write_text(json.dumps(out, indent=1) + "\n")
     shutil.rmtree(folder / "run", ignore_errors=True)  # the scores are what is kept
     _log(f"[seed {cfg.seed}] {label}: SFT in {seconds:.0f} s, {_scores_line(suite.categories)}")
@@ -219,20 +248,44 @@ def summarize(
     ab: Ablation, seeds: list[int], runs: dict[str, list[dict[str, Any]]], *, seconds: float
 ) -> dict[str, Any]:
     """Per arm the category's score per seed, mean, min and max; the margin (expected arm's
-    mean − the other's), the spread (the larger max − min) and whether the trend holds."""
-    arms = {}
-    for label, results in runs.items():
-        values = [r["categories"][ab.category]["score"] for r in results]
-        arms[label] = {
+    mean − the other's), the spread (the larger max − min) and whether the trend holds.
+
+    With ``ab.regrid`` the scores compared are those at the changed grid; each arm also keeps
+    its scores at the training grid and its drop between the two means.  The spread then
+    covers both grids, and the trend holds when the margin exceeds it and the control's drop
+    exceeds the expected arm's by more than it."""
+
+    def stats(values: list[float]) -> dict[str, Any]:
+        return {
             "scores": values,
             "mean": sum(values) / len(values),
             "min": min(values),
             "max": max(values),
-            "all_categories": [r["categories"] for r in results],
         }
+
+    arms: dict[str, dict[str, Any]] = {}
+    for label, results in runs.items():
+        trained = [r["categories"][ab.category]["score"] for r in results]
+        if ab.regrid is None:
+            arms[label] = {**stats(trained), "all_categories": [r["categories"] for r in results]}
+            continue
+        changed = [r["regrid"]["categories"][ab.category]["score"] for r in results]
+        arms[label] = {
+            **stats(changed),
+            "all_categories": [r["regrid"]["categories"] for r in results],
+            "training_grid": {
+                **stats(trained),
+                "all_categories": [r["categories"] for r in results],
+            },
+        }
+        arms[label]["drop"] = arms[label]["training_grid"]["mean"] - arms[label]["mean"]
     hi, lo = arms[ab.expected.label], arms[ab.other.label]
     margin = hi["mean"] - lo["mean"]
-    spread = max(a["max"] - a["min"] for a in arms.values())
+    series = [*arms.values(), *(a["training_grid"] for a in arms.values() if "training_grid" in a)]
+    spread = max(a["max"] - a["min"] for a in series)
+    holds = margin > spread
+    if ab.regrid is not None:
+        holds = holds and lo["drop"] - hi["drop"] > spread
     chance = runs[ab.expected.label][0]["categories"][ab.category]["chance"]
     return {
         "ablation": ab.name,
@@ -242,10 +295,11 @@ def summarize(
         "seeds": seeds,
         "expected": ab.expected.label,
         "other": ab.other.label,
+        "regrid": list(ab.regrid) if ab.regrid else None,
         "arms": arms,
         "margin": margin,
         "spread": spread,
-        "holds": margin > spread,
+        "holds": holds,
         "seconds": round(seconds, 1),
     }
 
@@ -259,6 +313,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def report_markdown(r: dict[str, Any]) -> str:
+    regrid = r.get("regrid")
     lines = [
         f"# Ablation `{r['ablation']}`: {r['trend']}",
         "",
@@ -268,16 +323,34 @@ def report_markdown(r: dict[str, Any]) -> str:
         "| arm | " + " | ".join(f"seed {s}" for s in r["seeds"]) + " | mean | min–max |",
         "|---|" + "---|" * (len(r["seeds"]) + 2),
     ]
-    for label, a in r["arms"].items():
+
+    def row(label: str, a: dict[str, Any]) -> str:
         cells = " | ".join(f"{v:.2f}" for v in a["scores"])
-        lines.append(f"| {label} | {cells} | {a['mean']:.3f} | {a['min']:.2f}–{a['max']:.2f} |")
+        return f"| {label} | {cells} | {a['mean']:.3f} | {a['min']:.2f}–{a['max']:.2f} |"
+
+    for label, a in r["arms"].items():
+        if regrid:
+            lines.append(row(f"{label}, training grid", a["training_grid"]))
+            lines.append(row(f"{label}, grid {tuple(regrid)}", a))
+        else:
+            lines.append(row(label, a))
     verdict = "holds" if r["holds"] else "does not hold"
+    where = f" at grid {tuple(regrid)}" if regrid else ""
     lines += [
         "",
-        f"Margin {r['margin']:+.3f} (mean of “{r['expected']}” − mean of “{r['other']}”), "
-        f"seed spread {r['spread']:.3f}: the paper's trend **{verdict}** "
-        "(it holds when the margin exceeds the spread).",
+        f"Margin{where} {r['margin']:+.3f} (mean of “{r['expected']}” − mean of "
+        f"“{r['other']}”), seed spread {r['spread']:.3f}.",
     ]
+    if regrid:
+        hi, lo = r["arms"][r["expected"]], r["arms"][r["other"]]
+        lines.append(
+            f"Drop from the training grid to {tuple(regrid)}: “{r['expected']}” "
+            f"{hi['drop']:+.3f}, “{r['other']}” {lo['drop']:+.3f}."
+        )
+    rule = "the margin exceeds the spread"
+    if regrid:
+        rule += " and the control's drop exceeds the other arm's by more than the spread"
+    lines.append(f"The paper's trend **{verdict}** (it holds when {rule}).")
     return "\n".join(lines) + "\n"
 
 
@@ -289,13 +362,31 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     labels = list(r["arms"])
-    for x, label in enumerate(labels):
-        a = r["arms"][label]
-        ax.bar(x, a["mean"], 0.6, alpha=0.6)
+    regrid = r.get("regrid")
+    # one bar per arm, or per arm and grid (training grid, then the changed one)
+    bars = [
+        (f"{label}\n{grid}", a)
+        for label in labels
+        for grid, a in (
+            [
+                ("training grid", r["arms"][label]["training_grid"]),
+                (f"grid {tuple(regrid)}", r["arms"][label]),
+            ]
+            if regrid
+            else [("", r["arms"][label])]
+        )
+    ]
+    for x, (_, a) in enumerate(bars):
+        ax.bar(x, a["mean"], 0.6, alpha=0.6, color=f"C{x // 2 if regrid else x}")
         ax.vlines(x, a["min"], a["max"], color="black")
         ax.scatter([x] * len(a["scores"]), a["scores"], color="black", s=12, zorder=3)
     ax.axhline(r["chance"], color="grey", linestyle="--", label="chance")
-    ax.set_xticks(range(len(labels)), labels, rotation=10)
+    ax.set_xticks(
+        range(len(bars)),
+        [name.strip() for name, _ in bars],
+        rotation=10,
+        fontsize=7 if regrid else None,
+    )
     ax.set_ylim(0, 1)
     ax.set_ylabel(r["category"])
     ax.set_title(r["ablation"])

@@ -178,11 +178,27 @@ class SftStage(Stage):
     # splitting (MM1.5 §3.5); "none" shows every image as one low-resolution tile (Table 1's
     # no-splitting row; `mm15 demo --ablate splitting`).
     split: Literal["dynamic", "none"] | None = None
+    # [n_min, n_max] of dynamic splitting in SFT and the evaluation after it (None: the
+    # model's, (1, 4)); `mm15 demo --ablate inference_grid` trains at [2, 2].
+    grid: list[int] | None = None
+    # What region coordinates are normalised by (FormatConfig.coords): "image" (mm15) or
+    # "grid", the grid-dependent control of Table 2 row 7.
+    coords: Literal["image", "grid"] = "image"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.split not in (None, "dynamic", "none"):
             raise ValueError(f"sft.split must be 'dynamic' or 'none', got {self.split!r}")
+        if self.grid is not None and not (
+            len(self.grid) == 2
+            and all(type(n) is int for n in self.grid)
+            and 1 <= self.grid[0] <= self.grid[1]
+        ):
+            raise ValueError(
+                f"sft.grid must be [n_min, n_max] with 1 <= n_min <= n_max, got {self.grid!r}"
+            )
+        if self.coords not in ("image", "grid"):
+            raise ValueError(f"sft.coords must be 'image' or 'grid', got {self.coords!r}")
         if not self.tasks:
             raise ValueError("sft.tasks is empty; give at least one SFT task")
         _check_tasks("sft.tasks", self.tasks, SFT_TASKS)

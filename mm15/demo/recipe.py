@@ -45,7 +45,7 @@ from mm15.train.optim import OptimConfig
 from mm15.train.parallel import ParallelConfig
 
 if TYPE_CHECKING:  # annotations only: the model, loop and suite load when a step needs them
-    from mm15.config import ImageConfig
+    from mm15.config import FormatConfig, ImageConfig
     from mm15.eval.synthetic_suite import SuiteResult
     from mm15.model.mm15 import MM15
     from mm15.train.loop import RunResult
@@ -105,7 +105,7 @@ def demo_train_config(
             _pretrain_stage(cfg, corpus, low_res),
             _cpt_stage(cfg, corpus),
             *(bind if cfg.bind.at == "before_sft" else []),
-            _sft_stage(cfg, corpus, sft_image(cfg, model.image)),
+            _sft_stage(cfg, corpus, sft_image(cfg, model.image), model.format),
         ],
     )
 
@@ -172,15 +172,23 @@ def _cpt_stage(cfg: DemoConfig, corpus: CorpusIndex) -> StageConfig:
 
 def sft_image(cfg: DemoConfig, model_image: ImageConfig) -> ImageConfig | None:
     """The image settings of SFT and of the evaluation after it: the model's, unless
-    ``sft.split`` changes the splitting (None: the stage keeps the model's)."""
-    if cfg.sft.split is None:
+    ``sft.split`` changes the splitting or ``sft.grid`` its ``(n_min, n_max)`` (None: the
+    stage keeps the model's)."""
+    sft = cfg.sft
+    if sft.split is None and sft.grid is None:
         return None
-    return dataclasses.replace(model_image, split=cfg.sft.split)
+    image = model_image if sft.split is None else dataclasses.replace(model_image, split=sft.split)
+    if sft.grid is not None:
+        image = dataclasses.replace(image, n_min=sft.grid[0], n_max=sft.grid[1])
+    return image
 
 
-def _sft_stage(cfg: DemoConfig, corpus: CorpusIndex, image: ImageConfig | None) -> StageConfig:
-    """Stage 3 (MM1.5 §3.2): the SFT tasks, each weighted by ``cfg.sft.weights``."""
-    return _stage(
+def _sft_stage(
+    cfg: DemoConfig, corpus: CorpusIndex, image: ImageConfig | None, fmt: FormatConfig
+) -> StageConfig:
+    """Stage 3 (MM1.5 §3.2): the SFT tasks, each weighted by ``cfg.sft.weights``; with
+    ``sft.coords`` other than the model's, the stage trains (and records) that format."""
+    stage = _stage(
         cfg,
         corpus,
         name="sft",
@@ -193,6 +201,9 @@ def _sft_stage(cfg: DemoConfig, corpus: CorpusIndex, image: ImageConfig | None) 
         weights=cfg.sft.weights,
         image=image,
     )
+    if cfg.sft.coords != fmt.coords:
+        stage.format = dataclasses.replace(fmt, coords=cfg.sft.coords)
+    return stage
 
 
 def _stage(
@@ -365,7 +376,7 @@ def _evaluate(cfg: DemoConfig, corpus: CorpusIndex, model_dir: Path) -> tuple[MM
     from mm15.services.checkpoint import load_checkpoint
 
     print("[demo 3/4] evaluating held-out test sets per category", flush=True)
-    model, tok = load_checkpoint(model_dir)
+    model, tok = load_checkpoint(model_dir, grid_coords=True)
     model.cfg.image = sft_image(cfg, model.cfg.image) or model.cfg.image  # as SFT showed images
     suite = evaluate_synthetic(model, tok, corpus, tasks=cfg.sft.tasks, on_batch=_show_progress)
     return model, suite

@@ -186,7 +186,7 @@ def _draw_grounded(suite, out_dir: Path, per_task: int = 3) -> list[str]:
         ref = sample.regions[sample.meta["answer_region"]]
         media = sample.media[ref.media]
         image = Image.open(media.path if media.path else io.BytesIO(media.bytes)).convert("RGB")
-        parsed = parse_regions(item["prediction"], [m.size for m in sample.media])
+        parsed = parse_regions(item["prediction"], suite.frames[item["id"]])
         regions = [r for r in parsed.regions if isinstance(r.shape, Box)][:1]
         canvas = draw_regions(image, [*[r.shape for r in regions], Box(*ref.box, image=ref.media)])
         name = f"{item['id']}{'' if regions else '-no-box'}.png"

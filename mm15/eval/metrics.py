@@ -141,11 +141,13 @@ def point_in_box(pred_text: str, ref_box: Box, size: Size | Sequence[Size]) -> f
     return float(ref_box.x1 <= shape.x <= ref_box.x2 and ref_box.y1 <= shape.y <= ref_box.y2)
 
 
-def score_sample(sample: Sample, pred: str) -> float:
+def score_sample(sample: Sample, pred: str, frames: Sequence[Size] | None = None) -> float:
     """Score ``pred`` for an evaluation sample by its ``meta["metric"]``.
 
     exact: ``sample.answers``; mc: ``sample.options`` and ``answers[0]``; iou50 / point_in_box:
-    the box ``sample.regions[meta["answer_region"]]`` on its image's ``Media.size``.
+    the box ``sample.regions[meta["answer_region"]]`` on its image's ``Media.size``, the
+    prediction's coordinates read against ``frames`` (one ``(W, H)`` per media; default the
+    media sizes; :func:`mm15.data.sample_images.region_frames` for a model's own).
     """
     metric = sample.meta.get("metric")
     if metric == "exact":
@@ -157,7 +159,7 @@ def score_sample(sample: Sample, pred: str) -> float:
         if reg.box is None:
             raise ValueError(f"sample {sample.id}: answer region {reg} has no box")
         ref = Box(*reg.box, image=reg.media)
-        sizes = [m.size for m in sample.media]
+        sizes = list(frames) if frames is not None else [m.size for m in sample.media]
         fn = box_iou50 if metric == "iou50" else point_in_box
         return fn(pred, ref, sizes)
     raise ValueError(f"sample {sample.id}: unknown metric {metric!r} in meta")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mm15.data.sample_images import region_frames
 from mm15.demo.data.chance import chance_baseline
 from mm15.demo.data.corpus import CorpusIndex
 from mm15.demo.data.tasks import SFT_TASKS, TASKS
@@ -35,6 +36,8 @@ class SuiteResult:
     seconds: float
     samples: dict[str, Any] = field(default_factory=dict)  # id → Sample (for drawing)
     max_new_tokens: int = 0  # the generation budget used
+    # id → per media, the (W, H) the model's coordinates were read against (region_frames)
+    frames: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -83,12 +86,13 @@ def evaluate_synthetic(
     work = [(task, s) for task in tasks for s in corpus.load(task, "test")[:limit]]
     budget = answer_budget(tokenizer, [s for _, s in work], max_new_tokens)
     settings = GenerationSettings(max_new_tokens=budget)
-    items, samples = [], {}
+    items, samples, frames = [], {}, {}
     for start in range(0, len(work), batch_size):
         batch = work[start : start + batch_size]
         outs = generate_for_samples(model, tokenizer, [s for _, s in batch], settings)
         for (task, sample), out in zip(batch, outs, strict=True):
             pred = out.text if out.text is not None else tokenizer.decode(out.tokens)
+            frames[sample.id] = region_frames(sample, model.cfg)
             items.append(
                 {
                     "id": sample.id,
@@ -96,7 +100,7 @@ def evaluate_synthetic(
                     "category": sample.category,
                     "prediction": pred,
                     "references": sample.answers,
-                    "score": score_sample(sample, pred),
+                    "score": score_sample(sample, pred, frames[sample.id]),
                 }
             )
             samples[sample.id] = sample
@@ -117,5 +121,5 @@ def evaluate_synthetic(
         for cat, weights in sorted(by_cat.items())
     }
     return SuiteResult(
-        items, categories, scores.get("mmbase"), time.perf_counter() - t0, samples, budget
+        items, categories, scores.get("mmbase"), time.perf_counter() - t0, samples, budget, frames
     )

@@ -85,17 +85,33 @@ def _check_replaceable(out_dir: Path) -> None:
 
 
 def load_checkpoint(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    grid_coords: bool = False,
 ) -> tuple[MM15, MM15Tokenizer]:
     """Load an mm15 checkpoint directory onto ``device`` (``auto``: cuda if any).  The device is
     checked first (``cuda`` on a CPU build of torch is an error that says so); config values,
     the tokenizer files and every weight's name and shape are checked against each other, each
-    mismatch a ValueError naming the file."""
+    mismatch a ValueError naming the file.
+
+    A model trained with grid-dependent coordinates (``format.coords="grid"``, the Table 2
+    control) is refused unless ``grid_coords``: only training and the demo's evaluation know
+    the tiling its coordinates need, while chat, serve, eval and export read coordinates
+    against the original image."""
     device = resolve_device(device)
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not an mm15 checkpoint (no {CONFIG_FILE})")
     cfg = load_model_config(str(path / CONFIG_FILE))
+    if cfg.format.coords != "image" and not grid_coords:
+        raise ValueError(
+            f"{path}: this model writes coordinates on the split grid's canvas "
+            f"(format.coords={cfg.format.coords!r}, the control of `mm15 demo --ablate "
+            "inference_grid`); only the demo's evaluation reads them, so it cannot be "
+            "chatted with, served, evaluated or exported"
+        )
     tokenizer = MM15Tokenizer.load(path)
     try:
         image_token_id = tokenizer.image_token_id

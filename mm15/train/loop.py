@@ -52,7 +52,7 @@ class RunResult:
 def build_model(cfg: TrainConfig) -> tuple[MM15, MM15Tokenizer]:
     """The model to train: loaded from ``init_from`` or freshly initialised (seeded)."""
     if cfg.init_from:
-        model, tokenizer = load_checkpoint(cfg.init_from)
+        model, tokenizer = load_checkpoint(cfg.init_from, grid_coords=True)
         return model.train(), tokenizer
     check_start(cfg)
     tokenizer = MM15Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else byte_tokenizer()
