@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mm15.cli import main
-from mm15.demo.ablate import ABLATIONS, Ablation, Arm, summarize
+from mm15.demo.ablate import ABLATIONS, LATER_SFT_KNOBS, Ablation, Arm, arm_key, summarize
 
 TINY = [
     "corpus.train_per_task=12",
@@ -32,7 +32,7 @@ def _ablate(name: str, out, seeds: str = "0,1") -> int:
     return main([*args, *(a for kv in TINY for a in ("--set", kv))])
 
 
-def test_two_ablations_share_the_seeds_early_stages_and_the_default_arm(tmp_path, capsys):
+def test_ablations_share_the_seeds_early_stages_and_the_default_arm(tmp_path, capsys):
     assert _ablate("refer_ground_data", tmp_path) == 0
     first = capsys.readouterr().out
     assert first.count("stages before SFT trained") == 2  # once per seed
@@ -63,6 +63,23 @@ def test_two_ablations_share_the_seeds_early_stages_and_the_default_arm(tmp_path
     assert second.count("with multi-image data: cached") == 2  # the default arm, shared
     assert second.count("without multi-image data: SFT in") == 2
 
+    # The grid ablation trains its own arms from the same cached stages and scores each at
+    # the training grid and again at (1, 4).
+    assert _ablate("inference_grid", tmp_path) == 0
+    third = capsys.readouterr().out
+    assert "stages before SFT trained" not in third
+    assert third.count("at grid (1, 4):") == 4  # two arms, two seeds
+    report = json.loads((tmp_path / "ablation-inference_grid.json").read_text())
+    assert report["regrid"] == [1, 4] and report["category"] == "refer_ground"
+    for a in report["arms"].values():
+        trained = a["training_grid"]
+        assert len(a["scores"]) == len(trained["scores"]) == 2
+        assert a["drop"] == pytest.approx(trained["mean"] - a["mean"])
+    md = (tmp_path / "ablation-inference_grid.md").read_text()
+    assert "training grid" in md and "grid (1, 4)" in md and "Drop from" in md
+    scores = [json.loads(p.read_text()) for p in (tmp_path / "seed0").glob("arm-*/scores.json")]
+    assert sum(s.get("regrid", {}).get("grid") == [1, 4] for s in scores) == 2
+
 
 def test_the_verdict_needs_a_margin_above_the_seed_spread():
     ab = Ablation("x", "a trend", "ui", Arm("a"), Arm("b"))
@@ -74,24 +91,9 @@ def test_the_verdict_needs_a_margin_above_the_seed_spread():
     r = summarize(ab, [0, 1, 2], runs([0.6, 0.7, 0.8], [0.2, 0.3, 0.2]), seconds=1.0)
     assert r["margin"] == pytest.approx(0.7 - 0.7 / 3)
     assert r["spread"] == pytest.approx(0.2) and r["holds"]
+    assert r["per_seed_margins"] == pytest.approx([0.4, 0.4, 0.6])
     r = summarize(ab, [0, 1, 2], runs([0.6, 0.2, 0.8], [0.2, 0.3, 0.2]), seconds=1.0)
     assert r["spread"] == pytest.approx(0.6) and not r["holds"]
-
-
-def test_inference_grid_scores_both_arms_at_both_grids(tmp_path, capsys):
-    assert _ablate("inference_grid", tmp_path) == 0
-    out = capsys.readouterr().out
-    assert out.count("at grid (1, 4):") == 4  # two arms, two seeds
-    report = json.loads((tmp_path / "ablation-inference_grid.json").read_text())
-    assert report["regrid"] == [1, 4] and report["category"] == "refer_ground"
-    for a in report["arms"].values():
-        trained = a["training_grid"]
-        assert len(a["scores"]) == len(trained["scores"]) == 2
-        assert a["drop"] == pytest.approx(trained["mean"] - a["mean"])
-    md = (tmp_path / "ablation-inference_grid.md").read_text()
-    assert "training grid" in md and "grid (1, 4)" in md and "Drop from" in md
-    scores = [json.loads(p.read_text()) for p in (tmp_path / "seed0").glob("arm-*/scores.json")]
-    assert sorted(s["regrid"]["grid"] == [1, 4] for s in scores) == [True, True]
 
 
 def test_the_grid_verdict_needs_the_control_to_lose_more_than_the_spread():
@@ -111,6 +113,24 @@ def test_the_grid_verdict_needs_the_control_to_lose_more_than_the_spread():
     # the control never learnt to ground: a margin at the new grid, but no loss from the change
     r = summarize(ab, [0, 1], runs([(0.6, 0.55), (0.6, 0.6)], [(0.1, 0.1), (0.1, 0.1)]), seconds=1)
     assert r["margin"] > r["spread"] and not r["holds"]
+
+
+def test_arms_cached_before_the_later_knobs_keep_their_key(tmp_path):
+    """An arm's key without the SFT knobs added later is the key it had before them."""
+    import dataclasses
+
+    from mm15.demo.ablate import _key
+    from mm15.demo.config import DemoConfig
+    from mm15.overrides import apply_overrides
+
+    cfg = DemoConfig()
+    before = dataclasses.asdict(cfg)
+    for k in LATER_SFT_KNOBS:
+        del before["sft"][k]
+    assert arm_key(tmp_path, cfg) == _key([str(tmp_path), before])
+    grid = apply_overrides(cfg, ["sft.grid=[2,2]"])  # a later knob set: all of them count
+    assert arm_key(tmp_path, grid) == _key([str(tmp_path), dataclasses.asdict(grid)])
+    assert arm_key(tmp_path, grid) != arm_key(tmp_path, cfg)
 
 
 @pytest.mark.parametrize(

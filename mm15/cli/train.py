@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--ablate",
         metavar="NAME",
         help="instead of the demo, one of the paper's ablation trends over --seeds: splitting, "
-        "refer_ground_data, multi_image_data (docs/demo.md, Ablations)",
+        "refer_ground_data, multi_image_data, inference_grid (docs/demo.md, Ablations)",
     )
     d.add_argument(
         "--seeds", metavar="S,S,...", help="the seeds of --ablate (default 0,1,2; at least two)"

@@ -118,6 +118,19 @@ def _key(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+# SFT knobs added after arms were first cached, with their defaults: while every one of them
+# holds its default an arm's key leaves them out, so the arms cached before them stay valid.
+LATER_SFT_KNOBS: dict[str, Any] = {"grid": None, "coords": "image"}
+
+
+def arm_key(prefix: Path, cfg: DemoConfig) -> str:
+    """The cache key of an arm: its prefix and every setting (see ``LATER_SFT_KNOBS``)."""
+    settings = dataclasses.asdict(cfg)
+    if all(settings["sft"][k] == v for k, v in LATER_SFT_KNOBS.items()):
+        settings["sft"] = {k: v for k, v in settings["sft"].items() if k not in LATER_SFT_KNOBS}
+    return _key([str(prefix), settings])
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -205,7 +218,7 @@ def _arm(
     from mm15.services.checkpoint import load_checkpoint
     from mm15.train.loop import train
 
-    folder = seed_dir / f"arm-{_key([str(prefix), dataclasses.asdict(cfg)])}"
+    folder = seed_dir / f"arm-{arm_key(prefix, cfg)}"
     scores = folder / "scores.json"
     if scores.is_file():
         cached = json.loads(scores.read_text())
@@ -281,6 +294,8 @@ def summarize(
         arms[label]["drop"] = arms[label]["training_grid"]["mean"] - arms[label]["mean"]
     hi, lo = arms[ab.expected.label], arms[ab.other.label]
     margin = hi["mean"] - lo["mean"]
+    # the arms of a seed start SFT from the same weights: the per-seed differences, for reading
+    per_seed = [a - b for a, b in zip(hi["scores"], lo["scores"], strict=True)]
     series = [*arms.values(), *(a["training_grid"] for a in arms.values() if "training_grid" in a)]
     spread = max(a["max"] - a["min"] for a in series)
     holds = margin > spread
@@ -298,6 +313,7 @@ def summarize(
         "regrid": list(ab.regrid) if ab.regrid else None,
         "arms": arms,
         "margin": margin,
+        "per_seed_margins": per_seed,
         "spread": spread,
         "holds": holds,
         "seconds": round(seconds, 1),
@@ -341,6 +357,13 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"Margin{where} {r['margin']:+.3f} (mean of “{r['expected']}” − mean of "
         f"“{r['other']}”), seed spread {r['spread']:.3f}.",
     ]
+    if "per_seed_margins" in r:
+        wins = sum(m > 0 for m in r["per_seed_margins"])
+        lines.append(
+            "Per seed, the same difference: "
+            + ", ".join(f"{m:+.2f}" for m in r["per_seed_margins"])
+            + f" (“{r['expected']}” higher on {wins} of {len(r['seeds'])} seeds)."
+        )
     if regrid:
         hi, lo = r["arms"][r["expected"]], r["arms"][r["other"]]
         lines.append(
