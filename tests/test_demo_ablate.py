@@ -64,21 +64,40 @@ def test_ablations_share_the_seeds_early_stages_and_the_default_arm(tmp_path, ca
     assert second.count("without multi-image data: SFT in") == 2
 
     # The grid ablation trains its own arms from the same cached stages and scores each at
-    # the training grid and again at (1, 4).
+    # the training grid, then at (3, 3) and (1, 4).
     assert _ablate("inference_grid", tmp_path) == 0
     third = capsys.readouterr().out
     assert "stages before SFT trained" not in third
-    assert third.count("at grid (1, 4):") == 4  # two arms, two seeds
+    assert third.count("at grid (3, 3):") == third.count("at grid (1, 4):") == 4  # 2 arms × 2
     report = json.loads((tmp_path / "ablation-inference_grid.json").read_text())
-    assert report["regrid"] == [1, 4] and report["category"] == "refer_ground"
+    assert report["regrid"] == [3, 3] and report["other_grids"] == [[1, 4]]
+    assert report["category"] == "refer_ground"
     for a in report["arms"].values():
-        trained = a["training_grid"]
-        assert len(a["scores"]) == len(trained["scores"]) == 2
+        trained, one_tile = a["training_grid"], a["other_grids"]["1,4"]
+        assert len(a["scores"]) == len(trained["scores"]) == len(one_tile["scores"]) == 2
         assert a["drop"] == pytest.approx(trained["mean"] - a["mean"])
     md = (tmp_path / "ablation-inference_grid.md").read_text()
-    assert "training grid" in md and "grid (1, 4)" in md and "Drop from" in md
-    scores = [json.loads(p.read_text()) for p in (tmp_path / "seed0").glob("arm-*/scores.json")]
-    assert sum(s.get("regrid", {}).get("grid") == [1, 4] for s in scores) == 2
+    assert all(s in md for s in ("training grid", "grid (3, 3)", "grid (1, 4)", "Drop from"))
+    arms = [p.parent for p in (tmp_path / "seed0").glob("arm-*/scores.json")]
+    grids = [
+        [g["grid"] for g in json.loads((a / "scores.json").read_text()).get("regrids", [])]
+        for a in arms
+    ]
+    assert sorted(grids) == [[], [], [], [[3, 3], [1, 4]], [[3, 3], [1, 4]]]
+    assert all((a / "model" / "config.json").is_file() for a in arms)  # kept for later grids
+
+    # A grid asked for later is evaluated on the kept model, without training again.
+    import mm15.demo.ablate as ablate
+
+    ab = ablate.ABLATIONS["inference_grid"]
+    later = ablate.Ablation(ab.name, ab.trend, ab.category, ab.expected, ab.other, ((2, 3),))
+    ablate.ABLATIONS["inference_grid"] = later
+    try:
+        assert _ablate("inference_grid", tmp_path) == 0
+    finally:
+        ablate.ABLATIONS["inference_grid"] = ab
+    fourth = capsys.readouterr().out
+    assert "SFT in" not in fourth and fourth.count("at grid (2, 3):") == 4
 
 
 def test_the_verdict_needs_a_margin_above_the_seed_spread():
@@ -97,11 +116,14 @@ def test_the_verdict_needs_a_margin_above_the_seed_spread():
 
 
 def test_the_grid_verdict_needs_the_control_to_lose_more_than_the_spread():
-    ab = Ablation("g", "a trend", "refer_ground", Arm("a"), Arm("b"), regrid=(1, 4))
+    ab = Ablation("g", "a trend", "refer_ground", Arm("a"), Arm("b"), regrids=((1, 4),))
 
     def run(trained, changed):
         cat = lambda v: {"refer_ground": {"score": v, "chance": 0.1, "n": 50}}  # noqa: E731
-        return {"categories": cat(trained), "regrid": {"grid": [1, 4], "categories": cat(changed)}}
+        return {
+            "categories": cat(trained),
+            "regrids": [{"grid": [1, 4], "categories": cat(changed)}],
+        }
 
     def runs(a, b):
         return {"a": [run(*v) for v in a], "b": [run(*v) for v in b]}

@@ -13,9 +13,11 @@ category of the demo's held-out suite:
 * ``inference_grid``: SFT at the grid ``(n_min, n_max) = (2, 2)``, where a square grounding image
   is a 1×2 grid (the image, a padding tile, the overview), with region coordinates on the
   original image (mm15) against coordinates on the grid's padded canvas (the grid-dependent
-  control); both are also evaluated at the model's own grid ``(1, 4)``, where the same image
-  is one tile: grounding should survive the change with mm15's coordinates and be lost by the
-  control (MM1.5 Table 2, row 7: ``n_min`` 4 → 1 at inference cost 49.5 refer&ground points).
+  control).  Both are evaluated again at ``(3, 3)``, where the same image gets a 1×3 grid (one
+  more padding tile): the view hardly changes, the control's canvas grows by half.  Grounding
+  should survive with mm15's coordinates and be lost by the control (MM1.5 Table 2, row 7:
+  ``n_min`` 4 → 1 at inference cost 49.5 refer&ground points).  They are also evaluated at
+  ``(1, 4)``, where the image is one tile, a layout that SFT never showed.
 
 Per seed the corpus, the tokenizer, the encoder warm-up and every stage before SFT are trained
 once and kept under ``OUT/seed<S>/`` (keyed by the settings they depend on), so the arms start
@@ -25,8 +27,8 @@ category of the corpus, trained or not.
 
 The trend holds when the expected arm's mean beats the other's by more than the seed spread
 (the larger of the two arms' max − min over seeds).  For ``inference_grid`` the means compared
-are at the changed grid, the spread covers both grids, and the control must also lose more than
-the spread beyond what mm15's arm loses from the training grid to the changed one.
+are at the first changed grid, the spread covers the training grid too, and the control must
+also lose more than the spread beyond what mm15's arm loses from the training grid to there.
 ``OUT/ablation-<NAME>.json`` / ``.md`` / ``.png`` hold the per-seed scores, means, spread and
 verdict.
 """
@@ -69,8 +71,9 @@ class Ablation:
     category: str  # the suite category the trend is about
     expected: Arm  # the arm the paper's trend puts higher
     other: Arm
-    # (n_min, n_max) at inference for a second evaluation of both arms; the trend is read there
-    regrid: tuple[int, int] | None = None
+    # (n_min, n_max) at inference for more evaluations of both arms; the trend is read at the
+    # first, the others are reported
+    regrids: tuple[tuple[int, int], ...] = ()
 
 
 def _without(task: str) -> str:
@@ -108,7 +111,7 @@ ABLATIONS = {
             "refer_ground",
             Arm("image coordinates (mm15)", ("sft.grid=[2,2]",)),
             Arm("grid-canvas coordinates (control)", ("sft.grid=[2,2]", "sft.coords=grid")),
-            regrid=(1, 4),
+            regrids=((3, 3), (1, 4)),
         ),
     ]
 }
@@ -152,7 +155,7 @@ def run_ablation(name: str, *, out: Path, base: DemoConfig, seeds: Sequence[int]
         for arm in (ab.expected, ab.other):
             arm_cfg = apply_overrides(cfg, list(arm.sets))
             runs[arm.label].append(
-                _arm(arm_cfg, corpus, tok_dir, prefix, seed_dir, arm.label, ab.regrid)
+                _arm(arm_cfg, corpus, tok_dir, prefix, seed_dir, arm.label, ab.regrids)
             )
     report = summarize(ab, list(seeds), runs, seconds=time.perf_counter() - t0)
     write_report(out, report)
@@ -210,47 +213,70 @@ def _arm(
     prefix: Path,
     seed_dir: Path,
     label: str,
-    regrid: tuple[int, int] | None = None,
+    regrids: Sequence[tuple[int, int]] = (),
 ) -> dict[str, Any]:
-    """SFT from the cached prefix with the arm's settings, then the whole suite (cached); with
-    ``regrid``, the suite again with that ``(n_min, n_max)`` at inference."""
-    from mm15.eval.synthetic_suite import evaluate_synthetic
-    from mm15.services.checkpoint import load_checkpoint
+    """SFT from the cached prefix with the arm's settings, then the whole suite, and again at
+    each ``(n_min, n_max)`` of ``regrids`` at inference.  The scores and the model are kept,
+    so a grid asked for later is evaluated without training again."""
     from mm15.train.loop import train
 
     folder = seed_dir / f"arm-{arm_key(prefix, cfg)}"
-    scores = folder / "scores.json"
-    if scores.is_file():
-        cached = json.loads(scores.read_text())
-        if regrid is None or cached.get("regrid", {}).get("grid") == list(regrid):
-            _log(f"[seed {cfg.seed}] {label}: cached in {folder}")
-            return cached
-    shutil.rmtree(folder, ignore_errors=True)
-    tc = demo_train_config(cfg, corpus, tok_dir, folder / "run", len(MM15Tokenizer.load(tok_dir)))
-    tc.stages = [s for s in tc.stages if s.name == "sft"]
-    tc.init_from = str(prefix)
-    t = time.perf_counter()
-    result = train(tc)
-    seconds = time.perf_counter() - t
-    model, tok = load_checkpoint(result.final_model, grid_coords=True)
-    model.cfg.image = sft_image(cfg, model.cfg.image) or model.cfg.image  # as SFT showed images
-    suite = evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS))
-    out = {
-        "seed": cfg.seed,
-        "arm": label,
-        "categories": suite.categories,
-        "sft_tasks": list(cfg.sft.tasks),
-        "sft_seconds": round(seconds, 1),
-    }
-    if regrid is not None:
-        model.cfg.image = dataclasses.replace(model.cfg.image, n_min=regrid[0], n_max=regrid[1])
-        again = evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS))
-        out["regrid"] = {"grid": list(regrid), "categories": again.categories}
-        _log(f"[seed {cfg.seed}] {label} at grid {regrid}: {_scores_line(again.categories)}")
+    scores, model_dir = folder / "scores.json", folder / "model"
+    out = json.loads(scores.read_text()) if scores.is_file() else None
+    missing = [g for g in regrids if out is None or _at_grid(out, g) is None]
+    if out is not None and not missing:
+        _log(f"[seed {cfg.seed}] {label}: cached in {folder}")
+        return out
+    if out is None or not (model_dir / "config.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        tok_len = len(MM15Tokenizer.load(tok_dir))
+        tc = demo_train_config(cfg, corpus, tok_dir, folder / "run", tok_len)
+        tc.stages = [s for s in tc.stages if s.name == "sft"]
+        tc.init_from = str(prefix)
+        t = time.perf_counter()
+        result = train(tc)
+        seconds = time.perf_counter() - t
+        shutil.move(str(result.final_model), model_dir)
+        shutil.rmtree(folder / "run", ignore_errors=True)  # the final model is what is kept
+        out = {
+            "seed": cfg.seed,
+            "arm": label,
+            "categories": _suite(cfg, corpus, model_dir),
+            "sft_tasks": list(cfg.sft.tasks),
+            "sft_seconds": round(seconds, 1),
+        }
+        _log(
+            f"[seed {cfg.seed}] {label}: SFT in {seconds:.0f} s, {_scores_line(out['categories'])}"
+        )
+        missing = list(regrids)
+    out.setdefault("regrids", [])
+    for grid in missing:
+        categories = _suite(cfg, corpus, model_dir, grid)
+        out["regrids"].append({"grid": list(grid), "categories": categories})
+        _log(f"[seed {cfg.seed}] {label} at grid {tuple(grid)}: {_scores_line(categories)}")
     scores.write_text(json.dumps(out, indent=1) + "\n")
-    shutil.rmtree(folder / "run", ignore_errors=True)  # the scores are what is kept
-    _log(f"[seed {cfg.seed}] {label}: SFT in {seconds:.0f} s, {_scores_line(suite.categories)}")
     return out
+
+
+def _suite(
+    cfg: DemoConfig, corpus: CorpusIndex, model_dir: Path, grid: tuple[int, int] | None = None
+) -> dict[str, dict[str, float]]:
+    """The categories of the held-out suite: images as SFT showed them, or at ``grid``."""
+    from mm15.eval.synthetic_suite import evaluate_synthetic
+    from mm15.services.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(model_dir, grid_coords=True)
+    model.cfg.image = sft_image(cfg, model.cfg.image) or model.cfg.image  # as SFT showed images
+    if grid is not None:
+        model.cfg.image = dataclasses.replace(model.cfg.image, n_min=grid[0], n_max=grid[1])
+    return evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS)).categories
+
+
+def _at_grid(result: dict[str, Any], grid: Sequence[int]) -> dict[str, Any] | None:
+    """An arm's categories at inference grid ``grid`` (None: not evaluated there)."""
+    return next(
+        (r["categories"] for r in result.get("regrids", []) if r["grid"] == list(grid)), None
+    )
 
 
 def _scores_line(categories: dict[str, dict[str, float]]) -> str:
@@ -263,33 +289,28 @@ def summarize(
     """Per arm the category's score per seed, mean, min and max; the margin (expected arm's
     mean − the other's), the spread (the larger max − min) and whether the trend holds.
 
-    With ``ab.regrid`` the scores compared are those at the changed grid; each arm also keeps
-    its scores at the training grid and its drop between the two means.  The spread then
-    covers both grids, and the trend holds when the margin exceeds it and the control's drop
-    exceeds the expected arm's by more than it."""
+    With ``ab.regrids`` the scores compared are those at the first of them; each arm also keeps
+    its scores at the training grid (and its drop from there) and at the other grids.  The
+    spread then covers the training grid too, and the trend holds when the margin exceeds it
+    and the other arm's drop exceeds the expected arm's by more than it."""
 
     def stats(values: list[float]) -> dict[str, Any]:
-        return {
-            "scores": values,
-            "mean": sum(values) / len(values),
-            "min": min(values),
-            "max": max(values),
-        }
+        n = len(values)
+        return {"scores": values, "mean": sum(values) / n, "min": min(values), "max": max(values)}
+
+    def at(results: list[dict[str, Any]], grid: tuple[int, int] | None) -> dict[str, Any]:
+        cats = [r["categories"] if grid is None else _at_grid(r, grid) for r in results]
+        return {**stats([c[ab.category]["score"] for c in cats]), "all_categories": cats}
 
     arms: dict[str, dict[str, Any]] = {}
     for label, results in runs.items():
-        trained = [r["categories"][ab.category]["score"] for r in results]
-        if ab.regrid is None:
-            arms[label] = {**stats(trained), "all_categories": [r["categories"] for r in results]}
+        if not ab.regrids:
+            arms[label] = at(results, None)
             continue
-        changed = [r["regrid"]["categories"][ab.category]["score"] for r in results]
         arms[label] = {
-            **stats(changed),
-            "all_categories": [r["regrid"]["categories"] for r in results],
-            "training_grid": {
-                **stats(trained),
-                "all_categories": [r["categories"] for r in results],
-            },
+            **at(results, ab.regrids[0]),
+            "training_grid": at(results, None),
+            "other_grids": {f"{g[0]},{g[1]}": at(results, g) for g in ab.regrids[1:]},
         }
         arms[label]["drop"] = arms[label]["training_grid"]["mean"] - arms[label]["mean"]
     hi, lo = arms[ab.expected.label], arms[ab.other.label]
@@ -299,7 +320,7 @@ def summarize(
     series = [*arms.values(), *(a["training_grid"] for a in arms.values() if "training_grid" in a)]
     spread = max(a["max"] - a["min"] for a in series)
     holds = margin > spread
-    if ab.regrid is not None:
+    if ab.regrids:
         holds = holds and lo["drop"] - hi["drop"] > spread
     chance = runs[ab.expected.label][0]["categories"][ab.category]["chance"]
     return {
@@ -310,7 +331,8 @@ def summarize(
         "seeds": seeds,
         "expected": ab.expected.label,
         "other": ab.other.label,
-        "regrid": list(ab.regrid) if ab.regrid else None,
+        "regrid": list(ab.regrids[0]) if ab.regrids else None,
+        "other_grids": [list(g) for g in ab.regrids[1:]],
         "arms": arms,
         "margin": margin,
         "per_seed_margins": per_seed,
@@ -348,6 +370,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         if regrid:
             lines.append(row(f"{label}, training grid", a["training_grid"]))
             lines.append(row(f"{label}, grid {tuple(regrid)}", a))
+            for grid, b in a.get("other_grids", {}).items():
+                lines.append(row(f"{label}, grid ({grid.replace(',', ', ')})", b))
         else:
             lines.append(row(label, a))
     verdict = "holds" if r["holds"] else "does not hold"
@@ -381,35 +405,26 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.5, 3.5))
+    regrid = r.get("regrid")
+    # one bar per arm, or per arm and grid (the training grid, then each inference grid)
+    bars = []
+    for i, (label, a) in enumerate(r["arms"].items()):
+        if not regrid:
+            bars.append((label, a, i))
+            continue
+        bars.append((f"{label}\ntraining grid", a["training_grid"], i))
+        bars.append((f"{label}\ngrid {tuple(regrid)}", a, i))
+        for grid, b in a.get("other_grids", {}).items():
+            bars.append((f"{label}\ngrid ({grid.replace(',', ', ')})", b, i))
+    fig = Figure(figsize=(max(4.5, 1.3 * len(bars)), 3.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    labels = list(r["arms"])
-    regrid = r.get("regrid")
-    # one bar per arm, or per arm and grid (training grid, then the changed one)
-    bars = [
-        (f"{label}\n{grid}", a)
-        for label in labels
-        for grid, a in (
-            [
-                ("training grid", r["arms"][label]["training_grid"]),
-                (f"grid {tuple(regrid)}", r["arms"][label]),
-            ]
-            if regrid
-            else [("", r["arms"][label])]
-        )
-    ]
-    for x, (_, a) in enumerate(bars):
-        ax.bar(x, a["mean"], 0.6, alpha=0.6, color=f"C{x // 2 if regrid else x}")
+    for x, (_, a, colour) in enumerate(bars):
+        ax.bar(x, a["mean"], 0.6, alpha=0.6, color=f"C{colour}")
         ax.vlines(x, a["min"], a["max"], color="black")
         ax.scatter([x] * len(a["scores"]), a["scores"], color="black", s=12, zorder=3)
     ax.axhline(r["chance"], color="grey", linestyle="--", label="chance")
-    ax.set_xticks(
-        range(len(bars)),
-        [name.strip() for name, _ in bars],
-        rotation=10,
-        fontsize=7 if regrid else None,
-    )
+    ax.set_xticks(range(len(bars)), [name for name, _, _ in bars], fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel(r["category"])
     ax.set_title(r["ablation"])
