@@ -76,6 +76,10 @@ def test_ablations_share_the_seeds_early_stages_and_the_default_arm(tmp_path, ca
         trained, one_tile = a["training_grid"], a["other_grids"]["1,4"]
         assert len(a["scores"]) == len(trained["scores"]) == len(one_tile["scores"]) == 2
         assert a["drop"] == pytest.approx(trained["mean"] - a["mean"])
+        assert set(a["reread"]) == {"3,3", "1,4"}
+    mm15_arm = report["arms"]["image coordinates (mm15)"]
+    for grid in ("3,3", "1,4"):  # mm15's frame is the image on every grid: nothing moves
+        assert mm15_arm["reread"][grid]["scores"] == mm15_arm["training_grid"]["scores"]
     md = (tmp_path / "ablation-inference_grid.md").read_text()
     assert all(s in md for s in ("training grid", "grid (3, 3)", "grid (1, 4)", "Drop from"))
     arms = [p.parent for p in (tmp_path / "seed0").glob("arm-*/scores.json")]
@@ -120,10 +124,8 @@ def test_the_grid_verdict_needs_the_control_to_lose_more_than_the_spread():
 
     def run(trained, changed):
         cat = lambda v: {"refer_ground": {"score": v, "chance": 0.1, "n": 50}}  # noqa: E731
-        return {
-            "categories": cat(trained),
-            "regrids": [{"grid": [1, 4], "categories": cat(changed)}],
-        }
+        at = {"grid": [1, 4], "categories": cat(changed), "reread": cat(trained)}
+        return {"categories": cat(trained), "regrids": [at]}
 
     def runs(a, b):
         return {"a": [run(*v) for v in a], "b": [run(*v) for v in b]}

@@ -223,7 +223,7 @@ def _arm(
     folder = seed_dir / f"arm-{arm_key(prefix, cfg)}"
     scores, model_dir = folder / "scores.json", folder / "model"
     out = json.loads(scores.read_text()) if scores.is_file() else None
-    missing = [g for g in regrids if out is None or _at_grid(out, g) is None]
+    missing = [g for g in regrids if out is None or "reread" not in _entry(out, g)]
     if out is not None and not missing:
         _log(f"[seed {cfg.seed}] {label}: cached in {folder}")
         return out
@@ -249,19 +249,28 @@ def _arm(
             f"[seed {cfg.seed}] {label}: SFT in {seconds:.0f} s, {_scores_line(out['categories'])}"
         )
         missing = list(regrids)
-    out.setdefault("regrids", [])
+    out["regrids"] = [r for r in out.get("regrids", []) if tuple(r["grid"]) not in missing]
+    trained = _suite(cfg, corpus, model_dir, detail=True) if missing else None
     for grid in missing:
         categories = _suite(cfg, corpus, model_dir, grid)
-        out["regrids"].append({"grid": list(grid), "categories": categories})
+        reread = _reread(trained, grid)
+        out["regrids"].append({"grid": list(grid), "categories": categories, "reread": reread})
         _log(f"[seed {cfg.seed}] {label} at grid {tuple(grid)}: {_scores_line(categories)}")
+        _log(f"  its training-grid answers read on that grid's frame: {_scores_line(reread)}")
     scores.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
 def _suite(
-    cfg: DemoConfig, corpus: CorpusIndex, model_dir: Path, grid: tuple[int, int] | None = None
-) -> dict[str, dict[str, float]]:
-    """The categories of the held-out suite: images as SFT showed them, or at ``grid``."""
+    cfg: DemoConfig,
+    corpus: CorpusIndex,
+    model_dir: Path,
+    grid: tuple[int, int] | None = None,
+    *,
+    detail: bool = False,
+) -> Any:
+    """The categories of the held-out suite: images as SFT showed them, or at ``grid``
+    (``detail``: the whole :class:`~mm15.eval.synthetic_suite.SuiteResult` and the model)."""
     from mm15.eval.synthetic_suite import evaluate_synthetic
     from mm15.services.checkpoint import load_checkpoint
 
@@ -269,14 +278,48 @@ def _suite(
     model.cfg.image = sft_image(cfg, model.cfg.image) or model.cfg.image  # as SFT showed images
     if grid is not None:
         model.cfg.image = dataclasses.replace(model.cfg.image, n_min=grid[0], n_max=grid[1])
-    return evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS)).categories
+    suite = evaluate_synthetic(model, tok, corpus, tasks=list(DEMO_SFT_TASKS))
+    return (suite, model.cfg) if detail else suite.categories
 
 
-def _at_grid(result: dict[str, Any], grid: Sequence[int]) -> dict[str, Any] | None:
-    """An arm's categories at inference grid ``grid`` (None: not evaluated there)."""
-    return next(
-        (r["categories"] for r in result.get("regrids", []) if r["grid"] == list(grid)), None
+def _reread(trained: tuple[Any, Any], grid: tuple[int, int]) -> dict[str, dict[str, float]]:
+    """The training grid's answers scored as a system on ``grid`` reads them: with the frames
+    the model's coordinates have there (``region_frames``).  mm15's frame is the image on every
+    grid, so nothing moves; the control's canvas changes with the grid.  This isolates the
+    coordinate convention from whether the model still reads the new layout."""
+    from mm15.data.sample_images import region_frames
+    from mm15.eval.metrics import category_scores, score_sample
+
+    suite, model_cfg = trained
+    there = dataclasses.replace(
+        model_cfg, image=dataclasses.replace(model_cfg.image, n_min=grid[0], n_max=grid[1])
     )
+    items = [
+        {
+            "category": i["category"],
+            "score": score_sample(
+                suite.samples[i["id"]],
+                i["prediction"],
+                region_frames(suite.samples[i["id"]], there),
+            ),
+        }
+        for i in suite.items
+    ]
+    means = category_scores(items)
+    return {c: {**v, "score": means[c]} for c, v in suite.categories.items()}
+
+
+def _entry(result: dict[str, Any], grid: Sequence[int]) -> dict[str, Any]:
+    """An arm's evaluation at inference grid ``grid`` ({} if it has none)."""
+    return next((r for r in result.get("regrids", []) if r["grid"] == list(grid)), {})
+
+
+def _at_grid(
+    result: dict[str, Any], grid: Sequence[int], key: str = "categories"
+) -> dict[str, Any]:
+    """An arm's categories at inference grid ``grid`` (``key="reread"``: its training-grid
+    answers read on that grid's frame)."""
+    return _entry(result, grid)[key]
 
 
 def _scores_line(categories: dict[str, dict[str, float]]) -> str:
@@ -298,8 +341,8 @@ def summarize(
         n = len(values)
         return {"scores": values, "mean": sum(values) / n, "min": min(values), "max": max(values)}
 
-    def at(results: list[dict[str, Any]], grid: tuple[int, int] | None) -> dict[str, Any]:
-        cats = [r["categories"] if grid is None else _at_grid(r, grid) for r in results]
+    def at(results: list[dict[str, Any]], grid: tuple[int, int] | None, key="categories"):
+        cats = [r["categories"] if grid is None else _at_grid(r, grid, key) for r in results]
         return {**stats([c[ab.category]["score"] for c in cats]), "all_categories": cats}
 
     arms: dict[str, dict[str, Any]] = {}
@@ -311,6 +354,7 @@ def summarize(
             **at(results, ab.regrids[0]),
             "training_grid": at(results, None),
             "other_grids": {f"{g[0]},{g[1]}": at(results, g) for g in ab.regrids[1:]},
+            "reread": {f"{g[0]},{g[1]}": at(results, g, "reread") for g in ab.regrids},
         }
         arms[label]["drop"] = arms[label]["training_grid"]["mean"] - arms[label]["mean"]
     hi, lo = arms[ab.expected.label], arms[ab.other.label]
@@ -372,6 +416,9 @@ def report_markdown(r: dict[str, Any]) -> str:
             lines.append(row(f"{label}, grid {tuple(regrid)}", a))
             for grid, b in a.get("other_grids", {}).items():
                 lines.append(row(f"{label}, grid ({grid.replace(',', ', ')})", b))
+            for grid, b in a.get("reread", {}).items():
+                grid_name = f"({grid.replace(',', ', ')})"
+                lines.append(row(f"{label}, training-grid answers on {grid_name}'s frame", b))
         else:
             lines.append(row(label, a))
     verdict = "holds" if r["holds"] else "does not hold"
@@ -393,6 +440,13 @@ def report_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"Drop from the training grid to {tuple(regrid)}: “{r['expected']}” "
             f"{hi['drop']:+.3f}, “{r['other']}” {lo['drop']:+.3f}."
+        )
+    if regrid:
+        lines.append(
+            "“On (n_min, n_max)'s frame”: the answers given at the training grid, scored with "
+            "the coordinate frame that grid gives them (the same answers, read as a system on "
+            "the new grid reads them), which isolates the coordinate convention from whether "
+            "the model still reads the new layout."
         )
     rule = "the margin exceeds the spread"
     if regrid:
@@ -416,6 +470,8 @@ def _plot(r: dict[str, Any], path: Path) -> None:
         bars.append((f"{label}\ngrid {tuple(regrid)}", a, i))
         for grid, b in a.get("other_grids", {}).items():
             bars.append((f"{label}\ngrid ({grid.replace(',', ', ')})", b, i))
+        first = f"{regrid[0]},{regrid[1]}"
+        bars.append((f"{label}\nanswers on\n{tuple(regrid)}'s frame", a["reread"][first], i))
     fig = Figure(figsize=(max(4.5, 1.3 * len(bars)), 3.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
