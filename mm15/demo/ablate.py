@@ -383,6 +383,8 @@ def summarize(
         "spread": spread,
         "holds": holds,
         "seconds": round(seconds, 1),
+        # what the arms' SFT took when they were trained (this run or an earlier one)
+        "sft_seconds": round(sum(r.get("sft_seconds", 0) for rs in runs.values() for r in rs), 1),
     }
 
 
@@ -400,7 +402,8 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"# Ablation `{r['ablation']}`: {r['trend']}",
         "",
         f"Category: {r['category']} (chance {r['chance']:.3f}); seeds {r['seeds']}; "
-        f"{r['seconds']:.0f} s.",
+        f"{r['seconds']:.0f} s this run; the arms' SFT took {r.get('sft_seconds', 0):.0f} s "
+        "in all when trained (cached stages and arms are reused).",
         "",
         "| arm | " + " | ".join(f"seed {s}" for s in r["seeds"]) + " | mean | min–max |",
         "|---|" + "---|" * (len(r["seeds"]) + 2),
