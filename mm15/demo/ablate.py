@@ -463,30 +463,34 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     regrid = r.get("regrid")
-    # one bar per arm, or per arm and grid (the training grid, then each inference grid)
-    bars = []
+    # one bar per arm, or per arm and grid (the training grid, then each inference grid, then
+    # the training grid's answers on the first one's frame), coloured by arm
+    bars: list[tuple[str, dict[str, Any], int, str]] = []
     for i, (label, a) in enumerate(r["arms"].items()):
         if not regrid:
-            bars.append((label, a, i))
+            bars.append((label, a, i, label))
             continue
-        bars.append((f"{label}\ntraining grid", a["training_grid"], i))
-        bars.append((f"{label}\ngrid {tuple(regrid)}", a, i))
+        bars.append(("training grid", a["training_grid"], i, label))
+        bars.append((f"grid {tuple(regrid)}", a, i, label))
         for grid, b in a.get("other_grids", {}).items():
-            bars.append((f"{label}\ngrid ({grid.replace(',', ', ')})", b, i))
+            bars.append((f"grid ({grid.replace(',', ', ')})", b, i, label))
         first = f"{regrid[0]},{regrid[1]}"
-        bars.append((f"{label}\nanswers on\n{tuple(regrid)}'s frame", a["reread"][first], i))
-    fig = Figure(figsize=(max(4.5, 1.3 * len(bars)), 3.8))
+        bars.append((f"answers on\n{tuple(regrid)}'s frame", a["reread"][first], i, label))
+    fig = Figure(figsize=(max(4.5, 1.1 * len(bars)), 3.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for x, (_, a, colour) in enumerate(bars):
-        ax.bar(x, a["mean"], 0.6, alpha=0.6, color=f"C{colour}")
+    seen = set()
+    for x, (_, a, colour, label) in enumerate(bars):
+        legend = label if regrid and label not in seen else None
+        seen.add(label)
+        ax.bar(x, a["mean"], 0.6, alpha=0.6, color=f"C{colour}", label=legend)
         ax.vlines(x, a["min"], a["max"], color="black")
         ax.scatter([x] * len(a["scores"]), a["scores"], color="black", s=12, zorder=3)
     ax.axhline(r["chance"], color="grey", linestyle="--", label="chance")
-    ax.set_xticks(range(len(bars)), [name for name, _, _ in bars], fontsize=7)
+    ax.set_xticks(range(len(bars)), [name for name, *_ in bars], fontsize=7 if regrid else None)
     ax.set_ylim(0, 1)
     ax.set_ylabel(r["category"])
     ax.set_title(r["ablation"])
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
