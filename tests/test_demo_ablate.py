@@ -9,7 +9,8 @@ import json
 import pytest
 
 from mm15.cli import main
-from mm15.demo.ablate import ABLATIONS, LATER_SFT_KNOBS, Ablation, Arm, arm_key, summarize
+from mm15.demo.ablate import ABLATIONS, LATER_SFT_KNOBS, Ablation, Arm, arm_key
+from mm15.demo.ablate_report import summarize
 
 TINY = [
     "corpus.train_per_task=12",
@@ -89,6 +90,12 @@ def test_ablations_share_the_seeds_early_stages_and_the_default_arm(tmp_path, ca
     ]
     assert sorted(grids) == [[], [], [], [[3, 3], [1, 4]], [[3, 3], [1, 4]]]
     assert all((a / "model" / "config.json").is_file() for a in arms)  # kept for later grids
+    trained_coords = sorted(
+        json.loads((a / "model" / "config.json").read_text())["format"]["coords"]
+        for a, g in zip(arms, grids, strict=True)
+        if g
+    )
+    assert trained_coords == ["grid", "image"]  # the control trained (and recorded) its canvas
 
     # A grid asked for later is evaluated on the kept model, without training again.
     import mm15.demo.ablate as ablate

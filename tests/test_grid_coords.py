@@ -139,3 +139,26 @@ def test_verbs_that_read_coordinates_refuse_a_grid_model(grid_ckpt, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "format.coords='grid'" in err[0], err
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(
+    ("coords", "answer", "at_1_4"),
+    [("image", "<500,0,999,499>", 1.0), ("grid", "<250,0,499,499>", 0.0)],
+)
+def test_rereading_training_answers_on_another_grid_moves_only_canvas_coordinates(
+    coords, answer, at_1_4
+):
+    """`--ablate inference_grid`'s re-read: the answers given at (2, 2), scored with the frame
+    (1, 4) gives them; only the control's boxes move (its canvas halves in width)."""
+    from mm15.demo.ablate import reread
+    from mm15.eval.synthetic_suite import SuiteResult
+
+    tok = byte_tokenizer()
+    cfg = tiny(vocab_size=len(tok))
+    cfg.image, cfg.format = GRID_2_2, FormatConfig(coords=coords)
+    sample = _grounding_sample()
+    item = {"id": sample.id, "category": "refer_ground", "prediction": f"the star {answer}"}
+    cats = {"refer_ground": {"score": 1.0, "chance": 0.1, "n": 1}}
+    suite = SuiteResult([item], cats, None, 0.0, {sample.id: sample})
+    assert reread((suite, cfg), (2, 2))["refer_ground"]["score"] == 1.0
+    assert reread((suite, cfg), (1, 4))["refer_ground"] == {"score": at_1_4, "chance": 0.1, "n": 1}
