@@ -14,7 +14,7 @@ from PIL import Image
 
 from mm15.config import ImageConfig
 from mm15.data.image_io import ImageDecodeError, open_image, open_image_reduced
-from mm15.data.splitting import load_tiles, tile_geometry, tile_image
+from mm15.data.splitting import load_tiles, normalise_tiles, tile_geometry, tile_image
 
 GREY = 255.0 * torch.tensor(ImageConfig().std).view(3, 1, 1)  # normalised unit → grey levels
 
@@ -205,3 +205,24 @@ def test_safety_checks_run_before_any_decoding():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method 'fastest'"):
         tile_image(Image.new("RGB", (8, 8)), ImageConfig(resolution=16), method="fastest")  # type: ignore[arg-type]
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(0, 5), seed=st.integers(0, 2**16))
+def test_normalise_tiles_equals_tile_image_on_each_tile_sized_image(n, seed):
+    cfg = ImageConfig(resolution=28, n_min=1, n_max=4)
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)) for _ in range(n)]
+    tiles = normalise_tiles(images, cfg)
+    assert tiles.shape == (n, 3, 28, 28) and tiles.dtype == torch.float32
+    for k, image in enumerate(images):
+        assert torch.equal(tiles[k], tile_image(image, cfg, allow_split=False).tiles[0])
+
+
+def test_normalise_tiles_refuses_an_image_that_is_not_one_tile():
+    cfg = ImageConfig(resolution=28)
+    ok = Image.new("RGB", (28, 28))
+    with pytest.raises(ValueError, match=r"RGB images of 28x28, got sizes \[\(28, 30\)\]"):
+        normalise_tiles([ok, Image.new("RGB", (28, 30))], cfg)
+    with pytest.raises(ValueError, match="RGB images of 28x28"):
+        normalise_tiles([Image.new("L", (28, 28))], cfg)

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from mm15.data.coords import Box
+from mm15.data.coords import Box, intersection_area
+from mm15.data.splitting import tile_image
 from mm15.demo.data import images as si
 from mm15.demo.encoder import (
     COLOURS,
@@ -18,6 +19,7 @@ from mm15.demo.encoder import (
     EncoderPretrainConfig,
     ProbeHeads,
     draw_batch,
+    draw_scene,
     pretrain_encoder,
     text_scene,
     token_targets,
@@ -176,3 +178,76 @@ def test_place_targets_are_each_tokens_own_index_and_box_reads_four_tenths():
     assert out["box"][0].shape == (2 * 4 * 4, 10) and torch.equal(
         out["box"][1], t.box_NK4.flatten()
     )
+
+
+def _reference_targets(drawn, size_wh, grid, min_cover=0.15, min_ink=0.3):
+    """token_targets as first written, one torch op per cell (the batch path must equal it)."""
+    w, h = size_wh
+    cw, ch = w / grid, h / grid
+    colour = torch.full((grid * grid,), len(COLOURS))
+    shape = torch.full((grid * grid,), len(SHAPES))
+    corners = torch.full((grid * grid, 4), IGNORE)
+    word = torch.full((grid * grid,), len(WORDS))
+    objects = [d for d in drawn if d.colour is not None]
+    texts = [d for d in drawn if d.kind == "text"]
+    cells = [
+        Box((c % grid) * cw, (c // grid) * ch, (c % grid + 1) * cw, (c // grid + 1) * ch)
+        for c in range(grid * grid)
+    ]
+    for k, cell in enumerate(cells):
+        best, cover = None, min_cover * cw * ch
+        for d in objects:
+            if (area := intersection_area(d.box, cell)) > cover:
+                best, cover = d, area
+        if best is not None:
+            colour[k] = COLOURS.index(best.colour)
+        if best is not None and best.kind in SHAPES:
+            shape[k] = SHAPES.index(best.kind)
+            b = best.box
+            tenths = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]).mul(10).floor()
+            corners[k] = tenths.clamp(0, 9)
+    if texts:
+        shares = torch.tensor(
+            [[intersection_area(d.box, c) / max(d.box.area, 1e-9) for c in cells] for d in texts]
+        )
+        own = shares >= min_ink
+        own[torch.arange(len(texts)), shares.argmax(1)] = True
+        top = shares.masked_fill(~own, -1.0).max(0)
+        for k in torch.nonzero(top.values >= 0).flatten().tolist():
+            word[k] = WORDS.index(texts[top.indices[k]].text)
+    return colour, shape, corners, word
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_draw_batch_equals_tiling_and_targeting_each_scene_alone(seed):
+    # draw_batch normalises all tiles in one pass and builds targets as lists: it must give what
+    # tile_image and the per-cell torch targets give scene by scene, bit for bit, or the demo's
+    # encoder (and every number after it) changes.
+    cfg = si.demo_image_config()
+    batch = draw_batch(random.Random(f"{seed}/encoder/1"), 48, 4, text_share=0.5)
+    rng = random.Random(f"{seed}/encoder/1")
+    for n in range(48):  # the same scenes again, one at a time
+        image, drawn = draw_scene(rng, text_share=0.5)
+        assert torch.equal(batch.tiles_NCHW[n], tile_image(image, cfg, allow_split=False).tiles[0])
+        want = _reference_targets(drawn, image.size, 4)
+        got = (batch.colour_NK[n], batch.shape_NK[n], batch.box_NK4[n], batch.word_NK[n])
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and torch.equal(g, w)
+        for g, w in zip(token_targets(drawn, image.size, 4), want, strict=True):
+            assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+def test_demo_prep_benchmark_runs_and_both_corpora_are_equal():
+    """benchmarks/demo_prep_bench.py (docs/demo.md quotes its full run), small."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "benchmarks/demo_prep_bench.py", "--batches", "2"]
+    run = subprocess.run(
+        [*cmd, "--corpus-share", "0.001"], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "warm-up scenes: 2 batches of 64" in run.stdout
+    assert "1 process (baseline)" in run.stdout and "(equal)" in run.stdout, run.stdout

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mm15.eval.readers import find_files, read_items
+from mm15.eval.readers import read_items
+from mm15.eval.table_files import find_files
 from mm15.eval.tasks import TASKS
 
 

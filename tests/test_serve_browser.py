@@ -55,10 +55,22 @@ def browser():
     driver.quit()
 
 
+def _send(browser):
+    """Click Send and wait until the answer is done or failed; the answer element."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.find_element(By.ID, "send").click()
+    answer = browser.find_element(By.ID, "answer")
+    WebDriverWait(browser, 20).until(
+        lambda d: answer.get_attribute("data-state") in ("done", "error")
+    )
+    return answer
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_upload_ask_and_see_the_box(server, browser, tmp_path, stream):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     picture = tmp_path / "grey.png"
     Image.new("RGB", (200, 160), GREY).save(picture)
@@ -68,11 +80,7 @@ def test_upload_ask_and_see_the_box(server, browser, tmp_path, stream):
     browser.find_element(By.ID, "api-key").send_keys(KEY)
     if not stream:
         browser.find_element(By.ID, "stream").click()
-    browser.find_element(By.ID, "send").click()
-    answer = browser.find_element(By.ID, "answer")
-    WebDriverWait(browser, 20).until(
-        lambda d: answer.get_attribute("data-state") in ("done", "error")
-    )
+    answer = _send(browser)
     status = browser.find_element(By.ID, "status").text
     assert answer.get_attribute("data-state") == "done", status
     assert answer.text == ANSWER
@@ -89,16 +97,11 @@ def test_upload_ask_and_see_the_box(server, browser, tmp_path, stream):
 
 def test_wrong_key_shows_the_error(server, browser):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{server.url}/")
     browser.find_element(By.ID, "question").send_keys("hello")
     browser.find_element(By.ID, "api-key").send_keys("wrong")
-    browser.find_element(By.ID, "send").click()
-    answer = browser.find_element(By.ID, "answer")
-    WebDriverWait(browser, 20).until(
-        lambda d: answer.get_attribute("data-state") in ("done", "error")
-    )
+    answer = _send(browser)
     assert answer.get_attribute("data-state") == "error"
     assert "API key" in browser.find_element(By.ID, "status").text
 
@@ -121,7 +124,6 @@ def video_server(tiny_ckpt_dir):
 
 def test_attach_a_video_and_see_it_in_the_conversation(video_server, browser, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.registry_fixtures import write_video
 
@@ -130,11 +132,7 @@ def test_attach_a_video_and_see_it_in_the_conversation(video_server, browser, tm
     browser.get(f"{video_server.url}/")
     browser.find_element(By.ID, "video").send_keys(str(clip))
     browser.find_element(By.ID, "question").send_keys("what happens?")
-    browser.find_element(By.ID, "send").click()
-    answer = browser.find_element(By.ID, "answer")
-    WebDriverWait(browser, 20).until(
-        lambda d: answer.get_attribute("data-state") in ("done", "error")
-    )
+    answer = _send(browser)
     status = browser.find_element(By.ID, "status").text
     assert answer.get_attribute("data-state") == "done", status
     assert answer.text == ANSWER

@@ -204,7 +204,7 @@ def _pair(names: list[str], data: list[str]) -> list[tuple[str, Path]]:
 
 def _check_data(name: str, path: Path) -> None:
     """A synthetic corpus is a directory holding ``index.json`` (benchmark data may be a file
-    or a directory: :func:`mm15.eval.readers.find_files` checks it)."""
+    or a directory: :func:`mm15.eval.table_files.find_files` checks it)."""
     spec, _ = get_task(name)
     if spec.metric != "synthetic":
         return

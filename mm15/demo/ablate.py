@@ -179,7 +179,9 @@ def _corpus(cfg: DemoConfig, seed_dir: Path) -> tuple[CorpusIndex, Path]:
     _log(f"[seed {cfg.seed}] generating the corpus and tokenizer in {seed_dir}")
     shutil.rmtree(corpus_dir, ignore_errors=True)
     shutil.rmtree(tok_dir, ignore_errors=True)
-    corpus = generate_corpus(corpus_dir, seed=cfg.seed, sizes=corpus_sizes(full))
+    corpus = generate_corpus(
+        corpus_dir, seed=cfg.seed, sizes=corpus_sizes(full), workers=cfg.threads
+    )
     tok = cfg.tokenizer
     train_bpe_tokenizer(
         corpus_texts(corpus), vocab_size=tok.vocab_size, max_digits=tok.max_digits

@@ -17,18 +17,20 @@ stage is deterministic for a seed (scenes come from ``random.Random(f"{seed}/enc
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mm15.data.coords import Box, intersection_area
-from mm15.data.splitting import tile_image
+from mm15.data.splitting import normalise_tiles
 from mm15.demo.config import ENCODER_HEADS
 from mm15.demo.data import images as si
 from mm15.demo.data.drafts import SIGN_WORDS, UI_FONT, UI_LABELS, WORD_FONT
@@ -38,6 +40,7 @@ COLOURS, SHAPES = tuple(si.COLOURS), si.SHAPES
 HEADS = ENCODER_HEADS  # colour, shape, place, box, word
 WORDS = tuple(dict.fromkeys((*UI_LABELS, *SIGN_WORDS)))  # what the "word" head reads
 IGNORE = -100  # cross-entropy's ignore index: background tokens have no box
+MIN_COVER, MIN_INK = 0.15, 0.3  # token_targets' thresholds (see there)
 
 
 @dataclass(kw_only=True)
@@ -75,8 +78,8 @@ def token_targets(
     drawn: list[si.Drawn],
     size_wh: tuple[int, int],
     grid: int,
-    min_cover: float = 0.15,
-    min_ink: float = 0.3,
+    min_cover: float = MIN_COVER,
+    min_ink: float = MIN_INK,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per cell of a ``grid × grid`` token layout (row-major): the colour and shape index of the
     object whose box covers most of the cell (at least ``min_cover`` of it), else background,
@@ -88,18 +91,24 @@ def token_targets(
     "text") with the largest share of its ink box in the cell, among those with ``min_ink`` or
     more of their ink there or most of it (so every word labels at least one cell), else
     "no word"."""
+    return tuple(torch.tensor(t) for t in _cell_targets(drawn, size_wh, grid, min_cover, min_ink))
+
+
+def _cell_targets(
+    drawn: list[si.Drawn], size_wh: tuple[int, int], grid: int, min_cover: float, min_ink: float
+) -> tuple[list[int], list[int], list[list[int]], list[int]]:
+    """:func:`token_targets` as Python lists (a batch makes its tensors once)."""
     w, h = size_wh
     cw, ch = w / grid, h / grid
-    colour = torch.full((grid * grid,), len(COLOURS))
-    shape = torch.full((grid * grid,), len(SHAPES))
-    corners = torch.full((grid * grid, 4), IGNORE)
-    word = torch.full((grid * grid,), len(WORDS))
+    n = grid * grid
+    # Python lists, made tensors once per batch: per-cell tensor writes and small tensor ops were
+    # a quarter of the warm-up's scene drawing (py-spy; the warm-up draws 64,000 scenes).
+    colour, shape = [len(COLOURS)] * n, [len(SHAPES)] * n
+    corners, word = [[IGNORE] * 4] * n, [len(WORDS)] * n
     objects = [d for d in drawn if d.colour is not None]
     texts = [d for d in drawn if d.kind == "text"]
-    cells = [
-        Box((c % grid) * cw, (c // grid) * ch, (c % grid + 1) * cw, (c // grid + 1) * ch)
-        for c in range(grid * grid)
-    ]
+    cells = _cells(w, h, grid)
+    tenths: dict[int, list[int]] = {}  # per object, in float32 as a tensor would hold it
     for k, cell in enumerate(cells):
         best, cover = None, min_cover * cw * ch
         for d in objects:
@@ -109,19 +118,33 @@ def token_targets(
             colour[k] = COLOURS.index(best.colour)
         if best is not None and best.kind in SHAPES:
             shape[k] = SHAPES.index(best.kind)
-            b = best.box
-            tenths = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]).mul(10).floor()
-            corners[k] = tenths.clamp(0, 9)
-    if texts:
-        shares = torch.tensor(
-            [[intersection_area(d.box, c) / max(d.box.area, 1e-9) for c in cells] for d in texts]
+            if id(best) not in tenths:
+                b = best.box
+                t = np.array([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h], dtype=np.float32)
+                tenths[id(best)] = np.floor(t * np.float32(10)).clip(0, 9).astype(int).tolist()
+            corners[k] = tenths[id(best)]
+    if texts:  # float32 shares, as torch would hold them; argmax and max take the first best
+        shares = np.array(
+            [[intersection_area(d.box, c) / max(d.box.area, 1e-9) for c in cells] for d in texts],
+            dtype=np.float32,
         )
-        own = shares >= min_ink
-        own[torch.arange(len(texts)), shares.argmax(1)] = True  # every word labels >= 1 cell
-        top = shares.masked_fill(~own, -1.0).max(0)
-        for k in torch.nonzero(top.values >= 0).flatten().tolist():
-            word[k] = WORDS.index(texts[top.indices[k]].text)
+        own = shares >= np.float32(min_ink)
+        own[np.arange(len(texts)), shares.argmax(1)] = True  # every word labels >= 1 cell
+        owned = np.where(own, shares, np.float32(-1.0))
+        best_text = owned.argmax(0)
+        for k in np.flatnonzero(owned.max(0) >= 0).tolist():
+            word[k] = WORDS.index(texts[best_text[k]].text)
     return colour, shape, corners, word
+
+
+@functools.lru_cache(maxsize=32)
+def _cells(w: float, h: float, grid: int) -> tuple[Box, ...]:
+    """The ``grid × grid`` cells of a ``w × h`` image, row-major (boxes are immutable)."""
+    cw, ch = w / grid, h / grid
+    return tuple(
+        Box((c % grid) * cw, (c // grid) * ch, (c % grid + 1) * cw, (c // grid + 1) * ch)
+        for c in range(grid * grid)
+    )
 
 
 def text_scene(rng: random.Random, size: int = 112) -> tuple[Image.Image, list[si.Drawn]]:
@@ -164,26 +187,30 @@ def text_scene(rng: random.Random, size: int = 112) -> tuple[Image.Image, list[s
     return image, drawn
 
 
+def draw_scene(rng: random.Random, text_share: float = 0.0) -> tuple[Image.Image, list[si.Drawn]]:
+    """One scene of :func:`draw_batch`: a text tile with probability ``text_share``, else a grid
+    scene of 1–6 objects (grids 1–4, as in the demo's tasks)."""
+    if text_share > 0 and rng.random() < text_share:  # 0: the grid-only stream
+        return text_scene(rng, si.demo_image_config().resolution)
+    grid = rng.choice((1, 2, 3, 3, 4))
+    k = rng.randint(1, min(grid * grid, 6))
+    items = [(rng.choice(SHAPES), rng.choice(COLOURS)) for _ in range(k)]
+    return si.grid_scene(rng, items, grid=grid, fill=(0.75, 1.0) if grid == 1 else (0.6, 0.9))
+
+
 def draw_batch(
     rng: random.Random, n: int, token_grid: int, text_share: float = 0.0
 ) -> SceneTargets:
-    """``n`` scenes with targets: grid scenes of 1–6 objects (grids 1–4, as in the demo's tasks)
-    and, with probability ``text_share`` each, text tiles (:func:`text_scene`)."""
-    cfg = si.demo_image_config()
-    tiles, targets = [], []
+    """``n`` scenes (:func:`draw_scene`) with targets, their tiles normalised in one pass."""
+    images, targets = [], []
     for _ in range(n):
-        if text_share > 0 and rng.random() < text_share:  # 0: the grid-only stream
-            image, drawn = text_scene(rng, cfg.resolution)
-        else:
-            grid = rng.choice((1, 2, 3, 3, 4))
-            k = rng.randint(1, min(grid * grid, 6))
-            items = [(rng.choice(SHAPES), rng.choice(COLOURS)) for _ in range(k)]
-            image, drawn = si.grid_scene(
-                rng, items, grid=grid, fill=(0.75, 1.0) if grid == 1 else (0.6, 0.9)
-            )
-        tiles.append(tile_image(image, cfg, allow_split=False).tiles[0])
-        targets.append(token_targets(drawn, image.size, token_grid))
-    return SceneTargets(torch.stack(tiles), *(torch.stack(t) for t in zip(*targets, strict=True)))
+        image, drawn = draw_scene(rng, text_share)
+        images.append(image)
+        targets.append(_cell_targets(drawn, image.size, token_grid, MIN_COVER, MIN_INK))
+    return SceneTargets(
+        normalise_tiles(images, si.demo_image_config()),
+        *(torch.tensor(t) for t in zip(*targets, strict=True)),
+    )
 
 
 class ProbeHeads(nn.Module):

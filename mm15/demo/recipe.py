@@ -332,7 +332,9 @@ def _run(out: Path, cfg: DemoConfig) -> int:
 def _make_corpus(cfg: DemoConfig, out: Path, t0: float) -> tuple[CorpusIndex, MM15Tokenizer]:
     """Step 1: the synthetic corpus in ``out/corpus`` and a BPE tokenizer trained on its text."""
     print(f"[demo 1/4] generating the synthetic corpus in {out / 'corpus'}", flush=True)
-    corpus = generate_corpus(out / "corpus", seed=cfg.seed, sizes=corpus_sizes(cfg))
+    corpus = generate_corpus(
+        out / "corpus", seed=cfg.seed, sizes=corpus_sizes(cfg), workers=cfg.threads
+    )
     tok = train_bpe_tokenizer(
         corpus_texts(corpus),
         vocab_size=cfg.tokenizer.vocab_size,

@@ -40,7 +40,7 @@ from typing import Any
 
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
 from mm15.eval.item_stream import ItemStream
-from mm15.eval.readers import find_files, iter_rows
+from mm15.eval.table_files import find_files, iter_rows
 from mm15.eval.task_spec import EvalItem, TaskSpec
 from mm15.eval.video_tasks import _bad, _Clips, _rows_in
 

@@ -9,9 +9,8 @@ Layouts users have:
 * **plain JSONL** (or a JSON list): one row per line with the same field names; image fields
   hold a path relative to the JSONL file, or a list of paths.
 
-``--data`` may be a file or a directory; in a directory, files of the task's split (a folder
-named after it, or a name starting ``"<split>-"`` / containing ``"-<split>-"``) and, for
-multi-config repositories, under the config folder are read in sorted order.
+``--data`` may be a file or a directory (which files of it are read:
+:mod:`mm15.eval.table_files`).
 
 Every row that cannot be used becomes an **error item** (``sample=None``, ``error = "reason:
 detail"`` naming the file and row): a missing or undecodable image, a null question or
@@ -26,9 +25,8 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import fnmatch
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +35,12 @@ from mm15.data.coord_conventions import to_box
 from mm15.data.coords import Box, CoordinateError
 from mm15.data.schema import Media, Message, Part, Sample, SampleError
 from mm15.data.sources.canonical import header_size
-from mm15.data.sources.rows import RowStore, image_media
+from mm15.data.sources.rows import image_media
 from mm15.eval.regions import place_region, prompt_region
 from mm15.eval.submission import has_answers, question_id
+from mm15.eval.table_files import find_files, iter_rows, row_store
 from mm15.eval.task_spec import EvalItem, TaskSpec
 
-SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
 _MARKER = re.compile(r"<image (\d+)>")  # MMMU's interleaved image references
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.+?)\s*$", re.MULTILINE)
 
@@ -53,80 +51,6 @@ class ReadResult:
     files: list[Path]
     filtered: int = 0  # rows outside the benchmark (Columns.where), not items
     notes: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-# Files and rows
-
-
-def find_files(
-    data: str | Path,
-    split: str | None,
-    config: str | None,
-    *,
-    split_required: bool = False,
-    name_glob: str | None = None,
-) -> list[Path]:
-    """The table files of ``data`` (a file, or a directory searched recursively; there, only
-    names matching ``name_glob`` when given: DocDownstream's ``test/TabFact_test.jsonl``)."""
-    data = Path(data)
-    if data.is_file():
-        return [data]
-    if not data.is_dir():
-        raise FileNotFoundError(f"benchmark data {data} does not exist")
-    files = sorted(p for p in data.rglob("*") if p.suffix in SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{data} holds no {'/'.join(SUFFIXES)} files")
-    if name_glob:
-        files = [p for p in files if fnmatch.fnmatch(p.name, name_glob)]
-        if not files:
-            raise FileNotFoundError(f"{data} holds no file named {name_glob!r}")
-    if config and any(config in p.relative_to(data).parts[:-1] for p in files):
-        files = [p for p in files if config in p.relative_to(data).parts[:-1]]
-    if split:
-        hits = [p for p in files if _has_split(p.relative_to(data), split)]
-        if hits or split_required:
-            if not hits:
-                raise FileNotFoundError(
-                    f"{data}: no file of split {split!r} among "
-                    f"{[str(p.relative_to(data)) for p in files[:10]]}"
-                )
-            files = hits
-    return files
-
-
-def _has_split(rel: Path, split: str) -> bool:
-    stem = rel.name.split(".")[0]
-    return (
-        split in rel.parts[:-1]
-        or stem == split
-        or stem.startswith(f"{split}-")
-        or f"-{split}-" in stem
-        or stem.endswith(f"-{split}")
-    )
-
-
-RowOrError = tuple[dict[str, Any] | SampleError, str, str]  # (row, or why not; where; key)
-
-
-def iter_rows(path: Path, required: Sequence[str], optional: Sequence[str]) -> Iterator[RowOrError]:
-    """Rows of one file through the training tables' :class:`~mm15.data.sources.rows.RowStore`
-    (the same row access, errors and ``where`` / key naming); an unreadable row (undecodable
-    JSON line, not an object, unreadable row group) is yielded as its ``SampleError``.  A file
-    that cannot be read at all, or lacks a ``required`` column, is a ``ValueError``."""
-    rows = _store(path, required, optional)
-    for i in range(len(rows)):
-        try:
-            yield rows.row(i)
-        except SampleError as e:
-            yield e, str(path), f"{path.name}:{i}"
-
-
-def _store(path: Path, required: Sequence[str] = (), optional: Sequence[str] = ()) -> RowStore:
-    try:
-        return RowStore([path], list(dict.fromkeys(required)), optional=optional)
-    except SampleError as e:  # a .json file that does not decode: the file, not a row
-        raise ValueError(e.detail) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,7 +314,7 @@ class ItemReader:
     def row_count(self) -> int:
         """Rows in the files (Parquet footers, non-blank JSONL lines; capped at ``limit``): the
         progress bar's estimate, before exploded rows and filters."""
-        n = sum(len(_store(path)) for path in self.files)
+        n = sum(len(row_store(path)) for path in self.files)
         return n if self.limit is None else min(n, self.limit)
 
     def __iter__(self) -> Iterator[EvalItem]:

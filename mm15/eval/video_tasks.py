@@ -50,7 +50,7 @@ from mm15.data.schema import Media, Message, Part, Sample, SampleError
 from mm15.data.sources.rows import RowStore
 from mm15.eval.item_stream import ItemStream
 from mm15.eval.metrics import extract_choice
-from mm15.eval.readers import find_files, iter_rows
+from mm15.eval.table_files import find_files, iter_rows
 from mm15.eval.task_spec import EvalItem, TaskSpec
 
 ANSWER_PREFIX = "Best Option: ("  # MM1.5 §5
