@@ -6,8 +6,12 @@
 
 Prints seconds per warm-up batch (64 scenes, as the demo draws them) with a SHA-256 of every
 tile and target, and the corpus's seconds with each number of workers with a SHA-256 of its
-files (the two must be equal).  The hashes let a run in another checkout (``git worktree add``)
-show that a faster version draws the same bits: the demo's numbers follow from them.
+files (the two must be equal).  The hashes let a run in another checkout show that a faster
+version draws the same bits (the demo's numbers follow from them).  Python puts a script's own
+folder, not the working directory, first on its path, so point it at the checkout::
+
+    git worktree add /tmp/base 4a2b6b6 && cp benchmarks/demo_prep_bench.py /tmp/base/benchmarks/
+    cd /tmp/base && PYTHONPATH=/tmp/base /path/to/.venv/bin/python benchmarks/demo_prep_bench.py
 """
 
 from __future__ import annotations
