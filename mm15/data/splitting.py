@@ -343,8 +343,8 @@ def normalise_tiles(images: Sequence[Image.Image], cfg: ImageConfig) -> torch.Te
     normalises a one-tile image (bit for bit), in one pass for all of them: the images stacked
     top to bottom are the canvas of an (n, 1) grid."""
     r = cfg.resolution
-    if bad := [im.size for im in images if im.size != (r, r) or im.mode != "RGB"]:
-        raise ValueError(f"normalise_tiles takes RGB images of {r}x{r}, got sizes {bad[:3]}")
+    if bad := [(im.size, im.mode) for im in images if im.size != (r, r) or im.mode != "RGB"]:
+        raise ValueError(f"normalise_tiles takes RGB images of {r}x{r}, got (size, mode) {bad[:3]}")
     tiles = torch.empty(len(images), 3, r, r, dtype=torch.float32)
     if images:
         canvas_HWC = torch.from_numpy(np.concatenate([np.asarray(im) for im in images]))
