@@ -5,6 +5,7 @@ The full-size demo's scores are measured by running `mm15 demo` (docs/demo.md), 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,40 @@ def test_demo_writes_report_and_a_loadable_model(tmp_path, capsys):
     model, tok = load_checkpoint(tmp_path / "model")
     assert model.cfg.lm.vocab_size == len(tok) and model.cfg.lm.init_std == cfg.lm.init_std
     assert "[demo 4/4]" in capsys.readouterr().out
+    _check_the_docs_comparison(tmp_path)
+
+
+def _check_the_docs_comparison(out: Path) -> None:
+    """docs/demo.md's command that compares two demo outputs, run as the page gives it: equal on
+    a copy of ``out``, and it sees one changed loss."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    page = (Path(__file__).parents[1] / "docs" / "demo.md").read_text()
+    script = re.search(r"python3 - A B <<'EOF'\n(.*?)\nEOF\n", page, re.S).group(1)
+    copy = out.parent / f"{out.name}-copy"
+    for rel in ("report.json", "items.jsonl", "run/metrics.jsonl"):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / rel, copy / rel)
+
+    def compare() -> str:
+        run = subprocess.run(
+            [sys.executable, "-", str(out), str(copy)], input=script, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    assert compare().startswith(
+        "report.json equal: True | items.jsonl equal: True | losses equal: True"
+    )
+    metrics = copy / "run" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    first = next(r for r in rows if "loss" in r)
+    first["loss"] += 1e-6
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "losses equal: False" in compare()
 
 
 def test_demo_cli_rejects_bad_settings_before_doing_any_work(tmp_path, capsys):
@@ -197,8 +232,6 @@ def test_bind_stage_trains_its_tasks_first_or_before_sft_and_only_when_asked(tmp
 
 def test_renamed_flat_fields_name_their_nested_paths(capsys):
     """Issue 21: each flat field of before maps to a path `--set` takes, as docs/demo.md lists."""
-    from pathlib import Path
-
     from mm15.cli import main
     from mm15.demo.config import RENAMED
     from mm15.overrides import declared_type

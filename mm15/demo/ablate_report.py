@@ -116,10 +116,11 @@ def report_markdown(r: dict[str, Any]) -> str:
             lines.append(row(f"{label}, training grid", a["training_grid"]))
             lines.append(row(f"{label}, grid {tuple(regrid)}", a))
             for grid, b in a.get("other_grids", {}).items():
-                lines.append(row(f"{label}, grid ({grid.replace(',', ', ')})", b))
+                lines.append(row(f"{label}, grid {_grid_name(grid)}", b))
             for grid, b in a.get("reread", {}).items():
-                grid_name = f"({grid.replace(',', ', ')})"
-                lines.append(row(f"{label}, training-grid answers on {grid_name}'s frame", b))
+                lines.append(
+                    row(f"{label}, training-grid answers on {_grid_name(grid)}'s frame", b)
+                )
         else:
             lines.append(row(label, a))
     verdict = "holds" if r["holds"] else "does not hold"
@@ -142,7 +143,6 @@ def report_markdown(r: dict[str, Any]) -> str:
             f"Drop from the training grid to {tuple(regrid)}: “{r['expected']}” "
             f"{hi['drop']:+.3f}, “{r['other']}” {lo['drop']:+.3f}."
         )
-    if regrid:
         lines.append(
             "“On (n_min, n_max)'s frame”: the answers given at the training grid, scored with "
             "the coordinate frame that grid gives them (the same answers, read as a system on "
@@ -154,6 +154,11 @@ def report_markdown(r: dict[str, Any]) -> str:
         rule += " and the control's drop exceeds the other arm's by more than the spread"
     lines.append(f"The paper's trend **{verdict}** (it holds when {rule}).")
     return "\n".join(lines) + "\n"
+
+
+def _grid_name(key: str) -> str:
+    """A report's grid key ("3,3") as the text names grids: "(3, 3)"."""
+    return f"({key.replace(',', ', ')})"
 
 
 def _plot(r: dict[str, Any], path: Path) -> None:
@@ -171,7 +176,7 @@ def _plot(r: dict[str, Any], path: Path) -> None:
         bars.append(("training grid", a["training_grid"], i, label))
         bars.append((f"grid {tuple(regrid)}", a, i, label))
         for grid, b in a.get("other_grids", {}).items():
-            bars.append((f"grid ({grid.replace(',', ', ')})", b, i, label))
+            bars.append((f"grid {_grid_name(grid)}", b, i, label))
         first = f"{regrid[0]},{regrid[1]}"
         bars.append((f"answers on\n{tuple(regrid)}'s frame", a["reread"][first], i, label))
     fig = Figure(figsize=(max(4.5, 1.1 * len(bars)), 3.8))
