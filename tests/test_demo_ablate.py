@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mm15.cli import main
-from mm15.demo.ablate import ABLATIONS, LATER_SFT_KNOBS, Ablation, Arm, arm_key
+from mm15.demo.ablate import ABLATIONS, Ablation, Arm, arm_key
 from mm15.demo.ablate_report import summarize
 
 TINY = [
@@ -146,22 +146,47 @@ def test_the_grid_verdict_needs_the_control_to_lose_more_than_the_spread():
     assert r["margin"] > r["spread"] and not r["holds"]
 
 
-def test_arms_cached_before_the_later_knobs_keep_their_key(tmp_path):
-    """An arm's key without the SFT knobs added later is the key it had before them."""
-    import dataclasses
-
-    from mm15.demo.ablate import _key
+def test_an_arms_key_names_its_settings_and_prefix_not_where_out_is(tmp_path):
+    """Every setting and the prefix's folder name (its settings' key) are in an arm's key; the
+    path of ``--out`` is not, so a cache moved elsewhere is still found."""
     from mm15.demo.config import DemoConfig
     from mm15.overrides import apply_overrides
 
     cfg = DemoConfig()
-    before = dataclasses.asdict(cfg)
-    for k in LATER_SFT_KNOBS:
-        del before["sft"][k]
-    assert arm_key(tmp_path, cfg) == _key([str(tmp_path), before])
-    grid = apply_overrides(cfg, ["sft.grid=[2,2]"])  # a later knob set: all of them count
-    assert arm_key(tmp_path, grid) == _key([str(tmp_path), dataclasses.asdict(grid)])
-    assert arm_key(tmp_path, grid) != arm_key(tmp_path, cfg)
+    prefix = tmp_path / "seed0" / "prefix-abc" / "model"
+    moved = tmp_path / "elsewhere" / "seed0" / "prefix-abc" / "model"
+    assert arm_key(prefix, cfg) == arm_key(moved, cfg)
+    assert arm_key(prefix, cfg) != arm_key(tmp_path / "seed0" / "prefix-abd" / "model", cfg)
+    for sets in (["sft.grid=[2,2]"], ["sft.coords=grid"], ["sft.steps=7"], ["seed=1"]):
+        assert arm_key(prefix, apply_overrides(cfg, sets)) != arm_key(prefix, cfg)
+
+
+def test_the_default_arm_is_the_demo_at_the_same_seed(tmp_path, capsys):
+    """An arm's SFT starts from the cached stages before it and draws its data as the demo's
+    SFT does (seed + the stage's index in the demo), with the demo's threads: the default arm
+    is `mm15 demo` at that seed, loss for loss and score for score."""
+    sets = [a for kv in TINY for a in ("--set", kv)]
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", "seed=1", *sets]) == 0
+    assert _ablate("multi_image_data", tmp_path / "abl", seeds="1,2") == 0
+    capsys.readouterr()
+
+    def sft_losses(run):
+        rows = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        return [(r["stage"], r["loss"]) for r in rows if "loss" in r and r["stage"] == "sft"]
+
+    arm = next(
+        p.parent
+        for p in (tmp_path / "abl" / "seed1").glob("arm-*/scores.json")
+        if json.loads(p.read_text())["arm"] == "with multi-image data"
+    )
+    demo = json.loads((tmp_path / "demo" / "report.json").read_text())
+    losses = sft_losses(arm / "run")
+    assert len(losses) == 3 and losses == sft_losses(tmp_path / "demo" / "run")
+    scores = json.loads((arm / "scores.json").read_text())["categories"]
+    assert {k: v["score"] for k, v in scores.items()} == {
+        k: v["score"] for k, v in demo["categories"].items()
+    }
+    assert not (arm / "run" / "checkpoints").exists()  # the model is kept, not the checkpoints
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ from mm15.demo.data.corpus import CorpusIndex, generate_corpus
 from mm15.demo.recipe import (
     corpus_sizes,
     corpus_texts,
+    demo_threads,
     demo_train_config,
     pretrain_encoder_checkpoint,
     sft_image,
@@ -126,17 +127,15 @@ def _key(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-# SFT knobs added after arms were first cached, with their defaults: while every one of them
-# holds its default an arm's key leaves them out, so the arms cached before them stay valid.
-LATER_SFT_KNOBS: dict[str, Any] = {"grid": None, "coords": "image"}
+# The layout of an arm's cache: a change that makes cached arms differ from what this code
+# trains bumps it, so they are trained again (2: SFT draws its data as `mm15 demo`'s does).
+ARM_CACHE_VERSION = 2
 
 
 def arm_key(prefix: Path, cfg: DemoConfig) -> str:
-    """The cache key of an arm: its prefix and every setting (see ``LATER_SFT_KNOBS``)."""
-    settings = dataclasses.asdict(cfg)
-    if all(settings["sft"][k] == v for k, v in LATER_SFT_KNOBS.items()):
-        settings["sft"] = {k: v for k, v in settings["sft"].items() if k not in LATER_SFT_KNOBS}
-    return _key([str(prefix), settings])
+    """The cache key of an arm: the cache version, its prefix's folder (which names the
+    settings the prefix was trained with) and every setting."""
+    return _key([ARM_CACHE_VERSION, prefix.parent.name, dataclasses.asdict(cfg)])
 
 
 def _log(message: str) -> None:
@@ -152,16 +151,17 @@ def run_ablation(name: str, *, out: Path, base: DemoConfig, seeds: Sequence[int]
     ab = ABLATIONS[name]
     t0 = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {ab.expected.label: [], ab.other.label: []}
-    for seed in seeds:
-        cfg = dataclasses.replace(base, seed=seed)
-        seed_dir = out / f"seed{seed}"
-        corpus, tok_dir = _corpus(cfg, seed_dir)
-        prefix = _prefix(cfg, corpus, tok_dir, seed_dir)
-        for arm in (ab.expected, ab.other):
-            arm_cfg = apply_overrides(cfg, list(arm.sets))
-            runs[arm.label].append(
-                _arm(arm_cfg, corpus, tok_dir, prefix, seed_dir, arm.label, ab.regrids)
-            )
+    with demo_threads(base):  # as `mm15 demo`: the same numbers on every machine
+        for seed in seeds:
+            cfg = dataclasses.replace(base, seed=seed)
+            seed_dir = out / f"seed{seed}"
+            corpus, tok_dir = _corpus(cfg, seed_dir)
+            prefix = _prefix(cfg, corpus, tok_dir, seed_dir)
+            for arm in (ab.expected, ab.other):
+                arm_cfg = apply_overrides(cfg, list(arm.sets))
+                runs[arm.label].append(
+                    _arm(arm_cfg, corpus, tok_dir, prefix, seed_dir, arm.label, ab.regrids)
+                )
     report = summarize(ab, list(seeds), runs, seconds=time.perf_counter() - t0)
     write_report(out, report)
     return report
@@ -239,13 +239,17 @@ def _arm(
         shutil.rmtree(folder, ignore_errors=True)
         tok_len = len(MM15Tokenizer.load(tok_dir))
         tc = demo_train_config(cfg, corpus, tok_dir, folder / "run", tok_len)
-        tc.stages = [s for s in tc.stages if s.name == "sft"]
+        sft = [s.name for s in tc.stages].index("sft")
+        # A run seeds stage i's data order with seed + i; SFT is this run's only stage, so it
+        # takes the demo's index: the default arm is `mm15 demo` at the same seed, bit for bit.
+        tc.seed, tc.stages = cfg.seed + sft, [tc.stages[sft]]
         tc.init_from = str(prefix)
         t = time.perf_counter()
         result = train(tc)
         seconds = time.perf_counter() - t
         shutil.move(str(result.final_model), model_dir)
-        shutil.rmtree(folder / "run", ignore_errors=True)  # the final model is what is kept
+        # the final model and the SFT's losses and audit are kept, not its checkpoints
+        shutil.rmtree(folder / "run" / "checkpoints", ignore_errors=True)
         trained = _suite(cfg, corpus, model_dir)
         out = {
             "seed": cfg.seed,

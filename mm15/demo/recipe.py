@@ -17,10 +17,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -288,16 +289,24 @@ def pretrain_encoder_checkpoint(cfg: DemoConfig, train_cfg: TrainConfig, tok, ou
     return save_checkpoint(model, tok, out)
 
 
+@contextlib.contextmanager
+def demo_threads(cfg: DemoConfig) -> Iterator[None]:
+    """Torch's intra-op threads at ``cfg.threads`` for the block, restored after: the float
+    sums, and so the table, do not depend on the machine's core count (``DemoConfig.threads``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_demo(*, out: Path, cfg: DemoConfig | None = None) -> int:
     """The four steps of the module docstring; the report lands in ``out``, the model in
     ``out/model``."""
     cfg = cfg or DemoConfig()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)  # DemoConfig.threads: the same table on every machine
-    try:
+    with demo_threads(cfg):
         return _run(out, cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: Path, cfg: DemoConfig) -> int:
