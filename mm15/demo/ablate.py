@@ -21,9 +21,10 @@ category of the demo's held-out suite:
 
 Per seed the corpus, the tokenizer, the encoder warm-up and every stage before SFT are trained
 once and kept under ``OUT/seed<S>/`` (keyed by the settings they depend on), so the arms start
-SFT from the same weights, and a second ablation over the same seeds and ``OUT`` trains only the
-arms it has not run: the default arm is shared by the first three.  Every arm is evaluated on every
-category of the corpus, trained or not.
+SFT from the same weights.  SFT draws its data in the demo's order, so the default arm is
+``mm15 demo`` at that seed, bit for bit.  A second ablation over the same seeds and ``OUT``
+trains only the arms it has not run: the default arm is shared by the first three.  Every arm
+is evaluated on every category of the corpus, trained or not.
 
 The trend holds when the expected arm's mean beats the other's by more than the seed spread
 (the larger of the two arms' max − min over seeds).  For ``inference_grid`` the means compared
